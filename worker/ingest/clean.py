@@ -1,0 +1,128 @@
+"""Validate one raw item into a clean story, or say why it is rejected."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from worker.ingest.parse import RawItem
+from worker.ingest.sanitize import clean_title, sanitize_summary, single_line, summary_text
+from worker.regions import RegionError, normalise_region, parse_regions
+
+# Field limits: generous for real news, small enough that one item cannot push
+# a digest past Gmail's 102 KB clip or bloat the database.
+MAX_TITLE = 300
+MAX_SUMMARY = 20_000
+MAX_URL = 2048
+MAX_ID = 1024
+MAX_SOURCE = 200
+
+_CODE_LIKE = re.compile(r"^[A-Z]{2}$")
+
+
+@dataclass(frozen=True)
+class CleanStory:
+    guid: str
+    url: str
+    title: str
+    summary_html: str
+    summary_text: str
+    published_at: datetime
+    source: str
+    image_url: str | None
+    regions: tuple[str, ...]
+
+
+class Rejected(Exception):
+    """The item is not kept; the message is the reason shown to the user."""
+
+
+def clean_item(raw: RawItem, *, default_region: str | None = None) -> CleanStory:
+    if raw.extra_problems:
+        raise Rejected(raw.extra_problems[0])
+    title = clean_title(raw.title or "", is_html=raw.title_is_html)
+    if not title:
+        raise Rejected("no title")
+    _check_length("title", title, MAX_TITLE)
+    if not raw.url or not raw.url.strip():
+        raise Rejected("no link")
+    url = _http_url(raw.url.strip(), "link")
+    guid = single_line(raw.guid or url)
+    _check_length("id", guid, MAX_ID)
+    summary_raw = raw.summary or ""
+    _check_length("summary", summary_raw, MAX_SUMMARY)
+    summary_html = sanitize_summary(summary_raw)
+    source = single_line(raw.source or "")
+    _check_length("source", source, MAX_SOURCE)
+    image = raw.image_url.strip() if raw.image_url else None
+    if image:
+        _check_length("image_url", image, MAX_URL)
+        image = _http_url(image, "image_url")
+    return CleanStory(
+        guid=guid,
+        url=url,
+        title=title,
+        summary_html=summary_html,
+        summary_text=summary_text(summary_html),
+        published_at=_published(raw.published_at),
+        source=source,
+        image_url=image or None,
+        regions=_regions(raw, default_region),
+    )
+
+
+def _check_length(name: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise Rejected(f"{name} too long ({len(value)} > {limit} characters)")
+
+
+def _http_url(value: str, name: str) -> str:
+    _check_length(name, value, MAX_URL)
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise Rejected(f"{name} is not an absolute http(s) URL: {value[:80]!r}")
+    if any(ord(c) < 33 or ord(c) == 127 for c in value):
+        raise Rejected(f"{name} contains spaces or control characters")
+    return value
+
+
+def _published(value: object) -> datetime:
+    if value is None or value == "":
+        raise Rejected("no usable date")
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise Rejected(f"published_at is not an ISO 8601 date: {value[:40]!r}") from None
+    else:
+        raise Rejected("no usable date")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise Rejected("published_at has no time zone (add Z or an offset)")
+    return moment.astimezone(UTC)
+
+
+def _regions(raw: RawItem, default_region: str | None) -> tuple[str, ...]:
+    try:
+        if raw.categories is not None:
+            # Feed categories mix region codes with topics; two capital letters
+            # mark a region code, and an unknown one is an error, not a topic.
+            codes = [normalise_region(t.strip()) for t in raw.categories
+                     if _CODE_LIKE.match(t.strip())]
+        elif raw.regions is None:
+            codes = []
+        elif isinstance(raw.regions, list | str):
+            codes = parse_regions(raw.regions)
+        else:
+            raise Rejected("regions must be a list of codes")
+    except RegionError as exc:
+        raise Rejected(str(exc)) from None
+    codes = list(dict.fromkeys(codes))
+    if not codes:
+        if default_region is None:
+            raise Rejected("no region (tag the item or pass --region)")
+        codes = [default_region]
+    return tuple(codes)

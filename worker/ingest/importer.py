@@ -1,0 +1,110 @@
+"""Upsert clean stories by id, and account for every item."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import object_session
+
+from worker.ingest.clean import CleanStory, Rejected, clean_item
+from worker.ingest.fetch import SourceError, read_source
+from worker.ingest.parse import parse_items
+from worker.store.db import session_scope
+from worker.store.models import Story, StoryRegion
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source: str
+    position: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.position}" if self.position else self.source
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+_FIELDS = ("url", "title", "summary_html", "summary_text", "published_at", "source", "image_url")
+
+
+def import_sources(
+    engine: Engine, sources: Iterable[str], *, default_region: str | None = None
+) -> ImportReport:
+    """Read every source, keep the valid items, report the rest. One transaction per source."""
+    report = ImportReport()
+    first_seen: dict[str, str] = {}
+    for source in sources:
+        try:
+            raws = parse_items(read_source(source))
+        except SourceError as exc:
+            report.rejected.append(Rejection(source, "", str(exc)))
+            continue
+        stories: list[CleanStory] = []
+        for raw in raws:
+            try:
+                story = clean_item(raw, default_region=default_region)
+            except Rejected as exc:
+                report.rejected.append(Rejection(source, raw.position, str(exc)))
+                continue
+            where = f"{source}: {raw.position}"
+            if story.guid in first_seen:
+                report.rejected.append(Rejection(
+                    source, raw.position, f"duplicate id {story.guid[:80]!r} (first at {first_seen[story.guid]})"
+                ))
+                continue
+            first_seen[story.guid] = where
+            stories.append(story)
+        _upsert(engine, stories, report)
+    return report
+
+
+def _upsert(engine: Engine, stories: list[CleanStory], report: ImportReport) -> None:
+    # Chunks keep the IN (...) list within every database's parameter limit.
+    for start in range(0, len(stories), 500):
+        chunk = stories[start : start + 500]
+        with session_scope(engine) as session:
+            existing = {
+                s.guid: s
+                for s in session.scalars(select(Story).where(Story.guid.in_([c.guid for c in chunk])))
+            }
+            for clean in chunk:
+                row = existing.get(clean.guid)
+                if row is None:
+                    session.add(_new_story(clean))
+                    report.added += 1
+                elif _apply(row, clean):
+                    report.updated += 1
+                else:
+                    report.unchanged += 1
+
+
+def _new_story(clean: CleanStory) -> Story:
+    story = Story(guid=clean.guid, **{f: getattr(clean, f) for f in _FIELDS})
+    story.regions = [StoryRegion(region=r, position=i) for i, r in enumerate(clean.regions)]
+    return story
+
+
+def _apply(row: Story, clean: CleanStory) -> bool:
+    changed = False
+    for name in _FIELDS:
+        if getattr(row, name) != getattr(clean, name):
+            setattr(row, name, getattr(clean, name))
+            changed = True
+    if tuple(row.region_codes) != clean.regions:
+        row.regions.clear()
+        # Flush the removals first so re-adding the same (story, region) key
+        # does not collide inside one flush.
+        object_session(row).flush()
+        row.regions.extend(StoryRegion(region=r, position=i) for i, r in enumerate(clean.regions))
+        changed = True
+    return changed

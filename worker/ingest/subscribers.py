@@ -1,0 +1,194 @@
+"""Subscribers in: address and name checks, CSV import, add and remove."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import Engine, select
+
+from worker.errors import UsageError
+from worker.regions import RegionError, parse_regions
+from worker.store.db import session_scope
+from worker.store.models import Subscriber, SubscriberStatus
+
+MAX_NAME = 200
+MAX_REGIONS = 20
+
+
+class InvalidSubscriber(ValueError):
+    """One subscriber field is unusable; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class SubscriberInput:
+    email: str
+    email_key: str
+    name: str | None
+    regions: tuple[str, ...]
+
+
+@dataclass
+class SubscriberReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    # Unsubscribed, bounced or complained addresses that an import must not revive.
+    suppressed: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def check_address(raw: str) -> tuple[str, str]:
+    """-> (normalised address, de-duplication key). Syntax only, no DNS."""
+    value = raw.strip()
+    if not value:
+        raise InvalidSubscriber("no email address")
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidSubscriber(f"invalid email address {value[:80]!r}: {exc}") from None
+    return result.normalized, result.normalized.casefold()
+
+
+def check_name(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    value = raw.strip()
+    if any(ord(c) < 32 or ord(c) == 127 or c in "\u2028\u2029\x85" for c in value):
+        raise InvalidSubscriber("name contains a line break or control character")
+    if len(value) > MAX_NAME:
+        raise InvalidSubscriber(f"name too long ({len(value)} > {MAX_NAME} characters)")
+    return value or None
+
+
+def check_regions(raw: str | list[str]) -> tuple[str, ...]:
+    try:
+        codes = parse_regions(raw)
+    except RegionError as exc:
+        raise InvalidSubscriber(str(exc)) from None
+    if not codes:
+        raise InvalidSubscriber("no regions")
+    if len(codes) > MAX_REGIONS:
+        raise InvalidSubscriber(f"too many regions ({len(codes)} > {MAX_REGIONS})")
+    return tuple(codes)
+
+
+def make_input(email: str, name: str | None, regions: str | list[str]) -> SubscriberInput:
+    address, key = check_address(email)
+    return SubscriberInput(address, key, check_name(name), check_regions(regions))
+
+
+def import_csv(engine: Engine, path: Path) -> SubscriberReport:
+    """Upsert every valid row; report the others with their line numbers."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [h.strip().lower() for h in reader.fieldnames or []]
+    if "email" not in header or "regions" not in header:
+        raise UsageError(f"{path}: the header must be email,name,regions (got {','.join(header)!r})")
+    reader.fieldnames = header
+    report = SubscriberReport()
+    rows: dict[str, tuple[int, SubscriberInput]] = {}
+    line = 2  # line 1 is the header
+    for record in reader:
+        start, line = line, reader.line_num + 1
+        if None in record:
+            report.rejected.append((start, "too many fields (quote names that contain commas)"))
+            continue
+        try:
+            row = make_input(record.get("email") or "", record.get("name"), record.get("regions") or "")
+        except InvalidSubscriber as exc:
+            report.rejected.append((start, str(exc)))
+            continue
+        if row.email_key in rows:
+            report.rejected.append((start, f"duplicate of line {rows[row.email_key][0]}"))
+            continue
+        rows[row.email_key] = (start, row)
+    items = [r for _, r in rows.values()]
+    for begin in range(0, len(items), 500):
+        _upsert(engine, items[begin : begin + 500], report)
+    return report
+
+
+def _upsert(engine: Engine, items: list[SubscriberInput], report: SubscriberReport) -> None:
+    with session_scope(engine) as session:
+        keys = [i.email_key for i in items]
+        existing = {
+            s.email_key: s
+            for s in session.scalars(select(Subscriber).where(Subscriber.email_key.in_(keys)))
+        }
+        for item in items:
+            row = existing.get(item.email_key)
+            if row is None:
+                session.add(_new(item))
+                report.added += 1
+            elif row.status != SubscriberStatus.ACTIVE:
+                report.suppressed += 1
+            elif _apply(row, item):
+                report.updated += 1
+            else:
+                report.unchanged += 1
+
+
+def _new(item: SubscriberInput) -> Subscriber:
+    return Subscriber(
+        email=item.email, email_key=item.email_key, name=item.name, regions=" ".join(item.regions),
+        status=SubscriberStatus.ACTIVE.value,
+    )
+
+
+def _apply(row: Subscriber, item: SubscriberInput) -> bool:
+    changed = False
+    regions = " ".join(item.regions)
+    for name, value in (("email", item.email), ("name", item.name), ("regions", regions)):
+        if getattr(row, name) != value:
+            setattr(row, name, value)
+            changed = True
+    return changed
+
+
+def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool = False) -> str:
+    """Add or update one subscriber; returns 'added', 'updated' or 'unchanged'."""
+    with session_scope(engine) as session:
+        row = session.scalar(select(Subscriber).where(Subscriber.email_key == item.email_key))
+        if row is None:
+            session.add(_new(item))
+            return "added"
+        if row.status != SubscriberStatus.ACTIVE:
+            if not resubscribe:
+                raise UsageError(
+                    f"{row.email} is {row.status}; pass --resubscribe if they asked to come back"
+                )
+            row.status = SubscriberStatus.ACTIVE.value
+            row.status_changed_at = datetime.now(UTC)
+            _apply(row, item)
+            return "updated"
+        return "updated" if _apply(row, item) else "unchanged"
+
+
+def set_status(engine: Engine, email: str, status: SubscriberStatus) -> Subscriber | None:
+    """Change a subscriber's status by address; None when the address is unknown."""
+    _, key = check_address(email)
+    with session_scope(engine) as session:
+        row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
+        if row is not None and row.status != status:
+            row.status = status.value
+            row.status_changed_at = datetime.now(UTC)
+        return row
+
+
+def purge_subscriber(engine: Engine, email: str) -> bool:
+    """Delete every trace of an address (a data-erasure request)."""
+    _, key = check_address(email)
+    with session_scope(engine) as session:
+        row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
+        if row is None:
+            return False
+        session.delete(row)
+        return True

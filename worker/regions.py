@@ -1,0 +1,54 @@
+"""Region codes: ISO 3166-1 alpha-2, named by pycountry unless config overrides."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from functools import cache
+
+import pycountry
+
+_SPLIT = re.compile(r"[\s;,]+")
+
+
+class RegionError(ValueError):
+    """An unknown or malformed region code."""
+
+
+@cache
+def _known() -> frozenset[str]:
+    return frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+def is_region(code: str) -> bool:
+    return code in _known()
+
+
+def normalise_region(code: str) -> str:
+    """'ru ' -> 'RU'; RegionError for anything not ISO 3166-1 alpha-2."""
+    value = code.strip().upper()
+    if value not in _known():
+        raise RegionError(f"unknown region code {code.strip()!r}")
+    return value
+
+
+def parse_regions(text: str | Iterable[str]) -> list[str]:
+    """Codes separated by spaces, ';' or ',' (or a list) -> ordered, de-duplicated codes."""
+    parts = _SPLIT.split(text) if isinstance(text, str) else list(text)
+    seen: dict[str, None] = {}
+    for part in parts:
+        if not isinstance(part, str):
+            raise RegionError(f"region code must be text, got {part!r}")
+        if part.strip():
+            seen.setdefault(normalise_region(part), None)
+    return list(seen)
+
+
+def region_name(code: str, overrides: Mapping[str, str] | None = None) -> str:
+    """Display name: config override, else pycountry's common or official name."""
+    if overrides and code in overrides:
+        return overrides[code]
+    country = pycountry.countries.get(alpha_2=code)
+    if country is None:
+        return code
+    return country.name

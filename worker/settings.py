@@ -1,0 +1,204 @@
+"""Typed settings: defaults, then a TOML file, then `NEWSLETTER_*` environment.
+
+Nothing is read at import time; call `load_settings()`. Secrets (the SMTP
+password and the signing key) come only from the environment and are kept as
+`SecretStr`, so they never show up in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from email.headerregistry import Address
+from pathlib import Path
+from typing import Any, Literal, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from worker import PROJECT_ROOT
+from worker.errors import ConfigError
+
+ENV_PREFIX = "NEWSLETTER_"
+DEFAULT_CONFIG = Path("config/newsletter.toml")
+SECRETS = frozenset({"smtp_password", "secret_key"})
+# Variables with the prefix that are not settings (the config path itself, test knobs).
+_NOT_SETTINGS = frozenset({"config", "debug"})
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    database_url: str = "sqlite:///var/newsletter.db"
+    broker_url: str = "redis://localhost:6379/0"
+    email_backend: Literal["smtp", "file", "console", "memory"] = "file"
+    outbox_dir: Path = Path("var/outbox")
+    preview_dir: Path = Path("var/preview")
+    templates_dir: Path = PROJECT_ROOT / "templates" / "email"
+
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_timeout: float = Field(30.0, gt=0, le=600)
+    # A relay keeps a connection for a while; a cap bounds the damage of a stuck one.
+    smtp_max_per_connection: int = Field(200, ge=1)
+
+    from_address: str = Field("Melange News <digest@localhost>", alias="from")
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: SecretStr | None = None
+    timezone: str = "UTC"
+    send_rate: float = Field(0.0, ge=0)
+    stories_per_region: int = Field(5, ge=1, le=50)
+    max_attempts: int = Field(5, ge=1, le=50)
+
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_file: str = ""
+
+    # Presentation, so templates carry no brand.
+    newsletter_name: str = "Melange News Weekly"
+    postal_address: str = "Melange News, 1 Example Street, 10115 Berlin, Germany"
+    brand_color: str = Field("#b3261e", pattern=r"^#[0-9a-fA-F]{6}$")
+    unsubscribe_mailto: str = ""
+    list_id: str = ""
+    region_names: dict[str, str] = Field(default_factory=dict)
+
+    # Delivery. 200 rows a batch: Celery's ~1 ms per task becomes noise, and a
+    # killed worker returns at most this many rows to the reconciler.
+    batch_size: int = Field(200, ge=1, le=10_000)
+    send_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
+    send_time: str = Field("07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    catch_up_hours: float = Field(24.0, ge=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("from_address")
+    @classmethod
+    def _from(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or any(c in _CONTROL for c in value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("region_names", mode="before")
+    @classmethod
+    def _region_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON object such as {"RU": "Russia"}') from None
+        if isinstance(value, dict):
+            value = {str(k).upper(): v for k, v in value.items()}
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def sender(self) -> Address:
+        return parse_address(self.from_address)
+
+    @property
+    def effective_list_id(self) -> str:
+        return self.list_id or f"weekly.{self.sender.domain}"
+
+    def require_secret_key(self) -> str:
+        if self.secret_key is None or not self.secret_key.get_secret_value():
+            raise ConfigError(
+                "setting NEWSLETTER_SECRET_KEY is required to sign unsubscribe links "
+                "and Message-IDs: set it in the environment"
+            )
+        return self.secret_key.get_secret_value()
+
+
+def parse_address(value: str) -> Address:
+    """Parse `Name <user@domain>` or `user@domain` into an Address, strictly."""
+    from email.headerregistry import HeaderRegistry
+
+    if any(c in _CONTROL for c in value):
+        raise ValueError("must not contain control characters or line breaks")
+    header = HeaderRegistry()("From", value)
+    if len(header.addresses) != 1 or header.defects:
+        raise ValueError(f"must be one address such as 'News <news@example.org>', got {value!r}")
+    address = header.addresses[0]
+    if not address.username or not address.domain:
+        raise ValueError(f"must be one address such as 'News <news@example.org>', got {value!r}")
+    return address
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + ("FROM" if field == "from_address" else field.upper())
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key in data:
+        if key in SECRETS:
+            raise ConfigError(
+                f"setting {key} is a secret: set {_env_name(key)} in the environment, "
+                f"not in {path}"
+            )
+    return data
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings; raise ConfigError naming the first bad setting."""
+    env = os.environ if env is None else env
+    explicit = env.get(ENV_PREFIX + "CONFIG")
+    path = Path(explicit) if explicit else DEFAULT_CONFIG
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if explicit or path.exists():
+        for key, value in _read_config(path).items():
+            values[key] = value
+            origin[key] = f"{key} in {path}"
+    fields = {("from" if n == "from_address" else n): n for n in Settings.model_fields}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in _NOT_SETTINGS or key.startswith("test_"):
+            continue
+        if key not in fields:
+            continue  # an unrelated variable that shares the prefix
+        values[key] = value
+        origin[key] = name
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = str(err["loc"][0]) if err["loc"] else "?"
+        where = origin.get(loc, loc)
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown setting {loc!r} in {path}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        # Never echo a secret back, not even a malformed one.
+        shown = "" if loc in SECRETS else f" (got {err.get('input')!r})"
+        raise ConfigError(f"setting {_where_name(where)}: {msg}{shown}") from None
+
+
+def _where_name(where: str) -> str:
+    return where if where.startswith(ENV_PREFIX) or " in " in where else _env_name(where)

@@ -1,0 +1,15 @@
+"""Tables, engine and sessions, migrations."""
+
+from worker.store.db import create_db_engine, session_scope, upgrade_schema
+from worker.store.models import Base, Story, StoryRegion, Subscriber, SubscriberStatus
+
+__all__ = [
+    "Base",
+    "Story",
+    "StoryRegion",
+    "Subscriber",
+    "SubscriberStatus",
+    "create_db_engine",
+    "session_scope",
+    "upgrade_schema",
+]
