@@ -17,7 +17,9 @@ class SourceError(Exception):
     """The whole source could not be read or parsed; its items were not looked at."""
 
 
-def read_source(source: str, *, max_bytes: int = MAX_SOURCE_BYTES, timeout: float = FETCH_TIMEOUT) -> bytes:
+def read_source(source: str, *, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
+    max_bytes = max_bytes or MAX_SOURCE_BYTES
+    timeout = timeout or FETCH_TIMEOUT
     scheme = urlsplit(source).scheme.lower()
     if scheme in ("http", "https"):
         return _fetch_url(source, max_bytes=max_bytes, timeout=timeout)

@@ -1,0 +1,133 @@
+"""Shared fixtures: both databases, an isolated working directory, the CLI.
+
+PostgreSQL comes from NEWSLETTER_TEST_POSTGRES_URL (an admin URL; each test
+session creates and drops its own database). Without it the local server on
+127.0.0.1:5432 is tried. Under CI=true an unreachable service fails the run
+instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from worker.settings import Settings
+from worker.store.db import create_db_engine, upgrade_schema
+from worker.store.models import Base
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get(
+    "NEWSLETTER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    message = f"{what} unavailable: {exc}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: services must be up)")
+    pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder with no NEWSLETTER_* settings leaking in."""
+    for name in list(os.environ):
+        if name.startswith("NEWSLETTER_") and not name.startswith("NEWSLETTER_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    admin = sa.make_url(PG_ADMIN_URL)
+    name = f"nl_test_{uuid.uuid4().hex[:10]}"
+    try:
+        engine = create_db_engine(str(admin))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        unavailable("PostgreSQL", exc)
+    url = admin.set(database=name).render_as_string(hide_password=False)
+    upgrade_schema(create_db_engine(url))
+    yield url
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def _truncate(engine: sa.Engine) -> None:
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        engine = create_db_engine(url)
+        upgrade_schema(engine)
+        engine.dispose()
+        yield url
+    else:
+        url = request.getfixturevalue("pg_url")
+        engine = create_db_engine(url)
+        _truncate(engine)
+        engine.dispose()
+        yield url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    engine = create_db_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=db_url,
+        outbox_dir=tmp_path / "outbox",
+        preview_dir=tmp_path / "preview",
+        secret_key="test-secret-key",
+        timezone="UTC",
+    )
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, db_url: str):
+    """Run `newsletter ARGS` in-process against the test database; returns code, stdout, stderr."""
+    from worker.cli import main
+
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", db_url)
+
+    def run(*args: str, env: dict[str, str] | None = None) -> CliResult:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
