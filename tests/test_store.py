@@ -2,7 +2,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from worker.store.db import create_db_engine, current_revision, head_revision, session_scope, upgrade_schema
+from worker.store.db import (
+    create_db_engine,
+    current_revision,
+    head_revision,
+    session_scope,
+    upgrade_schema,
+)
 from worker.store.models import Story, StoryRegion
 
 

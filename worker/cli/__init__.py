@@ -1,4 +1,7 @@
-"""`newsletter` command line. Exit status: 0 done, 1 something failed or was rejected, 2 bad usage or configuration."""
+"""`newsletter` command line.
+
+Exit status: 0 done, 1 something failed or was rejected, 2 bad usage or configuration.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,13 @@ import sys
 
 import click
 
-from worker.cli.app import Context, cli
-from worker.errors import NewsletterError
-
 # Importing the command modules registers their commands on `cli`.
 from worker.cli import db as _db  # noqa: F401,E402
 from worker.cli import demo as _demo  # noqa: F401,E402
 from worker.cli import stories as _stories  # noqa: F401,E402
 from worker.cli import subscribers as _subscribers  # noqa: F401,E402
+from worker.cli.app import Context, cli
+from worker.errors import NewsletterError
 
 __all__ = ["Context", "cli", "main"]
 

@@ -1,7 +1,14 @@
 """The week's selection: windows, per-region sections (pure), and the query that feeds them."""
 
 from worker.digest.select import Section, Selection, StoryItem, select_sections
-from worker.digest.week import Window, custom_window, parse_week, previous_week, week_of, week_window
+from worker.digest.week import (
+    Window,
+    custom_window,
+    parse_week,
+    previous_week,
+    week_of,
+    week_window,
+)
 
 __all__ = [
     "Section",

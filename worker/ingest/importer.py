@@ -58,9 +58,8 @@ def import_sources(
                 continue
             where = f"{source}: {raw.position}"
             if story.guid in first_seen:
-                report.rejected.append(Rejection(
-                    source, raw.position, f"duplicate id {story.guid[:80]!r} (first at {first_seen[story.guid]})"
-                ))
+                reason = f"duplicate id {story.guid[:80]!r} (first at {first_seen[story.guid]})"
+                report.rejected.append(Rejection(source, raw.position, reason))
                 continue
             first_seen[story.guid] = where
             stories.append(story)

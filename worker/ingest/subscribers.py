@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -154,12 +154,17 @@ def _apply(row: Subscriber, item: SubscriberInput) -> bool:
 
 
 def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool = False) -> str:
-    """Add or update one subscriber; returns 'added', 'updated' or 'unchanged'."""
+    """Add or update one subscriber; returns 'added', 'updated' or 'unchanged'.
+
+    A missing name keeps the stored one (add is also how regions are changed).
+    """
     with session_scope(engine) as session:
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == item.email_key))
         if row is None:
             session.add(_new(item))
             return "added"
+        if item.name is None:
+            item = replace(item, name=row.name)
         if row.status != SubscriberStatus.ACTIVE:
             if not resubscribe:
                 raise UsageError(

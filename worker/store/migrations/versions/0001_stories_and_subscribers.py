@@ -4,9 +4,8 @@ Revision ID: 0001
 Revises: 
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -15,7 +14,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('stories',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('guid', sa.String(length=1024), nullable=False),
@@ -61,11 +60,11 @@ def upgrade() -> None:
     with op.batch_alter_table('story_regions', schema=None) as batch_op:
         batch_op.create_index('ix_story_regions_region', ['region'], unique=False)
 
-    
+
 
 
 def downgrade() -> None:
-    
+
     with op.batch_alter_table('story_regions', schema=None) as batch_op:
         batch_op.drop_index('ix_story_regions_region')
 
@@ -78,4 +77,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_stories_published_at'))
 
     op.drop_table('stories')
-    
+

@@ -1,0 +1,93 @@
+"""Settings: defaults, file, environment, secrets and one-line errors."""
+
+from pathlib import Path
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import load_settings
+
+
+def test_defaults_match_the_design():
+    s = load_settings({})
+    assert s.database_url == "sqlite:///var/newsletter.db"
+    assert s.broker_url == "redis://localhost:6379/0"
+    assert (s.email_backend, s.outbox_dir) == ("file", Path("var/outbox"))
+    assert (s.smtp_host, s.smtp_port, s.smtp_security, s.smtp_timeout) == ("localhost", 25, "none", 30)
+    assert s.from_address == "Melange News <digest@localhost>"
+    assert (s.public_url, s.secret_key, s.timezone) == ("http://127.0.0.1:8000", None, "UTC")
+    assert (s.send_rate, s.stories_per_region, s.max_attempts) == (0, 5, 5)
+    assert (s.dkim_selector, s.dkim_domain, s.dkim_key_file) == ("", "", "")
+
+
+def test_file_then_environment_later_wins(tmp_path):
+    Path("config").mkdir()
+    Path("config/newsletter.toml").write_text(
+        'smtp_host = "relay.example"\nsmtp_port = 2525\nfrom = "Desk <desk@news.example>"\n'
+        '[region_names]\nRU = "Russia"\n'
+    )
+    s = load_settings({"NEWSLETTER_SMTP_PORT": "587"})
+    assert (s.smtp_host, s.smtp_port) == ("relay.example", 587)
+    assert s.sender.domain == "news.example" and s.region_names == {"RU": "Russia"}
+    other = tmp_path / "other.toml"
+    other.write_text('timezone = "Europe/Berlin"\n')
+    assert load_settings({"NEWSLETTER_CONFIG": str(other)}).timezone == "Europe/Berlin"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"NEWSLETTER_SMTP_PORT": "abc"},
+     "setting NEWSLETTER_SMTP_PORT: Input should be a valid integer, unable to parse string as an integer (got 'abc')"),
+    ({"NEWSLETTER_SMTP_SECURITY": "ssl"},
+     "setting NEWSLETTER_SMTP_SECURITY: Input should be 'none', 'starttls' or 'tls' (got 'ssl')"),
+    ({"NEWSLETTER_TIMEZONE": "Mars/Olympus"},
+     "setting NEWSLETTER_TIMEZONE: unknown time zone 'Mars/Olympus' (got 'Mars/Olympus')"),
+    ({"NEWSLETTER_FROM": "News\r\nBcc: x@y"},
+     "setting NEWSLETTER_FROM: must not contain control characters or line breaks (got 'News\\r\\nBcc: x@y')"),
+    ({"NEWSLETTER_STORIES_PER_REGION": "0"},
+     "setting NEWSLETTER_STORIES_PER_REGION: Input should be greater than or equal to 1 (got '0')"),
+    ({"NEWSLETTER_CONFIG": "/nonexistent/x.toml"},
+     "cannot read config file /nonexistent/x.toml: No such file or directory"),
+])
+def test_bad_values_name_the_setting(env, message):
+    with pytest.raises(ConfigError) as err:
+        load_settings(env)
+    assert str(err.value) == message
+
+
+def test_secrets_only_from_the_environment_and_never_echoed(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('smtp_password = "hunter2"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings({"NEWSLETTER_CONFIG": str(cfg)})
+    assert str(err.value) == (
+        f"setting smtp_password is a secret: set NEWSLETTER_SMTP_PASSWORD in the environment, not in {cfg}"
+    )
+    assert "hunter2" not in str(err.value)
+    s = load_settings({"NEWSLETTER_SMTP_PASSWORD": "hunter2", "NEWSLETTER_SECRET_KEY": "k3y"})
+    assert s.smtp_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(s) and "k3y" not in repr(s) and "k3y" not in str(s.model_dump())
+
+
+def test_unknown_keys_in_the_file_are_errors(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('smtp_hots = "x"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings({"NEWSLETTER_CONFIG": str(cfg)})
+    assert str(err.value) == f"unknown setting 'smtp_hots' in {cfg}"
+
+
+def test_the_cli_turns_a_bad_setting_into_one_line_and_exit_2(run_cli):
+    result = run_cli("db", "upgrade", env={"NEWSLETTER_SEND_RATE": "fast"})
+    assert result.code == 2
+    assert result.err == (
+        "error: setting NEWSLETTER_SEND_RATE: Input should be a valid number, "
+        "unable to parse string as a number (got 'fast')\n"
+    )
+    assert result.out == ""
+
+
+def test_the_repo_config_file_is_valid():
+    from tests.conftest import REPO
+
+    s = load_settings({"NEWSLETTER_CONFIG": str(REPO / "config" / "newsletter.toml")})
+    assert s.email_backend == "file"
