@@ -131,3 +131,15 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture
+def sample_engine(engine):
+    """The test database with the bundled sample stories and subscribers."""
+    from worker.ingest import import_sources
+    from worker.ingest.subscribers import import_csv
+
+    report = import_sources(engine, [str(EXAMPLES / "stories.json")])
+    assert not report.rejected
+    assert not import_csv(engine, EXAMPLES / "subscribers.csv").rejected
+    return engine

@@ -17,3 +17,9 @@ class UsageError(NewsletterError):
 
 class HeaderInjectionError(NewsletterError):
     """A value meant for a mail header carries CR, LF, NUL or another control character."""
+
+
+class NothingToSend(NewsletterError):
+    """The command ran but there is nothing for it to show or send."""
+
+    exit_code = 1

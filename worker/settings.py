@@ -50,6 +50,8 @@ class Settings(BaseModel):
 
     from_address: str = Field("Melange News <digest@localhost>", alias="from")
     public_url: str = "http://127.0.0.1:8000"
+    # The news site itself, for "More from <region>" links; defaults to public_url.
+    site_url: str = ""
     secret_key: SecretStr | None = None
     timezone: str = "UTC"
     send_rate: float = Field(0.0, ge=0)
@@ -90,9 +92,11 @@ class Settings(BaseModel):
         parse_address(value)
         return value
 
-    @field_validator("public_url")
+    @field_validator("public_url", "site_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
+        if value == "":
+            return value
         if not value.startswith(("http://", "https://")) or any(c in _CONTROL for c in value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")

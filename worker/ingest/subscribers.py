@@ -188,6 +188,17 @@ def set_status(engine: Engine, email: str, status: SubscriberStatus) -> Subscrib
         return row
 
 
+def set_status_by_id(engine: Engine, subscriber_id: int, status: SubscriberStatus) -> bool:
+    """Idempotent: True if the status changed, False if it already was `status`."""
+    with session_scope(engine) as session:
+        row = session.get(Subscriber, subscriber_id, with_for_update=True)
+        if row is None or row.status == status:
+            return False
+        row.status = status.value
+        row.status_changed_at = datetime.now(UTC)
+        return True
+
+
 def purge_subscriber(engine: Engine, email: str) -> bool:
     """Delete every trace of an address (a data-erasure request)."""
     _, key = check_address(email)

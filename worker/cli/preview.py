@@ -1,0 +1,67 @@
+"""`newsletter preview` and `newsletter serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from worker.cli.app import Context, cli, pass_ctx
+from worker.errors import UsageError
+
+
+@cli.command()
+@click.option("--week", help="ISO week such as 2025-W05 (default: the week that ended last).")
+@click.option("--regions", help="Ordered region codes, e.g. RU,UA.")
+@click.option("--email", help="Preview what this subscriber would get.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Folder (default var/preview).")
+@click.option("--open", "open_", is_flag=True, help="Open the HTML in a browser.")
+@pass_ctx
+def preview(ctx: Context, week: str | None, regions: str | None, email: str | None,
+            out: Path | None, open_: bool) -> None:
+    """Write digest.html, digest.txt and digest.eml; send nothing."""
+    from worker.preview import build_preview, resolve_week, size_line, write_preview
+
+    if regions and email:
+        raise UsageError("give --regions or --email, not both")
+    codes = _regions(regions) if regions else None
+    window = resolve_week(week, ctx.settings)
+    result = build_preview(ctx.engine, ctx.settings, window=window, regions=codes, email=email)
+    paths = write_preview(result, out or ctx.settings.preview_dir)
+    click.echo(f"{window.label}: {' '.join(result.selection.regions)}, "
+               f"{result.selection.story_count} stories, subject: {result.variant.subject}")
+    for path in paths.values():
+        click.echo(str(path))
+    line = size_line(result.variant)
+    click.echo(line, err=result.variant.clipped)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(paths["html"].resolve().as_uri())
+
+
+def _regions(text: str) -> tuple[str, ...]:
+    from worker.regions import RegionError, parse_regions
+
+    try:
+        codes = tuple(parse_regions(text))
+    except RegionError as exc:
+        raise UsageError(f"--regions: {exc}") from None
+    if not codes:
+        raise UsageError("--regions: no region codes given")
+    return codes
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@pass_ctx
+def serve(ctx: Context, host: str, port: int) -> None:
+    """Preview pages, one-click unsubscribe and the view-online archive."""
+    from worker.web import create_app
+
+    app = create_app(ctx.settings, ctx.engine)
+    click.echo(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")
+    from werkzeug.serving import run_simple
+
+    run_simple(host, port, app, threaded=True, use_reloader=False)

@@ -1,0 +1,128 @@
+"""The message itself: multipart/alternative, RFC 8058 headers, optional DKIM.
+
+Built with EmailMessage and headerregistry.Address under policy.SMTP (CRLF,
+folded headers), never email.mime or formataddr on untrusted values. Every
+header value is checked for control characters before anything is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from functools import cache
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+
+from worker.errors import ConfigError, HeaderInjectionError
+from worker.render.digest import check_header_text
+from worker.render.personalise import PersonalDigest
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+# The headers RFC 8058 and the bulk-sender rules need covered by the signature;
+# dkimpy's default list leaves out List-Unsubscribe-Post.
+DKIM_HEADERS = [
+    b"from", b"to", b"subject", b"date", b"message-id", b"list-id",
+    b"list-unsubscribe", b"list-unsubscribe-post", b"mime-version", b"content-type",
+]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Per-message header values, checked before use."""
+
+    sender: Address
+    recipient_email: str
+    recipient_name: str | None
+    message_id: str
+    list_id: str
+    unsubscribe_url: str
+    unsubscribe_mailto: str = ""
+    date: datetime | None = None
+    subject_prefix: str = ""
+
+
+def mailbox(email: str, name: str | None) -> Address:
+    """An Address with an ASCII (IDNA) domain; the local part stays Unicode only when it
+    must, and then the message needs SMTPUTF8 (see `needs_smtputf8`)."""
+    check_header_text("recipient address", email)
+    if name:
+        check_header_text("recipient name", name)
+    try:
+        checked = validate_email(email, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise HeaderInjectionError(f"invalid recipient address {email[:80]!r}: {exc}") from None
+    addr = checked.ascii_email or checked.normalized
+    local, _, domain = addr.rpartition("@")
+    return Address(display_name=name or "", username=local, domain=domain)
+
+
+def build_message(digest: PersonalDigest, envelope: Envelope) -> EmailMessage:
+    subject = envelope.subject_prefix + digest.subject
+    for what, value in (
+        ("subject", subject), ("Message-ID", envelope.message_id), ("List-Id", envelope.list_id),
+        ("unsubscribe URL", envelope.unsubscribe_url), ("unsubscribe mailto", envelope.unsubscribe_mailto),
+    ):
+        check_header_text(what, value)
+    to = mailbox(envelope.recipient_email, envelope.recipient_name)
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = envelope.sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(envelope.date) if envelope.date else _now()
+    msg["Message-ID"] = envelope.message_id
+    msg["List-Id"] = f"<{envelope.list_id}>"
+    links = [f"<{envelope.unsubscribe_url}>"]
+    if envelope.unsubscribe_mailto:
+        links.append(f"<mailto:{envelope.unsubscribe_mailto}?subject=unsubscribe>")
+    msg["List-Unsubscribe"] = ", ".join(links)
+    msg["List-Unsubscribe-Post"] = ONE_CLICK
+    # Quoted-printable keeps every line under 998 octets whatever premailer emits,
+    # and needs no 8BITMIME from the relay.
+    msg.set_content(digest.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    msg.add_alternative(digest.html, subtype="html", charset="utf-8", cte="quoted-printable")
+    return msg
+
+
+def _now() -> str:
+    from datetime import UTC
+
+    return format_datetime(datetime.now(UTC))
+
+
+def needs_smtputf8(msg: EmailMessage) -> bool:
+    """True when an address has a non-ASCII local part (RFC 6531)."""
+    return any(not a.username.isascii() for a in msg["To"].addresses)
+
+
+def message_bytes(msg: EmailMessage) -> bytes:
+    # An encoded-word is not allowed inside an address, so a Unicode local part
+    # is written as raw UTF-8 and the sender must use SMTPUTF8.
+    return msg.as_bytes(policy=policy.SMTPUTF8 if needs_smtputf8(msg) else policy.SMTP)
+
+
+@cache
+def _dkim_key(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"setting NEWSLETTER_DKIM_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+
+
+def dkim_sign(data: bytes, *, selector: str, domain: str, key_file: str) -> bytes:
+    """Prepend a DKIM-Signature (relaxed/relaxed, rsa-sha256) to serialised message bytes."""
+    import dkim
+
+    signature = dkim.sign(
+        data,
+        selector.encode(),
+        domain.encode(),
+        _dkim_key(key_file),
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=DKIM_HEADERS,
+    )
+    return signature + data

@@ -1,0 +1,31 @@
+"""Signed values: unsubscribe tokens and Message-IDs, both keyed by NEWSLETTER_SECRET_KEY."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from itsdangerous import BadSignature, URLSafeSerializer
+
+# A dedicated salt: a token signed for anything else never unsubscribes anyone.
+UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
+
+
+def unsubscribe_token(secret: str, subscriber_id: int) -> str:
+    """Carries the subscriber id and never expires (RFC 8058 links must keep working)."""
+    return URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT).dumps(subscriber_id)
+
+
+def read_unsubscribe_token(secret: str, token: str) -> int | None:
+    """The subscriber id, or None for a tampered, foreign or malformed token."""
+    try:
+        value = URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT).loads(token)
+    except (BadSignature, ValueError, UnicodeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def message_id(secret: str, *, edition_key: str, subscriber: str | int, domain: str) -> str:
+    """Stable for (edition, subscriber), unguessable without the key."""
+    digest = hmac.new(secret.encode(), f"{edition_key}\x00{subscriber}".encode(), hashlib.sha256)
+    return f"<{digest.hexdigest()[:40]}@{domain}>"
