@@ -20,13 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from worker import PROJECT_ROOT
 from worker.errors import ConfigError
+from worker.text import contains_control
 
 ENV_PREFIX = "NEWSLETTER_"
 DEFAULT_CONFIG = Path("config/newsletter.toml")
 SECRETS = frozenset({"smtp_password", "secret_key"})
 # Variables with the prefix that are not settings (the config path itself, test knobs).
 _NOT_SETTINGS = frozenset({"config", "debug"})
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
 
 
 class Settings(BaseModel):
@@ -97,7 +97,7 @@ class Settings(BaseModel):
     def _public_url(cls, value: str) -> str:
         if value == "":
             return value
-        if not value.startswith(("http://", "https://")) or any(c in _CONTROL for c in value):
+        if not value.startswith(("http://", "https://")) or contains_control(value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
 
@@ -138,7 +138,7 @@ def parse_address(value: str) -> Address:
     """Parse `Name <user@domain>` or `user@domain` into an Address, strictly."""
     from email.headerregistry import HeaderRegistry
 
-    if any(c in _CONTROL for c in value):
+    if contains_control(value):
         raise ValueError("must not contain control characters or line breaks")
     header = HeaderRegistry()("From", value)
     if len(header.addresses) != 1 or header.defects:

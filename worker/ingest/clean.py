@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from worker.ingest.parse import RawItem
-from worker.ingest.sanitize import clean_title, sanitize_summary, single_line, summary_text
+from worker.ingest.sanitize import clean_title, sanitize_summary, summary_text
 from worker.regions import RegionError, normalise_region, parse_regions
+from worker.text import single_line
 
 # Field limits: generous for real news, small enough that one item cannot push
 # a digest past Gmail's 102 KB clip or bloat the database.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 
 import nh3
+
+from worker.text import single_line
 
 # What a digest summary may contain. No images (tracking pixels, data: URLs),
 # no style, no classes: the digest's own CSS decides how it looks.
@@ -18,14 +19,6 @@ _PARA_END = re.compile(r"(?i)<\s*/(p|blockquote|ul|ol)\s*>")
 _LINE_END = re.compile(r"(?i)<\s*(br\s*/?|/li)\s*>")
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
-
-
-def single_line(text: str) -> str:
-    """Control characters and line breaks (CR, LF, NEL, U+2028...) become one space."""
-    cleaned = "".join(
-        " " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text
-    )
-    return " ".join(cleaned.split())
 
 
 def clean_title(text: str, *, is_html: bool = False) -> str:

@@ -15,6 +15,7 @@ from worker.errors import UsageError
 from worker.regions import RegionError, parse_regions
 from worker.store.db import session_scope
 from worker.store.models import Subscriber, SubscriberStatus
+from worker.text import contains_control
 
 MAX_NAME = 200
 MAX_REGIONS = 20
@@ -58,7 +59,7 @@ def check_name(raw: str | None) -> str | None:
     if raw is None:
         return None
     value = raw.strip()
-    if any(ord(c) < 32 or ord(c) == 127 or c in "\u2028\u2029\x85" for c in value):
+    if contains_control(value):
         raise InvalidSubscriber("name contains a line break or control character")
     if len(value) > MAX_NAME:
         raise InvalidSubscriber(f"name too long ({len(value)} > {MAX_NAME} characters)")

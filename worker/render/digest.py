@@ -19,6 +19,7 @@ from worker.render.env import get_template
 from worker.render.inline import inline_css
 from worker.render.personalise import token_context
 from worker.settings import Settings
+from worker.text import contains_control
 
 # Gmail clips messages whose HTML is larger than about 102 KB.
 GMAIL_CLIP_BYTES = 102 * 1024
@@ -62,10 +63,11 @@ def render_variant(
     *, selection: Selection, window: Window, edition_key: str, settings: Settings
 ) -> RenderedVariant:
     context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings)
-    subject = " ".join(get_template(settings.templates_dir, f"{TEMPLATE}/subject.txt").render(context).split())
-    check_header_text("subject", subject)
-    html = get_template(settings.templates_dir, f"{TEMPLATE}/body.html").render(context)
-    text = get_template(settings.templates_dir, f"{TEMPLATE}/body.txt").render(context)
+    folder = settings.templates_dir
+    subject = check_header_text("subject", get_template(folder, f"{TEMPLATE}/subject.txt").render(context))
+    subject = " ".join(subject.split())
+    html = get_template(folder, f"{TEMPLATE}/body.html").render(context)
+    text = get_template(folder, f"{TEMPLATE}/body.txt").render(context)
     return RenderedVariant(
         edition_key=edition_key,
         regions=selection.regions,
@@ -160,8 +162,7 @@ def _preheader(titles: list[str]) -> str:
 
 
 def check_header_text(what: str, value: str) -> str:
-    """Refuse CR, LF, NUL and every other control character in a header value."""
-    for ch in value:
-        if ord(ch) < 32 or ord(ch) == 127 or ch in "\u2028\u2029\x85":
-            raise HeaderInjectionError(f"{what} contains a control character or line break: {value[:60]!r}")
+    """Refuse CR, LF, NUL and every other control character (C0, DEL, C1, U+2028/9)."""
+    if contains_control(value):
+        raise HeaderInjectionError(f"{what} contains a control character or line break: {value[:60]!r}")
     return value

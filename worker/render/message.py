@@ -66,9 +66,13 @@ def build_message(digest: PersonalDigest, envelope: Envelope) -> EmailMessage:
     for what, value in (
         ("subject", subject), ("Message-ID", envelope.message_id), ("List-Id", envelope.list_id),
         ("unsubscribe URL", envelope.unsubscribe_url), ("unsubscribe mailto", envelope.unsubscribe_mailto),
+        ("recipient name", envelope.recipient_name or ""),
     ):
         check_header_text(what, value)
-    to = mailbox(envelope.recipient_email, envelope.recipient_name)
+    # Header folding collapses runs of whitespace anyway; doing it here keeps
+    # what we store and what the reader's client shows the same.
+    subject = " ".join(subject.split())
+    to = mailbox(envelope.recipient_email, " ".join((envelope.recipient_name or "").split()) or None)
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = envelope.sender
     msg["To"] = to
