@@ -64,7 +64,7 @@ def render_variant(
 ) -> RenderedVariant:
     context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings)
     folder = settings.templates_dir
-    subject = check_header_text("subject", get_template(folder, f"{TEMPLATE}/subject.txt").render(context))
+    subject = check_header_text("subject", get_template(folder, f"{TEMPLATE}/subject.txt").render(context).strip())
     subject = " ".join(subject.split())
     html = get_template(folder, f"{TEMPLATE}/body.html").render(context)
     text = get_template(folder, f"{TEMPLATE}/body.txt").render(context)
