@@ -76,6 +76,13 @@ class Settings(BaseModel):
     send_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
     send_time: str = Field("07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     catch_up_hours: float = Field(24.0, ge=0)
+    # First retry after about this long, doubling each attempt (with jitter), up to 6 h.
+    retry_base_seconds: float = Field(60.0, gt=0)
+    # How long a batch task may hold its rows; also Celery's hard time limit for it.
+    # Redis redelivers unacknowledged tasks after visibility_timeout, set above this.
+    batch_lease_seconds: int = Field(900, ge=5)
+    # A row handed to the broker is handed out again if still untouched after this.
+    redispatch_seconds: int = Field(600, ge=1)
 
     @field_validator("timezone")
     @classmethod

@@ -6,14 +6,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -133,3 +136,78 @@ class Subscriber(Base):
     @property
     def region_list(self) -> list[str]:
         return self.regions.split()
+
+
+class EditionState(StrEnum):
+    SENDING = "sending"   # planned; batches are handed out
+    PAUSED = "paused"     # no batches handed out until resumed
+    DONE = "done"         # no row left pending, sending or due for retry
+    SKIPPED = "skipped"   # never sent (missed the catch-up window), with a reason
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"   # claimed for one SMTP transaction right now
+    SENT = "sent"
+    FAILED = "failed"     # temporary; retried at next_attempt_at, final when that is NULL
+    BOUNCED = "bounced"   # permanent mailbox refusal; the subscriber is suppressed
+    SKIPPED = "skipped"   # with skip_reason
+    UNKNOWN = "unknown"   # the server may have accepted it; reported, never re-sent
+
+
+class Edition(Base):
+    __tablename__ = "editions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # 'weekly-2025-W05', 'manual-2025-01-27..2025-02-03', '...-force-2': unique, so
+    # two beats, a restarted beat or a double trigger all land on one row.
+    key: Mapped[str] = mapped_column(String(120), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(40))
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(16), default=EditionState.SENDING.value)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    total: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("state IN ('sending', 'paused', 'done', 'skipped')", name="state"),
+    )
+
+
+class Delivery(Base):
+    """One row per (edition, subscriber): the ledger. See worker/delivery/ledger.py."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    # The subscriber's ordered region set when the edition was planned: the variant.
+    regions: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
+    skip_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Who holds the row and until when: a batch lease while pending, the
+    # one-transaction lease while sending.
+    claimed_by: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_code: Mapped[int | None] = mapped_column(nullable=True)
+    last_reply: Mapped[str | None] = mapped_column(Text, nullable=True)
+    message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("edition_id", "subscriber_id", name="uq_deliveries_edition_subscriber"),
+        Index("ix_deliveries_edition_state", "edition_id", "state"),
+        CheckConstraint(
+            "state IN ('pending', 'sending', 'sent', 'failed', 'bounced', 'skipped', 'unknown')",
+            name="state",
+        ),
+    )

@@ -1,0 +1,109 @@
+"""`newsletter send`, `status`, `pause`, `resume`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from worker.cli.app import Context, cli, pass_ctx
+from worker.errors import UsageError
+
+
+@cli.command()
+@click.option("--week", help="ISO week, e.g. 2025-W05 (default: the week that ended last).")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Custom window start (local date).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Custom window end, exclusive.")
+@click.option("--to", "to", multiple=True, help="Test send to this address (repeatable); no ledger.")
+@click.option("--regions", help="Region set for --to / --dry-run (default: every set).")
+@click.option("--dry-run", is_flag=True, help="Render and count; send and record nothing.")
+@click.option("--force", is_flag=True, help="Send again under a new edition key (audited).")
+@click.option("--retry-failed", is_flag=True, help="Re-queue the edition's failed rows only.")
+@click.option("--wait", is_flag=True, help="Follow the edition with a progress bar.")
+@click.option("--inline", is_flag=True, help="Run in this process, without a broker.")
+@pass_ctx
+def send(ctx: Context, week, since, until, to, regions, dry_run, force, retry_failed, wait, inline) -> None:
+    """Plan an edition and deliver it (manual trigger)."""
+    from worker.cli import sending
+
+    if week and (since or until):
+        raise UsageError("give --week or --since/--until, not both")
+    if bool(since) != bool(until):
+        raise UsageError("--since and --until go together")
+    if force and retry_failed:
+        raise UsageError("--force and --retry-failed exclude each other")
+    settings = ctx.settings
+    window, key, kind = sending.resolve_window(settings, week, since and since.date(), until and until.date())
+    codes = sending.parse_region_option(regions)
+    if to:
+        code = sending.test_send(ctx.engine, settings, window, key, list(to), codes)
+        raise click.exceptions.Exit(code)
+    if dry_run:
+        code = sending.dry_run(ctx.engine, settings, window, key, codes)
+        raise click.exceptions.Exit(code)
+    settings.require_secret_key()
+    edition_id = sending.plan_or_reuse(ctx.engine, settings, key=key, kind=kind, window=window, force=force,
+                                       retry=retry_failed)
+    if edition_id is None:
+        return
+    code = sending.deliver(ctx.engine, settings, edition_id, inline=inline, wait=wait)
+    raise click.exceptions.Exit(code)
+
+
+@cli.command()
+@click.argument("edition", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def status(ctx: Context, edition: str | None, as_json: bool) -> None:
+    """An edition's counts by state, skip reason and SMTP code (or the recent editions)."""
+    from worker.cli.sending import print_status
+    from worker.delivery.plan import require_edition
+    from worker.delivery.status import edition_status, recent_editions
+
+    if edition:
+        data = edition_status(ctx.engine, require_edition(ctx.engine, edition))
+        if as_json:
+            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            print_status(data)
+        return
+    editions = [edition_status(ctx.engine, e, list_unknown=0) for e in recent_editions(ctx.engine)]
+    if as_json:
+        click.echo(json.dumps(editions, indent=2, ensure_ascii=False))
+        return
+    if not editions:
+        click.echo("no editions yet")
+    for data in editions:
+        counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n)
+        click.echo(f"{data['edition']}  {data['state']}  {data['total']} rows: {counts or 'none'}")
+
+
+@cli.command()
+@click.argument("edition")
+@pass_ctx
+def pause(ctx: Context, edition: str) -> None:
+    """Stop handing out batches of an edition."""
+    from worker.delivery.plan import pause_edition, require_edition
+
+    row = require_edition(ctx.engine, edition)
+    if not pause_edition(ctx.engine, row.id, "paused by operator"):
+        raise UsageError(f"{edition} is {row.state}; only a sending edition can be paused")
+    click.echo(f"{edition}: paused (batches in flight finish their current message and stop)")
+
+
+@cli.command()
+@click.argument("edition")
+@click.option("--wait", is_flag=True)
+@click.option("--inline", is_flag=True)
+@pass_ctx
+def resume(ctx: Context, edition: str, wait: bool, inline: bool) -> None:
+    """Continue a paused edition from the ledger."""
+    from worker.cli.sending import deliver
+    from worker.delivery.plan import require_edition, resume_edition
+
+    row = require_edition(ctx.engine, edition)
+    if not resume_edition(ctx.engine, row.id):
+        raise UsageError(f"{edition} is {row.state}; only a paused edition can be resumed")
+    click.echo(f"{edition}: resumed")
+    raise click.exceptions.Exit(deliver(ctx.engine, ctx.settings, row.id, inline=inline, wait=wait))
+

@@ -1,0 +1,1 @@
+"""Plan, ledger, senders (smtp, file, console, memory), retry policy."""

@@ -1,0 +1,226 @@
+"""The ledger: one row per (edition, subscriber), above the transport.
+
+Guarantee (the only one the rest of the system relies on):
+
+    A message is handed to a sender only after its row moved from `pending`
+    (or a `failed` row that is due) to `sending` in a committed compare-and-set
+    UPDATE that this worker won. The row leaves `sending` only when the sender's
+    answer is recorded, or, if that never happens, when the reconciler finds
+    its lease expired and marks it `unknown`, which is never re-sent.
+
+So two workers never both send a row (the claim is atomic), a lost or
+repeated broker message sends nothing twice (the second claim finds the row
+no longer pending), and a row nobody claimed stays `pending` until the
+reconciler hands it out again. The one ambiguous window is the time between
+the claim's commit and the record's commit, one SMTP transaction long: a
+crash there leaves the reader with zero or one copy, the row ends `unknown`
+and is reported.
+
+Two leases: a *batch lease* (claimed_by/lease_until on pending rows) says
+which task is working through a batch so other tasks and the reconciler leave
+those rows alone; the *send lease* on a `sending` row bounds the ambiguous
+window for the reconciler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, and_, exists, func, or_, select, update
+
+from worker.delivery.outcome import Outcome, SendResult, backoff
+from worker.store.db import session_scope
+from worker.store.models import (
+    Delivery,
+    DeliveryState,
+    Edition,
+    EditionState,
+    Subscriber,
+    SubscriberStatus,
+)
+
+D = Delivery.__table__
+PENDING, SENDING = DeliveryState.PENDING.value, DeliveryState.SENDING.value
+FAILED = DeliveryState.FAILED.value
+
+
+@dataclass(frozen=True)
+class Leased:
+    """A row this worker holds the batch lease for, with what composing needs."""
+
+    id: int
+    subscriber_id: int
+    regions: tuple[str, ...]
+    email: str
+    name: str | None
+
+
+def _due(now: datetime):
+    """Rows that may be sent now: pending, or failed with a retry time that has come."""
+    return or_(D.c.state == PENDING, and_(D.c.state == FAILED, D.c.next_attempt_at <= now))
+
+
+def _edition_sending(edition_id: int):
+    return exists().where(Edition.id == edition_id, Edition.state == EditionState.SENDING.value)
+
+
+def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: str, now: datetime,
+                lease: timedelta) -> list[Leased]:
+    """Take the batch lease on the due rows among `ids` that no live lease holds."""
+    free = or_(D.c.lease_until.is_(None), D.c.lease_until < now)
+    candidates = select(D.c.id).where(
+        D.c.id.in_(list(ids)), D.c.edition_id == edition_id, _due(now), free
+    )
+    with session_scope(engine) as session:
+        if engine.dialect.name == "postgresql":
+            # Rows another worker is updating right now are skipped, not waited for.
+            candidates = candidates.with_for_update(skip_locked=True)
+        stmt = (
+            update(D)
+            .where(D.c.id.in_(candidates.scalar_subquery()), _edition_sending(edition_id))
+            .values(claimed_by=worker, lease_until=now + lease, updated_at=now)
+            .returning(D.c.id)
+        )
+        won = [row[0] for row in session.execute(stmt)]
+        if not won:
+            return []
+        rows = session.execute(
+            select(D.c.id, D.c.subscriber_id, D.c.regions, Subscriber.email, Subscriber.name)
+            .join(Subscriber, Subscriber.id == D.c.subscriber_id)
+            .where(D.c.id.in_(won))
+            .order_by(D.c.id)
+        ).all()
+    return [Leased(r.id, r.subscriber_id, tuple(r.regions.split()), r.email, r.name) for r in rows]
+
+
+def claim(engine: Engine, *, delivery_id: int, worker: str, now: datetime, lease: timedelta) -> str:
+    """Move one leased row to `sending`. Returns 'claimed', 'lost' or the skip reason.
+
+    The subscriber's status is checked in the same transaction, so an
+    unsubscribe that lands while the edition is sending takes effect here.
+    """
+    with session_scope(engine) as session:
+        row = session.execute(
+            update(D)
+            .where(D.c.id == delivery_id, D.c.claimed_by == worker, _due(now),
+                   _edition_sending_for_row())
+            .values(state=SENDING, attempts=D.c.attempts + 1, lease_until=now + lease, updated_at=now)
+            .returning(D.c.subscriber_id)
+        ).first()
+        if row is None:
+            return "lost"
+        status = session.scalar(select(Subscriber.status).where(Subscriber.id == row.subscriber_id))
+        if status != SubscriberStatus.ACTIVE.value:
+            session.execute(
+                update(D).where(D.c.id == delivery_id).values(
+                    state=DeliveryState.SKIPPED.value, skip_reason=status, attempts=D.c.attempts - 1,
+                    claimed_by=None, lease_until=None, updated_at=now)
+            )
+            return status or "deleted"
+        return "claimed"
+
+
+def _edition_sending_for_row():
+    return exists().where(Edition.id == D.c.edition_id, Edition.state == EditionState.SENDING.value)
+
+
+def record(engine: Engine, *, delivery_id: int, worker: str, result: SendResult, message_id: str | None,
+           max_attempts: int, retry_base: float, now: datetime) -> bool:
+    """Write the sender's answer. False if the row was no longer ours (it is then `unknown`)."""
+    values: dict = {"last_code": result.code, "last_reply": result.summary[:1000] or None,
+                    "claimed_by": None, "lease_until": None, "updated_at": now}
+    outcome = result.outcome
+    with session_scope(engine) as session:
+        attempts = session.scalar(select(D.c.attempts).where(D.c.id == delivery_id)) or 0
+        if outcome is Outcome.SENT:
+            values.update(state=DeliveryState.SENT.value, sent_at=now, message_id=message_id,
+                          next_attempt_at=None)
+        elif outcome is Outcome.UNKNOWN:
+            values.update(state=DeliveryState.UNKNOWN.value, message_id=message_id, next_attempt_at=None)
+        elif outcome is Outcome.PERMANENT:
+            values.update(state=DeliveryState.BOUNCED.value, next_attempt_at=None)
+        elif outcome is Outcome.SENDER:
+            # Not the subscriber's fault: the attempt is not counted and the row waits for resume.
+            values.update(state=PENDING, attempts=D.c.attempts - 1, next_attempt_at=None)
+        elif outcome is Outcome.TEMPORARY and attempts < max_attempts:
+            values.update(state=FAILED, next_attempt_at=now + backoff(attempts, base_seconds=retry_base))
+        else:  # temporary with attempts used up, or rejected: final
+            values.update(state=FAILED, next_attempt_at=None)
+        done = session.execute(
+            update(D).where(D.c.id == delivery_id, D.c.state == SENDING, D.c.claimed_by == worker)
+            .values(**values).returning(D.c.subscriber_id)
+        ).first()
+        if done is None:
+            return False
+        if outcome is Outcome.PERMANENT:
+            session.execute(
+                update(Subscriber).where(Subscriber.id == done.subscriber_id,
+                                         Subscriber.status == SubscriberStatus.ACTIVE.value)
+                .values(status=SubscriberStatus.BOUNCED.value, status_changed_at=now)
+            )
+        return True
+
+
+def skip(engine: Engine, *, delivery_id: int, worker: str, reason: str, now: datetime) -> None:
+    with session_scope(engine) as session:
+        session.execute(
+            update(D).where(D.c.id == delivery_id, D.c.claimed_by == worker, D.c.state == SENDING)
+            .values(state=DeliveryState.SKIPPED.value, skip_reason=reason, claimed_by=None,
+                    lease_until=None, updated_at=now)
+        )
+
+
+def release(engine: Engine, *, ids: Sequence[int], worker: str, now: datetime) -> int:
+    """Give back batch leases on rows this worker did not get to; they stay due."""
+    if not ids:
+        return 0
+    with session_scope(engine) as session:
+        result = session.execute(
+            update(D).where(D.c.id.in_(list(ids)), D.c.claimed_by == worker, D.c.state != SENDING)
+            .values(claimed_by=None, lease_until=None, enqueued_at=None, updated_at=now)
+        )
+        return result.rowcount or 0
+
+
+def expire_sending(engine: Engine, *, now: datetime, edition_id: int | None = None) -> int:
+    """Rows stuck in `sending` past their lease: the worker died mid-transaction. `unknown`."""
+    with session_scope(engine) as session:
+        stmt = update(D).where(D.c.state == SENDING, D.c.lease_until < now)
+        if edition_id is not None:
+            stmt = stmt.where(D.c.edition_id == edition_id)
+        result = session.execute(stmt.values(
+            state=DeliveryState.UNKNOWN.value, claimed_by=None, lease_until=None, updated_at=now,
+            last_reply=func.coalesce(D.c.last_reply, "worker lost during the SMTP transaction"),
+        ))
+        return result.rowcount or 0
+
+
+def dispatchable(engine: Engine, *, edition_id: int, now: datetime, redispatch_after: timedelta,
+                 batch_size: int) -> list[list[int]]:
+    """Due rows no batch is working on and not handed to the broker recently, in batches.
+
+    Marks them enqueued now; if the publish is lost, they come back after
+    `redispatch_after`, and a duplicate publish is harmless (the claim decides).
+    """
+    free = or_(D.c.lease_until.is_(None), D.c.lease_until < now)
+    fresh = or_(D.c.enqueued_at.is_(None), D.c.enqueued_at < now - redispatch_after)
+    with session_scope(engine) as session:
+        ids = list(session.scalars(
+            select(D.c.id).where(D.c.edition_id == edition_id, _due(now), free, fresh).order_by(D.c.id)
+        ))
+        for start in range(0, len(ids), 1000):
+            session.execute(update(D).where(D.c.id.in_(ids[start:start + 1000])).values(enqueued_at=now))
+    return [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+
+
+def open_rows(engine: Engine, *, edition_id: int) -> int:
+    """Rows that still need work: pending, sending, or failed with a retry scheduled."""
+    with session_scope(engine) as session:
+        return session.scalar(
+            select(func.count()).select_from(D).where(
+                D.c.edition_id == edition_id,
+                or_(D.c.state.in_([PENDING, SENDING]), and_(D.c.state == FAILED, D.c.next_attempt_at.is_not(None))),
+            )
+        ) or 0

@@ -1,0 +1,157 @@
+"""Editions: plan one (ledger rows in bulk, inside the database), pause, resume, finish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
+
+from worker.digest import Window
+from worker.digest.queries import fetch_window_stories
+from worker.errors import UsageError
+from worker.store.db import session_scope
+from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Subscriber, SubscriberStatus
+
+D = Delivery.__table__
+
+
+@dataclass(frozen=True)
+class Planned:
+    edition_id: int
+    key: str
+    created: bool
+
+
+def region_sets_with_stories(session, window: Window, region_sets: list[str]) -> set[str]:
+    """Which ordered region sets ('RU UA') have at least one story in the window."""
+    tagged = {region for story in fetch_window_stories(session, window) for region in story.regions}
+    return {regions for regions in region_sets if tagged & set(regions.split())}
+
+
+def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: datetime,
+                 note: str | None = None) -> Planned:
+    """Create the edition and its ledger rows in one transaction; idempotent by key.
+
+    The recipient set is fixed here: every active subscriber gets a row with
+    their region set as it is now. Rows for region sets without stories are
+    `skipped` with reason `no-stories` straight away.
+    """
+    try:
+        with session_scope(engine) as session:
+            edition = Edition(key=key, kind=kind, label=window.label, window_start=window.start,
+                              window_end=window.end, state=EditionState.SENDING.value, note=note,
+                              created_at=now)
+            session.add(edition)
+            session.flush()
+            # INSERT ... SELECT: a million subscribers never pass through Python.
+            session.execute(insert(D).from_select(
+                ["edition_id", "subscriber_id", "regions", "state", "attempts", "updated_at"],
+                select(literal(edition.id), Subscriber.id, Subscriber.regions,
+                       literal(DeliveryState.PENDING.value), literal(0), literal(now, D.c.updated_at.type))
+                .where(Subscriber.status == SubscriberStatus.ACTIVE.value),
+            ))
+            sets = list(session.scalars(select(D.c.regions).where(D.c.edition_id == edition.id).distinct()))
+            empty = sorted(set(sets) - region_sets_with_stories(session, window, sets))
+            for start in range(0, len(empty), 500):
+                session.execute(
+                    update(D).where(D.c.edition_id == edition.id, D.c.regions.in_(empty[start:start + 500]))
+                    .values(state=DeliveryState.SKIPPED.value, skip_reason="no-stories")
+                )
+            edition.total = session.scalar(
+                select(func.count()).select_from(D).where(D.c.edition_id == edition.id)) or 0
+            edition_id = edition.id
+        return Planned(edition_id, key, True)
+    except IntegrityError:
+        # Another beat, reconciler or operator planned it first: use theirs.
+        with session_scope(engine) as session:
+            existing = session.scalar(select(Edition.id).where(Edition.key == key))
+        if existing is None:
+            raise
+        return Planned(existing, key, False)
+
+
+def record_skipped_edition(engine: Engine, *, key: str, window: Window, reason: str, now: datetime) -> bool:
+    """A week that was never sent, on record with why. False if the key already exists."""
+    try:
+        with session_scope(engine) as session:
+            session.add(Edition(key=key, kind="weekly", label=window.label, window_start=window.start,
+                                window_end=window.end, state=EditionState.SKIPPED.value, reason=reason,
+                                created_at=now, finished_at=now))
+        return True
+    except IntegrityError:
+        return False
+
+
+def find_edition(engine: Engine, key: str) -> Edition | None:
+    with session_scope(engine) as session:
+        return session.scalar(select(Edition).where(Edition.key == key))
+
+
+def get_edition(engine: Engine, edition_id: int) -> Edition | None:
+    with session_scope(engine) as session:
+        return session.get(Edition, edition_id)
+
+
+def pause_edition(engine: Engine, edition_id: int, reason: str) -> bool:
+    """Stop handing out batches. Only a sending edition pauses; True if it did."""
+    with session_scope(engine) as session:
+        result = session.execute(
+            update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.SENDING.value)
+            .values(state=EditionState.PAUSED.value, reason=reason)
+        )
+        return bool(result.rowcount)
+
+
+def resume_edition(engine: Engine, edition_id: int) -> bool:
+    with session_scope(engine) as session:
+        result = session.execute(
+            update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.PAUSED.value)
+            .values(state=EditionState.SENDING.value, reason=None)
+        )
+        return bool(result.rowcount)
+
+
+def finish_if_done(engine: Engine, edition_id: int, now: datetime) -> bool:
+    """A sending edition with no open row left becomes done."""
+    from worker.delivery.ledger import open_rows
+
+    if open_rows(engine, edition_id=edition_id):
+        return False
+    with session_scope(engine) as session:
+        result = session.execute(
+            update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.SENDING.value)
+            .values(state=EditionState.DONE.value, finished_at=now)
+        )
+        return bool(result.rowcount)
+
+
+def retry_failed(engine: Engine, edition_id: int, now: datetime) -> int:
+    """Final `failed` rows go back to pending with fresh attempts; the edition sends again."""
+    with session_scope(engine) as session:
+        count = session.execute(
+            update(D).where(D.c.edition_id == edition_id, D.c.state == DeliveryState.FAILED.value)
+            .values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=None, claimed_by=None,
+                    lease_until=None, enqueued_at=None, updated_at=now)
+        ).rowcount or 0
+        if count:
+            session.execute(update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.DONE.value)
+                            .values(state=EditionState.SENDING.value, finished_at=None))
+        return count
+
+
+def next_force_key(engine: Engine, key: str) -> str:
+    with session_scope(engine) as session:
+        taken = set(session.scalars(select(Edition.key).where(Edition.key.like(f"{key}-force-%"))))
+    n = 2
+    while f"{key}-force-{n}" in taken:
+        n += 1
+    return f"{key}-force-{n}"
+
+
+def require_edition(engine: Engine, key: str) -> Edition:
+    edition = find_edition(engine, key)
+    if edition is None:
+        raise UsageError(f"no edition {key!r} (see `newsletter status`)")
+    return edition

@@ -1,0 +1,109 @@
+"""The weekly slot and the reconciler. Beat is only a tick: the database decides."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+
+from sqlalchemy import Engine, select
+
+from worker.delivery import ledger
+from worker.delivery.plan import finish_if_done, plan_edition, record_skipped_edition
+from worker.digest import week_of, week_window
+from worker.preview import weekly_edition_key
+from worker.settings import Settings
+from worker.store.db import session_scope
+from worker.store.models import Edition, EditionState
+
+log = logging.getLogger(__name__)
+DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Publish = Callable[[int, list[int]], None]
+
+
+def latest_slot(now: datetime, settings: Settings) -> datetime:
+    """The most recent weekly send time at or before `now`, as an aware local datetime."""
+    tz = settings.tz
+    local = now.astimezone(tz)
+    hour, minute = (int(x) for x in settings.send_time.split(":"))
+    day = local.date() - timedelta(days=(local.weekday() - DAYS.index(settings.send_day)) % 7)
+    slot = datetime.combine(day, time(hour, minute), tzinfo=tz)
+    if slot > local:
+        slot = datetime.combine(day - timedelta(days=7), time(hour, minute), tzinfo=tz)
+    return slot
+
+
+def week_for_slot(slot: datetime, settings: Settings) -> str:
+    """The last full ISO week that ended before the slot's week began."""
+    monday = slot.date() - timedelta(days=slot.weekday())
+    return week_of(datetime.combine(monday - timedelta(days=1), time(12), tzinfo=settings.tz), settings.tz)
+
+
+@dataclass(frozen=True)
+class Due:
+    key: str
+    week: str
+    slot: datetime
+    edition_id: int | None
+    action: str  # 'planned', 'exists', 'skipped', 'skipped-before'
+
+
+def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> Due:
+    """Create the edition for the latest slot if it is missing, or record it skipped
+    when the slot passed more than NEWSLETTER_CATCH_UP_HOURS ago."""
+    slot = latest_slot(now, settings)
+    week = week_for_slot(slot, settings)
+    key = weekly_edition_key(week)
+    with session_scope(engine) as session:
+        existing = session.scalar(select(Edition.id).where(Edition.key == key))
+    if existing is not None:
+        return Due(key, week, slot, existing, "exists")
+    window = week_window(week, settings.tz)
+    late = now - slot
+    if late > timedelta(hours=settings.catch_up_hours):
+        reason = (f"missed: the weekly send was due {slot.isoformat()} and nothing ran until "
+                  f"{now.astimezone(settings.tz).isoformat()}, past the {settings.catch_up_hours:g} h "
+                  "catch-up window (NEWSLETTER_CATCH_UP_HOURS)")
+        made = record_skipped_edition(engine, key=key, window=window, reason=reason, now=now)
+        log.warning("%s %s", key, reason)
+        return Due(key, week, slot, None, "skipped" if made else "exists")
+    planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now)
+    return Due(key, week, slot, planned.edition_id, "planned" if planned.created else "exists")
+
+
+@dataclass
+class Reconciled:
+    due: Due | None = None
+    expired: int = 0
+    batches: int = 0
+    finished: list[str] | None = None
+
+
+def dispatch(engine: Engine, settings: Settings, edition_id: int, publish: Publish, now: datetime) -> int:
+    """Hand every due, unleased, not-recently-enqueued row of an edition to the broker."""
+    batches = ledger.dispatchable(engine, edition_id=edition_id, now=now,
+                                  redispatch_after=timedelta(seconds=settings.redispatch_seconds),
+                                  batch_size=settings.batch_size)
+    for ids in batches:
+        publish(edition_id, ids)
+    return len(batches)
+
+
+def reconcile(engine: Engine, settings: Settings, publish: Publish, now: datetime,
+              *, weekly: bool = True) -> Reconciled:
+    """One tick: the due weekly edition exists; stuck `sending` rows become `unknown`;
+    due rows of every sending edition go to the broker; finished editions are closed."""
+    out = Reconciled(finished=[])
+    if weekly:
+        out.due = ensure_weekly_edition(engine, settings, now)
+    out.expired = ledger.expire_sending(engine, now=now)
+    with session_scope(engine) as session:
+        live = session.execute(
+            select(Edition.id, Edition.key).where(Edition.state == EditionState.SENDING.value)
+        ).all()
+    for edition_id, key in live:
+        out.batches += dispatch(engine, settings, edition_id, publish, now)
+        if finish_if_done(engine, edition_id, now):
+            out.finished.append(key)
+    return out

@@ -1,0 +1,106 @@
+"""One small sender interface and its implementations, picked by NEWSLETTER_EMAIL_BACKEND.
+
+Deduplication is not here: the ledger above the transport decides what is
+sent. A sender only moves bytes and says what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from worker.delivery.outcome import Outcome, SendResult
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for one recipient (one SMTP transaction)."""
+
+    sender: str
+    recipient: str
+    data: bytes
+    message_id: str
+    smtputf8: bool = False
+
+
+class Sender(Protocol):
+    def send(self, message: Outgoing) -> SendResult: ...
+
+    def close(self) -> None: ...
+
+
+class FileSender:
+    """One .eml per message in the outbox, written atomically (temp file, then rename)."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = Path(outbox)
+        self.outbox.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, message: Outgoing) -> Path:
+        name = hashlib.sha256(message.message_id.encode()).hexdigest()[:24]
+        return self.outbox / f"{name}.eml"
+
+    def send(self, message: Outgoing) -> SendResult:
+        final = self.path_for(message)
+        temp = final.with_suffix(f".tmp{os.getpid()}")
+        with open(temp, "wb") as fh:
+            fh.write(message.data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, final)
+        return SendResult(Outcome.SENT, 250, f"written to {final}")
+
+    def close(self) -> None:
+        pass
+
+
+class ConsoleSender:
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+
+    def send(self, message: Outgoing) -> SendResult:
+        text = message.data.decode("utf-8", "replace").replace("\r\n", "\n")
+        self.stream.write(f"--- message for {message.recipient} ---\n{text}\n")
+        self.stream.flush()
+        return SendResult(Outcome.SENT, 250, "printed")
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class MemorySender:
+    """A real in-process double: keeps what it was given, can be told to fail."""
+
+    outbox: list[Outgoing] = field(default_factory=list)
+    # recipient -> result to return instead of sending
+    failures: dict[str, SendResult] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, message: Outgoing) -> SendResult:
+        with self.lock:
+            if message.recipient in self.failures:
+                return self.failures[message.recipient]
+            self.outbox.append(message)
+        return SendResult(Outcome.SENT, 250, "kept in memory")
+
+    def close(self) -> None:
+        pass
+
+
+def make_sender(settings: Settings) -> Sender:
+    if settings.email_backend == "smtp":
+        from worker.delivery.smtp import SmtpSender
+
+        return SmtpSender(settings)
+    if settings.email_backend == "file":
+        return FileSender(settings.outbox_dir)
+    if settings.email_backend == "console":
+        return ConsoleSender()
+    return MemorySender()

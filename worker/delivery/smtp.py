@@ -1,0 +1,197 @@
+"""SMTP over smtplib: one recipient per transaction over one reused connection.
+
+The steps of a transaction are driven one by one (MAIL, RCPT, DATA, the
+content, the final reply) because the outcome depends on *where* a failure
+happens: a connection lost before the final "." is a plain temporary
+failure, one lost after it is ambiguous (the server may have queued the
+message) and must never be retried.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import ssl
+
+from worker.delivery.outcome import Outcome, SendResult, classify
+from worker.delivery.senders import Outgoing
+from worker.settings import Settings
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+class SmtpSender:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._conn: smtplib.SMTP | None = None
+        self._sent_on_conn = 0
+        self.connections = 0  # opened so far; tests and benchmarks read it
+
+    # -- connection -------------------------------------------------------
+    def _connect(self) -> SendResult | None:
+        """Open, secure and authenticate a connection; a SendResult if that failed."""
+        s = self.settings
+        context = ssl.create_default_context()  # verifies certificates and host names
+        try:
+            if s.smtp_security == "tls":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                                                      context=context, local_hostname=_helo())
+            else:
+                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                                    local_hostname=_helo())
+        except smtplib.SMTPConnectError as exc:  # a 4xx/5xx greeting
+            code = exc.smtp_code
+            outcome = Outcome.SENDER if code >= 500 else Outcome.TEMPORARY
+            return SendResult(outcome, code, _text(exc.smtp_error), connection_failed=True)
+        except ssl.SSLError as exc:
+            return _tls_failure(exc)
+        except (OSError, smtplib.SMTPException) as exc:
+            return SendResult(Outcome.TEMPORARY, None, f"connection failed: {_describe(exc)}",
+                              connection_failed=True)
+        try:
+            conn.ehlo()
+            if s.smtp_security == "starttls":
+                if not conn.has_extn("starttls"):
+                    conn.close()
+                    # Fail closed: never fall back to clear text, never send credentials.
+                    return SendResult(Outcome.SENDER, None,
+                                      "server does not offer STARTTLS (NEWSLETTER_SMTP_SECURITY=starttls)",
+                                      connection_failed=True)
+                conn.starttls(context=context)
+                conn.ehlo()
+            if s.smtp_username:
+                conn.login(s.smtp_username, s.smtp_password.get_secret_value())
+        except ssl.SSLError as exc:
+            conn.close()
+            return _tls_failure(exc)
+        except smtplib.SMTPAuthenticationError as exc:
+            conn.close()
+            return SendResult(Outcome.SENDER, exc.smtp_code, f"authentication failed: {_text(exc.smtp_error)}",
+                              connection_failed=True)
+        except smtplib.SMTPResponseException as exc:
+            conn.close()
+            outcome = Outcome.TEMPORARY if exc.smtp_code < 500 else Outcome.SENDER
+            return SendResult(outcome, exc.smtp_code, _text(exc.smtp_error), connection_failed=True)
+        except (OSError, smtplib.SMTPException) as exc:
+            conn.close()
+            return SendResult(Outcome.TEMPORARY, None, f"connection failed: {_describe(exc)}",
+                              connection_failed=True)
+        self._conn = conn
+        self._sent_on_conn = 0
+        self.connections += 1
+        return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.quit()
+            except (OSError, smtplib.SMTPException):
+                self._conn.close()
+            self._conn = None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- one transaction ----------------------------------------------------
+    def send(self, message: Outgoing) -> SendResult:
+        if self._conn is not None and self._sent_on_conn >= self.settings.smtp_max_per_connection:
+            self.close()
+        for attempt in (1, 2):
+            if self._conn is None:
+                failure = self._connect()
+                if failure is not None:
+                    return failure
+            result = self._transaction(message, reused=attempt == 1)
+            if result is not None:
+                return result
+            # The reused connection had been closed by the server before MAIL:
+            # nothing was sent, so one fresh connection is safe.
+        return SendResult(Outcome.TEMPORARY, None, "connection closed twice before MAIL FROM")
+
+    def _transaction(self, message: Outgoing, *, reused: bool) -> SendResult | None:
+        conn = self._conn
+        assert conn is not None
+        options = []
+        if message.smtputf8:
+            if not conn.has_extn("smtputf8"):
+                return SendResult(Outcome.REJECTED, None,
+                                  "recipient needs SMTPUTF8, which the server does not offer")
+            options = ["SMTPUTF8", "BODY=8BITMIME"]
+        try:
+            code, reply = conn.mail(message.sender, options)
+        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            self._drop()
+            if reused and self._sent_on_conn > 0:
+                return None  # idle connection closed by the server: reconnect once
+            return SendResult(Outcome.TEMPORARY, None, f"connection lost at MAIL FROM: {_describe(exc)}")
+        except OSError as exc:
+            self._drop()
+            return SendResult(Outcome.TEMPORARY, None, f"MAIL FROM: {_describe(exc)}")
+        if code != 250:
+            if code == 421:
+                self._drop()
+            self._reset()
+            return SendResult(classify(code, _text(reply), stage="mail"), code, _text(reply))
+        stage = "rcpt"
+        try:
+            code, reply = conn.rcpt(message.recipient, [])
+            if code not in (250, 251):
+                self._reset()
+                if code == 421:
+                    self._drop()
+                return SendResult(classify(code, _text(reply), stage="rcpt"), code, _text(reply))
+            stage = "data"
+            code, reply = conn.docmd("DATA")
+            if code != 354:
+                self._reset()
+                return SendResult(classify(code, _text(reply), stage="data"), code, _text(reply))
+            payload = _LEADING_DOT.sub(b"..", message.data)
+            if not payload.endswith(b"\r\n"):
+                payload += b"\r\n"
+            conn.send(payload + b".\r\n")
+        except (OSError, smtplib.SMTPException) as exc:
+            # Before the final "." was written: the server cannot have taken it.
+            self._drop()
+            return SendResult(Outcome.TEMPORARY, None, f"connection lost at {stage}: {_describe(exc)}")
+        try:
+            code, reply = conn.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            # After the final ".": the server may have queued it. Ambiguous.
+            self._drop()
+            return SendResult(Outcome.UNKNOWN, None, f"no reply after end of data: {_describe(exc)}")
+        self._sent_on_conn += 1
+        if code == 421:
+            self._drop()
+        return SendResult(classify(code, _text(reply), stage="eom"), code, _text(reply))
+
+    def _reset(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self._drop()
+
+
+def _helo() -> str:
+    # gethostname needs no DNS lookup (getfqdn may stall on a resolver).
+    return socket.gethostname() or "localhost"
+
+
+def _text(value: bytes | str) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return " ".join(text.split())[:500]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _tls_failure(exc: ssl.SSLError) -> SendResult:
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+    return SendResult(Outcome.SENDER, None, f"TLS failed: {reason}", connection_failed=True)

@@ -1,0 +1,71 @@
+"""Thin task shells: ids and ISO dates in, one plain function each."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from celery import shared_task
+from celery.utils.log import get_task_logger
+
+log = get_task_logger(__name__)
+
+
+@cache
+def _runtime():
+    """Settings, engine, sender and throttle, once per worker process."""
+    from worker.delivery.ratelimit import make_throttle
+    from worker.delivery.senders import make_sender
+    from worker.settings import load_settings
+    from worker.store.db import create_db_engine
+
+    settings = load_settings()
+    return settings, create_db_engine(settings.database_url), make_sender(settings), make_throttle(settings)
+
+
+def publish_batch(edition_id: int, delivery_ids: list[int]) -> None:
+    from worker.celery_app import get_app
+
+    get_app().send_task("worker.tasks.send_batch", args=[edition_id, list(delivery_ids)])
+
+
+@shared_task(name="worker.tasks.send_batch", acks_late=True, reject_on_worker_lost=True)
+def send_batch(edition_id: int, delivery_ids: list[int]) -> dict:
+    from worker.delivery.pipeline import deliver_batch
+
+    settings, engine, sender, throttle = _runtime()
+    report = deliver_batch(engine, settings, edition_id=edition_id, delivery_ids=delivery_ids,
+                           sender=sender, throttle=throttle)
+    log.info("edition %s batch of %s: %s%s", edition_id, len(delivery_ids), dict(report.outcomes),
+             f" (stopped: {report.stopped})" if report.stopped else "")
+    return {str(k): v for k, v in report.outcomes.items()}
+
+
+@shared_task(name="worker.tasks.weekly_send")
+def weekly_send() -> str:
+    return _tick(weekly=True)
+
+
+@shared_task(name="worker.tasks.reconcile")
+def reconcile() -> str:
+    return _tick(weekly=True)
+
+
+@shared_task(name="worker.tasks.dispatch_edition")
+def dispatch_edition(edition_id: int) -> int:
+    from worker.delivery.pipeline import utcnow
+    from worker.delivery.schedule import dispatch
+
+    settings, engine, _, _ = _runtime()
+    return dispatch(engine, settings, edition_id, publish_batch, utcnow())
+
+
+def _tick(*, weekly: bool) -> str:
+    from worker.delivery.pipeline import utcnow
+    from worker.delivery.schedule import reconcile as run
+
+    settings, engine, _, _ = _runtime()
+    result = run(engine, settings, publish_batch, utcnow(), weekly=weekly)
+    summary = (f"due {result.due.key}: {result.due.action}; " if result.due else "") + \
+        f"{result.expired} expired, {result.batches} batches, finished {result.finished}"
+    log.info("reconcile: %s", summary)
+    return summary
