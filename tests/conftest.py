@@ -143,3 +143,22 @@ def sample_engine(engine):
     assert not report.rejected
     assert not import_csv(engine, EXAMPLES / "subscribers.csv").rejected
     return engine
+
+
+@pytest.fixture
+def smtp_server():
+    from tests.support.smtp import SmtpServer
+
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp_settings(settings, smtp_server):
+    """Settings that deliver to the test SMTP server; retries come due at once."""
+    return settings.model_copy(update={
+        "email_backend": "smtp", "smtp_host": "127.0.0.1", "smtp_port": smtp_server.port,
+        "smtp_timeout": 2.0, "retry_base_seconds": 0.001, "from_address": "Melange News <digest@news.example>",
+        "public_url": "https://news.example",
+    })

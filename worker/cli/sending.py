@@ -9,7 +9,7 @@ from datetime import date
 import click
 from sqlalchemy import Engine, func, select
 
-from worker.delivery.pipeline import deliver_batch, renderer_for, utcnow, worker_name
+from worker.delivery.pipeline import renderer_for, run_inline, utcnow
 from worker.delivery.plan import (
     find_edition,
     get_edition,
@@ -181,19 +181,10 @@ def deliver(engine: Engine, settings: Settings, edition_id: int, *, inline: bool
 
 def _run_inline(engine: Engine, settings: Settings, edition_id: int) -> None:
     sender = make_sender(settings)
-    worker = f"inline:{worker_name()}"
     try:
-        while True:
-            batches = []
-            dispatch(engine, settings, edition_id, lambda _e, ids: batches.append(ids), utcnow())
-            if not batches:
-                break
-            for ids in batches:
-                report = deliver_batch(engine, settings, edition_id=edition_id, delivery_ids=ids, sender=sender,
-                                       worker=worker)
-                if report.stopped:
-                    click.echo(f"stopped: {report.stopped}", err=True)
-                    return
+        for report in run_inline(engine, settings, edition_id, sender):
+            if report.stopped:
+                click.echo(f"stopped: {report.stopped}", err=True)
     finally:
         sender.close()
 

@@ -129,8 +129,10 @@ def _edition_sending_for_row():
 def record(engine: Engine, *, delivery_id: int, worker: str, result: SendResult, message_id: str | None,
            max_attempts: int, retry_base: float, now: datetime) -> bool:
     """Write the sender's answer. False if the row was no longer ours (it is then `unknown`)."""
+    # enqueued_at is cleared: no queued batch holds this row any more, so a
+    # retry is handed out as soon as it is due.
     values: dict = {"last_code": result.code, "last_reply": result.summary[:1000] or None,
-                    "claimed_by": None, "lease_until": None, "updated_at": now}
+                    "claimed_by": None, "lease_until": None, "enqueued_at": None, "updated_at": now}
     outcome = result.outcome
     with session_scope(engine) as session:
         attempts = session.scalar(select(D.c.attempts).where(D.c.id == delivery_id)) or 0

@@ -160,3 +160,25 @@ def _deliver_row(engine, settings, row, *, renderer, sender, worker, secret, env
         log.warning("delivery %s: result %s arrived after its lease expired; left unknown",
                     row.id, result.outcome)
     return result
+
+
+def run_inline(engine: Engine, settings: Settings, edition_id: int, sender: Sender,
+               clock: Clock = utcnow) -> list[BatchReport]:
+    """Everything due in an edition, batch by batch, in this process (no broker).
+
+    Rows whose retry lies in the future are left to the reconciler."""
+    from worker.delivery.schedule import dispatch
+
+    worker = f"inline:{worker_name()}"
+    reports: list[BatchReport] = []
+    while True:
+        batches: list[list[int]] = []
+        dispatch(engine, settings, edition_id, lambda _edition, ids: batches.append(ids), clock())
+        if not batches:
+            return reports
+        for ids in batches:
+            report = deliver_batch(engine, settings, edition_id=edition_id, delivery_ids=ids, sender=sender,
+                                   worker=worker, clock=clock)
+            reports.append(report)
+            if report.stopped:
+                return reports

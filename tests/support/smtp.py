@@ -1,0 +1,182 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) with a scriptable fault plan.
+
+The plan says, per recipient and per command, what the server answers:
+`plan.rcpt["x@y"] = "550 5.1.1 no such user"`, `plan.data["x@y"] = "drop"`,
+`plan.greeting = "421 4.3.2 try later"`, `plan.auth = "535 5.7.8 bad credentials"` ...
+Every message the server accepted is kept in `server.received`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from email import policy
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt: str
+    data: bytes
+    at: float
+
+    @property
+    def message(self):
+        return email.message_from_bytes(self.data, policy=policy.default)
+
+
+@dataclass
+class FaultPlan:
+    greeting: str | None = None          # reply instead of 220, then close
+    mail: str | None = None              # reply to MAIL FROM
+    rcpt: dict[str, str] = field(default_factory=dict)   # recipient -> reply
+    # recipient -> reply after the final ".", or "drop" (close without a reply),
+    # or "hang" (never reply), or "drop-before-end" (close while reading content)
+    data: dict[str, str] = field(default_factory=dict)
+    data_all: str | None = None          # the same for every recipient
+    auth: str | None = None              # reply to AUTH
+    close_after_each: bool = False       # close the connection after each accepted message
+    delay: float = 0.0                   # seconds before answering each end of data
+    # throttle: after this many accepted messages within `throttle_window` s, answer 421/454
+    throttle_after: int | None = None
+    throttle_window: float = 60.0
+    throttle_reply: str = "421 4.7.0 too many messages, slow down"
+    # the first N attempts for a recipient get `flaky_reply`, then it is accepted
+    flaky: dict[str, int] = field(default_factory=dict)
+    flaky_reply: str = "451 4.3.0 temporary failure"
+
+
+class _Handler:
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+
+    async def handle_MAIL(self, smtp, session, envelope, address, mail_options):  # noqa: N802
+        plan = self.server.plan
+        if plan.mail:
+            return plan.mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, smtp, session, envelope, address, rcpt_options):  # noqa: N802
+        plan = self.server.plan
+        self.server.attempts[address] += 1
+        if address in plan.rcpt:
+            return plan.rcpt[address]
+        if plan.flaky.get(address, 0) >= self.server.attempts[address]:
+            return plan.flaky_reply
+        if plan.throttle_after is not None:
+            now = time.monotonic()
+            recent = [r for r in self.server.received if now - r.at < plan.throttle_window]
+            if len(recent) >= plan.throttle_after:
+                self.server.throttled += 1
+                return plan.throttle_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, smtp, session, envelope):  # noqa: N802
+        plan = self.server.plan
+        rcpt = envelope.rcpt_tos[0]
+        action = plan.data.get(rcpt, plan.data_all)
+        if plan.delay:
+            await asyncio.sleep(plan.delay)
+        if action == "drop":
+            # The whole message arrived; the client never hears back.
+            self.server.dropped.append(Received(envelope.mail_from, rcpt, envelope.original_content, time.monotonic()))
+            smtp.transport.close()
+            return "250 never sent"
+        if action == "hang":
+            await asyncio.sleep(3600)
+        if action:
+            return action
+        self.server.received.append(Received(envelope.mail_from, rcpt, envelope.original_content, time.monotonic()))
+        if plan.close_after_each:
+            asyncio.get_running_loop().call_later(0.05, smtp.transport.close)
+        return "250 2.0.0 queued"
+
+
+class _FaultySMTP(SMTP):
+    def connection_made(self, transport):
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # aiosmtpd answers after a 40 ms Nagle delay otherwise.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+
+    async def _handle_client(self):
+        server = self.event_handler.server
+        server.connections += 1
+        if server.plan.greeting:
+            await self.push(server.plan.greeting)
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+
+class _Controller(Controller):
+    def __init__(self, server: SmtpServer, **kwargs) -> None:
+        self._server = server
+        super().__init__(_Handler(server), hostname="127.0.0.1", port=server.port, **kwargs)
+
+    def factory(self):
+        kwargs = dict(self.SMTP_kwargs)
+        kwargs.setdefault("enable_SMTPUTF8", True)
+        return _FaultySMTP(self.handler, hostname="mx.test", **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SmtpServer:
+    def __init__(self, *, tls_context=None, require_starttls=False, auth: dict[str, str] | None = None) -> None:
+        self.plan = FaultPlan()
+        self.received: list[Received] = []
+        self.dropped: list[Received] = []
+        self.attempts: Counter[str] = Counter()
+        self.connections = 0
+        self.throttled = 0
+        self.auth_attempts: list[tuple[str, str]] = []
+        self.port = _free_port()
+        kwargs = {}
+        if tls_context is not None:
+            kwargs.update(tls_context=tls_context, require_starttls=require_starttls)
+        if auth is not None:
+            kwargs.update(authenticator=self._authenticator(auth), auth_require_tls=tls_context is not None)
+        self._controller = _Controller(self, **kwargs)
+        self.lock = threading.Lock()
+
+    def _authenticator(self, users: dict[str, str]):
+        def check(server, session, envelope, mechanism, data):
+            if not isinstance(data, LoginPassword):
+                return AuthResult(success=False, handled=False)
+            user, password = data.login.decode(), data.password.decode()
+            self.auth_attempts.append((user, password))
+            return AuthResult(success=users.get(user) == password and self.plan.auth is None,
+                              handled=False)
+        return check
+
+    def start(self) -> SmtpServer:
+        self._controller.start()
+        self.connections = 0  # the controller's own readiness probe is not a client
+        return self
+
+    def stop(self) -> None:
+        if self._controller._thread is not None:
+            self._controller.stop()
+
+    def count_for(self, rcpt: str) -> int:
+        return sum(1 for r in self.received if r.rcpt == rcpt)
+
+    def by_recipient(self) -> Counter[str]:
+        return Counter(r.rcpt for r in self.received)

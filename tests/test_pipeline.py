@@ -1,0 +1,205 @@
+"""Planning and delivering an edition in-process, through a real SMTP server, on both databases."""
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from tests.support.data import add_subscribers, delivery_rows, ledger, load_stories
+from worker.delivery.pipeline import deliver_batch, run_inline
+from worker.delivery.plan import get_edition, plan_edition
+from worker.delivery.smtp import SmtpSender
+from worker.delivery.status import edition_status
+from worker.digest import week_window
+from worker.ingest.subscribers import set_status
+from worker.store.db import session_scope
+from worker.store.models import Subscriber, SubscriberStatus
+
+KEY = "weekly-2025-W05"
+NOW = datetime(2025, 2, 3, 7, 0, tzinfo=UTC)
+
+
+def _plan(engine, settings, key=KEY):
+    return plan_edition(engine, key=key, kind="weekly", window=week_window("2025-W05", settings.tz), now=NOW)
+
+
+@pytest.fixture
+def world(engine, smtp_settings, tmp_path):
+    load_stories(engine, tmp_path)
+    subscribers = add_subscribers(engine, 24)
+    return engine, smtp_settings, subscribers
+
+
+def _run(engine, settings, edition_id):
+    sender = SmtpSender(settings)
+    try:
+        return run_inline(engine, settings, edition_id, sender)
+    finally:
+        sender.close()
+
+
+def test_planning_is_in_bulk_idempotent_and_skips_sets_without_stories(world):
+    engine, settings, subscribers = world
+    first = _plan(engine, settings)
+    again = _plan(engine, settings)
+    assert first.created and not again.created and first.edition_id == again.edition_id
+    states = ledger(engine, KEY)
+    assert len(states) == 24
+    jp = {email for _, email, regions in subscribers if regions == "JP"}
+    assert {e for e, s in states.items() if s == ("skipped", "no-stories")} == jp
+    assert get_edition(engine, first.edition_id).total == 24
+
+
+def test_every_subscriber_with_stories_gets_exactly_one_message_with_their_sections(world, smtp_server):
+    engine, settings, subscribers = world
+    planned = _plan(engine, settings)
+    _run(engine, settings, planned.edition_id)
+    got = smtp_server.by_recipient()
+    for _, email, regions in subscribers:
+        if regions == "JP":
+            assert got[email] == 0
+            continue
+        assert got[email] == 1
+        message = next(r.message for r in smtp_server.received if r.rcpt == email)
+        text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        from worker.regions import region_name
+
+        headings = [region_name(code) for code in regions.split()]
+        positions = [text.index(f"\n{h}\n") for h in headings]
+        assert positions == sorted(positions)  # sections in the subscriber's order
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    status = edition_status(engine, get_edition(engine, planned.edition_id))
+    assert status["state"] == "done"
+    assert status["counts"]["sent"] == len(smtp_server.received) == 21
+    assert status["smtp_codes"] == {"sent 250": 21}
+
+
+def test_a_second_run_of_the_same_batch_sends_nothing(world, smtp_server):
+    engine, settings, _ = world
+    planned = _plan(engine, settings)
+    with session_scope(engine) as session:
+        ids = list(session.scalars(sa.text(f"SELECT id FROM deliveries WHERE edition_id = {planned.edition_id}")))
+    sender = SmtpSender(settings)
+    deliver_batch(engine, settings, edition_id=planned.edition_id, delivery_ids=ids, sender=sender, worker="a")
+    sent = len(smtp_server.received)
+    report = deliver_batch(engine, settings, edition_id=planned.edition_id, delivery_ids=ids, sender=sender,
+                           worker="b")
+    sender.close()
+    assert len(smtp_server.received) == sent == 21 and sum(report.outcomes.values()) == 0
+
+
+def test_temporary_failures_retry_then_end_failed_with_the_last_reply(world, smtp_server):
+    engine, settings, subscribers = world
+    settings = settings.model_copy(update={"max_attempts": 3})
+    victim = subscribers[0][1]
+    flaky = subscribers[1][1]
+    smtp_server.plan.rcpt[victim] = "451 4.7.1 greylisted, try later"
+    smtp_server.plan.flaky[flaky] = 2  # refused twice, then accepted
+    planned = _plan(engine, settings)
+    for _ in range(4):
+        _run(engine, settings, planned.edition_id)
+    rows = delivery_rows(engine, KEY)
+    assert (rows[victim].state, rows[victim].attempts, rows[victim].next_attempt_at) == ("failed", 3, None)
+    assert (rows[victim].last_code, rows[victim].last_reply) == (451, "451 4.7.1 greylisted, try later")
+    assert (rows[flaky].state, rows[flaky].attempts) == ("sent", 3)
+    assert smtp_server.count_for(victim) == 0 and smtp_server.count_for(flaky) == 1
+
+
+def test_a_mailbox_refusal_bounces_and_suppresses_the_subscriber(world, smtp_server):
+    engine, settings, subscribers = world
+    victim = subscribers[2][1]
+    smtp_server.plan.rcpt[victim] = "550 5.1.1 no such user"
+    planned = _plan(engine, settings)
+    _run(engine, settings, planned.edition_id)
+    assert ledger(engine, KEY)[victim] == ("bounced", None)
+    with session_scope(engine) as session:
+        assert session.scalar(sa.select(Subscriber.status).where(Subscriber.email == victim)) == "bounced"
+    assert len(smtp_server.received) == 20
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("auth", "authentication failed"),
+    ("data", "554 5.7.1 refused as spam"),
+    ("mail", "553 5.7.1 sender not allowed"),
+])
+def test_sender_side_refusals_pause_the_edition_and_blame_nobody(world, smtp_server, fault, reason):
+    engine, settings, subscribers = world
+    if fault == "auth":
+        smtp_server.stop()
+        from tests.support.smtp import SmtpServer
+
+        auth_server = SmtpServer(auth={"digest": "right"}).start()
+        settings = settings.model_copy(update={"smtp_port": auth_server.port, "smtp_username": "digest",
+                                               "smtp_password": SecretStr("wrong")})
+    elif fault == "data":
+        smtp_server.plan.data_all = "554 5.7.1 refused as spam"
+    else:
+        smtp_server.plan.mail = "553 5.7.1 sender not allowed"
+    planned = _plan(engine, settings)
+    _run(engine, settings, planned.edition_id)
+    edition = get_edition(engine, planned.edition_id)
+    assert edition.state == "paused" and reason in edition.reason
+    states = ledger(engine, KEY)
+    assert {s for s, _ in states.values()} == {"pending", "skipped"}
+    with session_scope(engine) as session:
+        assert set(session.scalars(sa.select(Subscriber.status))) == {"active"}
+        assert set(session.scalars(sa.text("SELECT attempts FROM deliveries"))) == {0}
+    if fault == "auth":
+        auth_server.stop()
+
+
+def test_connection_dropped_after_the_final_dot_is_unknown_and_not_resent(world, smtp_server):
+    engine, settings, subscribers = world
+    victim = subscribers[3][1]
+    smtp_server.plan.data[victim] = "drop"
+    planned = _plan(engine, settings)
+    for _ in range(2):
+        _run(engine, settings, planned.edition_id)
+    assert ledger(engine, KEY)[victim] == ("unknown", None)
+    assert len(smtp_server.dropped) == 1 and smtp_server.count_for(victim) == 0
+    status = edition_status(engine, get_edition(engine, planned.edition_id))
+    assert status["counts"]["unknown"] == 1
+    assert status["unknown"][0]["email"] == victim
+    assert status["unknown"][0]["reason"].startswith("no reply after end of data")
+    assert status["state"] == "done"
+
+
+def test_a_refused_connection_stops_the_batch_and_leaves_the_rest_pending(world):
+    engine, settings, _ = world
+    settings = settings.model_copy(update={"smtp_port": 1})
+    planned = _plan(engine, settings)
+    reports = _run(engine, settings, planned.edition_id)
+    assert reports[0].stopped.startswith("connection failed")
+    states = [s for s, _ in ledger(engine, KEY).values()]
+    assert states.count("failed") == 1 and states.count("pending") == 20
+
+
+def test_an_unsubscribe_during_the_send_takes_effect(world, smtp_server):
+    engine, settings, subscribers = world
+    leaver = subscribers[5][1]
+    planned = _plan(engine, settings)
+    set_status(engine, leaver, SubscriberStatus.UNSUBSCRIBED)
+    _run(engine, settings, planned.edition_id)
+    assert smtp_server.count_for(leaver) == 0
+    assert ledger(engine, KEY)[leaver] == ("skipped", "unsubscribed")
+
+
+def test_a_paused_edition_hands_out_nothing_and_resume_continues_without_duplicates(world, smtp_server):
+    from worker.delivery.plan import pause_edition, resume_edition
+
+    engine, settings, _ = world
+    settings = settings.model_copy(update={"batch_size": 5})
+    planned = _plan(engine, settings)
+    with session_scope(engine) as session:
+        ids = list(session.scalars(sa.text(
+            f"SELECT id FROM deliveries WHERE edition_id = {planned.edition_id} AND state = 'pending' ORDER BY id")))
+    sender = SmtpSender(settings)
+    deliver_batch(engine, settings, edition_id=planned.edition_id, delivery_ids=ids[:5], sender=sender)
+    assert pause_edition(engine, planned.edition_id, "paused by operator")
+    report = deliver_batch(engine, settings, edition_id=planned.edition_id, delivery_ids=ids[5:], sender=sender)
+    sender.close()
+    assert report.stopped == "edition is paused" and len(smtp_server.received) == 5
+    assert resume_edition(engine, planned.edition_id)
+    _run(engine, settings, planned.edition_id)
+    assert len(smtp_server.received) == 21 and max(smtp_server.by_recipient().values()) == 1
