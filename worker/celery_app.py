@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> Celery:
             "weekly-send": {
                 "task": "worker.tasks.weekly_send",
                 "schedule": crontab(minute=int(minute), hour=int(hour),
-                                    day_of_week=DAY_NUMBERS[settings.send_day]),
+                                    day_of_week=DAY_NUMBERS[settings.send_day], app=app),
             },
             "reconcile": {"task": "worker.tasks.reconcile", "schedule": 60.0},
         },

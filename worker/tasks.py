@@ -22,10 +22,17 @@ def _runtime():
     return settings, create_db_engine(settings.database_url), make_sender(settings), make_throttle(settings)
 
 
-def publish_batch(edition_id: int, delivery_ids: list[int]) -> None:
-    from worker.celery_app import get_app
+def publisher(app=None):
+    """publish(edition_id, ids): one send_batch message; ids only, never addresses."""
+    def publish(edition_id: int, delivery_ids: list[int]) -> None:
+        from worker.celery_app import get_app
 
-    get_app().send_task("worker.tasks.send_batch", args=[edition_id, list(delivery_ids)])
+        (app or get_app()).send_task("worker.tasks.send_batch", args=[edition_id, list(delivery_ids)])
+
+    return publish
+
+
+publish_batch = publisher()
 
 
 @shared_task(name="worker.tasks.send_batch", acks_late=True, reject_on_worker_lost=True)

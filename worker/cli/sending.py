@@ -164,10 +164,12 @@ def deliver(engine: Engine, settings: Settings, edition_id: int, *, inline: bool
     if inline:
         _run_inline(engine, settings, edition_id)
     else:
-        from worker.tasks import publish_batch
+        from worker.celery_app import create_app
+        from worker.tasks import publisher
 
+        app = create_app(settings)
         try:
-            batches = dispatch(engine, settings, edition_id, publish_batch, utcnow())
+            batches = dispatch(engine, settings, edition_id, publisher(app), utcnow())
         except Exception as exc:  # kombu raises OperationalError and friends
             raise ConfigError(
                 f"cannot reach the broker at {settings.broker_url}: {exc} "

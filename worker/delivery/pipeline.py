@@ -173,7 +173,7 @@ def run_inline(engine: Engine, settings: Settings, edition_id: int, sender: Send
     reports: list[BatchReport] = []
     while True:
         batches: list[list[int]] = []
-        dispatch(engine, settings, edition_id, lambda _edition, ids: batches.append(ids), clock())
+        dispatch(engine, settings, edition_id, lambda _edition, ids, out=batches: out.append(ids), clock())
         if not batches:
             return reports
         for ids in batches:

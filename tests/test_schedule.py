@@ -1,0 +1,112 @@
+"""The weekly slot in a local zone, the beat schedule, catch-up and double triggers."""
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import time_machine
+
+from tests.support.data import add_subscribers, load_stories
+from worker.celery_app import create_app
+from worker.delivery.plan import find_edition
+from worker.delivery.schedule import ensure_weekly_edition, latest_slot, reconcile, week_for_slot
+from worker.settings import Settings
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def _settings(**over):
+    return Settings(timezone="Europe/Berlin", **over)
+
+
+@pytest.mark.parametrize(("now", "slot", "week"), [
+    # Monday 3 Feb 2025, 07:00 Berlin (CET, UTC+1) is 06:00 UTC.
+    (datetime(2025, 2, 3, 6, 0, tzinfo=UTC), datetime(2025, 2, 3, 7, 0, tzinfo=BERLIN), "2025-W05"),
+    (datetime(2025, 2, 3, 5, 59, tzinfo=UTC), datetime(2025, 1, 27, 7, 0, tzinfo=BERLIN), "2025-W04"),
+    # After the spring change (30 March), Monday 07:00 Berlin (CEST) is 05:00 UTC.
+    (datetime(2025, 3, 31, 5, 0, tzinfo=UTC), datetime(2025, 3, 31, 7, 0, tzinfo=BERLIN), "2025-W13"),
+    (datetime(2025, 3, 31, 4, 59, tzinfo=UTC), datetime(2025, 3, 24, 7, 0, tzinfo=BERLIN), "2025-W12"),
+    # Across the year boundary.
+    (datetime(2026, 1, 5, 6, 30, tzinfo=UTC), datetime(2026, 1, 5, 7, 0, tzinfo=BERLIN), "2026-W01"),
+])
+def test_the_latest_slot_and_its_week_in_local_time(now, slot, week):
+    settings = _settings()
+    got = latest_slot(now, settings)
+    assert got == slot and got.utcoffset() == slot.utcoffset()
+    assert week_for_slot(got, settings) == week
+
+
+def test_another_send_day_covers_the_last_full_week():
+    settings = _settings(send_day="sun", send_time="18:00")
+    slot = latest_slot(datetime(2025, 2, 9, 18, 0, tzinfo=BERLIN), settings)
+    assert slot == datetime(2025, 2, 9, 18, 0, tzinfo=BERLIN)
+    assert week_for_slot(slot, settings) == "2025-W05"  # W06 has not ended yet
+
+
+@pytest.mark.parametrize(("frozen", "due"), [
+    (datetime(2025, 3, 31, 4, 59, 30, tzinfo=UTC), False),  # 06:59:30 CEST
+    (datetime(2025, 3, 31, 5, 0, 30, tzinfo=UTC), True),    # 07:00:30 CEST
+    (datetime(2025, 2, 3, 5, 59, 30, tzinfo=UTC), False),   # 06:59:30 CET
+    (datetime(2025, 2, 3, 6, 0, 30, tzinfo=UTC), True),     # 07:00:30 CET
+])
+def test_the_beat_crontab_fires_at_local_time_across_dst(frozen, due):
+    app = create_app(_settings())
+    schedule = app.conf.beat_schedule["weekly-send"]["schedule"]
+    last_run = frozen - timedelta(days=6)
+    with time_machine.travel(frozen, tick=False):
+        assert schedule.is_due(last_run).is_due is due
+
+
+def test_two_triggers_make_one_edition(engine, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 5)
+    settings = _settings(database_url="x")
+    now = datetime(2025, 2, 3, 6, 0, 5, tzinfo=UTC)
+    first = ensure_weekly_edition(engine, settings, now)
+    second = ensure_weekly_edition(engine, settings, now + timedelta(milliseconds=300))
+    assert (first.action, second.action) == ("planned", "exists")
+    assert first.edition_id == second.edition_id and first.key == "weekly-2025-W05"
+
+
+def test_concurrent_triggers_make_one_edition(engine, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 40)
+    settings = _settings()
+    now = datetime(2025, 2, 3, 6, 0, 5, tzinfo=UTC)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: ensure_weekly_edition(engine, settings, now), range(4)))
+    assert sorted(r.action for r in results) == ["exists", "exists", "exists", "planned"]
+    assert len({r.edition_id for r in results}) == 1
+    assert find_edition(engine, "weekly-2025-W05").total == 40
+
+
+def test_beat_back_within_the_catch_up_window_sends_and_after_it_skips(engine, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 5)
+    settings = _settings(catch_up_hours=24)
+    within = ensure_weekly_edition(engine, settings, datetime(2025, 2, 4, 5, 0, tzinfo=UTC))  # 23 h late
+    assert within.action == "planned"
+    late = ensure_weekly_edition(engine, settings, datetime(2025, 2, 11, 7, 0, tzinfo=UTC))  # 25 h late
+    assert late.action == "skipped" and late.key == "weekly-2025-W06"
+    edition = find_edition(engine, "weekly-2025-W06")
+    assert edition.state == "skipped"
+    assert edition.reason.startswith("missed: the weekly send was due 2025-02-10T07:00:00+01:00")
+    assert "past the 24 h catch-up window" in edition.reason
+
+
+def test_reconcile_plans_the_due_week_and_hands_out_its_rows(engine, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 10)
+    settings = _settings(batch_size=4)
+    published = []
+    now = datetime(2025, 2, 3, 6, 1, tzinfo=UTC)
+    result = reconcile(engine, settings, lambda e, ids: published.append(ids), now)
+    assert result.due.action == "planned"
+    assert sum(len(b) for b in published) == 10 - 1  # JP is skipped at planning
+    assert [len(b) for b in published] == [4, 4, 1]
+    again = reconcile(engine, settings, lambda e, ids: published.append(ids), now + timedelta(minutes=1))
+    assert again.batches == 0  # handed out a minute ago and still in the broker
+    later = reconcile(engine, settings, lambda e, ids: published.append(ids), now + timedelta(minutes=11))
+    assert later.batches == 3  # never picked up: handed out again (the claim dedupes)

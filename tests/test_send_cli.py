@@ -1,0 +1,119 @@
+"""`newsletter send`, `status`, `pause`, `resume` as an operator uses them."""
+
+import json
+
+import pytest
+
+from tests.support.data import add_subscribers, ledger, load_stories
+
+KEY = "weekly-2025-W05"
+
+
+@pytest.fixture
+def cli(run_cli, engine, smtp_server, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 16)
+    env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "2",
+           "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_FROM": "News <digest@news.example>",
+           "NEWSLETTER_RETRY_BASE_SECONDS": "0.001"}
+
+    def run(*args, **extra):
+        return run_cli(*args, env={**env, **extra})
+
+    return run
+
+
+def test_inline_send_then_status(cli, smtp_server, engine):
+    result = cli("send", "--week", "2025-W05", "--inline")
+    assert result.code == 0, result.err
+    assert f"{KEY}: planned 16 deliveries" in result.out
+    assert len(smtp_server.received) == 14
+    status = json.loads(cli("status", KEY, "--json").out)
+    assert status["state"] == "done"
+    assert status["counts"] == {"pending": 0, "sending": 0, "sent": 14, "failed": 0, "bounced": 0,
+                                "skipped": 2, "unknown": 0}
+    assert status["skip_reasons"] == {"no-stories": 2}
+    assert status["smtp_codes"] == {"sent 250": 14}
+    again = cli("send", "--week", "2025-W05", "--inline")
+    assert again.code == 0 and "already exists: done" in again.out
+    assert len(smtp_server.received) == 14
+
+
+def test_dry_run_counts_and_records_nothing(cli, smtp_server, engine):
+    result = cli("send", "--week", "2025-W05", "--dry-run")
+    assert result.code == 0, result.err
+    assert "would send 14, skip 2 (no-stories), 8 region sets" in result.out
+    assert "JP" in result.out and "skipped: no-stories" in result.out
+    assert smtp_server.received == [] and ledger(engine, KEY) == {}
+    assert cli("status").out.strip() == "no editions yet"
+
+
+def test_test_send_touches_no_ledger(cli, smtp_server, engine):
+    result = cli("send", "--week", "2025-W05", "--to", "editor@news.example", "--to", "boss@news.example",
+                 "--regions", "RU,UA")
+    assert result.code == 0, result.err
+    assert sorted(r.rcpt for r in smtp_server.received) == ["boss@news.example", "editor@news.example"]
+    assert all(r.message["Subject"].startswith("[TEST] ") for r in smtp_server.received)
+    assert ledger(engine, KEY) == {}
+    bad = cli("send", "--to", "not-an-address")
+    assert bad.code == 2 and bad.err.startswith("error: --to: invalid email address")
+
+
+def test_retry_failed_requeues_only_failed_rows(cli, smtp_server, engine):
+    smtp_server.plan.rcpt["reader0@example.org"] = "451 4.3.0 busy"
+    assert cli("send", "--week", "2025-W05", "--inline", NEWSLETTER_MAX_ATTEMPTS="1").code == 1
+    assert ledger(engine, KEY)["reader0@example.org"] == ("failed", None)
+    del smtp_server.plan.rcpt["reader0@example.org"]
+    result = cli("send", "--week", "2025-W05", "--retry-failed", "--inline")
+    assert result.code == 0, result.err
+    assert f"{KEY}: 1 failed rows re-queued" in result.out
+    assert smtp_server.by_recipient()["reader0@example.org"] == 1
+    assert len(smtp_server.received) == 14
+
+
+def test_force_sends_again_under_a_new_audited_key(cli, smtp_server, engine):
+    assert cli("send", "--week", "2025-W05", "--inline").code == 0
+    result = cli("send", "--week", "2025-W05", "--force", "--inline")
+    assert result.code == 0, result.err
+    assert f"{KEY}-force-2: planned (forced re-send of {KEY} by " in result.out
+    assert len(smtp_server.received) == 28
+    status = json.loads(cli("status", f"{KEY}-force-2", "--json").out)
+    assert status["note"].startswith(f"forced re-send of {KEY}")
+
+
+def test_pause_and_resume(cli, smtp_server, engine):
+    smtp_server.plan.data_all = "554 5.7.1 spam"
+    result = cli("send", "--week", "2025-W05", "--inline")
+    assert result.code == 1
+    assert "paused: sender refused: 554 5.7.1 spam" in result.err
+    assert cli("pause", KEY).code == 2  # already paused
+    smtp_server.plan.data_all = None
+    resumed = cli("resume", KEY, "--inline")
+    assert resumed.code == 0, resumed.err
+    assert len(smtp_server.received) == 14 and max(smtp_server.by_recipient().values()) == 1
+    assert cli("resume", KEY).code == 2
+
+
+def test_manual_window_and_usage_errors(cli, smtp_server):
+    result = cli("send", "--since", "2025-01-27", "--until", "2025-02-03", "--inline")
+    assert result.code == 0, result.err
+    assert "manual-2025-01-27..2025-02-03: planned 16 deliveries" in result.out
+    assert cli("send", "--since", "2025-01-27").err == "error: --since and --until go together\n"
+    assert cli("send", "--week", "2025-W05", "--since", "2025-01-27", "--until", "2025-02-03").code == 2
+    assert cli("send", "--since", "2025-02-03", "--until", "2025-01-27").err == (
+        "error: --until (2025-01-27) must be after --since (2025-02-03)\n")
+    assert cli("status", "weekly-1999-W01").err == "error: no edition 'weekly-1999-W01' (see `newsletter status`)\n"
+
+
+def test_sending_needs_a_secret_key(cli):
+    result = cli("send", "--week", "2025-W05", "--inline", NEWSLETTER_SECRET_KEY="")
+    assert result.code == 2
+    assert result.err.startswith("error: setting NEWSLETTER_SECRET_KEY is required")
+
+
+def test_an_unreachable_broker_is_one_line_and_leaves_rows_pending(cli, engine):
+    result = cli("send", "--week", "2025-W05", NEWSLETTER_BROKER_URL="redis://127.0.0.1:1/0")
+    assert result.code == 2
+    assert result.err.startswith("error: cannot reach the broker at redis://127.0.0.1:1/0")
+    assert {s for s, _ in ledger(engine, KEY).values()} == {"pending", "skipped"}
