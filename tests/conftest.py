@@ -162,3 +162,55 @@ def smtp_settings(settings, smtp_server):
         "smtp_timeout": 2.0, "retry_base_seconds": 0.001, "from_address": "Melange News <digest@news.example>",
         "public_url": "https://news.example",
     })
+
+
+REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """A Redis database emptied for this test."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+        client.flushdb()
+    except Exception as exc:  # noqa: BLE001
+        unavailable("Redis", exc)
+    return REDIS_URL
+
+
+@pytest.fixture
+def worker_env(smtp_settings, redis_url, smtp_server) -> dict[str, str]:
+    """The environment a worker process (or the CLI) needs to deliver to the test SMTP server."""
+    s = smtp_settings
+    return {
+        "NEWSLETTER_DATABASE_URL": s.database_url,
+        "NEWSLETTER_BROKER_URL": redis_url,
+        "NEWSLETTER_EMAIL_BACKEND": "smtp",
+        "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+        "NEWSLETTER_SMTP_PORT": str(smtp_server.port),
+        "NEWSLETTER_SMTP_TIMEOUT": "5",
+        "NEWSLETTER_SECRET_KEY": "worker-secret",
+        "NEWSLETTER_FROM": "Melange News <digest@news.example>",
+        "NEWSLETTER_PUBLIC_URL": "https://news.example",
+        "NEWSLETTER_RETRY_BASE_SECONDS": "0.5",
+        "NEWSLETTER_BATCH_SIZE": "25",
+    }
+
+
+@pytest.fixture
+def start_worker(worker_env, tmp_path):
+    from tests.support.worker import WorkerProcess
+
+    started = []
+
+    def start(name="w1", concurrency=2, **env):
+        worker = WorkerProcess({**worker_env, **env}, tmp_path / f"{name}.log", name=name,
+                               concurrency=concurrency).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
