@@ -23,7 +23,7 @@ def test_an_edition_reaches_every_subscriber_exactly_once(engine, tmp_path, smtp
     assert result.code == 0, result.err + worker.output()[-2000:]
     received = smtp_server.by_recipient()
     skipped = {email for _, email, regions in subscribers if regions == "JP"}
-    for _, email, regions in subscribers:
+    for _, email, _regions in subscribers:
         if email in skipped:
             assert received[email] == 0
             continue
