@@ -214,3 +214,27 @@ def start_worker(worker_env, tmp_path):
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def tick(worker_env):
+    """One reconciler tick with the real clock, publishing to the test broker."""
+    from worker.celery_app import create_app
+    from worker.delivery.pipeline import utcnow
+    from worker.delivery.schedule import reconcile
+    from worker.settings import load_settings
+    from worker.store.db import create_db_engine
+    from worker.tasks import publisher
+
+    apps = {}
+
+    def run(**env):
+        settings = load_settings({**worker_env, **env})
+        app = apps.setdefault(settings.broker_url, create_app(settings))
+        engine = create_db_engine(settings.database_url)
+        try:
+            return reconcile(engine, settings, publisher(app), utcnow(), weekly=False)
+        finally:
+            engine.dispose()
+
+    return run

@@ -18,7 +18,7 @@ def create_app(settings: Settings) -> Celery:
     hour, minute = settings.send_time.split(":")
     # Redis re-delivers an unacknowledged task after visibility_timeout; every task
     # must finish (or be killed by its hard limit) well before that.
-    visibility = settings.batch_lease_seconds * 2 + 60
+    visibility = settings.broker_visibility_timeout or settings.batch_lease_seconds * 2 + 60
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -31,7 +31,8 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_time_limit=settings.batch_lease_seconds,
-        task_soft_time_limit=max(settings.batch_lease_seconds - 30, 1),
+        # deliver_batch stops taking rows at 80 % of the lease; the soft limit is a backstop.
+        task_soft_time_limit=max(int(settings.batch_lease_seconds * 0.9), 1),
         broker_transport_options={"visibility_timeout": visibility},
         broker_connection_retry_on_startup=True,
         task_routes={"worker.tasks.send_batch": {"queue": SEND_QUEUE}},

@@ -83,6 +83,14 @@ class Settings(BaseModel):
     batch_lease_seconds: int = Field(900, ge=5)
     # A row handed to the broker is handed out again if still untouched after this.
     redispatch_seconds: int = Field(600, ge=1)
+    # How long a row may sit in `sending` before the reconciler calls it `unknown`;
+    # default: every SMTP step at NEWSLETTER_SMTP_TIMEOUT, plus a margin.
+    send_lease_seconds: int | None = Field(None, ge=1)
+    # Redis redelivers an unacknowledged task after this; default 2 x batch lease + 60 s.
+    broker_visibility_timeout: int | None = Field(None, ge=1)
+    # This many failed transactions in a row pause the edition: the relay, not the
+    # subscribers, is the likely problem.
+    error_budget: int = Field(20, ge=1)
 
     @field_validator("timezone")
     @classmethod

@@ -35,7 +35,18 @@ def publisher(app=None):
 publish_batch = publisher()
 
 
-@shared_task(name="worker.tasks.send_batch", acks_late=True, reject_on_worker_lost=True)
+def _transient_db_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return (OperationalError, InterfaceError)
+
+
+# A database outage mid-batch: nothing is sent without a claim, so the batch can
+# simply run again later; rows it had leased come back to it (same worker) or
+# to anyone once the lease ends.
+@shared_task(name="worker.tasks.send_batch", acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=_transient_db_errors(), retry_backoff=2, retry_backoff_max=60, max_retries=20,
+             retry_jitter=True)
 def send_batch(edition_id: int, delivery_ids: list[int]) -> dict:
     from worker.delivery.pipeline import deliver_batch
 

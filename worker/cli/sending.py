@@ -177,7 +177,7 @@ def deliver(engine: Engine, settings: Settings, edition_id: int, *, inline: bool
             ) from None
         click.echo(f"enqueued {batches} batches")
         if wait:
-            _follow(engine, edition_id)
+            _follow(engine, edition_id, lambda: dispatch(engine, settings, edition_id, publisher(app), utcnow()))
     return _final_report(engine, edition_id, announce=inline or wait)
 
 
@@ -191,13 +191,16 @@ def _run_inline(engine: Engine, settings: Settings, edition_id: int) -> None:
         sender.close()
 
 
-def _follow(engine: Engine, edition_id: int) -> None:
+def _follow(engine: Engine, edition_id: int, redispatch) -> None:
+    """Progress until nothing is open. Meanwhile it hands out retries that come due,
+    as the reconciler would, so `--wait` finishes even where no beat runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=False) as progress:
         edition = get_edition(engine, edition_id)
         task = progress.add_task(edition.key, total=edition.total)
+        last_dispatch = time.monotonic()
         while True:
             data = edition_status(engine, get_edition(engine, edition_id), list_unknown=0)
             open_now = data["counts"]["pending"] + data["counts"]["sending"] + data["retry_scheduled"]
@@ -205,6 +208,9 @@ def _follow(engine: Engine, edition_id: int) -> None:
             if data["state"] != EditionState.SENDING.value or open_now == 0:
                 break
             time.sleep(0.5)
+            if time.monotonic() - last_dispatch > 2:
+                redispatch()
+                last_dispatch = time.monotonic()
 
 
 def _final_report(engine: Engine, edition_id: int, *, announce: bool) -> int:

@@ -68,8 +68,11 @@ def _edition_sending(edition_id: int):
 
 def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: str, now: datetime,
                 lease: timedelta) -> list[Leased]:
-    """Take the batch lease on the due rows among `ids` that no live lease holds."""
-    free = or_(D.c.lease_until.is_(None), D.c.lease_until < now)
+    """Take the batch lease on the due rows among `ids` that no live lease holds.
+
+    Rows this same worker still holds (a retried task in the same process) count as free.
+    """
+    free = or_(D.c.lease_until.is_(None), D.c.lease_until < now, D.c.claimed_by == worker)
     candidates = select(D.c.id).where(
         D.c.id.in_(list(ids)), D.c.edition_id == edition_id, _due(now), free
     )

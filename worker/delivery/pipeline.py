@@ -47,6 +47,9 @@ class BatchReport:
     stopped: str | None = None
 
 
+# Failed transactions in a row, per edition, in this process (the error budget).
+_STREAK: Counter[int] = Counter()
+
 # Rendered variants per edition, per process: each region set is inlined once
 # per process and edition. A few editions at most are live at once.
 _RENDERERS: OrderedDict[int, VariantRenderer] = OrderedDict()
@@ -77,7 +80,7 @@ def leases(settings: Settings) -> tuple[timedelta, timedelta]:
     """(batch lease, send lease). The send lease covers one SMTP transaction at its
     slowest: connect, greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, content, reply,
     each allowed NEWSLETTER_SMTP_TIMEOUT."""
-    send = timedelta(seconds=settings.smtp_timeout * 10 + 30)
+    send = timedelta(seconds=settings.send_lease_seconds or settings.smtp_timeout * 10 + 30)
     batch = timedelta(seconds=settings.batch_lease_seconds)
     return batch, send
 
@@ -106,14 +109,30 @@ def deliver_batch(
     secret = settings.require_secret_key()
     sender_address = settings.sender.addr_spec
     done: list[int] = []
+    # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
+    deadline = clock() + batch_lease * 0.8
     try:
         for row in rows:
+            if clock() > deadline:
+                report.stopped = "batch lease running out; the rest is released"
+                break
             outcome = _deliver_row(engine, settings, row, renderer=renderer, sender=sender, worker=worker,
                                    secret=secret, envelope_from=sender_address, throttle=throttle,
                                    send_lease=send_lease, clock=clock)
             done.append(row.id)
             report.outcomes[outcome.outcome if isinstance(outcome, SendResult) else outcome] += 1
             if isinstance(outcome, SendResult):
+                if outcome.outcome is Outcome.SENT:
+                    _STREAK[edition_id] = 0
+                elif outcome.outcome in (Outcome.TEMPORARY, Outcome.REJECTED):
+                    _STREAK[edition_id] += 1
+                if _STREAK[edition_id] >= settings.error_budget:
+                    _STREAK[edition_id] = 0
+                    reason = (f"paused: {settings.error_budget} failures in a row "
+                              f"(NEWSLETTER_ERROR_BUDGET), last: {outcome.summary}")
+                    pause_edition(engine, edition_id, reason)
+                    report.stopped = reason
+                    break
                 if outcome.outcome is Outcome.SENDER:
                     pause_edition(engine, edition_id, f"paused: sender refused: {outcome.summary}")
                     report.stopped = f"sender refused: {outcome.summary}"

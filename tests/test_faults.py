@@ -1,0 +1,154 @@
+"""Killed workers, duplicate and lost broker messages, a restarted Redis, an error budget:
+every test ends with the oracle."""
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.support.data import add_subscribers, load_stories
+from tests.support.oracle import assert_oracle
+from tests.support.worker import wait_for
+from worker.delivery.plan import find_edition
+
+KEY = "weekly-2025-W05"
+pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+
+# Short leases so recovery happens within seconds; slow SMTP so a batch is caught mid-way.
+FAST = {"NEWSLETTER_BATCH_LEASE_SECONDS": "20", "NEWSLETTER_SEND_LEASE_SECONDS": "3",
+        "NEWSLETTER_REDISPATCH_SECONDS": "1", "NEWSLETTER_BATCH_SIZE": "10"}
+
+
+def _setup(engine, tmp_path, count=40):
+    load_stories(engine, tmp_path)
+    return add_subscribers(engine, count, sets=[("RU", "UA"), ("DE",), ("US", "GB")])
+
+
+def _finish(engine, tick, timeout=90, **env):
+    def done():
+        tick(**{**FAST, **env})
+        return find_edition(engine, KEY).state == "done"
+
+    wait_for(done, timeout=timeout, interval=1.0, what="the edition to finish")
+
+
+def test_sigkill_mid_batch_loses_nothing_and_resends_nothing(engine, tmp_path, smtp_server, start_worker,
+                                                             worker_env, run_cli, tick):
+    _setup(engine, tmp_path)
+    smtp_server.plan.delay = 0.15
+    env = {**worker_env, **FAST}
+    worker = start_worker("w1", concurrency=1, **FAST)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    wait_for(lambda: len(smtp_server.received) >= 5, what="5 messages")
+    worker.kill(signal.SIGKILL)
+    worker.proc.wait(10)
+    k = len(smtp_server.received)
+    assert 5 <= k < 40
+    start_worker("w2", concurrency=1, **FAST)
+    _finish(engine, tick)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=1, expect_sent=None)
+    assert status["counts"]["sent"] + status["counts"]["unknown"] == 40
+    assert len(smtp_server.received) >= 39
+
+
+def test_sigterm_finishes_the_batch_then_the_rest_completes_after_restart(engine, tmp_path, smtp_server,
+                                                                          start_worker, worker_env, run_cli, tick):
+    _setup(engine, tmp_path)
+    smtp_server.plan.delay = 0.1
+    env = {**worker_env, **FAST}
+    worker = start_worker("w1", concurrency=1, **FAST)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    wait_for(lambda: len(smtp_server.received) >= 3, what="3 messages")
+    worker.proc.send_signal(signal.SIGTERM)  # warm shutdown of the main process
+    worker.proc.wait(30)
+    assert "Warm shutdown" in worker.output() or "warm shutdown" in worker.output().lower()
+    assert len(smtp_server.received) % 10 == 0  # the batch in hand was finished, not cut
+    start_worker("w2", concurrency=1, **FAST)
+    _finish(engine, tick)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0, expect_sent=40)
+
+
+def test_the_same_batch_published_twice_sends_once(engine, tmp_path, smtp_server, start_worker, worker_env,
+                                                   run_cli, tick):
+    from worker.celery_app import create_app
+    from worker.settings import load_settings
+    from worker.tasks import publisher
+
+    _setup(engine, tmp_path, count=20)
+    env = {**worker_env, **FAST, "NEWSLETTER_BATCH_SIZE": "50"}
+    start_worker("w1", concurrency=2, **FAST)
+    assert run_cli("send", "--week", "2025-W05", "--wait", env=env).code == 0
+    edition = find_edition(engine, KEY)
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(sa.text(f"SELECT id FROM deliveries WHERE edition_id={edition.id}"))]
+    publish = publisher(create_app(load_settings(env)))
+    publish(edition.id, ids)
+    publish(edition.id, ids)
+    time.sleep(2)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=20)
+
+
+def test_a_task_outliving_the_visibility_timeout_is_sent_once(engine, tmp_path, smtp_server, start_worker,
+                                                              worker_env, run_cli, tick):
+    _setup(engine, tmp_path, count=20)
+    smtp_server.plan.delay = 0.4  # a batch of 10 takes ~4 s, the broker gives up on it after 1 s
+    slow = {**FAST, "NEWSLETTER_BROKER_VISIBILITY_TIMEOUT": "1", "NEWSLETTER_BATCH_LEASE_SECONDS": "30"}
+    env = {**worker_env, **slow}
+    w1 = start_worker("w1", concurrency=1, **slow)
+    w2 = start_worker("w2", concurrency=1, **slow)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    _finish(engine, tick, **slow)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=20)
+    received = w1.output().count("Task worker.tasks.send_batch") + w2.output().count("Task worker.tasks.send_batch")
+    assert received >= 2
+
+
+def test_redis_restarted_empty_mid_edition(engine, tmp_path, smtp_server, start_worker, worker_env, run_cli,
+                                           tick):
+    from tests.support.smtp import _free_port
+
+    port = _free_port()
+
+    def redis_server():
+        return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL)
+
+    server = redis_server()
+    try:
+        broker = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout
+                 .strip() == b"PONG", what="redis")
+        _setup(engine, tmp_path)
+        smtp_server.plan.delay = 0.1
+        env = {**worker_env, **FAST, "NEWSLETTER_BROKER_URL": broker}
+        start_worker("w1", concurrency=1, **FAST, NEWSLETTER_BROKER_URL=broker)
+        assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+        wait_for(lambda: len(smtp_server.received) >= 5, what="5 messages")
+        server.kill()
+        server.wait(10)
+        server = redis_server()  # empty: every queued batch is gone
+        time.sleep(1)
+        _finish(engine, tick, NEWSLETTER_BROKER_URL=broker, timeout=120)
+        assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=1)
+    finally:
+        server.kill()
+
+
+def test_twenty_failures_in_a_row_pause_and_resume_continues(engine, tmp_path, smtp_server, start_worker,
+                                                            worker_env, run_cli, tick):
+    _setup(engine, tmp_path, count=30)
+    smtp_server.plan.data_all = "451 4.3.0 relay overloaded"
+    env = {**worker_env, **FAST, "NEWSLETTER_ERROR_BUDGET": "20", "NEWSLETTER_BATCH_SIZE": "30"}
+    start_worker("w1", concurrency=1, **{**FAST, "NEWSLETTER_ERROR_BUDGET": "20", "NEWSLETTER_BATCH_SIZE": "30"})
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    wait_for(lambda: find_edition(engine, KEY).state == "paused", what="the pause")
+    edition = find_edition(engine, KEY)
+    assert edition.reason == ("paused: 20 failures in a row (NEWSLETTER_ERROR_BUDGET), "
+                              "last: 451 4.3.0 relay overloaded")
+    smtp_server.plan.data_all = None
+    assert run_cli("resume", KEY, "--wait", env=env).code == 0
+    _finish(engine, tick)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=30)
