@@ -152,3 +152,99 @@ def test_twenty_failures_in_a_row_pause_and_resume_continues(engine, tmp_path, s
     assert run_cli("resume", KEY, "--wait", env=env).code == 0
     _finish(engine, tick)
     assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=30)
+
+
+def test_the_database_unreachable_mid_batch_sends_nothing_unclaimed(engine, db_url, tmp_path, smtp_server,
+                                                                     start_worker, worker_env, run_cli, tick):
+    import sqlalchemy as sa
+
+    from tests.support.proxy import CuttableProxy
+
+    _setup(engine, tmp_path)
+    smtp_server.plan.delay = 0.1
+    url = sa.make_url(db_url)
+    proxy = CuttableProxy(url.port or 5432)
+    via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    env = {**worker_env, **FAST}
+    try:
+        start_worker("w1", concurrency=1, **FAST, NEWSLETTER_DATABASE_URL=via_proxy)
+        assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+        wait_for(lambda: len(smtp_server.received) >= 5, what="5 messages")
+        proxy.cut(4)
+        at_cut = len(smtp_server.received)
+        time.sleep(4)
+        # While the database was away at most the one transaction in flight could finish.
+        assert len(smtp_server.received) <= at_cut + 1
+        _finish(engine, tick, timeout=120)
+    finally:
+        proxy.close()
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=1)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=1)
+    assert status["counts"]["sent"] + status["counts"]["unknown"] == 40
+
+
+def test_beat_down_across_the_slot_then_back_in_time_sends_once_and_too_late_skips(
+        engine, tmp_path, smtp_server, start_worker, worker_env, run_cli):
+    from datetime import UTC, datetime, timedelta
+
+    from worker.celery_app import create_app
+    from worker.delivery.schedule import reconcile
+    from worker.settings import load_settings
+    from worker.tasks import publisher
+
+    _setup(engine, tmp_path, count=20)
+    env = {**worker_env, **FAST}
+    settings = load_settings(env)
+    publish = publisher(create_app(settings))
+    start_worker("w1", concurrency=2, **FAST)
+    slot = datetime(2025, 2, 3, 7, 0, tzinfo=UTC)  # UTC zone: Monday 07:00
+    # Beat was down at 07:00 and comes back 23 h later: the reconciler plans and sends.
+    first = reconcile(engine, settings, publish, slot + timedelta(hours=23))
+    assert first.due.action == "planned"
+    wait_for(lambda: len(smtp_server.received) == 20, what="20 messages")
+    again = reconcile(engine, settings, publish, slot + timedelta(hours=23, minutes=1))
+    assert again.due.action == "exists"
+    time.sleep(1)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=20)
+    # The next Monday it stays down for 25 h: that week is skipped, on record, and nothing goes out.
+    late = reconcile(engine, settings, publish, slot + timedelta(days=7, hours=25))
+    assert (late.due.action, late.due.key) == ("skipped", "weekly-2025-W06")
+    assert find_edition(engine, "weekly-2025-W06").reason.startswith(
+        "missed: the weekly send was due 2025-02-10T07:00:00+00:00")
+    time.sleep(1)
+    assert len(smtp_server.received) == 20
+
+
+def test_a_throttling_relay_slows_the_shared_rate_and_everything_goes_once(
+        engine, tmp_path, smtp_server, start_worker, worker_env, run_cli, tick, redis_url):
+    import redis
+
+    _setup(engine, tmp_path, count=60)
+    rate = 20
+    smtp_server.plan.throttle_after = 12  # the relay takes 12 messages per 2 s: 6/s
+    smtp_server.plan.throttle_window = 2.0
+    smtp_server.plan.throttle_reply = "421 4.7.0 too many messages, slow down"
+    limits = {**FAST, "NEWSLETTER_SEND_RATE": str(rate), "NEWSLETTER_BATCH_SIZE": "15"}
+    env = {**worker_env, **limits}
+    start_worker("w1", concurrency=1, **limits)
+    start_worker("w2", concurrency=1, **limits)
+    lowest = []
+    client = redis.Redis.from_url(redis_url)
+
+    def sample():
+        value = client.hget("newsletter:send-rate", "rate")
+        if value is not None:
+            lowest.append(float(value))
+        return False
+
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    wait_for(lambda: smtp_server.throttled > 0, what="the first throttle reply")
+    for _ in range(10):
+        sample()
+        time.sleep(0.2)
+    _finish(engine, tick, timeout=180, **limits)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=60)
+    assert min(lowest) < rate / 2  # the shared rate backed off
+    times = sorted(r.at for r in smtp_server.received)
+    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert worst <= rate + 1

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 from worker.delivery import ledger
 from worker.delivery.outcome import Outcome, SendResult
 from worker.delivery.plan import finish_if_done, get_edition, pause_edition
+from worker.delivery.ratelimit import RateLimiter
 from worker.delivery.senders import Outgoing, Sender
 from worker.digest import StoryItem, Window
 from worker.digest.queries import fetch_window_stories
@@ -93,7 +94,7 @@ def deliver_batch(
     delivery_ids: Sequence[int],
     sender: Sender,
     worker: str | None = None,
-    throttle: Callable[[], None] | None = None,
+    throttle: RateLimiter | None = None,
     clock: Clock = utcnow,
 ) -> BatchReport:
     report = BatchReport()
@@ -158,7 +159,7 @@ def _deliver_row(engine, settings, row, *, renderer, sender, worker, secret, env
         except HeaderInjectionError as exc:
             problem = str(exc)
     if throttle is not None and composed is not None:
-        throttle()
+        throttle.acquire()
     state = ledger.claim(engine, delivery_id=row.id, worker=worker, now=clock(), lease=send_lease)
     if state != "claimed":
         return state  # lost to another worker, or the subscriber left: nothing sent
@@ -171,6 +172,8 @@ def _deliver_row(engine, settings, row, *, renderer, sender, worker, secret, env
         result = sender.send(Outgoing(sender=envelope_from, recipient=composed.message["To"].addresses[0].addr_spec,
                                       data=composed.data, message_id=composed.message_id,
                                       smtputf8=composed.smtputf8))
+    if throttle is not None:
+        throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)
     recorded = ledger.record(engine, delivery_id=row.id, worker=worker, result=result,
                              message_id=composed.message_id if composed else None,
                              max_attempts=settings.max_attempts, retry_base=settings.retry_base_seconds,
