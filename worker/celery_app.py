@@ -33,7 +33,11 @@ def create_app(settings: Settings) -> Celery:
         task_time_limit=settings.batch_lease_seconds,
         # deliver_batch stops taking rows at 80 % of the lease; the soft limit is a backstop.
         task_soft_time_limit=max(int(settings.batch_lease_seconds * 0.9), 1),
-        broker_transport_options={"visibility_timeout": visibility},
+        # kombu looks for unacknowledged tasks past the timeout every 10 s, but by default
+        # acts only on every 10th look; act on each look, and look sooner for short timeouts.
+        broker_transport_options={"visibility_timeout": visibility,
+                                  "unacked_restore_interval": min(10.0, max(visibility / 4, 0.5)),
+                                  "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
         task_routes={"worker.tasks.send_batch": {"queue": SEND_QUEUE}},
         task_default_queue="celery",
