@@ -250,3 +250,23 @@ def test_a_throttling_relay_slows_the_shared_rate_and_everything_goes_once(
     times = sorted(r.at for r in smtp_server.received)
     worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert worst <= rate + 1
+
+
+def test_a_poison_recipient_is_capped_and_everyone_else_is_delivered(engine, tmp_path, smtp_server,
+                                                                    start_worker, worker_env, run_cli, tick):
+    subscribers = _setup(engine, tmp_path, count=30)
+    poison = subscribers[4][1]
+    # A tarpit: it answers RCPT with '451-' continuation lines forever. Before the reply
+    # deadline existed this held the worker until Celery's hard time limit killed it,
+    # and the redelivered batch hit the same recipient again.
+    smtp_server.plan.rcpt[poison] = "tarpit"
+    limits = {**FAST, "NEWSLETTER_SMTP_TIMEOUT": "1", "NEWSLETTER_MAX_ATTEMPTS": "3"}
+    env = {**worker_env, **limits}
+    worker = start_worker("w1", concurrency=2, **limits)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    _finish(engine, tick, timeout=120, **limits)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=29)
+    row = rows[poison]
+    assert (row.state, row.attempts, row.next_attempt_at) == ("failed", 3, None)
+    assert "reply not complete within 1 s" in row.last_reply
+    assert "WorkerLostError" not in worker.output() and "Hard time limit" not in worker.output()

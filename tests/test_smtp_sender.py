@@ -110,3 +110,14 @@ def test_starttls_required_but_not_offered_fails_closed_without_credentials(serv
     assert result.outcome is Outcome.SENDER and result.connection_failed
     assert result.reply == "server does not offer STARTTLS (NEWSLETTER_SMTP_SECURITY=starttls)"
     assert server.received == [] and server.auth_attempts == []
+
+
+def test_a_tarpit_that_drips_continuation_lines_times_out(server):
+    import time
+
+    server.plan.rcpt["r@example.org"] = "tarpit"
+    started = time.monotonic()
+    result = _sender(server, smtp_timeout=1).send(_out())
+    assert time.monotonic() - started < 3
+    assert result.outcome is Outcome.TEMPORARY
+    assert "reply not complete within 1 s" in result.reply

@@ -69,6 +69,11 @@ class _Handler:
     async def handle_RCPT(self, smtp, session, envelope, address, rcpt_options):  # noqa: N802
         plan = self.server.plan
         self.server.attempts[address] += 1
+        if plan.rcpt.get(address) == "tarpit":
+            # Drip continuation lines forever: each line is prompt, the reply never ends.
+            while True:
+                await smtp.push("451-please wait")
+                await asyncio.sleep(0.2)
         if address in plan.rcpt:
             return plan.rcpt[address]
         if plan.flaky.get(address, 0) >= self.server.attempts[address]:

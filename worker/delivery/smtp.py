@@ -13,12 +13,48 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 
 from worker.delivery.outcome import Outcome, SendResult, classify
 from worker.delivery.senders import Outgoing
 from worker.settings import Settings
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+class _ReplyDeadline:
+    """A reply must be complete within the timeout, not just each line of it: a tarpit
+    that drips '451-wait' continuation lines would otherwise hold a worker forever
+    (smtplib's timeout is per socket read)."""
+
+    def __init__(self, raw, owner) -> None:
+        self.raw, self.owner = raw, owner
+
+    def readline(self, limit: int = -1) -> bytes:
+        if time.monotonic() > self.owner.reply_deadline:
+            raise TimeoutError(f"reply not complete within {self.owner.timeout:g} s")
+        return self.raw.readline(limit)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _DeadlineMixin:
+    reply_deadline = float("inf")
+
+    def getreply(self):
+        if self.file is None or not isinstance(self.file, _ReplyDeadline):
+            self.file = _ReplyDeadline(self.sock.makefile("rb"), self)
+        self.reply_deadline = time.monotonic() + (self.timeout or 30)
+        return super().getreply()
+
+
+class _SMTP(_DeadlineMixin, smtplib.SMTP):
+    pass
+
+
+class _SMTPS(_DeadlineMixin, smtplib.SMTP_SSL):
+    pass
 
 
 class SmtpSender:
@@ -35,10 +71,10 @@ class SmtpSender:
         context = ssl.create_default_context()  # verifies certificates and host names
         try:
             if s.smtp_security == "tls":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                conn: smtplib.SMTP = _SMTPS(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
                                                       context=context, local_hostname=_helo())
             else:
-                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                conn = _SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
                                     local_hostname=_helo())
         except smtplib.SMTPConnectError as exc:  # a 4xx/5xx greeting
             code = exc.smtp_code
