@@ -12,6 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from email.headerregistry import Address
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -91,6 +92,10 @@ class Settings(BaseModel):
     # This many failed transactions in a row pause the edition: the relay, not the
     # subscribers, is the likely problem.
     error_budget: int = Field(20, ge=1)
+    # Write each result in the same transaction as the next claim: one commit per
+    # message instead of two. A crash then leaves at most one already-sent message
+    # per process `unknown` (never re-sent) instead of `sent`. See worker/delivery/ledger.py.
+    ledger_pipeline: bool = True
 
     @field_validator("timezone")
     @classmethod
@@ -134,7 +139,8 @@ class Settings(BaseModel):
 
     @property
     def sender(self) -> Address:
-        return parse_address(self.from_address)
+        # Cached by value, not on the instance: model_copy(update=...) must not keep a stale one.
+        return _parsed_address(self.from_address)
 
     @property
     def effective_list_id(self) -> str:
@@ -147,6 +153,11 @@ class Settings(BaseModel):
                 "and Message-IDs: set it in the environment"
             )
         return self.secret_key.get_secret_value()
+
+
+@lru_cache(maxsize=16)
+def _parsed_address(value: str) -> Address:
+    return parse_address(value)
 
 
 def parse_address(value: str) -> Address:

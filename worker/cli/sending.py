@@ -93,7 +93,7 @@ def test_send(engine: Engine, settings: Settings, window: Window, key: str, addr
         for address in checked:
             composed = compose(variant, Addressee(address, None, None), settings=settings, secret=secret,
                                test_send=True, now=utcnow())
-            result = sender.send(Outgoing(settings.sender.addr_spec, composed.message["To"].addresses[0].addr_spec,
+            result = sender.send(Outgoing(settings.sender.addr_spec, composed.envelope_to,
                                           composed.data, composed.message_id, composed.smtputf8))
             click.echo(f"test send to {address}: {result.outcome} {result.summary}".rstrip())
             failed += result.outcome != "sent"

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, exists, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
 
 from worker.delivery.outcome import Outcome, SendResult, backoff
 from worker.store.db import session_scope
@@ -98,83 +98,139 @@ def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: 
     return [Leased(r.id, r.subscriber_id, tuple(r.regions.split()), r.email, r.name) for r in rows]
 
 
-def claim(engine: Engine, *, delivery_id: int, worker: str, now: datetime, lease: timedelta) -> str:
-    """Move one leased row to `sending`. Returns 'claimed', 'lost' or the skip reason.
+@dataclass(frozen=True)
+class Claim:
+    state: str  # 'claimed', 'lost', or the skip reason ('unsubscribed', 'bounced', ...)
+    attempts: int = 0
 
-    The subscriber's status is checked in the same transaction, so an
+
+def claim(conn: Connection, *, delivery_id: int, worker: str, now: datetime, lease: timedelta) -> Claim:
+    """Move one leased row to `sending` (call inside a transaction on `conn`).
+
+    The subscriber's status comes back from the same statement, so an
     unsubscribe that lands while the edition is sending takes effect here.
     """
-    with session_scope(engine) as session:
-        row = session.execute(
-            update(D)
-            .where(D.c.id == delivery_id, D.c.claimed_by == worker, _due(now),
-                   _edition_sending_for_row())
-            .values(state=SENDING, attempts=D.c.attempts + 1, lease_until=now + lease, updated_at=now)
-            .returning(D.c.subscriber_id)
-        ).first()
-        if row is None:
-            return "lost"
-        status = session.scalar(select(Subscriber.status).where(Subscriber.id == row.subscriber_id))
-        if status != SubscriberStatus.ACTIVE.value:
-            session.execute(
-                update(D).where(D.c.id == delivery_id).values(
-                    state=DeliveryState.SKIPPED.value, skip_reason=status, attempts=D.c.attempts - 1,
-                    claimed_by=None, lease_until=None, updated_at=now)
-            )
-            return status or "deleted"
-        return "claimed"
+    status_now = select(Subscriber.status).where(Subscriber.id == D.c.subscriber_id).scalar_subquery()
+    row = conn.execute(
+        update(D)
+        .where(D.c.id == delivery_id, D.c.claimed_by == worker, _due(now), _edition_sending_for_row())
+        .values(state=SENDING, attempts=D.c.attempts + 1, lease_until=now + lease, updated_at=now)
+        .returning(D.c.attempts, status_now)
+    ).first()
+    if row is None:
+        return Claim("lost")
+    status = row[1]
+    if status != SubscriberStatus.ACTIVE.value:
+        conn.execute(
+            update(D).where(D.c.id == delivery_id).values(
+                state=DeliveryState.SKIPPED.value, skip_reason=status or "deleted", attempts=D.c.attempts - 1,
+                claimed_by=None, lease_until=None, updated_at=now)
+        )
+        return Claim(status or "deleted")
+    return Claim("claimed", row[0])
 
 
 def _edition_sending_for_row():
     return exists().where(Edition.id == D.c.edition_id, Edition.state == EditionState.SENDING.value)
 
 
-def record(engine: Engine, *, delivery_id: int, worker: str, result: SendResult, message_id: str | None,
-           max_attempts: int, retry_base: float, now: datetime) -> bool:
-    """Write the sender's answer. False if the row was no longer ours (it is then `unknown`)."""
+def record(conn: Connection, *, delivery_id: int, worker: str, result: SendResult, message_id: str | None,
+           attempts: int, max_attempts: int, retry_base: float, now: datetime) -> bool:
+    """Write the sender's answer (inside a transaction on `conn`).
+
+    False if the row was no longer ours: the reconciler had already called it `unknown`.
+    """
     # enqueued_at is cleared: no queued batch holds this row any more, so a
     # retry is handed out as soon as it is due.
     values: dict = {"last_code": result.code, "last_reply": result.summary[:1000] or None,
                     "claimed_by": None, "lease_until": None, "enqueued_at": None, "updated_at": now}
     outcome = result.outcome
-    with session_scope(engine) as session:
-        attempts = session.scalar(select(D.c.attempts).where(D.c.id == delivery_id)) or 0
-        if outcome is Outcome.SENT:
-            values.update(state=DeliveryState.SENT.value, sent_at=now, message_id=message_id,
-                          next_attempt_at=None)
-        elif outcome is Outcome.UNKNOWN:
-            values.update(state=DeliveryState.UNKNOWN.value, message_id=message_id, next_attempt_at=None)
-        elif outcome is Outcome.PERMANENT:
-            values.update(state=DeliveryState.BOUNCED.value, next_attempt_at=None)
-        elif outcome is Outcome.SENDER:
-            # Not the subscriber's fault: the attempt is not counted and the row waits for resume.
-            values.update(state=PENDING, attempts=D.c.attempts - 1, next_attempt_at=None)
-        elif outcome is Outcome.TEMPORARY and attempts < max_attempts:
-            values.update(state=FAILED, next_attempt_at=now + backoff(attempts, base_seconds=retry_base))
-        else:  # temporary with attempts used up, or rejected: final
-            values.update(state=FAILED, next_attempt_at=None)
-        done = session.execute(
-            update(D).where(D.c.id == delivery_id, D.c.state == SENDING, D.c.claimed_by == worker)
-            .values(**values).returning(D.c.subscriber_id)
-        ).first()
-        if done is None:
-            return False
-        if outcome is Outcome.PERMANENT:
-            session.execute(
-                update(Subscriber).where(Subscriber.id == done.subscriber_id,
-                                         Subscriber.status == SubscriberStatus.ACTIVE.value)
-                .values(status=SubscriberStatus.BOUNCED.value, status_changed_at=now)
-            )
-        return True
-
-
-def skip(engine: Engine, *, delivery_id: int, worker: str, reason: str, now: datetime) -> None:
-    with session_scope(engine) as session:
-        session.execute(
-            update(D).where(D.c.id == delivery_id, D.c.claimed_by == worker, D.c.state == SENDING)
-            .values(state=DeliveryState.SKIPPED.value, skip_reason=reason, claimed_by=None,
-                    lease_until=None, updated_at=now)
+    if outcome is Outcome.SENT:
+        values.update(state=DeliveryState.SENT.value, sent_at=now, message_id=message_id, next_attempt_at=None)
+    elif outcome is Outcome.UNKNOWN:
+        values.update(state=DeliveryState.UNKNOWN.value, message_id=message_id, next_attempt_at=None)
+    elif outcome is Outcome.PERMANENT:
+        values.update(state=DeliveryState.BOUNCED.value, next_attempt_at=None)
+    elif outcome is Outcome.SENDER:
+        # Not the subscriber's fault: the attempt is not counted and the row waits for resume.
+        values.update(state=PENDING, attempts=D.c.attempts - 1, next_attempt_at=None)
+    elif outcome is Outcome.TEMPORARY and attempts < max_attempts:
+        values.update(state=FAILED, next_attempt_at=now + backoff(attempts, base_seconds=retry_base))
+    else:  # temporary with attempts used up, or rejected: final
+        values.update(state=FAILED, next_attempt_at=None)
+    done = conn.execute(
+        update(D).where(D.c.id == delivery_id, D.c.state == SENDING, D.c.claimed_by == worker)
+        .values(**values).returning(D.c.subscriber_id)
+    ).first()
+    if done is None:
+        return False
+    if outcome is Outcome.PERMANENT:
+        conn.execute(
+            update(Subscriber).where(Subscriber.id == done.subscriber_id,
+                                     Subscriber.status == SubscriberStatus.ACTIVE.value)
+            .values(status=SubscriberStatus.BOUNCED.value, status_changed_at=now)
         )
+    return True
+
+
+class BatchLedger:
+    """One connection for one batch. With `pipeline`, a result is written in the same
+    transaction as the next claim: one commit per message instead of two.
+
+    That keeps a sent row in `sending` for one more step (composing the next message);
+    a crash there leaves it `unknown` (reported, never re-sent) instead of `sent`.
+    Results that change more than the row (bounces, pauses) are written at once.
+    """
+
+    def __init__(self, engine: Engine, *, worker: str, max_attempts: int, retry_base: float,
+                 pipeline: bool = True) -> None:
+        self.conn = engine.connect()
+        self.worker = worker
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.pipeline = pipeline
+        self._deferred: dict | None = None
+        self.late: list[int] = []  # results that arrived after the row was declared unknown
+
+    def claim(self, delivery_id: int, *, now: datetime, lease: timedelta) -> Claim:
+        with self.conn.begin():
+            self._write_deferred()
+            return claim(self.conn, delivery_id=delivery_id, worker=self.worker, now=now, lease=lease)
+
+    def record(self, delivery_id: int, *, result: SendResult, message_id: str | None, attempts: int,
+               now: datetime) -> None:
+        self._deferred = dict(delivery_id=delivery_id, result=result, message_id=message_id, attempts=attempts,
+                              now=now)
+        if not self.pipeline or result.outcome not in (Outcome.SENT, Outcome.TEMPORARY):
+            self.flush()
+
+    def flush(self) -> None:
+        if self._deferred is not None:
+            with self.conn.begin():
+                self._write_deferred()
+
+    def _write_deferred(self) -> None:
+        if self._deferred is None:
+            return
+        item, self._deferred = self._deferred, None
+        if not record(self.conn, worker=self.worker, max_attempts=self.max_attempts, retry_base=self.retry_base,
+                      **item):
+            self.late.append(item["delivery_id"])
+
+    def skip(self, delivery_id: int, *, reason: str, now: datetime) -> None:
+        with self.conn.begin():
+            self._write_deferred()
+            self.conn.execute(
+                update(D).where(D.c.id == delivery_id, D.c.claimed_by == self.worker, D.c.state == SENDING)
+                .values(state=DeliveryState.SKIPPED.value, skip_reason=reason, claimed_by=None,
+                        lease_until=None, updated_at=now)
+            )
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.conn.close()
 
 
 def release(engine: Engine, *, ids: Sequence[int], worker: str, now: datetime) -> int:

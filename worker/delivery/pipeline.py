@@ -106,82 +106,99 @@ def deliver_batch(
     batch_lease, send_lease = leases(settings)
     rows = ledger.lease_batch(engine, edition_id=edition_id, ids=delivery_ids, worker=worker, now=clock(),
                               lease=batch_lease)
-    renderer = renderer_for(engine, settings, edition)
-    secret = settings.require_secret_key()
-    sender_address = settings.sender.addr_spec
-    done: list[int] = []
+    step = _Step(settings=settings, renderer=renderer_for(engine, settings, edition), sender=sender,
+                 secret=settings.require_secret_key(), envelope_from=settings.sender.addr_spec,
+                 throttle=throttle, send_lease=send_lease, clock=clock)
+    done: set[int] = set()
     # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
     deadline = clock() + batch_lease * 0.8
+    # With a rate limit a message may wait for its token; its predecessor's result is
+    # then written before the wait, not after it.
+    book = ledger.BatchLedger(engine, worker=worker, max_attempts=settings.max_attempts,
+                              retry_base=settings.retry_base_seconds,
+                              pipeline=settings.ledger_pipeline and throttle is None)
     try:
         for row in rows:
             if clock() > deadline:
                 report.stopped = "batch lease running out; the rest is released"
                 break
-            outcome = _deliver_row(engine, settings, row, renderer=renderer, sender=sender, worker=worker,
-                                   secret=secret, envelope_from=sender_address, throttle=throttle,
-                                   send_lease=send_lease, clock=clock)
-            done.append(row.id)
+            outcome = step.deliver(book, row)
+            done.add(row.id)
             report.outcomes[outcome.outcome if isinstance(outcome, SendResult) else outcome] += 1
-            if isinstance(outcome, SendResult):
-                if outcome.outcome is Outcome.SENT:
-                    _STREAK[edition_id] = 0
-                elif outcome.outcome in (Outcome.TEMPORARY, Outcome.REJECTED):
-                    _STREAK[edition_id] += 1
-                if _STREAK[edition_id] >= settings.error_budget:
-                    _STREAK[edition_id] = 0
-                    reason = (f"paused: {settings.error_budget} failures in a row "
-                              f"(NEWSLETTER_ERROR_BUDGET), last: {outcome.summary}")
-                    pause_edition(engine, edition_id, reason)
-                    report.stopped = reason
-                    break
-                if outcome.outcome is Outcome.SENDER:
-                    pause_edition(engine, edition_id, f"paused: sender refused: {outcome.summary}")
-                    report.stopped = f"sender refused: {outcome.summary}"
-                    break
-                if outcome.connection_failed:
-                    report.stopped = f"connection failed: {outcome.summary}"
-                    break
+            if isinstance(outcome, SendResult) and (stop := _stop_reason(engine, settings, edition_id, outcome)):
+                report.stopped = stop
+                break
+        book.flush()
     finally:
-        ledger.release(engine, ids=[r.id for r in rows if r.id not in set(done)], worker=worker, now=clock())
+        book.close()
+        ledger.release(engine, ids=[r.id for r in rows if r.id not in done], worker=worker, now=clock())
+    for delivery_id in book.late:
+        log.warning("delivery %s: its result arrived after the lease expired; left unknown", delivery_id)
     finish_if_done(engine, edition_id, clock())
     return report
 
 
-def _deliver_row(engine, settings, row, *, renderer, sender, worker, secret, envelope_from, throttle,
-                 send_lease, clock) -> SendResult | str:
-    variant = renderer.variant(row.regions)
-    composed = None
-    problem = None
-    if variant is not None:
-        try:
-            composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id),
-                               settings=settings, secret=secret)
-        except HeaderInjectionError as exc:
-            problem = str(exc)
-    if throttle is not None and composed is not None:
-        throttle.acquire()
-    state = ledger.claim(engine, delivery_id=row.id, worker=worker, now=clock(), lease=send_lease)
-    if state != "claimed":
-        return state  # lost to another worker, or the subscriber left: nothing sent
-    if variant is None:
-        ledger.skip(engine, delivery_id=row.id, worker=worker, reason="no-stories", now=clock())
-        return "no-stories"
-    if composed is None:
-        result = SendResult(Outcome.REJECTED, None, f"cannot build message: {problem}")
-    else:
-        result = sender.send(Outgoing(sender=envelope_from, recipient=composed.message["To"].addresses[0].addr_spec,
-                                      data=composed.data, message_id=composed.message_id,
-                                      smtputf8=composed.smtputf8))
-    if throttle is not None:
-        throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)
-    recorded = ledger.record(engine, delivery_id=row.id, worker=worker, result=result,
-                             message_id=composed.message_id if composed else None,
-                             max_attempts=settings.max_attempts, retry_base=settings.retry_base_seconds,
-                             now=clock())
-    if not recorded:
-        log.warning("delivery %s: result %s arrived after its lease expired; left unknown",
-                    row.id, result.outcome)
-    return result
+def _stop_reason(engine: Engine, settings: Settings, edition_id: int, outcome: SendResult) -> str | None:
+    """Why the batch must stop after this result (pausing the edition where it should), or None."""
+    if outcome.outcome is Outcome.SENT:
+        _STREAK[edition_id] = 0
+    elif outcome.outcome in (Outcome.TEMPORARY, Outcome.REJECTED):
+        _STREAK[edition_id] += 1
+    if _STREAK[edition_id] >= settings.error_budget:
+        _STREAK[edition_id] = 0
+        reason = (f"paused: {settings.error_budget} failures in a row "
+                  f"(NEWSLETTER_ERROR_BUDGET), last: {outcome.summary}")
+        pause_edition(engine, edition_id, reason)
+        return reason
+    if outcome.outcome is Outcome.SENDER:
+        pause_edition(engine, edition_id, f"paused: sender refused: {outcome.summary}")
+        return f"sender refused: {outcome.summary}"
+    if outcome.connection_failed:
+        return f"connection failed: {outcome.summary}"
+    return None
+
+
+@dataclass
+class _Step:
+    """Compose, claim, send and record one row: the per-subscriber hot path."""
+
+    settings: Settings
+    renderer: VariantRenderer
+    sender: Sender
+    secret: str
+    envelope_from: str
+    throttle: RateLimiter | None
+    send_lease: timedelta
+    clock: Clock
+
+    def deliver(self, book: ledger.BatchLedger, row: ledger.Leased) -> SendResult | str:
+        variant = self.renderer.variant(row.regions)
+        composed = problem = None
+        if variant is not None:
+            try:
+                composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id),
+                                   settings=self.settings, secret=self.secret)
+            except HeaderInjectionError as exc:
+                problem = str(exc)
+        if self.throttle is not None and composed is not None:
+            self.throttle.acquire()
+        claimed = book.claim(row.id, now=self.clock(), lease=self.send_lease)
+        if claimed.state != "claimed":
+            return claimed.state  # lost to another worker, or the subscriber left: nothing sent
+        if variant is None:
+            book.skip(row.id, reason="no-stories", now=self.clock())
+            return "no-stories"
+        if composed is None:
+            result = SendResult(Outcome.REJECTED, None, f"cannot build message: {problem}")
+        else:
+            result = self.sender.send(Outgoing(sender=self.envelope_from, recipient=composed.envelope_to,
+                                               data=composed.data, message_id=composed.message_id,
+                                               smtputf8=composed.smtputf8))
+        if self.throttle is not None:
+            self.throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)
+        book.record(row.id, result=result, message_id=composed.message_id if composed else None,
+                    attempts=claimed.attempts, now=self.clock())
+        return result
 
 
 def run_inline(engine: Engine, settings: Settings, edition_id: int, sender: Sender,

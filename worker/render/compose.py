@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from email.message import EmailMessage
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from functools import lru_cache
 
 from worker.render.digest import RenderedVariant
-from worker.render.message import Envelope, build_message, dkim_sign, message_bytes, needs_smtputf8
+from worker.render.message import Envelope, build_message, dkim_sign, mailbox, message_bytes, needs_smtputf8
 from worker.render.personalise import PersonalDigest, Recipient, personalise
+from worker.render.skeleton import MessageSkeleton
 from worker.settings import Settings
 from worker.tokens import message_id, unsubscribe_token
 
@@ -24,12 +26,19 @@ class Addressee:
 
 @dataclass(frozen=True)
 class Composed:
-    digest: PersonalDigest
-    message: EmailMessage
+    variant: RenderedVariant
+    recipient: Recipient
+    # The envelope recipient (IDNA domain), as the To header carries it.
+    envelope_to: str
     data: bytes
     message_id: str
     # The envelope needs SMTPUTF8 (a Unicode local part).
     smtputf8: bool
+
+    @property
+    def digest(self) -> PersonalDigest:
+        """The personalised parts as text (preview and tests; the hot path never needs them)."""
+        return personalise(self.variant, self.recipient)
 
 
 def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str,
@@ -42,6 +51,14 @@ def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str
     )
 
 
+@lru_cache(maxsize=128)
+def _skeleton(variant: RenderedVariant, sender: str, list_id: str, test_send: bool) -> MessageSkeleton:
+    from worker.settings import parse_address
+
+    return MessageSkeleton.build(variant, sender=parse_address(sender), list_id=list_id,
+                                 subject_prefix="[TEST] " if test_send else "")
+
+
 def compose(
     variant: RenderedVariant,
     addressee: Addressee,
@@ -50,16 +67,42 @@ def compose(
     secret: str,
     test_send: bool = False,
     now: datetime | None = None,
+    reference: bool = False,
 ) -> Composed:
+    """One subscriber's message. The skeleton path is the production one; `reference=True`
+    builds it with EmailMessage instead (and so does a Unicode local part, which needs
+    SMTPUTF8 headers the skeleton does not write)."""
     unsubscribe_url, online_url = links(
         settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
         subscriber_id=addressee.subscriber_id,
     )
-    digest = personalise(variant, Recipient(addressee.email, addressee.name, unsubscribe_url, online_url))
+    recipient = Recipient(addressee.email, addressee.name, unsubscribe_url, online_url)
     ident = addressee.subscriber_id if not test_send else f"test:{addressee.email}:{now}"
     mid = message_id(secret, edition_key=variant.edition_key, subscriber=ident, domain=settings.sender.domain)
+    to = mailbox(addressee.email, " ".join((addressee.name or "").split()) or None)
+    if reference or not to.username.isascii():
+        return _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe_url, test_send, now)
+    unsubscribe_header = f"<{unsubscribe_url}>"
+    if settings.unsubscribe_mailto:
+        unsubscribe_header += f", <mailto:{settings.unsubscribe_mailto}?subject=unsubscribe>"
+    data = _skeleton(variant, settings.from_address, settings.effective_list_id, test_send).render(
+        to=to, recipient=recipient, message_id=mid, date=format_datetime(now or datetime.now(UTC)),
+        unsubscribe_header=unsubscribe_header,
+    )
+    return Composed(variant=variant, recipient=recipient, envelope_to=to.addr_spec, data=_sign(data, settings),
+                    message_id=mid, smtputf8=False)
+
+
+def _sign(data: bytes, settings: Settings) -> bytes:
+    if settings.dkim_selector and settings.dkim_domain and settings.dkim_key_file:
+        return dkim_sign(data, selector=settings.dkim_selector, domain=settings.dkim_domain,
+                         key_file=settings.dkim_key_file)
+    return data
+
+
+def _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe_url, test_send, now) -> Composed:
     message = build_message(
-        digest,
+        personalise(variant, recipient),
         Envelope(
             sender=settings.sender,
             recipient_email=addressee.email,
@@ -72,9 +115,5 @@ def compose(
             subject_prefix="[TEST] " if test_send else "",
         ),
     )
-    data = message_bytes(message)
-    if settings.dkim_selector and settings.dkim_domain and settings.dkim_key_file:
-        data = dkim_sign(data, selector=settings.dkim_selector, domain=settings.dkim_domain,
-                         key_file=settings.dkim_key_file)
-    return Composed(digest=digest, message=message, data=data, message_id=mid,
-                    smtputf8=needs_smtputf8(message))
+    return Composed(variant=variant, recipient=recipient, envelope_to=message["To"].addresses[0].addr_spec,
+                    data=_sign(message_bytes(message), settings), message_id=mid, smtputf8=needs_smtputf8(message))

@@ -52,6 +52,10 @@ def mailbox(email: str, name: str | None) -> Address:
     check_header_text("recipient address", email)
     if name:
         check_header_text("recipient name", name)
+    local, at, domain = email.rpartition("@")
+    if email.isascii() and at and local and domain and "@" not in local and '"' not in local:
+        # Stored addresses were validated and normalised at import; ASCII ones need no more.
+        return Address(display_name=name or "", username=local, domain=domain)
     try:
         checked = validate_email(email, check_deliverability=False)
     except EmailNotValidError as exc:
