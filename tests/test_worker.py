@@ -40,6 +40,12 @@ def test_an_edition_reaches_every_subscriber_exactly_once(engine, tmp_path, smtp
     assert status["state"] == "done"
     assert status["counts"]["sent"] == len(smtp_server.received) == 300 - len(skipped)
     assert status["counts"]["skipped"] == len(skipped)
+    # Each region set was inlined once across both worker processes.
+    log = worker.output()
+    rendered = [line.split("rendered variant ", 1)[1].split(" ", 1)[0] for line in log.splitlines()
+                if "rendered variant " in line]
+    sets = {r.replace(" ", "-") for _, _, r in subscribers if r != "JP"}  # JP was skipped at planning
+    assert sorted(rendered) == sorted(sets)
     print(f"\n{len(smtp_server.received)} messages through a 2-process worker in {elapsed:.2f}s "
           f"({len(smtp_server.received) / elapsed:.0f}/s, including planning and --wait polling)")
 

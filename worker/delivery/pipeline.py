@@ -70,7 +70,12 @@ def renderer_for(engine: Engine, settings: Settings, edition) -> VariantRenderer
             wanted = set(regions)
             return [s for s in week if wanted.intersection(s.regions)]
 
-        renderer = VariantRenderer(settings=settings, window=window, edition_key=edition.key, load_stories=load)
+        from worker.delivery.variants import VariantStore
+
+        # Editions that exist in the database share their renders; drafts (dry runs, tests sends) do not.
+        store = VariantStore(engine, edition_id=edition.id, edition_key=edition.key) if edition.id > 0 else None
+        renderer = VariantRenderer(settings=settings, window=window, edition_key=edition.key, load_stories=load,
+                                   store=store)
         _RENDERERS[edition.id] = renderer
         while len(_RENDERERS) > _MAX_RENDERERS:
             _RENDERERS.popitem(last=False)

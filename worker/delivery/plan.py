@@ -50,7 +50,9 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
                 ["edition_id", "subscriber_id", "regions", "state", "attempts", "updated_at"],
                 select(literal(edition.id), Subscriber.id, Subscriber.regions,
                        literal(DeliveryState.PENDING.value), literal(0), literal(now, D.c.updated_at.type))
-                .where(Subscriber.status == SubscriberStatus.ACTIVE.value),
+                .where(Subscriber.status == SubscriberStatus.ACTIVE.value)
+                # Rows of one region set get neighbouring ids, so a batch mostly needs one variant.
+                .order_by(Subscriber.regions, Subscriber.id),
             ))
             sets = list(session.scalars(select(D.c.regions).where(D.c.edition_id == edition.id).distinct()))
             empty = sorted(set(sets) - region_sets_with_stories(session, window, sets))

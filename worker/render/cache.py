@@ -3,11 +3,15 @@ off the per-subscriber path."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 
 from worker.digest import Selection, StoryItem, Window, select_sections
 from worker.render.digest import RenderedVariant, render_variant
 from worker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class VariantRenderer:
@@ -21,12 +25,15 @@ class VariantRenderer:
         window: Window,
         edition_key: str,
         load_stories: Callable[[Sequence[str]], list[StoryItem]],
+        store=None,
     ) -> None:
         self._settings = settings
         self._window = window
         self._edition_key = edition_key
         self._load = load_stories
         self._variants: dict[tuple[str, ...], RenderedVariant | None] = {}
+        # Optional shared store (worker.delivery.variants.VariantStore): render once across processes.
+        self._store = store
 
     def selection(self, regions: Sequence[str]) -> Selection:
         return select_sections(self._load(regions), tuple(regions),
@@ -35,12 +42,31 @@ class VariantRenderer:
     def variant(self, regions: Sequence[str]) -> RenderedVariant | None:
         key = tuple(regions)
         if key not in self._variants:
-            selection = self.selection(key)
-            self._variants[key] = None if selection.is_empty else render_variant(
-                selection=selection, window=self._window, edition_key=self._edition_key,
-                settings=self._settings,
-            )
+            self._variants[key] = self._shared(key) if self._store is not None else self._render(key)
         return self._variants[key]
+
+    def _render(self, key: tuple[str, ...]) -> RenderedVariant | None:
+        selection = self.selection(key)
+        if selection.is_empty:
+            return None
+        return render_variant(selection=selection, window=self._window, edition_key=self._edition_key,
+                              settings=self._settings)
+
+    def _shared(self, key: tuple[str, ...]) -> RenderedVariant | None:
+        store = self._store
+        found = store.get(key)
+        if found == "missing" and store.claim(key):
+            started = time.perf_counter()
+            variant = self._render(key)
+            store.save(key, variant)
+            log.info("rendered variant %s of %s in %.0f ms", "-".join(key), self._edition_key,
+                     (time.perf_counter() - started) * 1000)
+            return variant
+        if found in ("missing", "rendering"):
+            found = store.wait(key)
+        if found == "missing":  # whoever claimed it died before saving
+            return self._render(key)
+        return None if found == "empty" else found
 
     def __len__(self) -> int:
         return len(self._variants)

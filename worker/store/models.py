@@ -211,3 +211,22 @@ class Delivery(Base):
             name="state",
         ),
     )
+
+
+class Variant(Base):
+    """One edition's rendered digest for one ordered region set, inlined once and shared
+    by every worker process (and served as the "view online" page: what was sent)."""
+
+    __tablename__ = "variants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    regions: Mapped[str] = mapped_column(String(200))
+    # NULL while the process that claimed the render is still rendering.
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)
+    html: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    story_count: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("edition_id", "regions", name="uq_variants_edition_regions"),)

@@ -87,14 +87,31 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
     def archive(edition: str, variant: str):
         if not edition.startswith("weekly-"):
             abort(404)
-        window = _window(edition.removeprefix("weekly-"))
         codes = _codes(variant)
+        stored = _stored_variant(edition, codes)
+        if stored is not None:
+            return _anonymous_page(stored, edition, variant)
+        window = _window(edition.removeprefix("weekly-"))
         with session_scope(engine) as session:
             stories = fetch_window_stories(session, window, codes)
         selection = select_sections(stories, codes, per_region=settings.stories_per_region)
         if selection.is_empty:
             abort(404)
         rendered = render_variant(selection=selection, window=window, edition_key=edition, settings=settings)
+        return _anonymous_page(rendered, edition, variant)
+
+    def _stored_variant(edition_key: str, codes: tuple[str, ...]):
+        """What was sent, if this edition was sent: later story edits do not change it."""
+        from worker.delivery.plan import find_edition
+        from worker.delivery.variants import VariantStore
+
+        row = find_edition(engine, edition_key)
+        if row is None:
+            return None
+        found = VariantStore(engine, edition_id=row.id, edition_key=row.key).get(codes)
+        return found if not isinstance(found, str) else None
+
+    def _anonymous_page(rendered, edition: str, variant: str) -> Response:
         # No personal data: a neutral greeting and links that lead back to this page.
         here = f"{settings.public_url}/archive/{edition}/{variant}"
         anonymous = Recipient(email="you", name=None, unsubscribe_url=here, view_online_url=here)
