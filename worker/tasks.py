@@ -48,13 +48,15 @@ def _transient_db_errors() -> tuple[type[BaseException], ...]:
              autoretry_for=_transient_db_errors(), retry_backoff=2, retry_backoff_max=60, max_retries=20,
              retry_jitter=True)
 def send_batch(edition_id: int, delivery_ids: list[int]) -> dict:
-    from worker.delivery.pipeline import deliver_batch
+    from worker.delivery.pipeline import STAGE_CPU, deliver_batch
 
     settings, engine, sender, throttle = _runtime()
     report = deliver_batch(engine, settings, edition_id=edition_id, delivery_ids=delivery_ids,
                            sender=sender, throttle=throttle)
-    log.info("edition %s batch of %s: %s%s", edition_id, len(delivery_ids), dict(report.outcomes),
+    log.info("edition %s batch of %s: %s%s", edition_id, len(delivery_ids),
+             {str(k): v for k, v in report.outcomes.items()},
              f" (stopped: {report.stopped})" if report.stopped else "")
+    log.info("stage cpu totals: %s", {k: round(v, 4) for k, v in STAGE_CPU.items()})
     return {str(k): v for k, v in report.outcomes.items()}
 
 
