@@ -112,37 +112,42 @@ def _claim_stmt():
     status_now = select(Subscriber.status).where(Subscriber.id == D.c.subscriber_id).scalar_subquery()
     return (
         update(D)
-        .where(D.c.id == bindparam("did"), D.c.claimed_by == bindparam("worker"),
+        .where(D.c.id.in_(bindparam("dids", expanding=True)), D.c.claimed_by == bindparam("worker"),
                or_(D.c.state == PENDING, and_(D.c.state == FAILED, D.c.next_attempt_at <= now)),
                _edition_sending_for_row())
         .values(state=SENDING, attempts=D.c.attempts + 1, lease_until=bindparam("lease_until",
                 type_=D.c.lease_until.type), updated_at=now)
-        .returning(D.c.attempts, status_now)
+        .returning(D.c.id, D.c.attempts, status_now)
     )
 
 
 @cache
 def _skip_stmt():
-    return update(D).where(D.c.id == bindparam("did")).values(
+    return update(D).where(D.c.id.in_(bindparam("dids", expanding=True))).values(
         state=DeliveryState.SKIPPED.value, skip_reason=bindparam("reason"), attempts=D.c.attempts - 1,
         claimed_by=None, lease_until=None, updated_at=bindparam("now", type_=D.c.updated_at.type))
 
 
-def claim(conn: Connection, *, delivery_id: int, worker: str, now: datetime, lease: timedelta) -> Claim:
-    """Move one leased row to `sending` (call inside a transaction on `conn`).
+def claim(conn: Connection, *, delivery_ids: Sequence[int], worker: str, now: datetime,
+          lease: timedelta) -> dict[int, Claim]:
+    """Move leased rows to `sending` (inside a transaction on `conn`); rows not returned were lost.
 
     The subscriber's status comes back from the same statement, so an
     unsubscribe that lands while the edition is sending takes effect here.
     """
-    row = conn.execute(_claim_stmt(), {"did": delivery_id, "worker": worker, "now": now,
-                                       "lease_until": now + lease}).first()
-    if row is None:
-        return Claim("lost")
-    status = row[1]
-    if status != SubscriberStatus.ACTIVE.value:
-        conn.execute(_skip_stmt(), {"did": delivery_id, "reason": status or "deleted", "now": now})
-        return Claim(status or "deleted")
-    return Claim("claimed", row[0])
+    rows = conn.execute(_claim_stmt(), {"dids": list(delivery_ids), "worker": worker, "now": now,
+                                        "lease_until": now + lease}).all()
+    claims: dict[int, Claim] = {}
+    gone: dict[str, list[int]] = {}
+    for delivery_id, attempts, status in rows:
+        if status == SubscriberStatus.ACTIVE.value:
+            claims[delivery_id] = Claim("claimed", attempts)
+        else:
+            gone.setdefault(status or "deleted", []).append(delivery_id)
+    for reason, ids in gone.items():
+        conn.execute(_skip_stmt(), {"dids": ids, "reason": reason, "now": now})
+        claims.update({i: Claim(reason) for i in ids})
+    return claims
 
 
 def _edition_sending_for_row():
@@ -201,12 +206,17 @@ def record(conn: Connection, *, delivery_id: int, worker: str, result: SendResul
 
 
 class BatchLedger:
-    """One connection for one batch. With `pipeline`, a result is written in the same
-    transaction as the next claim: one commit per message instead of two.
+    """One connection for one batch.
 
-    That keeps a sent row in `sending` for one more step (composing the next message);
-    a crash there leaves it `unknown` (reported, never re-sent) instead of `sent`.
-    Results that change more than the row (bounces, pauses) are written at once.
+    With `pipeline`, results are written in the same transaction as the next claim:
+    one commit per claim instead of two. A sent row then stays `sending` for one more
+    step (composing the next message); a crash there leaves it `unknown` (reported,
+    never re-sent) instead of `sent`. Results that change more than the row (bounces,
+    pauses) are written at once.
+
+    Claims normally take one row (NEWSLETTER_LEDGER_GROUP=1). A larger group claims
+    that many rows in one statement: fewer commits, but a crash can then leave up to
+    a group of rows `unknown`, including rows not yet sent (reported, never sent).
     """
 
     def __init__(self, engine: Engine, *, worker: str, max_attempts: int, retry_base: float,
@@ -216,33 +226,43 @@ class BatchLedger:
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.pipeline = pipeline
-        self._deferred: dict | None = None
+        self._deferred: list[dict] = []
         self.late: list[int] = []  # results that arrived after the row was declared unknown
 
-    def claim(self, delivery_id: int, *, now: datetime, lease: timedelta) -> Claim:
+    def claim(self, delivery_ids: Sequence[int], *, now: datetime, lease: timedelta) -> dict[int, Claim]:
         with self.conn.begin():
             self._write_deferred()
-            return claim(self.conn, delivery_id=delivery_id, worker=self.worker, now=now, lease=lease)
+            return claim(self.conn, delivery_ids=delivery_ids, worker=self.worker, now=now, lease=lease)
 
     def record(self, delivery_id: int, *, result: SendResult, message_id: str | None, attempts: int,
                now: datetime) -> None:
-        self._deferred = dict(delivery_id=delivery_id, result=result, message_id=message_id, attempts=attempts,
-                              now=now)
+        self._deferred.append(dict(delivery_id=delivery_id, result=result, message_id=message_id,
+                                   attempts=attempts, now=now))
         if not self.pipeline or result.outcome not in (Outcome.SENT, Outcome.TEMPORARY):
             self.flush()
 
+    def unclaim(self, delivery_ids: Sequence[int], *, now: datetime) -> None:
+        """Claimed rows that were not sent after all (the batch stopped): pending again."""
+        if not delivery_ids:
+            return
+        with self.conn.begin():
+            self._write_deferred()
+            self.conn.execute(
+                update(D).where(D.c.id.in_(list(delivery_ids)), D.c.claimed_by == self.worker, D.c.state == SENDING)
+                .values(state=PENDING, attempts=D.c.attempts - 1, updated_at=now)
+            )
+
     def flush(self) -> None:
-        if self._deferred is not None:
+        if self._deferred:
             with self.conn.begin():
                 self._write_deferred()
 
     def _write_deferred(self) -> None:
-        if self._deferred is None:
-            return
-        item, self._deferred = self._deferred, None
-        if not record(self.conn, worker=self.worker, max_attempts=self.max_attempts, retry_base=self.retry_base,
-                      **item):
-            self.late.append(item["delivery_id"])
+        items, self._deferred = self._deferred, []
+        for item in items:
+            if not record(self.conn, worker=self.worker, max_attempts=self.max_attempts,
+                          retry_base=self.retry_base, **item):
+                self.late.append(item["delivery_id"])
 
     def skip(self, delivery_id: int, *, reason: str, now: datetime) -> None:
         with self.conn.begin():

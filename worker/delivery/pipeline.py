@@ -122,21 +122,27 @@ def deliver_batch(
     done: set[int] = set()
     # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
     deadline = clock() + batch_lease * 0.8
-    # With a rate limit a message may wait for its token; its predecessor's result is
-    # then written before the wait, not after it.
+    # With a rate limit a message may wait for its token; results are then written
+    # before the wait, and claims take one row at a time.
+    limited = throttle is not None
+    group = 1 if limited else settings.ledger_group
     book = ledger.BatchLedger(engine, worker=worker, max_attempts=settings.max_attempts,
                               retry_base=settings.retry_base_seconds,
-                              pipeline=settings.ledger_pipeline and throttle is None)
+                              pipeline=settings.ledger_pipeline and not limited)
     try:
-        for row in rows:
+        for start in range(0, len(rows), group):
             if clock() > deadline:
                 report.stopped = "batch lease running out; the rest is released"
                 break
-            outcome = step.deliver(book, row)
-            done.add(row.id)
-            report.outcomes[outcome.outcome if isinstance(outcome, SendResult) else outcome] += 1
-            if isinstance(outcome, SendResult) and (stop := _stop_reason(engine, settings, edition_id, outcome)):
-                report.stopped = stop
+            chunk = rows[start:start + group]
+            def check(result: SendResult) -> str | None:
+                return _stop_reason(engine, settings, edition_id, result)
+
+            for row, outcome, stop in step.deliver_group(book, chunk, check):
+                done.add(row.id)
+                report.outcomes[outcome.outcome if isinstance(outcome, SendResult) else outcome] += 1
+                report.stopped = report.stopped or stop
+            if report.stopped:
                 break
         book.flush()
     finally:
@@ -181,7 +187,8 @@ class _Step:
     send_lease: timedelta
     clock: Clock
 
-    def deliver(self, book: ledger.BatchLedger, row: ledger.Leased) -> SendResult | str:
+    def prepare(self, row: ledger.Leased):
+        """Compose before claiming: the claim-to-record window holds only the SMTP transaction."""
         cpu = time.process_time
         t0 = cpu()
         variant = self.renderer.variant(row.regions)
@@ -193,35 +200,52 @@ class _Step:
                                    settings=self.settings, secret=self.secret)
             except HeaderInjectionError as exc:
                 problem = str(exc)
-        t2 = cpu()
         STAGE_CPU["render"] += t1 - t0
-        STAGE_CPU["compose"] += t2 - t1
-        if self.throttle is not None and composed is not None:
+        STAGE_CPU["compose"] += cpu() - t1
+        return variant, composed, problem
+
+    def deliver_group(self, book: ledger.BatchLedger, rows: Sequence[ledger.Leased],
+                      check: Callable[[SendResult], str | None]):
+        """Yield (row, outcome, stop reason) for rows claimed together. When `check` says the
+        batch must stop, rows claimed but not yet sent go back to pending."""
+        cpu = time.process_time
+        prepared = [(row, *self.prepare(row)) for row in rows]
+        if self.throttle is not None and prepared[0][2] is not None:
             self.throttle.acquire()
-        t3 = cpu()
-        claimed = book.claim(row.id, now=self.clock(), lease=self.send_lease)
-        STAGE_CPU["ledger"] += cpu() - t3
-        if claimed.state != "claimed":
-            return claimed.state  # lost to another worker, or the subscriber left: nothing sent
-        if variant is None:
-            book.skip(row.id, reason="no-stories", now=self.clock())
-            return "no-stories"
-        t4 = cpu()
-        if composed is None:
-            result = SendResult(Outcome.REJECTED, None, f"cannot build message: {problem}")
-        else:
-            result = self.sender.send(Outgoing(sender=self.envelope_from, recipient=composed.envelope_to,
-                                               data=composed.data, message_id=composed.message_id,
-                                               smtputf8=composed.smtputf8))
-        if self.throttle is not None:
-            self.throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)
-        t5 = cpu()
-        book.record(row.id, result=result, message_id=composed.message_id if composed else None,
-                    attempts=claimed.attempts, now=self.clock())
-        STAGE_CPU["smtp"] += t5 - t4
-        STAGE_CPU["ledger"] += cpu() - t5
-        STAGE_CPU["messages"] += 1
-        return result
+        t0 = cpu()
+        claims = book.claim([row.id for row in rows], now=self.clock(), lease=self.send_lease)
+        STAGE_CPU["ledger"] += cpu() - t0
+        for index, (row, variant, composed, problem) in enumerate(prepared):
+            claimed = claims.get(row.id, ledger.Claim("lost"))
+            if claimed.state != "claimed":
+                yield row, claimed.state, None  # lost to another worker, or the subscriber left: nothing sent
+                continue
+            if variant is None:
+                book.skip(row.id, reason="no-stories", now=self.clock())
+                yield row, "no-stories", None
+                continue
+            t1 = cpu()
+            if composed is None:
+                result = SendResult(Outcome.REJECTED, None, f"cannot build message: {problem}")
+            else:
+                result = self.sender.send(Outgoing(sender=self.envelope_from, recipient=composed.envelope_to,
+                                                   data=composed.data, message_id=composed.message_id,
+                                                   smtputf8=composed.smtputf8))
+            if self.throttle is not None:
+                self.throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)
+            t2 = cpu()
+            book.record(row.id, result=result, message_id=composed.message_id if composed else None,
+                        attempts=claimed.attempts, now=self.clock())
+            STAGE_CPU["smtp"] += t2 - t1
+            STAGE_CPU["ledger"] += cpu() - t2
+            STAGE_CPU["messages"] += 1
+            stop = check(result)
+            if stop:
+                rest = [r.id for r, *_ in prepared[index + 1:] if claims.get(r.id, ledger.Claim("")).state == "claimed"]
+                book.unclaim(rest, now=self.clock())
+                yield row, result, stop
+                return
+            yield row, result, None
 
 
 def run_inline(engine: Engine, settings: Settings, edition_id: int, sender: Sender,
