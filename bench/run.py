@@ -228,7 +228,7 @@ def flush_broker() -> None:
     redis.Redis.from_url(BROKER).flushdb()
 
 
-def run_pipeline(url: str, subscribers: int, sets: int) -> dict:
+def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str]) -> dict:
     from worker.celery_app import create_app
     from worker.delivery.pipeline import utcnow
     from worker.delivery.plan import find_edition, plan_edition
@@ -241,7 +241,7 @@ def run_pipeline(url: str, subscribers: int, sets: int) -> dict:
     flush_broker()
     sink = Sink()
     log = Path(tempfile.mkdtemp()) / "worker.log"
-    env = worker_env(url, sink.port)
+    env = worker_env(url, sink.port, **extra)
     settings = load_settings({k: v for k, v in env.items() if k.startswith("NEWSLETTER_")})
     engine = create_db_engine(url)
     worker = start_worker(env, log)
@@ -361,6 +361,8 @@ def main() -> int:
     parser.add_argument("--naive", type=int, default=300, help="subscribers for the naive baseline")
     parser.add_argument("--plan", type=int, default=0, help="also plan an edition over this many subscribers")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="NEWSLETTER_X=VALUE",
+                        help="a setting for the worker, e.g. NEWSLETTER_LEDGER_GROUP=10")
     args = parser.parse_args()
     for tool in ("smtp-sink", "smtp-source"):
         if not shutil.which(tool):
@@ -371,7 +373,9 @@ def main() -> int:
     db = Database()
     try:
         sets = seed(db.url, args.subscribers, random.Random(args.seed))
-        ours = run_pipeline(db.url, args.subscribers, sets)
+        extra = dict(item.split("=", 1) for item in args.set)
+        report["settings"] = extra
+        ours = run_pipeline(db.url, args.subscribers, sets, extra)
         report["pipeline"] = ours
         size = message_size(db.url)
         report["message_bytes"] = size

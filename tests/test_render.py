@@ -184,3 +184,13 @@ def test_eml_round_trips(sample_engine, settings):
     assert msg.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_css_inline_is_an_equivalent_inliner(sample_engine, settings):
+    fast = settings.model_copy(update={"css_inliner": "css-inline"})
+    a = _variant(sample_engine, settings).html
+    b = _variant(sample_engine, fast).html
+    for html in (a, b):
+        assert "@media only screen and (max-width: 620px)" in html and "prefers-color-scheme: dark" in html
+        assert "%%NL_UNSUBSCRIBE_URL%%" in html and 'style="' in html.split("<body", 1)[1][:3000]
+        assert "Russian Federation" in html

@@ -72,7 +72,7 @@ def render_variant(
         edition_key=edition_key,
         regions=selection.regions,
         subject=subject,
-        html=inline_css(html),
+        html=inline_css(html, inliner=settings.css_inliner),
         text=text.strip() + "\n",
         story_count=selection.story_count,
     )
