@@ -38,3 +38,13 @@ def test_datetimes_come_back_aware_utc(engine):
         got = session.scalar(sa.select(Story.published_at))
     assert got == moment and got.tzinfo is not None and got.utcoffset() == timedelta(0)
     assert got == datetime(2025, 1, 26, 22, 30, tzinfo=UTC)
+
+
+def test_the_migrations_build_exactly_the_models(engine):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from worker.store.models import Base
+
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
