@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Cc covers C0 (incl. CR, LF, NUL, TAB), DEL and C1 (incl. NEL); Zl/Zp are
@@ -9,8 +10,12 @@ import unicodedata
 _BREAKING = ("Cc", "Zl", "Zp")
 
 
+# The same set as a character class, for speed on the per-message path.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def contains_control(text: str) -> bool:
-    return any(unicodedata.category(ch) in _BREAKING for ch in text)
+    return _CONTROL_RE.search(text) is not None
 
 
 def single_line(text: str) -> str:

@@ -9,7 +9,6 @@ message) and must never be retried.
 
 from __future__ import annotations
 
-import re
 import smtplib
 import socket
 import ssl
@@ -18,8 +17,6 @@ import time
 from worker.delivery.outcome import Outcome, SendResult, classify
 from worker.delivery.senders import Outgoing
 from worker.settings import Settings
-
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class _ReplyDeadline:
@@ -184,7 +181,10 @@ class SmtpSender:
             if code != 354:
                 self._reset()
                 return SendResult(classify(code, _text(reply), stage="data"), code, _text(reply))
-            payload = _LEADING_DOT.sub(b"..", message.data)
+            # Dot-stuffing (RFC 5321 4.5.2); bytes.replace is C, a regex over 40 KB is not.
+            payload = message.data.replace(b"\r\n.", b"\r\n..")
+            if payload.startswith(b"."):
+                payload = b"." + payload
             if not payload.endswith(b"\r\n"):
                 payload += b"\r\n"
             conn.send(payload + b".\r\n")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import html
+import re
 from dataclasses import dataclass
 from email import policy
 from email.headerregistry import Address
 
 from worker.render.digest import RenderedVariant, check_header_text
 from worker.render.message import ONE_CLICK
-from worker.render.personalise import Recipient, fill
+from worker.render.personalise import TOKENS, Recipient
 
 _POLICY = policy.SMTP
 
@@ -27,8 +29,46 @@ def _fold(name: str, value) -> bytes:
 def _qp(text: str) -> bytes:
     # binascii's encoder is C; istext keeps line breaks as line breaks, then CRLF.
     body = text.replace("\r\n", "\n").replace("\r", "\n")
-    body = body if body.endswith("\n") else body + "\n"
     return binascii.b2a_qp(body.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+
+
+_TOKEN = re.compile("(" + "|".join(re.escape(t) for t in TOKENS.values()) + ")")
+_KEY_OF = {token: key for key, token in TOKENS.items()}
+_SOFT = b"=\r\n"
+
+
+@dataclass(frozen=True)
+class EncodedBody:
+    """A part quoted-printable encoded once, with holes where the personal values go.
+
+    Each piece is encoded on its own and the pieces are joined with soft line
+    breaks, so no line exceeds 76 characters and a value never shifts the
+    encoding of the rest: per message only the few short values are encoded.
+    """
+
+    pieces: tuple[bytes | str, ...]  # encoded bytes, or the key of a personal value
+    escape: bool
+
+    @classmethod
+    def build(cls, text: str, *, escape: bool) -> EncodedBody:
+        body = text if text.endswith("\n") else text + "\n"
+        pieces: list[bytes | str] = []
+        for chunk in _TOKEN.split(body):
+            if chunk in _KEY_OF:
+                pieces.append(_KEY_OF[chunk])
+            elif chunk:
+                pieces.append(_qp(chunk))
+        return cls(tuple(pieces), escape)
+
+    def render(self, values: dict[str, str]) -> bytes:
+        out: list[bytes] = []
+        for piece in self.pieces:
+            if isinstance(piece, str):
+                value = html.escape(values[piece], quote=True) if self.escape else values[piece]
+                out.extend((_SOFT, _qp(value), _SOFT))
+            else:
+                out.append(piece)
+        return b"".join(out)
 
 
 def _plain_name(name: str) -> bool:
@@ -44,8 +84,8 @@ class MessageSkeleton:
     tail: bytes        # MIME-Version, Content-Type and the part headers up to the text body
     middle: bytes      # between the text part and the HTML part
     end: bytes
-    text: str
-    html: str
+    text: EncodedBody
+    html: EncodedBody
 
     @classmethod
     def build(cls, variant: RenderedVariant, *, sender: Address, list_id: str,
@@ -66,8 +106,8 @@ class MessageSkeleton:
                   + part.format(b=boundary, kind="plain")).encode("ascii"),
             middle=("\r\n" + part.format(b=boundary, kind="html")).encode("ascii"),
             end=f"\r\n--{boundary}--\r\n".encode("ascii"),
-            text=variant.text,
-            html=variant.html,
+            text=EncodedBody.build(variant.text, escape=False),
+            html=EncodedBody.build(variant.html, escape=True),
         )
 
     def render(self, *, to: Address, recipient: Recipient, message_id: str, date: str,
@@ -86,7 +126,13 @@ class MessageSkeleton:
         values = recipient.values()
         return b"".join((
             self.head, to_line, self.subject, f"Date: {date}\r\nMessage-ID: {message_id}\r\n".encode("ascii"),
-            self.list_id, _fold("List-Unsubscribe", unsubscribe_header), self.tail,
-            _qp(fill(self.text, values, escape=False)), self.middle,
-            _qp(fill(self.html, values, escape=True)), self.end,
+            self.list_id, _list_unsubscribe(unsubscribe_header), self.tail,
+            self.text.render(values), self.middle, self.html.render(values), self.end,
         ))
+
+
+def _list_unsubscribe(value: str) -> bytes:
+    # ASCII URLs in angle brackets: fold at the comma between them, as policy.SMTP does.
+    if not value.isascii() or " " in value.replace(", ", ""):
+        return _fold("List-Unsubscribe", value)
+    return ("List-Unsubscribe:\r\n " + value.replace(", ", ",\r\n ") + "\r\n").encode("ascii")
