@@ -48,6 +48,10 @@ class Settings(BaseModel):
     smtp_timeout: float = Field(30.0, gt=0, le=600)
     # A relay keeps a connection for a while; a cap bounds the damage of a stuck one.
     smtp_max_per_connection: int = Field(200, ge=1)
+    # SMTP conversations in flight per worker process (delivery lanes, threads). Each
+    # waits for its relay's replies and its ledger commits while the others work;
+    # 64 at most (each also holds a database connection).
+    smtp_connections: int = Field(4, ge=1, le=64)
 
     from_address: str = Field("Melange News <digest@localhost>", alias="from")
     public_url: str = "http://127.0.0.1:8000"

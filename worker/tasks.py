@@ -14,12 +14,13 @@ log = get_task_logger(__name__)
 def _runtime():
     """Settings, engine, sender and throttle, once per worker process."""
     from worker.delivery.ratelimit import make_throttle
-    from worker.delivery.senders import make_sender
+    from worker.delivery.senders import make_sender_pool
     from worker.settings import load_settings
     from worker.store.db import create_db_engine
 
     settings = load_settings()
-    return settings, create_db_engine(settings.database_url), make_sender(settings), make_throttle(settings)
+    engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2)
+    return settings, engine, make_sender_pool(settings), make_throttle(settings)
 
 
 def publisher(app=None):

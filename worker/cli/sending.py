@@ -19,7 +19,7 @@ from worker.delivery.plan import (
     retry_failed,
 )
 from worker.delivery.schedule import dispatch
-from worker.delivery.senders import Outgoing, make_sender
+from worker.delivery.senders import Outgoing, make_sender, make_sender_pool
 from worker.delivery.status import edition_status
 from worker.digest import Window, custom_window
 from worker.errors import ConfigError, UsageError
@@ -182,7 +182,7 @@ def deliver(engine: Engine, settings: Settings, edition_id: int, *, inline: bool
 
 
 def _run_inline(engine: Engine, settings: Settings, edition_id: int) -> None:
-    sender = make_sender(settings)
+    sender = make_sender_pool(settings)
     try:
         for report in run_inline(engine, settings, edition_id, sender):
             if report.stopped:

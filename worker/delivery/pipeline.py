@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
@@ -21,7 +22,7 @@ from worker.delivery import ledger
 from worker.delivery.outcome import Outcome, SendResult
 from worker.delivery.plan import finish_if_done, get_edition, pause_edition
 from worker.delivery.ratelimit import RateLimiter
-from worker.delivery.senders import Outgoing, Sender
+from worker.delivery.senders import Outgoing, Sender, SenderPool
 from worker.digest import StoryItem, Window
 from worker.digest.queries import fetch_window_stories
 from worker.errors import HeaderInjectionError
@@ -102,11 +103,13 @@ def deliver_batch(
     *,
     edition_id: int,
     delivery_ids: Sequence[int],
-    sender: Sender,
+    sender: Sender | SenderPool,
     worker: str | None = None,
     throttle: RateLimiter | None = None,
     clock: Clock = utcnow,
 ) -> BatchReport:
+    """Deliver the due rows among `delivery_ids`. Given a SenderPool, up to
+    NEWSLETTER_SMTP_CONNECTIONS lanes run at once, each with its own connections."""
     report = BatchReport()
     worker = worker or worker_name()
     edition = get_edition(engine, edition_id)
@@ -116,39 +119,75 @@ def deliver_batch(
     batch_lease, send_lease = leases(settings)
     rows = ledger.lease_batch(engine, edition_id=edition_id, ids=delivery_ids, worker=worker, now=clock(),
                               lease=batch_lease)
-    step = _Step(settings=settings, renderer=renderer_for(engine, settings, edition), sender=sender,
+    step = _Step(settings=settings, renderer=renderer_for(engine, settings, edition), sender=None,
                  secret=settings.require_secret_key(), envelope_from=settings.sender.addr_spec,
                  throttle=throttle, send_lease=send_lease, clock=clock)
-    done: set[int] = set()
     # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
     deadline = clock() + batch_lease * 0.8
     # With a rate limit a message may wait for its token; results are then written
-    # before the wait, and claims take one row at a time.
+    # before the wait, claims take one row at a time, and one lane is enough.
     limited = throttle is not None
     group = 1 if limited else settings.ledger_group
-    book = ledger.BatchLedger(engine, worker=worker, max_attempts=settings.max_attempts,
-                              retry_base=settings.retry_base_seconds,
-                              pipeline=settings.ledger_pipeline and not limited)
-    try:
-        for start in range(0, len(rows), group):
-            if clock() > deadline:
-                report.stopped = "batch lease running out; the rest is released"
-                break
-            chunk = rows[start:start + group]
-            def check(result: SendResult) -> str | None:
-                return _stop_reason(engine, settings, edition_id, result)
+    pool = sender if isinstance(sender, SenderPool) else None
+    chunks = deque(rows[i:i + group] for i in range(0, len(rows), group))
+    lanes = 1 if (limited or pool is None) else max(1, min(settings.smtp_connections, len(chunks)))
+    lock = threading.Lock()
+    done: set[int] = set()
+    late: list[int] = []
+    errors: list[BaseException] = []
 
-            for row, outcome, stop in step.deliver_group(book, chunk, check):
-                done.add(row.id)
-                report.outcomes[outcome.outcome if isinstance(outcome, SendResult) else outcome] += 1
-                report.stopped = report.stopped or stop
-            if report.stopped:
-                break
-        book.flush()
+    def check(result: SendResult) -> str | None:
+        with lock:
+            return _stop_reason(engine, settings, edition_id, result)
+
+    def lane() -> None:
+        # Each lane: its own SMTP connection and its own database connection, so the
+        # waits (the relay's replies, the ledger's commits) of one overlap the work of others.
+        lane_sender = pool.acquire() if pool is not None else sender
+        book = ledger.BatchLedger(engine, worker=worker, max_attempts=settings.max_attempts,
+                                  retry_base=settings.retry_base_seconds,
+                                  pipeline=settings.ledger_pipeline and not limited)
+        lane_step = replace(step, sender=lane_sender)
+        try:
+            while not report.stopped:
+                with lock:
+                    chunk = chunks.popleft() if chunks else None
+                if chunk is None:
+                    break
+                if clock() > deadline:
+                    report.stopped = "batch lease running out; the rest is released"
+                    break
+                for row, outcome, stop in lane_step.deliver_group(book, chunk, check):
+                    with lock:
+                        done.add(row.id)
+                        report.outcomes[outcome.outcome if isinstance(outcome, SendResult) else outcome] += 1
+                        report.stopped = report.stopped or stop
+            book.flush()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the task's thread below
+            errors.append(exc)
+        finally:
+            try:
+                book.close()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+            late.extend(book.late)
+            if pool is not None:
+                pool.release(lane_sender)
+
+    try:
+        if lanes == 1:
+            lane()
+        else:
+            threads = [threading.Thread(target=lane, name=f"lane-{n}") for n in range(lanes)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
     finally:
-        book.close()
         ledger.release(engine, ids=[r.id for r in rows if r.id not in done], worker=worker, now=clock())
-    for delivery_id in book.late:
+    if errors:
+        raise errors[0]
+    for delivery_id in late:
         log.warning("delivery %s: its result arrived after the lease expired; left unknown", delivery_id)
     finish_if_done(engine, edition_id, clock())
     return report
@@ -180,7 +219,7 @@ class _Step:
 
     settings: Settings
     renderer: VariantRenderer
-    sender: Sender
+    sender: Sender | None
     secret: str
     envelope_from: str
     throttle: RateLimiter | None
@@ -189,7 +228,7 @@ class _Step:
 
     def prepare(self, row: ledger.Leased):
         """Compose before claiming: the claim-to-record window holds only the SMTP transaction."""
-        cpu = time.process_time
+        cpu = time.thread_time
         t0 = cpu()
         variant = self.renderer.variant(row.regions)
         t1 = cpu()
@@ -208,7 +247,7 @@ class _Step:
                       check: Callable[[SendResult], str | None]):
         """Yield (row, outcome, stop reason) for rows claimed together. When `check` says the
         batch must stop, rows claimed but not yet sent go back to pending."""
-        cpu = time.process_time
+        cpu = time.thread_time
         prepared = [(row, *self.prepare(row)) for row in rows]
         if self.throttle is not None and prepared[0][2] is not None:
             self.throttle.acquire()

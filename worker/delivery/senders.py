@@ -63,11 +63,13 @@ class FileSender:
 class ConsoleSender:
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
 
     def send(self, message: Outgoing) -> SendResult:
         text = message.data.decode("utf-8", "replace").replace("\r\n", "\n")
-        self.stream.write(f"--- message for {message.recipient} ---\n{text}\n")
-        self.stream.flush()
+        with self._lock:
+            self.stream.write(f"--- message for {message.recipient} ---\n{text}\n")
+            self.stream.flush()
         return SendResult(Outcome.SENT, 250, "printed")
 
     def close(self) -> None:
@@ -92,6 +94,43 @@ class MemorySender:
 
     def close(self) -> None:
         pass
+
+
+class SenderPool:
+    """Senders for several SMTP conversations at once, one per delivery lane (thread)."""
+
+    def __init__(self, factory, *, shared: Sender | None = None) -> None:
+        self._factory = factory
+        self._shared = shared  # file, console and memory senders serve every lane
+        self._idle: list[Sender] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> Sender:
+        if self._shared is not None:
+            return self._shared
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._factory()
+
+    def release(self, sender: Sender) -> None:
+        if self._shared is None:
+            with self._lock:
+                self._idle.append(sender)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sender in idle:
+            sender.close()
+        if self._shared is not None:
+            self._shared.close()
+
+
+def make_sender_pool(settings: Settings) -> SenderPool:
+    if settings.email_backend == "smtp":
+        return SenderPool(lambda: make_sender(settings))
+    return SenderPool(None, shared=make_sender(settings))
 
 
 def make_sender(settings: Settings) -> Sender:

@@ -9,6 +9,7 @@ region set) across all workers, and "view online" shows what was sent.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Literal
 
 from sqlalchemy import Engine, select, update
@@ -54,12 +55,16 @@ class VariantStore:
     def claim(self, regions: tuple[str, ...]) -> bool:
         """True if this process is now the one to render it."""
         insert = _insert(self.engine)
+        table = Variant.__table__
         with session_scope(self.engine) as session:
-            result = session.execute(
-                insert(Variant).values(edition_id=self.edition_id, regions=" ".join(regions), story_count=0)
+            # RETURNING, not rowcount: an ORM-level insert may report -1 for "unknown".
+            won = session.execute(
+                insert(table).values(edition_id=self.edition_id, regions=" ".join(regions), story_count=0,
+                                     created_at=datetime.now(UTC))
                 .on_conflict_do_nothing(index_elements=["edition_id", "regions"])
-            )
-            return bool(result.rowcount)
+                .returning(table.c.id)
+            ).first()
+            return won is not None
 
     def wait(self, regions: tuple[str, ...]) -> RenderedVariant | str:
         deadline = time.monotonic() + self.wait_seconds

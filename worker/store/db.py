@@ -16,7 +16,7 @@ from worker.errors import ConfigError
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, pool_size: int = 5) -> Engine:
     """An engine for `url`; SQLite files get their folder, WAL and a busy timeout."""
     try:
         parsed = make_url(url)
@@ -31,7 +31,7 @@ def create_db_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
     except Exception as exc:  # missing driver and the like
         raise ConfigError(f"setting NEWSLETTER_DATABASE_URL: {exc}") from None
 
