@@ -17,7 +17,10 @@ pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 # Short leases so recovery happens within seconds; slow SMTP so a batch is caught mid-way.
 FAST = {"NEWSLETTER_BATCH_LEASE_SECONDS": "20", "NEWSLETTER_SEND_LEASE_SECONDS": "3",
-        "NEWSLETTER_REDISPATCH_SECONDS": "1", "NEWSLETTER_BATCH_SIZE": "10"}
+        "NEWSLETTER_REDISPATCH_SECONDS": "1", "NEWSLETTER_BATCH_SIZE": "10", "NEWSLETTER_SMTP_CONNECTIONS": "2"}
+# A killed worker process can leave, per lane, the transaction in flight and the
+# previous result not yet written (it is written with the next claim): both `unknown`.
+IN_FLIGHT = 2 * int(FAST["NEWSLETTER_SMTP_CONNECTIONS"])
 
 
 def _setup(engine, tmp_path, count=40):
@@ -47,9 +50,10 @@ def test_sigkill_mid_batch_loses_nothing_and_resends_nothing(engine, tmp_path, s
     assert 5 <= k < 40
     start_worker("w2", concurrency=1, **FAST)
     _finish(engine, tick)
-    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=1, expect_sent=None)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=IN_FLIGHT)
     assert status["counts"]["sent"] + status["counts"]["unknown"] == 40
-    assert len(smtp_server.received) >= 39
+    # Unknown rows are those in flight at the kill; every other subscriber got the message.
+    assert len(smtp_server.received) >= 40 - IN_FLIGHT
 
 
 def test_sigterm_finishes_the_batch_then_the_rest_completes_after_restart(engine, tmp_path, smtp_server,
@@ -63,7 +67,7 @@ def test_sigterm_finishes_the_batch_then_the_rest_completes_after_restart(engine
     worker.proc.send_signal(signal.SIGTERM)  # warm shutdown of the main process
     worker.proc.wait(30)
     assert "Warm shutdown" in worker.output() or "warm shutdown" in worker.output().lower()
-    assert len(smtp_server.received) % 10 == 0  # the batch in hand was finished, not cut
+    assert len(smtp_server.received) % 10 == 0  # the batches in hand were finished, not cut
     start_worker("w2", concurrency=1, **FAST)
     _finish(engine, tick)
     assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0, expect_sent=40)
@@ -134,7 +138,7 @@ def test_redis_restarted_empty_mid_edition(engine, tmp_path, smtp_server, start_
         server = redis_server()  # empty: every queued batch is gone
         time.sleep(1)
         _finish(engine, tick, NEWSLETTER_BROKER_URL=broker, timeout=120)
-        assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=1)
+        assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0)
     finally:
         server.kill()
 
@@ -175,13 +179,12 @@ def test_the_database_unreachable_mid_batch_sends_nothing_unclaimed(engine, db_u
         proxy.cut(4)
         at_cut = len(smtp_server.received)
         time.sleep(4)
-        # While the database was away at most the one transaction in flight could finish.
-        assert len(smtp_server.received) <= at_cut + 1
+        # While the database was away at most the transactions in flight (one per lane) could finish.
+        assert len(smtp_server.received) <= at_cut + int(FAST["NEWSLETTER_SMTP_CONNECTIONS"])
         _finish(engine, tick, timeout=120)
     finally:
         proxy.close()
-    assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=1)
-    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=1)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=IN_FLIGHT)
     assert status["counts"]["sent"] + status["counts"]["unknown"] == 40
 
 
