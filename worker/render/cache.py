@@ -4,6 +4,7 @@ off the per-subscriber path."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,6 +35,8 @@ class VariantRenderer:
         self._variants: dict[tuple[str, ...], RenderedVariant | None] = {}
         # Optional shared store (worker.delivery.variants.VariantStore): render once across processes.
         self._store = store
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def selection(self, regions: Sequence[str]) -> Selection:
         return select_sections(self._load(regions), tuple(regions),
@@ -41,8 +44,15 @@ class VariantRenderer:
 
     def variant(self, regions: Sequence[str]) -> RenderedVariant | None:
         key = tuple(regions)
-        if key not in self._variants:
-            self._variants[key] = self._shared(key) if self._store is not None else self._render(key)
+        if key in self._variants:
+            return self._variants[key]
+        # Delivery lanes (threads) of one process mostly need the same variant at the
+        # same moment: one of them fetches or renders it, the others wait on its lock.
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._variants:
+                self._variants[key] = self._shared(key) if self._store is not None else self._render(key)
         return self._variants[key]
 
     def _render(self, key: tuple[str, ...]) -> RenderedVariant | None:
