@@ -154,12 +154,21 @@ def message_size(url: str) -> int:
 
 
 class Sink:
-    def __init__(self) -> None:
-        self.port = free_port()
+    """smtp-sink on loopback; with `delay_ms`, reached through bench/delayproxy.py so every
+    reply arrives that much later, as from a relay on another network."""
+
+    def __init__(self, delay_ms: float = 0.0) -> None:
+        self.sink_port = free_port()
         self.out = tempfile.NamedTemporaryFile(prefix="sink-", suffix=".out", delete=False)
-        self.proc = subprocess.Popen(["smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{self.port}", "1024"],
+        self.proc = subprocess.Popen(["smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{self.sink_port}", "1024"],
                                      stdout=self.out, stderr=subprocess.STDOUT)
-        time.sleep(0.3)
+        self.proxy = None
+        self.port = self.sink_port
+        if delay_ms:
+            self.port = free_port()
+            self.proxy = subprocess.Popen([sys.executable, str(REPO / "bench" / "delayproxy.py"), str(self.port),
+                                           str(self.sink_port), "--delay-ms", str(delay_ms)])
+        time.sleep(0.5)
 
     def count(self) -> int:
         text = Path(self.out.name).read_text(errors="replace")
@@ -167,15 +176,17 @@ class Sink:
         return int(found[-1]) if found else 0
 
     def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+        for proc in (self.proc, self.proxy):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
 
 
-def baseline_smtp_source(size: int, count: int) -> float:
-    sink = Sink()
+def baseline_smtp_source(size: int, count: int, *, sessions: int = 1, delay_ms: float = 0.0) -> float:
+    sink = Sink(delay_ms)
     try:
         started = time.perf_counter()
-        subprocess.run(["smtp-source", "-s", "1", "-m", str(count), "-l", str(size), "-f", "a@news.example",
+        subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(count), "-l", str(size), "-f", "a@news.example",
                         "-t", "b@example.org", f"127.0.0.1:{sink.port}"], check=True, capture_output=True)
         return count / (time.perf_counter() - started)
     finally:
@@ -226,7 +237,7 @@ def flush_broker() -> None:
     redis.Redis.from_url(BROKER).flushdb()
 
 
-def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str]) -> dict:
+def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], delay_ms: float = 0.0) -> dict:
     from worker.celery_app import create_app
     from worker.delivery.pipeline import utcnow
     from worker.delivery.plan import find_edition, plan_edition
@@ -237,7 +248,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str]) -
     from worker.tasks import publisher
 
     flush_broker()
-    sink = Sink()
+    sink = Sink(delay_ms)
     log = Path(tempfile.mkdtemp()) / "worker.log"
     env = worker_env(url, sink.port, **extra)
     settings = load_settings({k: v for k, v in env.items() if k.startswith("NEWSLETTER_")})
@@ -246,6 +257,8 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str]) -
     procs = [worker.pid, *children(worker.pid)]
     watched = {"worker": procs, "postgres": pids_named("postgres"), "redis": pids_named("redis-server"),
                "smtp-sink": [sink.proc.pid]}
+    if sink.proxy is not None:
+        watched["delay proxy"] = [sink.proxy.pid]
     try:
         cpu_before = {k: sum(cpu_of(p) for p in v) for k, v in watched.items()}
         plan_cpu = time.process_time()
@@ -360,6 +373,8 @@ def main() -> int:
     parser.add_argument("--naive", type=int, default=300, help="subscribers for the naive baseline")
     parser.add_argument("--plan", type=int, default=0, help="also plan an edition over this many subscribers")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--relay-delay-ms", type=float, default=0.0,
+                        help="put a proxy that delays every server reply this long in front of smtp-sink")
     parser.add_argument("--set", action="append", default=[], metavar="NEWSLETTER_X=VALUE",
                         help="a setting for the worker, e.g. NEWSLETTER_LEDGER_GROUP=10")
     args = parser.parse_args()
@@ -374,11 +389,19 @@ def main() -> int:
         sets = seed(db.url, args.subscribers, random.Random(args.seed))
         extra = dict(item.split("=", 1) for item in args.set)
         report["settings"] = extra
-        ours = run_pipeline(db.url, args.subscribers, sets, extra)
+        ours = run_pipeline(db.url, args.subscribers, sets, extra, args.relay_delay_ms)
         report["pipeline"] = ours
         size = message_size(db.url)
         report["message_bytes"] = size
-        report["baseline_smtp_source"] = round(baseline_smtp_source(size, 5000), 1)
+        if args.relay_delay_ms:
+            # The same number of SMTP sessions as the worker keeps open: 2 processes x lanes.
+            sessions = 2 * int(extra.get("NEWSLETTER_SMTP_CONNECTIONS", "4"))
+            report["relay_delay_ms"] = args.relay_delay_ms
+            report["smtp_sessions"] = sessions
+            report["baseline_smtp_source"] = round(baseline_smtp_source(size, 5000, sessions=sessions,
+                                                                        delay_ms=args.relay_delay_ms), 1)
+        else:
+            report["baseline_smtp_source"] = round(baseline_smtp_source(size, 5000), 1)
         report["baseline_smtplib"] = round(baseline_smtplib(size, 5000), 1)
         if args.naive:
             report["baseline_naive"] = round(run_naive(db.url, args.naive), 1)
