@@ -11,9 +11,11 @@ from worker.settings import Settings
 MSG = b"From: a@news.example\r\nTo: r@example.org\r\nSubject: hi\r\n\r\nHello\r\n.leading dot\r\n"
 
 
-@pytest.fixture
-def server():
+@pytest.fixture(params=[True, False], ids=["pipelining", "no-pipelining"])
+def server(request):
+    """Both ways of talking: MAIL/RCPT/DATA pipelined (RFC 2920) and one by one."""
     srv = SmtpServer().start()
+    srv.plan.pipelining = request.param
     yield srv
     srv.stop()
 

@@ -52,11 +52,19 @@ class FaultPlan:
     # the first N attempts for a recipient get `flaky_reply`, then it is accepted
     flaky: dict[str, int] = field(default_factory=dict)
     flaky_reply: str = "451 4.3.0 temporary failure"
+    # Advertise PIPELINING (RFC 2920), as Postfix and most relays do.
+    pipelining: bool = True
 
 
 class _Handler:
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
+
+    async def handle_EHLO(self, smtp, session, envelope, hostname, responses):  # noqa: N802
+        session.host_name = hostname
+        if self.server.plan.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(self, smtp, session, envelope, address, mail_options):  # noqa: N802
         plan = self.server.plan
