@@ -20,10 +20,6 @@ def _known() -> frozenset[str]:
     return frozenset(c.alpha_2 for c in pycountry.countries)
 
 
-def is_region(code: str) -> bool:
-    return code in _known()
-
-
 def normalise_region(code: str) -> str:
     """'ru ' -> 'RU'; RegionError for anything not ISO 3166-1 alpha-2."""
     value = code.strip().upper()

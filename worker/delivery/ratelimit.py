@@ -69,10 +69,6 @@ class RateLimiter:
         self._take = client.register_script(_TAKE)
         self._adjust = client.register_script(_ADJUST)
 
-    def current_rate(self) -> float:
-        value = self.client.hget(self.key, "rate")
-        return float(value) if value is not None else self.rate
-
     def feedback(self, code: int | None, reply: str, sent: bool) -> None:
         """Slow down on a throttle reply, speed back up slowly on success."""
         if sent:

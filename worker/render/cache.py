@@ -77,6 +77,3 @@ class VariantRenderer:
         if found == "missing":  # whoever claimed it died before saving
             return self._render(key)
         return None if found == "empty" else found
-
-    def __len__(self) -> int:
-        return len(self._variants)
