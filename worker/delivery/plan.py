@@ -96,23 +96,23 @@ def get_edition(engine: Engine, edition_id: int) -> Edition | None:
         return session.get(Edition, edition_id)
 
 
-def pause_edition(engine: Engine, edition_id: int, reason: str) -> bool:
-    """Stop handing out batches. Only a sending edition pauses; True if it did."""
+def _move(engine: Engine, edition_id: int, *, source: EditionState, target: EditionState, **values) -> bool:
+    """Compare-and-set on the edition's state; True if this call made the change."""
     with session_scope(engine) as session:
         result = session.execute(
-            update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.SENDING.value)
-            .values(state=EditionState.PAUSED.value, reason=reason)
+            update(Edition).where(Edition.id == edition_id, Edition.state == source.value)
+            .values(state=target.value, **values)
         )
         return bool(result.rowcount)
+
+
+def pause_edition(engine: Engine, edition_id: int, reason: str) -> bool:
+    """Stop handing out batches. Only a sending edition pauses; True if it did."""
+    return _move(engine, edition_id, source=EditionState.SENDING, target=EditionState.PAUSED, reason=reason)
 
 
 def resume_edition(engine: Engine, edition_id: int) -> bool:
-    with session_scope(engine) as session:
-        result = session.execute(
-            update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.PAUSED.value)
-            .values(state=EditionState.SENDING.value, reason=None)
-        )
-        return bool(result.rowcount)
+    return _move(engine, edition_id, source=EditionState.PAUSED, target=EditionState.SENDING, reason=None)
 
 
 def finish_if_done(engine: Engine, edition_id: int, now: datetime) -> bool:
@@ -121,12 +121,7 @@ def finish_if_done(engine: Engine, edition_id: int, now: datetime) -> bool:
 
     if open_rows(engine, edition_id=edition_id):
         return False
-    with session_scope(engine) as session:
-        result = session.execute(
-            update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.SENDING.value)
-            .values(state=EditionState.DONE.value, finished_at=now)
-        )
-        return bool(result.rowcount)
+    return _move(engine, edition_id, source=EditionState.SENDING, target=EditionState.DONE, finished_at=now)
 
 
 def retry_failed(engine: Engine, edition_id: int, now: datetime) -> int:
