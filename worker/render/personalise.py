@@ -47,12 +47,18 @@ class PersonalDigest:
     text: str
 
 
+def for_place(value: str, *, escape: bool) -> str:
+    """A personal value as it goes into HTML (escaped) or text (as is).
+
+    quote=True escapes both quote kinds: premailer may re-quote attributes with '.
+    """
+    return html.escape(value, quote=True) if escape else value
+
+
 def fill(template: str, values: dict[str, str], *, escape: bool) -> str:
     out = template
     for key, token in TOKENS.items():
-        value = values[key]
-        # quote=True escapes both quote kinds: premailer may re-quote attributes with '.
-        out = out.replace(token, html.escape(value, quote=True) if escape else value)
+        out = out.replace(token, for_place(values[key], escape=escape))
     return out
 
 

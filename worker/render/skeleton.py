@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import html
 import re
 from dataclasses import dataclass
 from email import policy
@@ -17,7 +16,7 @@ from email.headerregistry import Address
 
 from worker.render.digest import RenderedVariant, check_header_text
 from worker.render.message import ONE_CLICK
-from worker.render.personalise import TOKENS, Recipient
+from worker.render.personalise import TOKENS, Recipient, for_place
 
 _POLICY = policy.SMTP
 
@@ -64,8 +63,7 @@ class EncodedBody:
         out: list[bytes] = []
         for piece in self.pieces:
             if isinstance(piece, str):
-                value = html.escape(values[piece], quote=True) if self.escape else values[piece]
-                out.extend((_SOFT, _qp(value), _SOFT))
+                out.extend((_SOFT, _qp(for_place(values[piece], escape=self.escape)), _SOFT))
             else:
                 out.append(piece)
         return b"".join(out)
