@@ -194,3 +194,20 @@ def test_css_inline_is_an_equivalent_inliner(sample_engine, settings):
         assert "@media only screen and (max-width: 620px)" in html and "prefers-color-scheme: dark" in html
         assert "%%NL_UNSUBSCRIBE_URL%%" in html and 'style="' in html.split("<body", 1)[1][:3000]
         assert "Russian Federation" in html
+
+
+def test_kept_stylesheet_rules_inline_exactly_as_premailer_does(sample_engine, settings, monkeypatch):
+    import premailer
+
+    import worker.render.digest as digest
+    from worker.render.inline import PREMAILER_OPTIONS, inline_css
+
+    seen: list[str] = []
+    monkeypatch.setattr(digest, "inline_css", lambda html, **kw: seen.append(html) or inline_css(html, **kw))
+    for regions in [("RU", "UA"), ("DE", "FR", "GB"), ("US",), ("CN", "RU")]:
+        _variant(sample_engine, settings, regions=regions)
+    # A second stylesheet in the same process: the rules are kept per stylesheet text.
+    other = seen[0].replace("<style", "<style>td { color: #010203 }</style><style", 1)
+    for html in [*seen, other, *seen]:
+        assert inline_css(html) == premailer.Premailer(html, **PREMAILER_OPTIONS).transform()
+    assert "color:#010203" in inline_css(other).replace(" ", "")
