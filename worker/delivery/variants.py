@@ -12,14 +12,14 @@ import time
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, and_, select, update
 
 from worker.render.digest import RenderedVariant
-from worker.store.db import session_scope
 from worker.store.models import Variant
 
 MISSING: Literal["missing"] = "missing"
 EMPTY: Literal["empty"] = "empty"  # rendered before, and the selection was empty
+V = Variant.__table__
 
 
 def _insert(engine: Engine):
@@ -31,18 +31,22 @@ def _insert(engine: Engine):
 
 
 class VariantStore:
+    """Core statements on short transactions: a variant costs its renderer two round
+    trips (claim, save) and every other process one read."""
+
     def __init__(self, engine: Engine, *, edition_id: int, edition_key: str, wait_seconds: float = 60.0) -> None:
         self.engine = engine
         self.edition_id = edition_id
         self.edition_key = edition_key
         self.wait_seconds = wait_seconds
 
+    def _row(self, regions: tuple[str, ...]):
+        return and_(V.c.edition_id == self.edition_id, V.c.regions == " ".join(regions))
+
     def get(self, regions: tuple[str, ...]) -> RenderedVariant | str:
-        with session_scope(self.engine) as session:
-            row = session.execute(
-                select(Variant.subject, Variant.html, Variant.text, Variant.story_count)
-                .where(Variant.edition_id == self.edition_id, Variant.regions == " ".join(regions))
-            ).first()
+        with self.engine.begin() as conn:
+            row = conn.execute(select(V.c.subject, V.c.html, V.c.text, V.c.story_count)
+                               .where(self._row(regions))).first()
         if row is None:
             return MISSING
         if row.html is None:
@@ -55,30 +59,32 @@ class VariantStore:
     def claim(self, regions: tuple[str, ...]) -> bool:
         """True if this process is now the one to render it."""
         insert = _insert(self.engine)
-        table = Variant.__table__
-        with session_scope(self.engine) as session:
+        with self.engine.begin() as conn:
             # RETURNING, not rowcount: an ORM-level insert may report -1 for "unknown".
-            won = session.execute(
-                insert(table).values(edition_id=self.edition_id, regions=" ".join(regions), story_count=0,
-                                     created_at=datetime.now(UTC))
+            won = conn.execute(
+                insert(V).values(edition_id=self.edition_id, regions=" ".join(regions), story_count=0,
+                                 created_at=datetime.now(UTC))
                 .on_conflict_do_nothing(index_elements=["edition_id", "regions"])
-                .returning(table.c.id)
+                .returning(V.c.id)
             ).first()
             return won is not None
 
     def wait(self, regions: tuple[str, ...]) -> RenderedVariant | str:
+        """The stored variant, once its renderer has saved it; MISSING if nobody claimed it
+        or the renderer did not save it in time (it died: render here without storing)."""
         deadline = time.monotonic() + self.wait_seconds
-        while time.monotonic() < deadline:
+        while True:
             found = self.get(regions)
             if found != "rendering":
                 return found
+            if time.monotonic() > deadline:
+                return MISSING
             time.sleep(0.05)
-        return MISSING  # the renderer died: render here without storing
 
     def save(self, regions: tuple[str, ...], variant: RenderedVariant | None) -> None:
-        with session_scope(self.engine) as session:
-            session.execute(
-                update(Variant).where(Variant.edition_id == self.edition_id, Variant.regions == " ".join(regions))
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(V).where(self._row(regions))
                 .values(subject=variant.subject if variant else "", html=variant.html if variant else "",
                         text=variant.text if variant else "", story_count=variant.story_count if variant else 0)
             )

@@ -64,16 +64,14 @@ class VariantRenderer:
 
     def _shared(self, key: tuple[str, ...]) -> RenderedVariant | None:
         store = self._store
-        found = store.get(key)
-        if found == "missing" and store.claim(key):
+        if store.claim(key):
             started = time.perf_counter()
             variant = self._render(key)
             store.save(key, variant)
             log.info("rendered variant %s of %s in %.0f ms", "-".join(key), self._edition_key,
                      (time.perf_counter() - started) * 1000)
             return variant
-        if found in ("missing", "rendering"):
-            found = store.wait(key)
+        found = store.wait(key)
         if found == "missing":  # whoever claimed it died before saving
             return self._render(key)
         return None if found == "empty" else found
