@@ -51,12 +51,26 @@ def free_port() -> int:
 
 
 def cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a process (clock ticks from /proc)."""
+    """User + system CPU seconds of a process and of its children that have exited
+    (the kernel adds a reaped child's time to its parent's cutime/cstime)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     except (FileNotFoundError, IndexError):
         return 0.0
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process tree, including processes that came and went during the
+    run (PostgreSQL backends, autovacuum workers): every live member's own and reaped time."""
+    return sum(cpu_of(p) for p in descendants(root)) + cpu_of(root)
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -69,9 +83,8 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def pids_named(name: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def oldest(name: str) -> int:
+    return int(subprocess.run(["pgrep", "-o", "-x", name], capture_output=True, text=True, check=True).stdout)
 
 
 def children(pid: int) -> list[int]:
@@ -255,12 +268,13 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
     engine = create_db_engine(url)
     worker = start_worker(env, log)
     procs = [worker.pid, *children(worker.pid)]
-    watched = {"worker": procs, "postgres": pids_named("postgres"), "redis": pids_named("redis-server"),
-               "smtp-sink": [sink.proc.pid]}
+    # Roots of process trees: PostgreSQL's postmaster is its oldest process.
+    watched = {"worker": worker.pid, "postgres": oldest("postgres"), "redis": oldest("redis-server"),
+               "smtp-sink": sink.proc.pid}
     if sink.proxy is not None:
-        watched["delay proxy"] = [sink.proxy.pid]
+        watched["delay proxy"] = sink.proxy.pid
     try:
-        cpu_before = {k: sum(cpu_of(p) for p in v) for k, v in watched.items()}
+        cpu_before = {k: tree_cpu(root) for k, root in watched.items()}
         plan_cpu = time.process_time()
         started = time.perf_counter()
         planned = plan_edition(engine, key=KEY, kind="weekly", window=week_window(WEEK, settings.tz), now=utcnow())
@@ -270,9 +284,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
         while find_edition(engine, KEY).state != "done":
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
-        # Backends PostgreSQL forked for the worker's connections count too.
-        watched["postgres"] = sorted(set(watched["postgres"]) | set(pids_named("postgres")))
-        cpu_after = {k: sum(cpu_of(p) for p in v) for k, v in watched.items()}
+        cpu_after = {k: tree_cpu(root) for k, root in watched.items()}
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT state, count(*) FROM deliveries GROUP BY state")).all())
         text = log.read_text(errors="replace")

@@ -64,6 +64,7 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
             edition.total = session.scalar(
                 select(func.count()).select_from(D).where(D.c.edition_id == edition.id)) or 0
             edition_id = edition.id
+        _analyze(engine)
         return Planned(edition_id, key, True)
     except IntegrityError:
         # Another beat, reconciler or operator planned it first: use theirs.
@@ -72,6 +73,16 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
         if existing is None:
             raise
         return Planned(existing, key, False)
+
+
+def _analyze(engine: Engine) -> None:
+    """Fresh statistics after the bulk insert. Until autovacuum gets to it (a minute or
+    more), PostgreSQL plans each batch's lease as if the edition had a handful of rows and
+    scans all of them: 90 ms per batch of 200 at 20,000 rows instead of 1 ms."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE deliveries, subscribers")
+            conn.commit()
 
 
 def record_skipped_edition(engine: Engine, *, key: str, window: Window, reason: str, now: datetime) -> bool:
@@ -117,9 +128,9 @@ def resume_edition(engine: Engine, edition_id: int) -> bool:
 
 def finish_if_done(engine: Engine, edition_id: int, now: datetime) -> bool:
     """A sending edition with no open row left becomes done."""
-    from worker.delivery.ledger import open_rows
+    from worker.delivery.ledger import has_open_rows
 
-    if open_rows(engine, edition_id=edition_id):
+    if has_open_rows(engine, edition_id=edition_id):
         return False
     return _move(engine, edition_id, source=EditionState.SENDING, target=EditionState.DONE, finished_at=now)
 
