@@ -124,6 +124,17 @@ def test_message_ids_are_stable_distinct_and_keyed():
     assert a.startswith("<") and a.endswith("@news.example>") and len(a) == 40 + len("<@news.example>")
 
 
+@given(st.one_of(st.integers(min_value=0, max_value=10**10 - 1), st.integers(min_value=10**10, max_value=10**15),
+                 st.sampled_from([0, 1, 10**9, 10**10 - 1, 1111111111, 10**10, 10**12, 2**53])))
+def test_unsubscribe_tokens_are_what_itsdangerous_makes(subscriber_id):
+    from itsdangerous import URLSafeSerializer
+
+    from worker.tokens import UNSUBSCRIBE_SALT
+
+    assert unsubscribe_token("secret", subscriber_id) == URLSafeSerializer("secret", UNSUBSCRIBE_SALT).dumps(
+        subscriber_id)
+
+
 def test_unsubscribe_tokens_round_trip_and_reject_tampering():
     token = unsubscribe_token("secret", 42)
     assert read_unsubscribe_token("secret", token) == 42
