@@ -60,6 +60,15 @@ def cpu_of(pid: int) -> float:
         return 0.0
 
 
+def own_cpu(pid: int) -> float:
+    """User + system CPU seconds of the process alone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (FileNotFoundError, IndexError):
+        return 0.0
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds of a process tree, including processes that came and went during the
     run (PostgreSQL backends, autovacuum workers): every live member's own and reaped time."""
@@ -275,6 +284,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
         watched["delay proxy"] = sink.proxy.pid
     try:
         cpu_before = {k: tree_cpu(root) for k, root in watched.items()}
+        main_before = own_cpu(worker.pid)
         plan_cpu = time.process_time()
         started = time.perf_counter()
         planned = plan_edition(engine, key=KEY, kind="weekly", window=week_window(WEEK, settings.tz), now=utcnow())
@@ -285,6 +295,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu_after = {k: tree_cpu(root) for k, root in watched.items()}
+        main_cpu = own_cpu(worker.pid) - main_before
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT state, count(*) FROM deliveries GROUP BY state")).all())
         text = log.read_text(errors="replace")
@@ -301,6 +312,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
             "messages_per_second": round(sent / elapsed, 1),
             "plan_seconds": round(plan_seconds, 2), "plan_cpu_ms_per_message": round(plan_cpu / max(sent, 1) * 1000, 4),
             "cpu_ms_per_message": {k: round((cpu_after[k] - cpu_before[k]) / max(sent, 1) * 1000, 3) for k in watched},
+            "worker_main_process_cpu_ms_per_message": round(main_cpu / max(sent, 1) * 1000, 3),
             "worker_stage_cpu_ms_per_message": {k: round(v / max(stage["messages"], 1) * 1000, 3)
                                                  for k, v in stage.items() if k != "messages"},
             "inliner_calls": renders, "peak_rss_mb": memory,
