@@ -211,7 +211,7 @@ def record(conn: Connection, *, delivery_id: int, worker: str, result: SendResul
 # paths with the same assertions), committed together as the pipelined
 # transaction would commit them. Written as SQL because SQLAlchemy's own
 # per-execution work costs more than PostgreSQL's.
-_PG_RECORD_AND_CLAIM = """
+_PG_RECORD_AND_CLAIM = f"""
 WITH recorded AS (
     UPDATE deliveries AS d
     SET state = r.state, last_code = r.last_code, last_reply = r.last_reply, sent_at = r.sent_at,
@@ -219,20 +219,20 @@ WITH recorded AS (
         claimed_by = NULL, lease_until = NULL, enqueued_at = NULL, updated_at = r.now
     FROM json_to_recordset(%(recorded)s::json) AS r(id bigint, state varchar, last_code int, last_reply varchar,
         sent_at timestamp, message_id varchar, next_attempt_at timestamp, now timestamp)
-    WHERE d.id = ANY(%(recorded_ids)s::bigint[]) AND d.id = r.id AND d.state = 'sending' AND d.claimed_by = %(worker)s
+    WHERE d.id = ANY(%(recorded_ids)s::bigint[]) AND d.id = r.id AND d.state = '{SENDING}' AND d.claimed_by = %(worker)s
     RETURNING d.id
 ), claimed AS (
     UPDATE deliveries AS d
-    SET state = CASE WHEN s.status = 'active' THEN 'sending' ELSE 'skipped' END,
-        skip_reason = CASE WHEN s.status = 'active' THEN NULL ELSE s.status END,
-        attempts = CASE WHEN s.status = 'active' THEN d.attempts + 1 ELSE d.attempts END,
-        claimed_by = CASE WHEN s.status = 'active' THEN d.claimed_by END,
-        lease_until = CASE WHEN s.status = 'active' THEN %(lease_until)s::timestamp END,
+    SET state = CASE WHEN s.status = '{ACTIVE}' THEN '{SENDING}' ELSE '{SKIPPED}' END,
+        skip_reason = CASE WHEN s.status = '{ACTIVE}' THEN NULL ELSE s.status END,
+        attempts = CASE WHEN s.status = '{ACTIVE}' THEN d.attempts + 1 ELSE d.attempts END,
+        claimed_by = CASE WHEN s.status = '{ACTIVE}' THEN d.claimed_by END,
+        lease_until = CASE WHEN s.status = '{ACTIVE}' THEN %(lease_until)s::timestamp END,
         updated_at = %(now)s::timestamp
     FROM subscribers AS s
     WHERE s.id = d.subscriber_id AND d.id = ANY(%(claim_ids)s::bigint[]) AND d.claimed_by = %(worker)s
-      AND (d.state = 'pending' OR d.state = 'failed' AND d.next_attempt_at <= %(now)s::timestamp)
-      AND (SELECT e.state FROM editions AS e WHERE e.id = d.edition_id) = 'sending'
+      AND (d.state = '{PENDING}' OR d.state = '{FAILED}' AND d.next_attempt_at <= %(now)s::timestamp)
+      AND (SELECT e.state FROM editions AS e WHERE e.id = d.edition_id) = '{EditionState.SENDING.value}'
     RETURNING d.id, d.attempts, d.state, d.skip_reason
 )
 SELECT id, NULL::int, NULL::varchar, NULL::varchar FROM recorded
