@@ -249,8 +249,12 @@ def _int_array(values) -> str:
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:
-    """What UTCDateTime stores: naive UTC."""
-    return value.astimezone(UTC).replace(tzinfo=None) if value is not None else None
+    """What UTCDateTime stores: naive UTC (and, like it, no guessing the zone of a naive value)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 class BatchLedger:
@@ -267,11 +271,12 @@ class BatchLedger:
     a group of rows `unknown`, including rows not yet sent (reported, never sent).
 
     On PostgreSQL the usual step (write the previous results, claim the next rows)
-    is one autocommitted statement; everything else runs in ordinary transactions.
+    is one autocommitted statement (`single_statement`; the tests also run the
+    transaction path there); everything else runs in ordinary transactions.
     """
 
     def __init__(self, engine: Engine, *, worker: str, max_attempts: int, retry_base: float,
-                 pipeline: bool = True) -> None:
+                 pipeline: bool = True, single_statement: bool | None = None) -> None:
         self.conn = engine.connect()
         self.worker = worker
         self.max_attempts = max_attempts
@@ -280,12 +285,31 @@ class BatchLedger:
         self._deferred: list[dict] = []
         self.late: list[int] = []  # results that arrived after the row was declared unknown
         self._raw = None
-        if engine.dialect.name == "postgresql":
+        self._single = engine.dialect.name == "postgresql" if single_statement is None else single_statement
+        if self._single:
             self._raw = self.conn.connection.dbapi_connection
-            self._raw.autocommit = True
-            # Once prepared, the statement's generic plan (by primary key) is the right one; left
-            # to choose, PostgreSQL keeps planning it afresh for each message (0.15 ms of its CPU).
-            self._raw.execute("SET plan_cache_mode = force_generic_plan")
+            try:
+                self._raw.autocommit = True
+                # Once prepared, the statement's generic plan (by primary key) is the right one; left
+                # to choose, PostgreSQL keeps planning it afresh for each message (0.15 ms of its CPU).
+                self._execute("SET plan_cache_mode = force_generic_plan")
+            except BaseException:
+                self.conn.invalidate()
+                self.conn.close()
+                raise
+
+    def _execute(self, sql: str, params: dict | None = None) -> list:
+        """Run SQL on the raw connection, with errors raised as SQLAlchemy raises them (so the
+        task's retry on database errors applies) and a dropped connection invalidated."""
+        dbapi = self.conn.dialect.loaded_dbapi
+        try:
+            with self._raw.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if cursor.description else []
+        except dbapi.Error as exc:
+            if self.conn.dialect.is_disconnect(exc, self._raw, None):
+                self.conn.invalidate()
+            raise DBAPIError.instance(sql, params, exc, dbapi.Error) from exc
 
     @contextmanager
     def _transaction(self):
@@ -296,11 +320,23 @@ class BatchLedger:
                 yield
         finally:
             if self._raw is not None:
+                self._restore_autocommit()
+
+    def _restore_autocommit(self) -> None:
+        # The single statement must never run inside a transaction left open: its claim
+        # would not be committed before the send. If autocommit cannot come back (the
+        # connection broke, or an exception cut a query short), the connection is dropped.
+        try:
+            if not self._raw.closed:
                 self._raw.autocommit = True
+                return
+        except Exception:  # noqa: BLE001 - the original exception is the one to report
+            pass
+        self.conn.invalidate()
 
     def claim(self, delivery_ids: Sequence[int], *, now: datetime, lease: timedelta) -> dict[int, Claim]:
         """Move leased rows to `sending`; rows not returned were lost to someone else."""
-        if self._raw is not None and self._fast(self._deferred):
+        if self._single and self._fast(self._deferred):
             items, self._deferred = self._deferred, []
             return self._record_and_claim(items, delivery_ids, now=now, lease=lease)
         with self._transaction():
@@ -330,7 +366,7 @@ class BatchLedger:
     def flush(self) -> None:
         if not self._deferred:
             return
-        if self._raw is not None and self._fast(self._deferred):
+        if self._single and self._fast(self._deferred):
             items, self._deferred = self._deferred, []
             self._record_and_claim(items, [], now=items[-1]["now"], lease=timedelta(0))
             return
@@ -356,16 +392,7 @@ class BatchLedger:
         params = {"recorded": json.dumps(recorded), "recorded_ids": _int_array(item["delivery_id"] for item in items),
                   "claim_ids": _int_array(delivery_ids), "worker": self.worker, "now": _naive_utc(now),
                   "lease_until": _naive_utc(now + lease)}
-        dbapi = self.conn.dialect.loaded_dbapi
-        try:
-            with self._raw.cursor() as cursor:
-                cursor.execute(_PG_RECORD_AND_CLAIM, params)
-                rows = cursor.fetchall()
-        except dbapi.Error as exc:
-            # As SQLAlchemy would raise it, so the task's retry on database errors applies.
-            if self.conn.dialect.is_disconnect(exc, self._raw, None):
-                self.conn.invalidate()
-            raise DBAPIError.instance(_PG_RECORD_AND_CLAIM, params, exc, dbapi.Error) from exc
+        rows = self._execute(_PG_RECORD_AND_CLAIM, params)
         recorded = {row[0] for row in rows if row[2] is None}
         self.late.extend(item["delivery_id"] for item in items if item["delivery_id"] not in recorded)
         return _claims(row for row in rows if row[2] is not None)

@@ -144,11 +144,12 @@ def deliver_batch(
         # Each lane: its own SMTP connection and its own database connection, so the
         # waits (the relay's replies, the ledger's commits) of one overlap the work of others.
         lane_sender = pool.acquire() if pool is not None else sender
-        book = ledger.BatchLedger(engine, worker=worker, max_attempts=settings.max_attempts,
-                                  retry_base=settings.retry_base_seconds,
-                                  pipeline=settings.ledger_pipeline and not limited)
         lane_step = replace(step, sender=lane_sender)
+        book = None
         try:
+            book = ledger.BatchLedger(engine, worker=worker, max_attempts=settings.max_attempts,
+                                      retry_base=settings.retry_base_seconds,
+                                      pipeline=settings.ledger_pipeline and not limited)
             while not report.stopped:
                 with lock:
                     chunk = chunks.popleft() if chunks else None
@@ -166,11 +167,12 @@ def deliver_batch(
         except BaseException as exc:  # noqa: BLE001 - re-raised in the task's thread below
             errors.append(exc)
         finally:
-            try:
-                book.close()
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
-            late.extend(book.late)
+            if book is not None:
+                try:
+                    book.close()
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+                late.extend(book.late)
             if pool is not None:
                 pool.release(lane_sender)
 

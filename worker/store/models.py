@@ -206,8 +206,9 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id", name="uq_deliveries_edition_subscriber"),
         # Not (edition_id, state): updates that change `state` would then write the index
-        # each time; without it PostgreSQL can update rows in place (migration 0004).
-        Index("ix_deliveries_edition", "edition_id"),
+        # each time; without it PostgreSQL can update rows in place (migration 0004). The id
+        # lets "any open row left?" walk one edition from its newest row (migration 0005).
+        Index("ix_deliveries_edition_id", "edition_id", "id"),
         CheckConstraint(
             "state IN ('pending', 'sending', 'sent', 'failed', 'bounced', 'skipped', 'unknown')",
             name="state",
