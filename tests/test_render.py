@@ -211,3 +211,13 @@ def test_kept_stylesheet_rules_inline_exactly_as_premailer_does(sample_engine, s
     for html in [*seen, other, *seen]:
         assert inline_css(html) == premailer.Premailer(html, **PREMAILER_OPTIONS).transform()
     assert "color:#010203" in inline_css(other).replace(" ", "")
+
+
+def test_compose_reports_its_cpu_by_part_when_asked(sample_engine, settings):
+    from collections import Counter
+
+    variant = _variant(sample_engine, settings)
+    timings: Counter[str] = Counter()
+    for n in range(50):
+        compose(variant, Addressee(f"r{n}@example.org", "R", n + 1), settings=settings, secret="s", timings=timings)
+    assert set(timings) == {"personalise", "mime"} and all(v > 0 for v in timings.values())
