@@ -49,21 +49,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a process and of its children that have exited
-    (the kernel adds a reaped child's time to its parent's cutime/cstime)."""
+def cpu_of(pid: int, *, reaped: bool = True) -> float:
+    """User + system CPU seconds of a process and, with `reaped`, of its children that have
+    exited (the kernel adds a reaped child's time to its parent's cutime/cstime)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    except (FileNotFoundError, IndexError):
-        return 0.0
-
-
-def own_cpu(pid: int) -> float:
-    """User + system CPU seconds of the process alone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(int(f) for f in fields[11:15 if reaped else 13]) / os.sysconf("SC_CLK_TCK")
     except (FileNotFoundError, IndexError):
         return 0.0
 
@@ -283,7 +274,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
         watched["delay proxy"] = sink.proxy.pid
     try:
         cpu_before = {k: tree_cpu(root) for k, root in watched.items()}
-        main_before = own_cpu(worker.pid)
+        main_before = cpu_of(worker.pid, reaped=False)
         plan_cpu = time.process_time()
         started = time.perf_counter()
         planned = plan_edition(engine, key=KEY, kind="weekly", window=week_window(WEEK, settings.tz), now=utcnow())
@@ -294,7 +285,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu_after = {k: tree_cpu(root) for k, root in watched.items()}
-        main_cpu = own_cpu(worker.pid) - main_before
+        main_cpu = cpu_of(worker.pid, reaped=False) - main_before
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT state, count(*) FROM deliveries GROUP BY state")).all())
         text = log.read_text(errors="replace")

@@ -28,7 +28,7 @@ import json
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cache
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, exists, func, or_, select, update
@@ -249,12 +249,8 @@ def _int_array(values) -> str:
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:
-    """What UTCDateTime stores: naive UTC (and, like it, no guessing the zone of a naive value)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to a UTC column")
-    return value.astimezone(UTC).replace(tzinfo=None)
+    """What the column type stores (naive UTC; a naive value is refused, not guessed)."""
+    return D.c.updated_at.type.process_bind_param(value, None)
 
 
 class BatchLedger:
@@ -284,9 +280,8 @@ class BatchLedger:
         self.pipeline = pipeline
         self._deferred: list[dict] = []
         self.late: list[int] = []  # results that arrived after the row was declared unknown
-        self._raw = None
-        self._single = engine.dialect.name == "postgresql" if single_statement is None else single_statement
-        if self._single:
+        self._raw = None  # the DBAPI connection, when the step is one statement (PostgreSQL)
+        if engine.dialect.name == "postgresql" if single_statement is None else single_statement:
             self._raw = self.conn.connection.dbapi_connection
             try:
                 self._raw.autocommit = True
@@ -336,7 +331,7 @@ class BatchLedger:
 
     def claim(self, delivery_ids: Sequence[int], *, now: datetime, lease: timedelta) -> dict[int, Claim]:
         """Move leased rows to `sending`; rows not returned were lost to someone else."""
-        if self._single and self._fast(self._deferred):
+        if self._raw is not None and self._fast(self._deferred):
             items, self._deferred = self._deferred, []
             return self._record_and_claim(items, delivery_ids, now=now, lease=lease)
         with self._transaction():
@@ -366,7 +361,7 @@ class BatchLedger:
     def flush(self) -> None:
         if not self._deferred:
             return
-        if self._single and self._fast(self._deferred):
+        if self._raw is not None and self._fast(self._deferred):
             items, self._deferred = self._deferred, []
             self._record_and_claim(items, [], now=items[-1]["now"], lease=timedelta(0))
             return
