@@ -81,6 +81,7 @@ def test_the_subject_is_one_line_with_regions_and_dates(sample_engine, settings)
 
 
 def test_golden_text_part(sample_engine, settings):
+    settings = settings.model_copy(update={"region_url": "http://127.0.0.1:8000/regions/{region}"})
     variant = _variant(sample_engine, settings)
     text = compose(variant, Addressee("anna@example.org", "Anna", 1), settings=settings,
                    secret="golden", now=NOW).digest.text
@@ -221,3 +222,13 @@ def test_compose_reports_its_cpu_by_part_when_asked(sample_engine, settings):
     for n in range(50):
         compose(variant, Addressee(f"r{n}@example.org", "R", n + 1), settings=settings, secret="s", timings=timings)
     assert set(timings) == {"personalise", "mime"} and all(v > 0 for v in timings.values())
+
+
+def test_region_links_and_the_masthead_link_only_where_configured(sample_engine, settings):
+    bare = _variant(sample_engine, settings)
+    assert "More from" not in bare.text and "More from" not in bare.html
+    assert "/regions/" not in bare.html and settings.public_url + '"' not in bare.html
+    linked = _variant(sample_engine, settings.model_copy(update={
+        "site_url": "https://site.example", "region_url": "https://site.example/world/{region}/"}))
+    assert 'href="https://site.example"' in linked.html
+    assert 'href="https://site.example/world/RU/"' in linked.html and "https://site.example/world/UA/" in linked.text

@@ -25,7 +25,7 @@ from worker.text import contains_control
 
 ENV_PREFIX = "NEWSLETTER_"
 DEFAULT_CONFIG = Path("config/newsletter.toml")
-SECRETS = frozenset({"smtp_password", "secret_key"})
+SECRETS = frozenset({"smtp_password", "secret_key", "operator_token"})
 # Variables with the prefix that are not settings (the config path itself, test knobs).
 _NOT_SETTINGS = frozenset({"config", "debug"})
 
@@ -46,6 +46,9 @@ class Settings(BaseModel):
     smtp_username: str = ""
     smtp_password: SecretStr = SecretStr("")
     smtp_timeout: float = Field(30.0, gt=0, le=600)
+    # AUTH sends the password; over a connection without TLS only when the operator
+    # says so (a relay on the same host), never implicitly.
+    smtp_allow_plain_auth: bool = False
     # A relay keeps a connection for a while; a cap bounds the damage of a stuck one.
     smtp_max_per_connection: int = Field(200, ge=1)
     # SMTP conversations in flight per worker process (delivery lanes, threads). Each
@@ -55,9 +58,17 @@ class Settings(BaseModel):
 
     from_address: str = Field("Melange News <digest@localhost>", alias="from")
     public_url: str = "http://127.0.0.1:8000"
-    # The news site itself, for "More from <region>" links; defaults to public_url.
+    # The news site itself: the masthead links there (no link when unset).
     site_url: str = ""
+    # A region's page on the news site, with {region} for its code, for "More from
+    # <region>" links, e.g. https://news.example.org/regions/{region}. Unset: no such link.
+    region_url: str = ""
     secret_key: SecretStr | None = None
+    # Guards the operator side of the web app (preview, status). Unset: loopback clients only.
+    operator_token: SecretStr | None = None
+    # Feed URLs resolving to loopback, private, link-local or reserved addresses are
+    # refused unless this is set (a site whose feed is on its own network).
+    fetch_allow_private: bool = False
     timezone: str = "UTC"
     send_rate: float = Field(0.0, ge=0)
     stories_per_region: int = Field(5, ge=1, le=50)
@@ -131,6 +142,17 @@ class Settings(BaseModel):
         if not value.startswith(("http://", "https://")) or contains_control(value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("region_url")
+    @classmethod
+    def _region_url(cls, value: str) -> str:
+        if value == "":
+            return value
+        if value.count("{region}") != 1 or "{" in value.replace("{region}", "") or "}" in value.replace(
+                "{region}", ""):
+            raise ValueError("must contain {region} exactly once, e.g. https://news.example.org/regions/{region}")
+        cls._public_url(value.replace("{region}", "RU"))
+        return value
 
     @field_validator("region_names", mode="before")
     @classmethod

@@ -81,12 +81,12 @@ def render_variant(
 def build_context(*, selection: Selection, window: Window, edition_key: str, settings: Settings) -> dict:
     tz = settings.tz
     names = {code: region_name(code, settings.region_names) for code in selection.regions}
-    site = settings.site_url or settings.public_url
     sections = [
         {
             "region": section.region,
             "region_name": names[section.region],
-            "more_url": f"{site}/regions/{section.region}",
+            # Codes are ISO 3166 alpha-2, validated at import: nothing else goes into the URL.
+            "more_url": settings.region_url.replace("{region}", section.region) or None,
             "stories": [
                 {
                     "title": story.title,
@@ -111,6 +111,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
             "brand_color": settings.brand_color,
             "postal_address": settings.postal_address,
             "public_url": settings.public_url,
+            "site_url": settings.site_url or None,
         },
         "edition": {
             "key": edition_key,
