@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from email.headerregistry import Address
@@ -28,6 +29,11 @@ DEFAULT_CONFIG = Path("config/newsletter.toml")
 SECRETS = frozenset({"smtp_password", "secret_key", "operator_token"})
 # Variables with the prefix that are not settings (the config path itself, test knobs).
 _NOT_SETTINGS = frozenset({"config", "debug"})
+
+
+_URL_CHARS = re.compile(r"[!-~]+")
+_MAILTO = re.compile(r"[A-Za-z0-9.!#$%&'*+/^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+_LIST_ID = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
 
 
 class Settings(BaseModel):
@@ -139,9 +145,24 @@ class Settings(BaseModel):
     def _public_url(cls, value: str) -> str:
         if value == "":
             return value
-        if not value.startswith(("http://", "https://")) or contains_control(value):
-            raise ValueError("must be an http:// or https:// URL")
+        # ASCII without spaces: it goes into List-Unsubscribe as it is (an IDN host in punycode).
+        if not value.startswith(("http://", "https://")) or not _URL_CHARS.fullmatch(value):
+            raise ValueError("must be an http:// or https:// URL in ASCII (an IDN host in punycode), no spaces")
         return value.rstrip("/")
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _mailto(cls, value: str) -> str:
+        if value and not _MAILTO.fullmatch(value):
+            raise ValueError("must be a plain ASCII address such as unsubscribe@example.org")
+        return value
+
+    @field_validator("list_id")
+    @classmethod
+    def _list_id(cls, value: str) -> str:
+        if value and not _LIST_ID.fullmatch(value):
+            raise ValueError("must be dot-separated letters, digits, '-' and '_', such as weekly.example.org")
+        return value
 
     @field_validator("region_url")
     @classmethod
@@ -205,6 +226,9 @@ def parse_address(value: str) -> Address:
     address = header.addresses[0]
     if not address.username or not address.domain:
         raise ValueError(f"must be one address such as 'News <news@example.org>', got {value!r}")
+    # The parser decodes encoded-words: check what it decoded to, which is what gets written.
+    if any(contains_control(part) for part in (address.display_name, address.username, address.domain)):
+        raise ValueError("must not contain control characters or line breaks, encoded or not")
     return address
 
 

@@ -1,8 +1,9 @@
 """The message itself: multipart/alternative, RFC 8058 headers, optional DKIM.
 
-Built with EmailMessage and headerregistry.Address under policy.SMTP (CRLF,
-folded headers), never email.mime or formataddr on untrusted values. Every
-header value is checked for control characters before anything is built.
+Built with EmailMessage under policy.SMTP (CRLF), never email.mime or
+formataddr. Every header value is checked for control characters before
+anything is built; the ones that come from outside are written by `headers`
+(never decoded by the email package), and the written header block is checked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from worker.errors import ConfigError, HeaderInjectionError
 from worker.render.digest import check_header_text
+from worker.render.headers import DIGEST_FIELDS, check_header_block, mailbox_header, unstructured
 from worker.render.personalise import PersonalDigest
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -78,12 +80,13 @@ def build_message(digest: PersonalDigest, envelope: Envelope) -> EmailMessage:
     subject = " ".join(subject.split())
     to = mailbox(envelope.recipient_email, " ".join((envelope.recipient_name or "").split()) or None)
     msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = envelope.sender
-    msg["To"] = to
-    msg["Subject"] = subject
+    # Written by us, stored raw: the email package would decode encoded-words in them (see headers.py).
+    _set_raw(msg, mailbox_header("From", envelope.sender))
+    _set_raw(msg, mailbox_header("To", to))
+    _set_raw(msg, unstructured("Subject", subject))
     msg["Date"] = format_datetime(envelope.date) if envelope.date else _now()
     msg["Message-ID"] = envelope.message_id
-    msg["List-Id"] = f"<{envelope.list_id}>"
+    _set_raw(msg, unstructured("List-Id", f"<{envelope.list_id}>"))
     links = [f"<{envelope.unsubscribe_url}>"]
     if envelope.unsubscribe_mailto:
         links.append(f"<mailto:{envelope.unsubscribe_mailto}?subject=unsubscribe>")
@@ -94,6 +97,13 @@ def build_message(digest: PersonalDigest, envelope: Envelope) -> EmailMessage:
     msg.set_content(digest.text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(digest.html, subtype="html", charset="utf-8", cte="quoted-printable")
     return msg
+
+
+def _set_raw(msg: EmailMessage, line: str) -> None:
+    # policy.SMTP writes a raw value as it is when its lines fit in 78 characters, which
+    # `headers` folds them to; a longer single word is refolded, and checked like the rest.
+    name, _, value = line.partition(": ")
+    msg.set_raw(name, value.removesuffix("\r\n"))
 
 
 def _now() -> str:
@@ -108,9 +118,12 @@ def needs_smtputf8(msg: EmailMessage) -> bool:
 
 
 def message_bytes(msg: EmailMessage) -> bytes:
+    """The message as it goes on the wire, its header block checked (see headers.py)."""
     # An encoded-word is not allowed inside an address, so a Unicode local part
     # is written as raw UTF-8 and the sender must use SMTPUTF8.
-    return msg.as_bytes(policy=policy.SMTPUTF8 if needs_smtputf8(msg) else policy.SMTP)
+    data = msg.as_bytes(policy=policy.SMTPUTF8 if needs_smtputf8(msg) else policy.SMTP)
+    check_header_block(data.split(b"\r\n\r\n", 1)[0], DIGEST_FIELDS)
+    return data
 
 
 @cache

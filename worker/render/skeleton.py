@@ -11,18 +11,13 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
-from email import policy
 from email.headerregistry import Address
 
+from worker.errors import HeaderInjectionError
 from worker.render.digest import RenderedVariant, check_header_text
+from worker.render.headers import DIGEST_FIELDS, check_header_block, mailbox_header, unstructured
 from worker.render.message import ONE_CLICK
 from worker.render.personalise import TOKENS, Recipient, for_place
-
-_POLICY = policy.SMTP
-
-
-def _fold(name: str, value) -> bytes:
-    return _POLICY.header_factory(name, value).fold(policy=_POLICY).encode("ascii")
 
 
 def _qp(text: str) -> bytes:
@@ -69,17 +64,13 @@ class EncodedBody:
         return b"".join(out)
 
 
-def _plain_name(name: str) -> bool:
-    """A display name that needs neither quoting nor encoding (the common case)."""
-    return name.isascii() and all(c.isalnum() or c in " .-'" for c in name) and name.strip() == name
-
-
 @dataclass(frozen=True)
 class MessageSkeleton:
-    head: bytes        # From, (To goes here), Subject ...
-    subject: bytes
+    head: bytes        # From; To goes after it
+    middle_head: bytes  # Subject; Date and Message-ID go after it
     list_id: bytes
-    tail: bytes        # MIME-Version, Content-Type and the part headers up to the text body
+    mime_head: bytes   # List-Unsubscribe-Post, MIME-Version, Content-Type: the end of the header block
+    tail: bytes        # the text part's headers
     middle: bytes      # between the text part and the HTML part
     end: bytes
     text: EncodedBody
@@ -96,12 +87,12 @@ class MessageSkeleton:
         part = ('--{b}\r\nContent-Type: text/{kind}; charset="utf-8"\r\n'
                 "Content-Transfer-Encoding: quoted-printable\r\n\r\n")
         return cls(
-            head=_fold("From", sender),
-            subject=_fold("Subject", subject),
-            list_id=_fold("List-Id", f"<{list_id}>"),
-            tail=(f"List-Unsubscribe-Post: {ONE_CLICK}\r\nMIME-Version: 1.0\r\n"
-                  f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'
-                  + part.format(b=boundary, kind="plain")).encode("ascii"),
+            head=mailbox_header("From", sender).encode("ascii"),
+            middle_head=unstructured("Subject", subject).encode("ascii"),
+            list_id=unstructured("List-Id", f"<{list_id}>").encode("ascii"),
+            mime_head=(f"List-Unsubscribe-Post: {ONE_CLICK}\r\nMIME-Version: 1.0\r\n"
+                       f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n').encode("ascii"),
+            tail=("\r\n" + part.format(b=boundary, kind="plain")).encode("ascii"),
             middle=("\r\n" + part.format(b=boundary, kind="html")).encode("ascii"),
             end=f"\r\n--{boundary}--\r\n".encode("ascii"),
             text=EncodedBody.build(variant.text, escape=False),
@@ -113,24 +104,18 @@ class MessageSkeleton:
         for what, value in (("Message-ID", message_id), ("unsubscribe URL", unsubscribe_header),
                             ("recipient name", to.display_name)):
             check_header_text(what, value)
-        if to.display_name and _plain_name(to.display_name) and to.username.isascii():
-            to_line = f"To: {to.display_name} <{to.addr_spec}>\r\n".encode("ascii")
-            if len(to_line) > 78:
-                to_line = _fold("To", to)
-        elif not to.display_name and to.username.isascii():
-            to_line = f"To: {to.addr_spec}\r\n".encode("ascii")
-        else:
-            to_line = _fold("To", to)
-        values = recipient.values()
-        return b"".join((
-            self.head, to_line, self.subject, f"Date: {date}\r\nMessage-ID: {message_id}\r\n".encode("ascii"),
-            self.list_id, _list_unsubscribe(unsubscribe_header), self.tail,
-            self.text.render(values), self.middle, self.html.render(values), self.end,
+        header = b"".join((
+            self.head, mailbox_header("To", to).encode("ascii"), self.middle_head,
+            f"Date: {date}\r\nMessage-ID: {message_id}\r\n".encode("ascii"),
+            self.list_id, _list_unsubscribe(unsubscribe_header), self.mime_head,
         ))
+        check_header_block(header[:-2], DIGEST_FIELDS)
+        values = recipient.values()
+        return b"".join((header, self.tail, self.text.render(values), self.middle, self.html.render(values), self.end))
 
 
 def _list_unsubscribe(value: str) -> bytes:
-    # ASCII URLs in angle brackets: fold at the comma between them, as policy.SMTP does.
+    # ASCII URLs in angle brackets (the settings guarantee it): folded at the comma between them.
     if not value.isascii() or " " in value.replace(", ", ""):
-        return _fold("List-Unsubscribe", value)
+        raise HeaderInjectionError(f"List-Unsubscribe must be ASCII URLs without spaces: {value[:80]!r}")
     return ("List-Unsubscribe:\r\n " + value.replace(", ", ",\r\n ") + "\r\n").encode("ascii")
