@@ -55,12 +55,25 @@ def _regions(text: str) -> tuple[str, ...]:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Run under gunicorn with this many worker processes (production). "
+                   "Without it: Werkzeug's development server.")
 @pass_ctx
-def serve(ctx: Context, host: str, port: int) -> None:
-    """Preview pages, one-click unsubscribe and the view-online archive."""
+def serve(ctx: Context, host: str, port: int, workers: int | None) -> None:
+    """Operator preview pages; readers' one-click unsubscribe and view-online archive."""
     from worker.web import create_app
 
-    app = create_app(ctx.settings, ctx.engine)
+    app = create_app(ctx.settings, ctx.engine)  # settings and schema checked here, with a one-line error
+    if workers:
+        import os
+        import sys
+
+        ctx.engine.dispose()
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # exec, not a child: gunicorn takes over this process id and its signals (PID 1 in a container).
+        # Each gunicorn worker builds its own settings and engine through the factory.
+        os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+                                  "worker.web:create_app_from_env()"])
     click.echo(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")
     from werkzeug.serving import run_simple
 

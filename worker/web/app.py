@@ -1,21 +1,31 @@
-"""A small Flask app. Bound to 127.0.0.1 by default; nothing here needs a login
-because nothing here shows personal data except to the token's holder."""
+"""The Flask app: a public side for readers and an operator side behind a token.
+
+Readers' routes (unsubscribe, view-online, /healthz) are reachable from every
+email, so they stay cheap: nothing renders on request. Every other route is the
+operator's (previews of any week and region set, subscriber counts) and needs
+NEWSLETTER_OPERATOR_TOKEN, or a loopback client while no token is set.
+"""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from datetime import UTC, datetime
 
 from flask import Flask, Response, abort, render_template, request
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
+from worker.delivery.plan import find_edition
+from worker.delivery.variants import VariantStore
 from worker.digest import select_sections
 from worker.digest.queries import fetch_window_stories
-from worker.errors import NewsletterError
+from worker.errors import ConfigError, NewsletterError
 from worker.ingest.subscribers import set_status_by_id
 from worker.preview import build_preview, resolve_week
-from worker.render.digest import parse_variant_key, render_variant, variant_key
+from worker.render.digest import parse_variant_key, variant_key
 from worker.render.personalise import Recipient, personalise
-from worker.settings import Settings
+from worker.settings import Settings, load_settings
 from worker.store.db import session_scope
 from worker.store.models import Subscriber, SubscriberStatus
 from worker.tokens import read_unsubscribe_token
@@ -23,18 +33,101 @@ from worker.tokens import read_unsubscribe_token
 # The digest is shown in an iframe with no permissions at all: no scripts, no
 # same-origin access, no forms, even if something slipped past sanitising.
 SANDBOX_CSP = "sandbox; default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'"
+REALM = 'Basic realm="newsletter operator"'
+# A local reverse proxy connects from loopback on behalf of anyone: a request it
+# forwarded must not pass as a local one.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
+def public(view):
+    """Mark a readers' route; every route without the mark is the operator's."""
+    view.public = True
+    return view
 
 
 def create_app(settings: Settings, engine: Engine) -> Flask:
     app = Flask(__name__)
     app.config["NEWSLETTER_SETTINGS"] = settings
+    operator_token = settings.operator_token.get_secret_value().encode() if settings.operator_token else b""
+
+    @app.before_request
+    def _operator_only():
+        # Deny by default: a new route is the operator's until marked public.
+        view = app.view_functions.get(request.endpoint)
+        if view is None or getattr(view, "public", False):
+            return None
+        if operator_token:
+            if hmac.compare_digest(_presented_token(), operator_token):
+                return None
+            return Response("This page needs the operator token.\n", status=401, mimetype="text/plain",
+                            headers={"WWW-Authenticate": REALM})
+        if _is_local():
+            return None
+        return Response("Operator pages are served only to loopback clients while no operator token is set: "
+                        "set NEWSLETTER_OPERATOR_TOKEN to reach them from elsewhere.\n",
+                        status=403, mimetype="text/plain")
 
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        # Pages show addresses and counts; only the archive says it may be cached.
+        response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    @app.errorhandler(404)
+    def _not_found(_error):
+        return render_template("not_found.html", settings=settings), 404
+
+    # Readers
+
+    @app.get("/healthz")
+    @public
+    def healthz():
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return Response("database unavailable\n", status=503, mimetype="text/plain")
+        return Response("ok\n", mimetype="text/plain")
+
+    @app.get("/unsubscribe/<token>")
+    @public
+    def unsubscribe_confirm(token: str):
+        subscriber = _subscriber_for(token)
+        # GET never changes anything: link scanners and prefetchers follow links.
+        return render_template("unsubscribe.html", subscriber=subscriber, token=token, done=False,
+                               settings=settings)
+
+    @app.post("/unsubscribe/<token>")
+    @public
+    def unsubscribe(token: str):
+        subscriber = _subscriber_for(token)
+        # RFC 8058: the body is "List-Unsubscribe=One-Click"; the confirm page's form
+        # posts the same field. Either way the answer is 200, never a redirect.
+        set_status_by_id(engine, subscriber.id, SubscriberStatus.UNSUBSCRIBED)
+        return render_template("unsubscribe.html", subscriber=subscriber, token=token, done=True,
+                               settings=settings)
+
+    @app.get("/archive/<edition>/<variant>")
+    @public
+    def archive(edition: str, variant: str):
+        # Only what was sent, as it was sent: rendering here would let anyone make the
+        # server render any week and region set, and later story edits would show.
+        codes = _codes(variant)
+        row = find_edition(engine, edition)
+        # Only the spelling the emails carry ('RU-UA'): one URL per page, for caches too.
+        if row is None or variant != variant_key(codes):
+            abort(404)
+        stored = VariantStore(engine, edition_id=row.id, edition_key=row.key).get(codes)
+        if isinstance(stored, str):  # missing, still rendering, or rendered empty
+            abort(404)
+        response = _anonymous_page(stored, row.key, variant)
+        response.headers["Cache-Control"] = "public, max-age=3600"
+        return response
+
+    # Operator
 
     @app.get("/")
     def index():
@@ -67,50 +160,6 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
         return Response(result.composed.digest.html, mimetype="text/html",
                         headers={"Content-Security-Policy": SANDBOX_CSP})
 
-    @app.get("/unsubscribe/<token>")
-    def unsubscribe_confirm(token: str):
-        subscriber = _subscriber_for(token)
-        # GET never changes anything: link scanners and prefetchers follow links.
-        return render_template("unsubscribe.html", subscriber=subscriber, token=token, done=False,
-                               settings=settings)
-
-    @app.post("/unsubscribe/<token>")
-    def unsubscribe(token: str):
-        subscriber = _subscriber_for(token)
-        # RFC 8058: the body is "List-Unsubscribe=One-Click"; the confirm page's form
-        # posts the same field. Either way the answer is 200, never a redirect.
-        set_status_by_id(engine, subscriber.id, SubscriberStatus.UNSUBSCRIBED)
-        return render_template("unsubscribe.html", subscriber=subscriber, token=token, done=True,
-                               settings=settings)
-
-    @app.get("/archive/<edition>/<variant>")
-    def archive(edition: str, variant: str):
-        if not edition.startswith("weekly-"):
-            abort(404)
-        codes = _codes(variant)
-        stored = _stored_variant(edition, codes)
-        if stored is not None:
-            return _anonymous_page(stored, edition, variant)
-        window = _window(edition.removeprefix("weekly-"))
-        with session_scope(engine) as session:
-            stories = fetch_window_stories(session, window, codes)
-        selection = select_sections(stories, codes, per_region=settings.stories_per_region)
-        if selection.is_empty:
-            abort(404)
-        rendered = render_variant(selection=selection, window=window, edition_key=edition, settings=settings)
-        return _anonymous_page(rendered, edition, variant)
-
-    def _stored_variant(edition_key: str, codes: tuple[str, ...]):
-        """What was sent, if this edition was sent: later story edits do not change it."""
-        from worker.delivery.plan import find_edition
-        from worker.delivery.variants import VariantStore
-
-        row = find_edition(engine, edition_key)
-        if row is None:
-            return None
-        found = VariantStore(engine, edition_id=row.id, edition_key=row.key).get(codes)
-        return found if not isinstance(found, str) else None
-
     def _anonymous_page(rendered, edition: str, variant: str) -> Response:
         # No personal data: a neutral greeting and links that lead back to this page.
         here = f"{settings.public_url}/archive/{edition}/{variant}"
@@ -121,7 +170,8 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
     def _window(week: str | None):
         try:
             return resolve_week(week, settings, datetime.now(UTC))
-        except NewsletterError:
+        except (NewsletterError, OverflowError):
+            # OverflowError: a week at the edge of the calendar (9999-W52) has no next Monday.
             abort(404)
 
     def _codes(variant: str) -> tuple[str, ...]:
@@ -153,3 +203,42 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
         return subscriber
 
     return app
+
+
+def _presented_token() -> bytes:
+    """The token from `Authorization: Bearer T` or the password of basic auth (any user)."""
+    auth = request.authorization
+    if auth is None:
+        return b""
+    if auth.type == "basic":
+        return (auth.password or "").encode()
+    if auth.type == "bearer":
+        # From the raw header: werkzeug reads a token with an inner '=' as parameters.
+        return request.headers["Authorization"].partition(" ")[2].strip().encode()
+    return b""
+
+
+def _is_local() -> bool:
+    """The TCP peer is loopback and no proxy forwarded the request (forwarded
+    addresses are never believed, only their presence counts against)."""
+    if any(name in request.headers for name in PROXY_HEADERS):
+        return False
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False  # a unix socket, or nothing: not known to be local
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped  # a dual-stack listener reports 127.0.0.1 as ::ffff:127.0.0.1
+    return address.is_loopback
+
+
+def create_app_from_env() -> Flask:
+    """For gunicorn, `'worker.web:create_app_from_env()'`: each worker process builds
+    its settings and engine when it starts, after the fork, so no pool is shared."""
+    from worker.store.db import create_db_engine, current_revision, head_revision
+
+    settings = load_settings()
+    engine = create_db_engine(settings.database_url)
+    if current_revision(engine) != head_revision():
+        raise ConfigError("the database schema is missing or out of date: run `newsletter db upgrade`")
+    return create_app(settings, engine)
