@@ -50,7 +50,7 @@ def test_the_loopback_rule_believes_the_socket_never_forwarded_headers(sample_en
     spoofed = {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1", "Forwarded": "for=127.0.0.1"}
     assert client.get("/", environ_base=REMOTE, headers=spoofed).status_code == 403
     # A reverse proxy on this host connects from loopback on behalf of anyone: refused too.
-    for name in spoofed:
+    for name in [*spoofed, "X-Forwarded-Host", "X-Forwarded-Proto", "Via"]:
         assert client.get("/", environ_base=LOOPBACK, headers={name: "203.0.113.5"}).status_code == 403
     assert client.get("/", environ_base={"REMOTE_ADDR": "::ffff:127.0.0.1"}).status_code == 200
     assert client.get("/", environ_base={"REMOTE_ADDR": "::ffff:203.0.113.5"}).status_code == 403

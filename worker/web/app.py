@@ -34,9 +34,10 @@ from worker.tokens import read_unsubscribe_token
 # same-origin access, no forms, even if something slipped past sanitising.
 SANDBOX_CSP = "sandbox; default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'"
 REALM = 'Basic realm="newsletter operator"'
-# A local reverse proxy connects from loopback on behalf of anyone: a request it
-# forwarded must not pass as a local one.
-PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+# A local reverse proxy connects from loopback on behalf of anyone: a request that
+# says it was forwarded must not pass as a local one. (A proxy that says nothing
+# cannot be told apart: behind one, set the token.)
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Via")
 
 
 def public(view):
