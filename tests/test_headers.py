@@ -48,7 +48,8 @@ SETTINGS = Settings(from_address="Melange News <digest@news.example>", public_ur
 
 def _variant(subject="Weekly: Russian Federation"):
     return RenderedVariant(edition_key="weekly-2025-W05", regions=("RU",), subject=subject,
-                           html="<p>%%NL_GREETING%%</p>\n", text="%%NL_GREETING%%\n", story_count=1)
+                           html="<p>%%NLab12_GREETING%%</p>\n", text="%%NLab12_GREETING%%\n", story_count=1,
+                           nonce="ab12")
 
 
 def _parse(data: bytes):

@@ -194,7 +194,7 @@ def test_the_skeleton_path_decodes_to_the_same_message_as_the_reference(name, su
     variant = RenderedVariant(
         edition_key="weekly-2025-W05", regions=("RU", "UA"), subject=" ".join(("Weekly " + subject).split()),
         html=f"<p>%%NL_GREETING%%</p><p>{body}</p><a href=\"%%NL_UNSUBSCRIBE_URL%%\">u</a> %%NL_EMAIL%%\n",
-        text=f"%%NL_GREETING%%\n\n{body}\n%%NL_VIEW_ONLINE_URL%%\n", story_count=1)
+        text=f"%%NL_GREETING%%\n\n{body}\n%%NL_VIEW_ONLINE_URL%%\n", story_count=1, nonce="")
     addressee = Addressee(f"{local}@bücher.example", name, 42)
     now = datetime(2025, 2, 3, 7, tzinfo=UTC)
     fast = compose(variant, addressee, settings=settings, secret="k", now=now)

@@ -48,7 +48,7 @@ class VariantStore:
 
     def get(self, regions: tuple[str, ...]) -> RenderedVariant | str:
         with self._connect() as conn:
-            row = conn.execute(select(V.c.subject, V.c.html, V.c.text, V.c.story_count)
+            row = conn.execute(select(V.c.subject, V.c.html, V.c.text, V.c.story_count, V.c.marker)
                                .where(self._row(regions))).first()
         if row is None:
             return MISSING
@@ -57,7 +57,9 @@ class VariantStore:
         if row.story_count == 0:
             return EMPTY
         return RenderedVariant(edition_key=self.edition_key, regions=regions, subject=row.subject,
-                               html=row.html, text=row.text, story_count=row.story_count)
+                               html=row.html, text=row.text, story_count=row.story_count,
+                               # NULL: stored by a version whose markers had no nonce.
+                               nonce=row.marker or "")
 
     def claim(self, regions: tuple[str, ...]) -> bool:
         """True if this process is now the one to render it."""
@@ -89,5 +91,6 @@ class VariantStore:
             conn.execute(
                 update(V).where(self._row(regions))
                 .values(subject=variant.subject if variant else "", html=variant.html if variant else "",
-                        text=variant.text if variant else "", story_count=variant.story_count if variant else 0)
+                        text=variant.text if variant else "", story_count=variant.story_count if variant else 0,
+                        marker=variant.nonce if variant else "")
             )

@@ -17,7 +17,7 @@ from worker.errors import HeaderInjectionError
 from worker.regions import region_name
 from worker.render.env import get_template
 from worker.render.inline import inline_css
-from worker.render.personalise import token_context
+from worker.render.personalise import new_nonce, tokens
 from worker.settings import Settings
 from worker.text import contains_control
 
@@ -34,6 +34,12 @@ class RenderedVariant:
     html: str
     text: str
     story_count: int
+    # The markers' nonce (see personalise.py): the markers in html and text carry it.
+    nonce: str
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        return tokens(self.nonce)
 
     @property
     def key(self) -> str:
@@ -62,7 +68,9 @@ def parse_variant_key(key: str) -> tuple[str, ...]:
 def render_variant(
     *, selection: Selection, window: Window, edition_key: str, settings: Settings
 ) -> RenderedVariant:
-    context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings)
+    nonce = new_nonce()
+    context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings,
+                            nonce=nonce)
     folder = settings.templates_dir
     subject = check_header_text("subject", get_template(folder, f"{TEMPLATE}/subject.txt").render(context).strip())
     subject = " ".join(subject.split())
@@ -75,10 +83,12 @@ def render_variant(
         html=inline_css(html, inliner=settings.css_inliner),
         text=text.strip() + "\n",
         story_count=selection.story_count,
+        nonce=nonce,
     )
 
 
-def build_context(*, selection: Selection, window: Window, edition_key: str, settings: Settings) -> dict:
+def build_context(*, selection: Selection, window: Window, edition_key: str, settings: Settings,
+                  nonce: str) -> dict:
     tz = settings.tz
     names = {code: region_name(code, settings.region_names) for code in selection.regions}
     sections = [
@@ -123,7 +133,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         "story_count": selection.story_count,
         "sections": sections,
         "preheader": _preheader(titles),
-        "personal": token_context(),
+        "personal": tokens(nonce),
     }
 
 

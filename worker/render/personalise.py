@@ -1,23 +1,32 @@
-"""Per-subscriber values spliced into a rendered variant, escaped for their place."""
+"""Per-subscriber values spliced into a rendered variant, escaped for their place.
+
+A variant is rendered once with a marker in each place a personal value goes,
+and every copy fills the markers in. The variant's text also holds feed
+content, so a marker must be something content cannot contain: each render
+draws a random nonce and the markers carry it. A story that spells out a marker
+(a feed author who hopes to collect each reader's address or unsubscribe link
+through an image URL) can only guess it.
+"""
 
 from __future__ import annotations
 
 import html
+import secrets
 from dataclasses import dataclass
 
-# Plain ASCII without spaces: premailer leaves these untouched in href attributes
-# (it percent-encodes spaces and non-ASCII there) and autoescaping cannot alter them.
-TOKENS = {
-    "greeting": "%%NL_GREETING%%",
-    "email": "%%NL_EMAIL%%",
-    "unsubscribe_url": "%%NL_UNSUBSCRIBE_URL%%",
-    "view_online_url": "%%NL_VIEW_ONLINE_URL%%",
-}
+KEYS = ("greeting", "email", "unsubscribe_url", "view_online_url")
 
 
-def token_context() -> dict[str, str]:
-    """What templates see as `personal`: the tokens themselves."""
-    return dict(TOKENS)
+def new_nonce() -> str:
+    return secrets.token_hex(8)
+
+
+def tokens(nonce: str) -> dict[str, str]:
+    """The markers of one render. Plain ASCII without spaces: premailer leaves them
+    untouched in href attributes (it percent-encodes spaces and non-ASCII there) and
+    autoescaping cannot alter them. An empty nonce gives the fixed markers of
+    variants stored before markers had one."""
+    return {key: f"%%NL{nonce}_{key.upper()}%%" for key in KEYS}
 
 
 @dataclass(frozen=True)
@@ -55,9 +64,9 @@ def for_place(value: str, *, escape: bool) -> str:
     return html.escape(value, quote=True) if escape else value
 
 
-def fill(template: str, values: dict[str, str], *, escape: bool) -> str:
+def fill(template: str, values: dict[str, str], *, nonce: str, escape: bool) -> str:
     out = template
-    for key, token in TOKENS.items():
+    for key, token in tokens(nonce).items():
         out = out.replace(token, for_place(values[key], escape=escape))
     return out
 
@@ -67,6 +76,6 @@ def personalise(variant, recipient: Recipient) -> PersonalDigest:
     values = recipient.values()
     return PersonalDigest(
         subject=variant.subject,
-        html=fill(variant.html, values, escape=True),
-        text=fill(variant.text, values, escape=False),
+        html=fill(variant.html, values, nonce=variant.nonce, escape=True),
+        text=fill(variant.text, values, nonce=variant.nonce, escape=False),
     )

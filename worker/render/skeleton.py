@@ -17,7 +17,7 @@ from worker.errors import HeaderInjectionError
 from worker.render.digest import RenderedVariant, check_header_text
 from worker.render.headers import DIGEST_FIELDS, check_header_block, mailbox_header, unstructured
 from worker.render.message import ONE_CLICK
-from worker.render.personalise import TOKENS, Recipient, for_place
+from worker.render.personalise import Recipient, for_place
 
 
 def _qp(text: str) -> bytes:
@@ -26,8 +26,6 @@ def _qp(text: str) -> bytes:
     return binascii.b2a_qp(body.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
 
 
-_TOKEN = re.compile("(" + "|".join(re.escape(t) for t in TOKENS.values()) + ")")
-_KEY_OF = {token: key for key, token in TOKENS.items()}
 _SOFT = b"=\r\n"
 
 
@@ -44,12 +42,13 @@ class EncodedBody:
     escape: bool
 
     @classmethod
-    def build(cls, text: str, *, escape: bool) -> EncodedBody:
+    def build(cls, text: str, *, tokens: dict[str, str], escape: bool) -> EncodedBody:
         body = text if text.endswith("\n") else text + "\n"
+        key_of = {token: key for key, token in tokens.items()}
         pieces: list[bytes | str] = []
-        for chunk in _TOKEN.split(body):
-            if chunk in _KEY_OF:
-                pieces.append(_KEY_OF[chunk])
+        for chunk in re.split("(" + "|".join(map(re.escape, key_of)) + ")", body):
+            if chunk in key_of:
+                pieces.append(key_of[chunk])
             elif chunk:
                 pieces.append(_qp(chunk))
         return cls(tuple(pieces), escape)
@@ -95,8 +94,8 @@ class MessageSkeleton:
             tail=("\r\n" + part.format(b=boundary, kind="plain")).encode("ascii"),
             middle=("\r\n" + part.format(b=boundary, kind="html")).encode("ascii"),
             end=f"\r\n--{boundary}--\r\n".encode("ascii"),
-            text=EncodedBody.build(variant.text, escape=False),
-            html=EncodedBody.build(variant.html, escape=True),
+            text=EncodedBody.build(variant.text, tokens=variant.tokens, escape=False),
+            html=EncodedBody.build(variant.html, tokens=variant.tokens, escape=True),
         )
 
     def render(self, *, to: Address, recipient: Recipient, message_id: str, date: str,

@@ -230,6 +230,8 @@ class Variant(Base):
     html: Mapped[str | None] = mapped_column(Text, nullable=True)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
     story_count: Mapped[int] = mapped_column(default=0)
+    # The nonce of the personal-value markers in html and text (worker.render.personalise).
+    marker: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("edition_id", "regions", name="uq_variants_edition_regions"),)
