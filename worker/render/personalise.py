@@ -11,6 +11,7 @@ through an image URL) can only guess it.
 from __future__ import annotations
 
 import html
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -65,10 +66,10 @@ def for_place(value: str, *, escape: bool) -> str:
 
 
 def fill(template: str, values: dict[str, str], *, nonce: str, escape: bool) -> str:
-    out = template
-    for key, token in tokens(nonce).items():
-        out = out.replace(token, for_place(values[key], escape=escape))
-    return out
+    # One pass: a value that happens to contain a marker is never filled in turn.
+    key_of = {token: key for key, token in tokens(nonce).items()}
+    return re.sub("|".join(map(re.escape, key_of)), lambda m: for_place(values[key_of[m[0]]], escape=escape),
+                  template)
 
 
 def personalise(variant, recipient: Recipient) -> PersonalDigest:
