@@ -84,7 +84,7 @@ def serve(tmp_path):
 
 def test_gunicorn_builds_the_app_from_the_environment(serve):
     base, _ = serve([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:PORT", "--workers", "1",
-                     "worker.web:create_app_from_env()"], NEWSLETTER_OPERATOR_TOKEN="tok")
+                     "--no-control-socket", "worker.web:create_app_from_env()"], NEWSLETTER_OPERATOR_TOKEN="tok")
     assert httpx.get(base + "/healthz").text == "ok\n"
     assert httpx.get(base + "/").status_code == 401  # loopback, but a token is set
     page = httpx.get(base + "/?week=2025-W05", headers={"Authorization": "Bearer tok"})
@@ -98,6 +98,7 @@ def test_serve_with_workers_becomes_gunicorn(serve):
     # exec'd in place: the process we started is gunicorn's master, with its workers under it.
     cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
     assert b"gunicorn" in cmdline and b"worker.web:create_app_from_env()" in cmdline
+    assert b"--no-control-socket" in cmdline
 
 
 def test_serve_refuses_a_database_without_the_schema_before_starting(tmp_path):

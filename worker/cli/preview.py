@@ -72,8 +72,9 @@ def serve(ctx: Context, host: str, port: int, workers: int | None) -> None:
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         # exec, not a child: gunicorn takes over this process id and its signals (PID 1 in a container).
         # Each gunicorn worker builds its own settings and engine through the factory.
+        # No control socket: gunicorn would otherwise open a management interface in $HOME.
         os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
-                                  "worker.web:create_app_from_env()"])
+                                  "--no-control-socket", "worker.web:create_app_from_env()"])
     click.echo(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")
     from werkzeug.serving import run_simple
 
