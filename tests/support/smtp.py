@@ -152,7 +152,9 @@ def _free_port() -> int:
 
 
 class SmtpServer:
-    def __init__(self, *, tls_context=None, require_starttls=False, auth: dict[str, str] | None = None) -> None:
+    def __init__(self, *, tls_context=None, require_starttls=False, auth: dict[str, str] | None = None,
+                 implicit_tls=None) -> None:
+        """`tls_context` offers STARTTLS; `implicit_tls` (a server context) speaks TLS from the first byte."""
         self.plan = FaultPlan()
         self.received: list[Received] = []
         self.dropped: list[Received] = []
@@ -165,8 +167,9 @@ class SmtpServer:
         if tls_context is not None:
             kwargs.update(tls_context=tls_context, require_starttls=require_starttls)
         if auth is not None:
+            # aiosmtpd's auth_require_tls means STARTTLS: an implicit TLS connection is already encrypted.
             kwargs.update(authenticator=self._authenticator(auth), auth_require_tls=tls_context is not None)
-        self._controller = _Controller(self, **kwargs)
+        self._controller = _Controller(self, ssl_context=implicit_tls, **kwargs)
         self.lock = threading.Lock()
 
     def _authenticator(self, users: dict[str, str]):
@@ -193,3 +196,21 @@ class SmtpServer:
 
     def by_recipient(self) -> Counter[str]:
         return Counter(r.rcpt for r in self.received)
+
+
+def arrivals_over_rate(times, *, rate: float, allowance: float) -> list[tuple[float, int, float]]:
+    """Windows of arrivals holding more than `rate * seconds + allowance` messages.
+
+    Checks every window [t_i, t_j] between two arrival times (sorted), so every window
+    of any length: a window holds no more messages than the window from its first to its
+    last arrival, which is no longer. Returns (start, messages, seconds) of each window
+    over the bound, worst first; empty when the bound holds everywhere.
+    """
+    times = sorted(times)
+    over = []
+    for i, start in enumerate(times):
+        for j in range(i, len(times)):
+            span = times[j] - start
+            if j - i + 1 > rate * span + allowance:
+                over.append((start, j - i + 1, span))
+    return sorted(over, key=lambda w: w[1] - rate * w[2], reverse=True)

@@ -19,6 +19,9 @@ from worker.delivery.outcome import Outcome, SendResult, classify
 from worker.delivery.senders import Outgoing
 from worker.settings import Settings
 
+PLAIN_AUTH_REFUSED = ("refusing to send the SMTP password over a connection without TLS: set "
+                      "NEWSLETTER_SMTP_SECURITY=starttls or tls (or NEWSLETTER_SMTP_ALLOW_PLAIN_AUTH=true "
+                      "for a relay on this host)")
 # The envelope sender is the same for every message; quoteaddr parses it each time.
 _quote_sender = functools.lru_cache(maxsize=16)(smtplib.quoteaddr)
 
@@ -69,6 +72,9 @@ class SmtpSender:
     def _connect(self) -> SendResult | None:
         """Open, secure and authenticate a connection; a SendResult if that failed."""
         s = self.settings
+        if s.smtp_username and s.smtp_security == "none" and not s.smtp_allow_plain_auth:
+            # Refused before connecting: the password must never cross a connection without TLS.
+            return SendResult(Outcome.SENDER, None, PLAIN_AUTH_REFUSED, connection_failed=True)
         context = ssl.create_default_context()  # verifies certificates and host names
         try:
             if s.smtp_security == "tls":
