@@ -178,7 +178,7 @@ GOOD = (b"From: a@b.example\r\nTo: c@d.example\r\nSubject: hi\r\nDate: x\r\nMess
     (GOOD.replace(b"Subject: hi", b"Subject: " + _b(b"hi\r\nBcc: v@e").encode()), "decodes to a control"),
     (GOOD.replace(b"To: c@d.example", b"To: =?utf-8?q?x=00?= <c@d.example>"), "decodes to a control"),
     (GOOD.replace(b"Subject: hi", b"Subject: h\x00i"), "malformed"),
-    (GOOD.replace(b"Subject: hi", b"Subject: h\ri"), "malformed"),
+    (GOOD.replace(b"Subject: hi", b"Subject: h\ri"), "bare CR"),
     (GOOD.replace(b"Subject: hi", b"Subject: h\x1bi"), "control character"),
     (GOOD.replace(b"Subject: hi", b"Subject hi"), "not a field"),
     (b" folded\r\n" + GOOD, "continuation"),

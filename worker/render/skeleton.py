@@ -15,7 +15,7 @@ from email.headerregistry import Address
 
 from worker.errors import HeaderInjectionError
 from worker.render.digest import RenderedVariant, check_header_text
-from worker.render.headers import DIGEST_FIELDS, check_header_block, mailbox_header, unstructured
+from worker.render.headers import DIGEST_FIELDS, check_fields, mailbox_header, unstructured
 from worker.render.message import ONE_CLICK
 from worker.render.personalise import Recipient, for_place
 
@@ -27,6 +27,10 @@ def _qp(text: str) -> bytes:
 
 
 _SOFT = b"=\r\n"
+# A copy's header block is From, To, Subject, Date, Message-ID, List-Id, List-Unsubscribe and
+# the MIME fields (DIGEST_FIELDS): the per-copy ones and the rest, checked apart.
+_PERSONAL_FIELDS = ("To", "Date", "Message-ID", "List-Unsubscribe")
+_STATIC_FIELDS = tuple(f for f in DIGEST_FIELDS if f not in _PERSONAL_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class MessageSkeleton:
             (variant.edition_key + variant.key + subject).encode()).hexdigest()[:20] + "=="
         part = ('--{b}\r\nContent-Type: text/{kind}; charset="utf-8"\r\n'
                 "Content-Transfer-Encoding: quoted-printable\r\n\r\n")
-        return cls(
+        skeleton = cls(
             head=mailbox_header("From", sender).encode("ascii"),
             middle_head=unstructured("Subject", subject).encode("ascii"),
             list_id=unstructured("List-Id", f"<{list_id}>").encode("ascii"),
@@ -97,20 +101,25 @@ class MessageSkeleton:
             text=EncodedBody.build(variant.text, tokens=variant.tokens, escape=False),
             html=EncodedBody.build(variant.html, tokens=variant.tokens, escape=True),
         )
+        # The same bytes start every copy: checked here once, the per-copy lines in render().
+        static = skeleton.head + skeleton.middle_head + skeleton.list_id + skeleton.mime_head[:-2]
+        if check_fields(static) != _STATIC_FIELDS:
+            raise HeaderInjectionError(f"unexpected header fields {check_fields(static)}")
+        return skeleton
 
     def render(self, *, to: Address, recipient: Recipient, message_id: str, date: str,
                unsubscribe_header: str) -> bytes:
         for what, value in (("Message-ID", message_id), ("unsubscribe URL", unsubscribe_header),
                             ("recipient name", to.display_name)):
             check_header_text(what, value)
-        header = b"".join((
-            self.head, mailbox_header("To", to).encode("ascii"), self.middle_head,
-            f"Date: {date}\r\nMessage-ID: {message_id}\r\n".encode("ascii"),
-            self.list_id, _list_unsubscribe(unsubscribe_header), self.mime_head,
-        ))
-        check_header_block(header[:-2], DIGEST_FIELDS)
+        to_line = mailbox_header("To", to).encode("ascii")
+        dated = f"Date: {date}\r\nMessage-ID: {message_id}\r\n".encode("ascii")
+        unsubscribe = _list_unsubscribe(unsubscribe_header)
+        if check_fields((to_line + dated + unsubscribe)[:-2]) != _PERSONAL_FIELDS:
+            raise HeaderInjectionError("unexpected header fields in a copy's own lines")
         values = recipient.values()
-        return b"".join((header, self.tail, self.text.render(values), self.middle, self.html.render(values), self.end))
+        return b"".join((self.head, to_line, self.middle_head, dated, self.list_id, unsubscribe, self.mime_head,
+                         self.tail, self.text.render(values), self.middle, self.html.render(values), self.end))
 
 
 def _list_unsubscribe(value: str) -> bytes:
