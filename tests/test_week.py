@@ -55,6 +55,8 @@ def test_year_boundaries():
     ("2025-W53", "2025-W53 does not exist: 2025 has no ISO week 53"),
     ("2025-W00", "2025-W00 does not exist: 2025 has no ISO week 0"),
     ("2025-5", "week must look like 2025-W05, got '2025-5'"),
+    ("9999-W52", "9999-W52: the year must be between 1900 and 9998"),
+    ("0001-W01", "0001-W01: the year must be between 1900 and 9998"),
 ])
 def test_bad_weeks_say_why(text, message):
     with pytest.raises(ValueError) as err:

@@ -31,6 +31,8 @@ def parse_week(text: str) -> tuple[int, int]:
     if not match:
         raise ValueError(f"week must look like 2025-W05, got {text!r}")
     year, week = int(match[1]), int(match[2])
+    if not 1900 <= year <= 9998:  # the window's end must be a date Python can hold
+        raise ValueError(f"{text}: the year must be between 1900 and 9998")
     try:
         date.fromisocalendar(year, week, 1)
     except ValueError:
