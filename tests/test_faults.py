@@ -1,14 +1,18 @@
 """Killed workers, duplicate and lost broker messages, a restarted Redis, an error budget:
 every test ends with the oracle."""
 
+import ast
+import re
 import signal
 import subprocess
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from tests.support.data import add_subscribers, load_stories
 from tests.support.oracle import assert_oracle
+from tests.support.smtp import Received, arrivals_over_rate
 from tests.support.worker import wait_for
 from worker.delivery.plan import find_edition
 
@@ -28,6 +32,26 @@ def _setup(engine, tmp_path, count=40):
     return add_subscribers(engine, count, sets=[("RU", "UA"), ("DE",), ("US", "GB")])
 
 
+def _emails(subscribers) -> set[str]:
+    return {email for _, email, _ in subscribers}
+
+
+def _rows(engine) -> dict[int, sa.Row]:
+    """The edition's ledger rows by id: id, email, state, claimed_by, attempts."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT d.id, s.email, d.state, d.claimed_by, d.attempts FROM deliveries d "
+            "JOIN subscribers s ON s.id = d.subscriber_id JOIN editions e ON e.id = d.edition_id "
+            "WHERE e.key = :key ORDER BY d.id"), {"key": KEY}).all()
+    return {r.id: r for r in rows}
+
+
+def _batches(engine, size: int) -> list[list[int]]:
+    """The batches `send` published: due rows in id order, `size` at a time (ledger.dispatchable)."""
+    ids = sorted(_rows(engine))
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
 def _finish(engine, tick, timeout=90, **env):
     def done():
         tick(**{**FAST, **env})
@@ -36,9 +60,58 @@ def _finish(engine, tick, timeout=90, **env):
     wait_for(done, timeout=timeout, interval=1.0, what="the edition to finish")
 
 
+def test_the_oracle_fails_when_nothing_was_sent(engine, tmp_path, smtp_server, run_cli):
+    """The oracle itself: a ledger where no mail arrived must not pass as 'nothing lost'."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from worker.delivery.plan import plan_edition
+    from worker.digest import week_window
+
+    everyone = _emails(_setup(engine, tmp_path, count=3))
+    plan_edition(engine, key=KEY, kind="weekly", window=week_window("2025-W05", ZoneInfo("UTC")),
+                 now=datetime.now(UTC))
+    env = {"NEWSLETTER_SECRET_KEY": "worker-secret"}
+
+    def ledger_says(state: str, **values) -> None:
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE deliveries SET state = :state{', ' + sets if sets else ''}"),
+                         {"state": state, **values})
+
+    # The relay refused everything until attempts ran out: every row final `failed`, the server got
+    # nothing. No duplicates, nothing open, nothing unknown: without an expectation this passed.
+    ledger_says("failed", last_code=451, last_reply="451 4.3.0 relay overloaded", attempts=5)
+    with pytest.raises(AssertionError, match="expected but not delivered"):
+        assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
+    with pytest.raises(AssertionError, match="ended sent or unknown, expected 3"):
+        assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=3)
+    with pytest.raises(TypeError):
+        assert_oracle(engine, KEY, smtp_server, run_cli, env)  # the expectation is not optional
+    # Every row skipped (say, planned without stories): nothing arrived either, and that fails too.
+    ledger_says("skipped", skip_reason="no-stories")
+    with pytest.raises(AssertionError, match="expected but not delivered"):
+        assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
+    # When nothing was to be sent, the same ledger passes: the oracle does not fail blindly.
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=set())
+
+    # Each delivered once and recorded `sent`: passes.
+    ledger_says("sent", skip_reason=None)
+    for email in sorted(everyone):
+        smtp_server.received.append(Received("digest@news.example", email, b"", time.monotonic()))
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
+    # Someone outside the expected set got mail, or expected fewer than were delivered: fails.
+    with pytest.raises(AssertionError, match="delivered but not expected"):
+        assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=set(sorted(everyone)[1:]))
+    # One of them twice: fails.
+    smtp_server.received.append(Received("digest@news.example", min(everyone), b"", time.monotonic()))
+    with pytest.raises(AssertionError, match="sent twice"):
+        assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
+
+
 def test_sigkill_mid_batch_loses_nothing_and_resends_nothing(engine, tmp_path, smtp_server, start_worker,
                                                              worker_env, run_cli, tick):
-    _setup(engine, tmp_path)
+    everyone = _emails(_setup(engine, tmp_path))
     smtp_server.plan.delay = 0.15
     env = {**worker_env, **FAST}
     worker = start_worker("w1", concurrency=1, **FAST)
@@ -50,54 +123,123 @@ def test_sigkill_mid_batch_loses_nothing_and_resends_nothing(engine, tmp_path, s
     assert 5 <= k < 40
     start_worker("w2", concurrency=1, **FAST)
     _finish(engine, tick)
-    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=IN_FLIGHT)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=IN_FLIGHT,
+                                 expect_sent=everyone)
     assert status["counts"]["sent"] + status["counts"]["unknown"] == 40
     # Unknown rows are those in flight at the kill; every other subscriber got the message.
     assert len(smtp_server.received) >= 40 - IN_FLIGHT
 
 
-def test_sigterm_finishes_the_batch_then_the_rest_completes_after_restart(engine, tmp_path, smtp_server,
-                                                                          start_worker, worker_env, run_cli, tick):
-    _setup(engine, tmp_path)
-    smtp_server.plan.delay = 0.1
+def test_sigterm_finishes_the_batch_in_hand_and_hands_back_the_rest(engine, tmp_path, smtp_server, start_worker,
+                                                                   worker_env, run_cli, tick, redis_url):
+    """Warm shutdown: every row of the batch the worker had begun is sent (none cut, none
+    `unknown`), the worker exits cleanly, the batches it had not begun stay pending and
+    unleased with their messages back in the queue, and another worker delivers them: one
+    message per subscriber in the end."""
+    import redis
+
+    everyone = _emails(_setup(engine, tmp_path))
+    smtp_server.plan.delay = 0.3  # a batch of 10 over 2 lanes takes ~1.5 s
     env = {**worker_env, **FAST}
+    size = int(FAST["NEWSLETTER_BATCH_SIZE"])
     worker = start_worker("w1", concurrency=1, **FAST)
     assert run_cli("send", "--week", "2025-W05", env=env).code == 0
-    wait_for(lambda: len(smtp_server.received) >= 3, what="3 messages")
+    batches = _batches(engine, size)
+    assert len(batches) == 4
+
+    def mid_batch():
+        rows = _rows(engine).values()
+        # A message went out, and the batch in hand still holds rows not even claimed for sending:
+        # at 0.3 s per message and lane, at least 0.6 s of work left when the signal lands.
+        return (any(r.state == "sent" for r in rows)
+                and sum(1 for r in rows if r.state == "pending" and r.claimed_by is not None) >= 4)
+
+    wait_for(mid_batch, what="a batch caught mid-way")
     worker.proc.send_signal(signal.SIGTERM)  # warm shutdown of the main process
-    worker.proc.wait(30)
-    assert "Warm shutdown" in worker.output() or "warm shutdown" in worker.output().lower()
-    assert len(smtp_server.received) % 10 == 0  # the batches in hand were finished, not cut
+    at_signal = _rows(engine)
+    in_hand = {i for i, r in at_signal.items() if r.claimed_by is not None}
+    not_started = {i for i in in_hand if at_signal[i].state == "pending"}
+    assert not_started, "the signal did not land mid-batch; nothing to prove"
+    worker.proc.wait(60)
+    assert worker.proc.returncode == 0, worker.output()[-3000:]
+    assert "warm shutdown" in worker.output().lower()
+
+    after = _rows(engine)
+    # The batch in hand was finished: rows leased or sending at the signal all ended sent, none unknown.
+    assert {after[i].state for i in in_hand} == {"sent"}, {i: after[i].state for i in in_hand}
+    # Whole batches only: one the worker began is all sent, one it never began is untouched.
+    untouched = []
+    for batch in batches:
+        states = {after[i].state for i in batch}
+        if states == {"sent"}:
+            continue
+        assert states == {"pending"}, {i: after[i].state for i in batch}
+        assert all(after[i].claimed_by is None and after[i].attempts == 0 for i in batch)
+        untouched.append(batch)
+    assert untouched, "the worker went on to take every batch after SIGTERM"
+    # Handed back: each batch not begun waits in the broker again; nothing else sent them.
+    assert redis.Redis.from_url(redis_url).llen("send") == len(untouched)
+    sent_by_w1 = {r.email for r in after.values() if r.state == "sent"}
+    assert smtp_server.by_recipient() == dict.fromkeys(sent_by_w1, 1)
+
+    exited = time.monotonic()
     start_worker("w2", concurrency=1, **FAST)
     _finish(engine, tick)
-    assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0, expect_sent=40)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0, expect_sent=everyone)
+    handed_back = {after[i].email for batch in untouched for i in batch}
+    assert all(r.at > exited for r in smtp_server.received if r.rcpt in handed_back)
 
 
-def test_the_same_batch_published_twice_sends_once(engine, tmp_path, smtp_server, start_worker, worker_env,
-                                                   run_cli, tick):
+def _task_reports(*workers) -> list[dict]:
+    """The outcomes each finished send_batch task logged ("edition N batch of M: {...}")."""
+    text = "".join(w.output() for w in workers)
+    return [ast.literal_eval(m) for m in re.findall(r"edition \d+ batch of \d+: (\{.*?\})", text)]
+
+
+def test_copies_of_a_batch_racing_each_other_send_once(engine, tmp_path, smtp_server, start_worker, worker_env,
+                                                       run_cli, redis_url):
+    """The broker may repeat a message: copies of one batch published together, taken at the same
+    moment by four worker processes, and two more copies arriving mid-send, while rows are pending
+    or sending. Every subscriber gets exactly one message and each row was claimed once."""
+    import redis
+
     from worker.celery_app import create_app
     from worker.settings import load_settings
     from worker.tasks import publisher
 
-    _setup(engine, tmp_path, count=20)
+    everyone = _emails(_setup(engine, tmp_path, count=20))
+    smtp_server.plan.delay = 0.2  # 20 rows over 2 lanes: ~2 s of sending for the copies to meet
     env = {**worker_env, **FAST, "NEWSLETTER_BATCH_SIZE": "50"}
-    start_worker("w1", concurrency=2, **FAST)
-    assert run_cli("send", "--week", "2025-W05", "--wait", env=env).code == 0
-    edition = find_edition(engine, KEY)
-    import sqlalchemy as sa
-
-    with engine.connect() as conn:
-        ids = [r[0] for r in conn.execute(sa.text(f"SELECT id FROM deliveries WHERE edition_id={edition.id}"))]
+    # No worker yet: `send` plans the edition and publishes its one batch, which waits in the queue.
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    (ids,) = _batches(engine, 50)
+    assert len(ids) == 20
     publish = publisher(create_app(load_settings(env)))
-    publish(edition.id, ids)
-    publish(edition.id, ids)
-    time.sleep(2)
-    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=20)
+    for _ in range(3):
+        publish(find_edition(engine, KEY).id, ids)
+    queue = redis.Redis.from_url(redis_url)
+    assert queue.llen("send") == 4  # four copies of the batch wait together
+    assert {(r.state, r.claimed_by) for r in _rows(engine).values()} == {("pending", None)}
+    # One worker, four processes: each takes one copy as soon as it is ready, all at once.
+    worker = start_worker("w1", concurrency=4, **FAST)
+    wait_for(lambda: len(smtp_server.received) >= 3, what="3 messages")
+    for _ in range(2):
+        publish(find_edition(engine, KEY).id, ids)
+    assert sum(1 for r in _rows(engine).values() if r.state == "sent") < 20, "the copies came too late to race"
+    wait_for(lambda: len(_task_reports(worker)) == 6 and len(smtp_server.received) >= 20,
+             what="all six copies to finish")
+    assert queue.llen("send") == 0
+    reports = _task_reports(worker)
+    assert sum(r.get("sent", 0) for r in reports) == 20, reports  # between them, each row sent once
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
+    rows = _rows(engine)
+    assert {(r.state, r.attempts) for r in rows.values()} == {("sent", 1)}  # claimed once, never retried
+    assert smtp_server.by_recipient() == dict.fromkeys(everyone, 1)
 
 
 def test_a_task_outliving_the_visibility_timeout_is_sent_once(engine, tmp_path, smtp_server, start_worker,
                                                               worker_env, run_cli, tick):
-    _setup(engine, tmp_path, count=20)
+    everyone = _emails(_setup(engine, tmp_path, count=20))
     smtp_server.plan.delay = 0.4  # a batch of 10 takes ~4 s, the broker gives up on it after 1 s
     slow = {**FAST, "NEWSLETTER_BROKER_VISIBILITY_TIMEOUT": "1", "NEWSLETTER_BATCH_LEASE_SECONDS": "30"}
     env = {**worker_env, **slow}
@@ -105,15 +247,17 @@ def test_a_task_outliving_the_visibility_timeout_is_sent_once(engine, tmp_path, 
     w2 = start_worker("w2", concurrency=1, **slow)
     assert run_cli("send", "--week", "2025-W05", env=env).code == 0
     _finish(engine, tick, **slow)
-    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=20)
-    import re
-
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
     received = re.findall(r"Task worker\.tasks\.send_batch\[([0-9a-f-]+)\] received", w1.output() + w2.output())
     assert len(received) > len(set(received))  # the broker did hand a running task out again
 
 
 def test_redis_restarted_empty_mid_edition(engine, tmp_path, smtp_server, start_worker, worker_env, run_cli,
                                            tick):
+    """Redis restarts empty mid-edition: the queued batches are gone (rows pending, nothing queued, nothing
+    sends them) until the reconciler publishes them again; then everyone gets exactly one message."""
+    import redis
+
     from tests.support.smtp import _free_port
 
     port = _free_port()
@@ -127,25 +271,47 @@ def test_redis_restarted_empty_mid_edition(engine, tmp_path, smtp_server, start_
         broker = f"redis://127.0.0.1:{port}/0"
         wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout
                  .strip() == b"PONG", what="redis")
-        _setup(engine, tmp_path)
+        everyone = _emails(_setup(engine, tmp_path))
         smtp_server.plan.delay = 0.1
         env = {**worker_env, **FAST, "NEWSLETTER_BROKER_URL": broker}
-        start_worker("w1", concurrency=1, **FAST, NEWSLETTER_BROKER_URL=broker)
+        worker = start_worker("w1", concurrency=1, **FAST, NEWSLETTER_BROKER_URL=broker)
         assert run_cli("send", "--week", "2025-W05", env=env).code == 0
         wait_for(lambda: len(smtp_server.received) >= 5, what="5 messages")
         server.kill()
         server.wait(10)
         server = redis_server()  # empty: every queued batch is gone
-        time.sleep(1)
+        wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout
+                 .strip() == b"PONG", what="redis back")
+
+        def idle():
+            # Every task the worker took has ended, and no row is leased or being sent.
+            log = worker.output()
+            taken = set(re.findall(r"Task worker\.tasks\.send_batch\[([0-9a-f-]+)\] received", log))
+            ended = set(re.findall(r"Task worker\.tasks\.send_batch\[([0-9a-f-]+)\] (?:succeeded|raised|retry)", log))
+            rows = _rows(engine).values()
+            return taken <= ended and not any(r.state == "sending" or r.claimed_by for r in rows)
+
+        wait_for(idle, what="the batch in hand to end")
+        # Batches were lost with Redis: rows nobody holds, never attempted, and nothing queued for them.
+        lost = {r.email for r in _rows(engine).values() if r.state == "pending"}
+        assert len(lost) >= int(FAST["NEWSLETTER_BATCH_SIZE"]), "no queued batch was lost"
+        assert {r.state for r in _rows(engine).values()} == {"sent", "pending"}
+        assert all(r.attempts == 0 for r in _rows(engine).values() if r.state == "pending")
+        client = redis.Redis(port=port)
+        assert client.llen("send") == 0 and client.llen("celery") == 0 and not client.hlen("unacked")
+        assert not set(smtp_server.by_recipient()) & lost
+        # Recovery needs the reconciler: its tick publishes the lost rows again.
+        recovery = wait_for(lambda: tick(**FAST, NEWSLETTER_BROKER_URL=broker).batches, what="the reconciler")
+        assert recovery >= len(lost) / int(FAST["NEWSLETTER_BATCH_SIZE"])
         _finish(engine, tick, NEWSLETTER_BROKER_URL=broker, timeout=120)
-        assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0)
+        assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0, expect_sent=everyone)
     finally:
         server.kill()
 
 
 def test_twenty_failures_in_a_row_pause_and_resume_continues(engine, tmp_path, smtp_server, start_worker,
                                                             worker_env, run_cli, tick):
-    _setup(engine, tmp_path, count=30)
+    everyone = _emails(_setup(engine, tmp_path, count=30))
     smtp_server.plan.data_all = "451 4.3.0 relay overloaded"
     env = {**worker_env, **FAST, "NEWSLETTER_ERROR_BUDGET": "20", "NEWSLETTER_BATCH_SIZE": "30"}
     start_worker("w1", concurrency=1, **{**FAST, "NEWSLETTER_ERROR_BUDGET": "20", "NEWSLETTER_BATCH_SIZE": "30"})
@@ -157,7 +323,7 @@ def test_twenty_failures_in_a_row_pause_and_resume_continues(engine, tmp_path, s
     smtp_server.plan.data_all = None
     assert run_cli("resume", KEY, "--wait", env=env).code == 0
     _finish(engine, tick)
-    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=30)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
 
 
 def test_the_database_unreachable_mid_batch_sends_nothing_unclaimed(engine, db_url, tmp_path, smtp_server,
@@ -166,7 +332,7 @@ def test_the_database_unreachable_mid_batch_sends_nothing_unclaimed(engine, db_u
 
     from tests.support.proxy import CuttableProxy
 
-    _setup(engine, tmp_path)
+    everyone = _emails(_setup(engine, tmp_path))
     smtp_server.plan.delay = 0.1
     url = sa.make_url(db_url)
     proxy = CuttableProxy(url.port or 5432)
@@ -184,7 +350,8 @@ def test_the_database_unreachable_mid_batch_sends_nothing_unclaimed(engine, db_u
         _finish(engine, tick, timeout=120)
     finally:
         proxy.close()
-    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=IN_FLIGHT)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=IN_FLIGHT,
+                                 expect_sent=everyone)
     assert status["counts"]["sent"] + status["counts"]["unknown"] == 40
 
 
@@ -197,7 +364,7 @@ def test_beat_down_across_the_slot_then_back_in_time_sends_once_and_too_late_ski
     from worker.settings import load_settings
     from worker.tasks import publisher
 
-    _setup(engine, tmp_path, count=20)
+    everyone = _emails(_setup(engine, tmp_path, count=20))
     env = {**worker_env, **FAST}
     settings = load_settings(env)
     publish = publisher(create_app(settings))
@@ -210,7 +377,7 @@ def test_beat_down_across_the_slot_then_back_in_time_sends_once_and_too_late_ski
     again = reconcile(engine, settings, publish, slot + timedelta(hours=23, minutes=1))
     assert again.due.action == "exists"
     time.sleep(1)
-    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=20)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
     # The next Monday it stays down for 25 h: that week is skipped, on record, and nothing goes out.
     late = reconcile(engine, settings, publish, slot + timedelta(days=7, hours=25))
     assert (late.due.action, late.due.key) == ("skipped", "weekly-2025-W06")
@@ -224,7 +391,7 @@ def test_a_throttling_relay_slows_the_shared_rate_and_everything_goes_once(
         engine, tmp_path, smtp_server, start_worker, worker_env, run_cli, tick, redis_url):
     import redis
 
-    _setup(engine, tmp_path, count=60)
+    everyone = _emails(_setup(engine, tmp_path, count=60))
     rate = 20
     smtp_server.plan.throttle_after = 12  # the relay takes 12 messages per 2 s: 6/s
     smtp_server.plan.throttle_window = 2.0
@@ -233,26 +400,22 @@ def test_a_throttling_relay_slows_the_shared_rate_and_everything_goes_once(
     env = {**worker_env, **limits}
     start_worker("w1", concurrency=1, **limits)
     start_worker("w2", concurrency=1, **limits)
-    lowest = []
     client = redis.Redis.from_url(redis_url)
 
-    def sample():
+    def backed_off():
         value = client.hget("newsletter:send-rate", "rate")
-        if value is not None:
-            lowest.append(float(value))
-        return False
+        return value is not None and float(value) < rate / 2
 
     assert run_cli("send", "--week", "2025-W05", env=env).code == 0
     wait_for(lambda: smtp_server.throttled > 0, what="the first throttle reply")
-    for _ in range(10):
-        sample()
-        time.sleep(0.2)
+    wait_for(backed_off, interval=0.05, what="the shared rate to back off below half")
     _finish(engine, tick, timeout=180, **limits)
-    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=60)
-    assert min(lowest) < rate / 2  # the shared rate backed off
-    times = sorted(r.at for r in smtp_server.received)
-    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert worst <= rate + 1
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
+    # However the relay pushes back, the configured rate stays the ceiling: over any window of W
+    # seconds at most rate*W + 1 tokens (burst one), plus one message in flight per sending process
+    # (two) that took its token before the window opened. See test_worker's rate test.
+    over = arrivals_over_rate([r.at for r in smtp_server.received], rate=rate, allowance=1 + 2)
+    assert not over, over[:5]
 
 
 def test_a_poison_recipient_is_capped_and_everyone_else_is_delivered(engine, tmp_path, smtp_server,
@@ -268,7 +431,7 @@ def test_a_poison_recipient_is_capped_and_everyone_else_is_delivered(engine, tmp
     worker = start_worker("w1", concurrency=2, **limits)
     assert run_cli("send", "--week", "2025-W05", env=env).code == 0
     _finish(engine, tick, timeout=120, **limits)
-    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=29)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=_emails(subscribers) - {poison})
     row = rows[poison]
     assert (row.state, row.attempts, row.next_attempt_at) == ("failed", 3, None)
     assert "reply not complete within 1 s" in row.last_reply

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from tests.support.data import REGION_SETS, add_subscribers, ledger, load_stories
+from tests.support.smtp import arrivals_over_rate
 from worker.regions import region_name
 
 KEY = "weekly-2025-W05"
@@ -52,20 +53,36 @@ def test_an_edition_reaches_every_subscriber_exactly_once(engine, tmp_path, smtp
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_the_send_rate_holds_across_two_workers(engine, tmp_path, smtp_server, start_worker, worker_env,
-                                                run_cli):
+                                                run_cli, redis_url):
+    """NEWSLETTER_SEND_RATE=r is one token bucket in Redis shared by every worker, burst one
+    (worker/delivery/ratelimit.py): a token is taken before each message, and two tokens are
+    never handed out less than 1/r s apart, so over any span of W seconds at most r*W + 1 are.
+
+    The server sees a message some time after its token was taken. A process sends with one
+    lane under a rate limit and takes its next token only after its previous message was
+    answered, so at the start of any window each sending process has at most one message
+    whose token came before the window. Hence the property checked on the server's receive
+    times: over every window of W seconds, at most r*W + 1 + P messages arrive (P = 2
+    processes here). It holds whatever the machine's load (a slow machine only spreads the
+    messages out). Checked on every window between two of 100 arrivals, over ~5 s; a limiter
+    per worker (2r), a bigger burst, or one 10 % fast would break it. The upper bound says
+    nothing about a stalled limiter; that all 100 arrived through `--wait` is the liveness.
+    """
+    import redis
+
     load_stories(engine, tmp_path)
-    add_subscribers(engine, 70, sets=[("RU",), ("UA",)])
-    rate = 20
+    everyone = {email for _, email, _ in add_subscribers(engine, 100, sets=[("RU",), ("UA",)])}
+    rate, processes = 20, 2
     start_worker("w1", concurrency=1, NEWSLETTER_SEND_RATE=str(rate), NEWSLETTER_BATCH_SIZE="5")
     start_worker("w2", concurrency=1, NEWSLETTER_SEND_RATE=str(rate), NEWSLETTER_BATCH_SIZE="5")
     result = run_cli("send", "--week", "2025-W05", "--wait",
                      env={**worker_env, "NEWSLETTER_BATCH_SIZE": "5"})
     assert result.code == 0, result.err
+    assert smtp_server.by_recipient() == dict.fromkeys(everyone, 1)
     times = sorted(r.at for r in smtp_server.received)
-    assert len(times) == 70
-    # In any one-second window the server saw at most `rate` messages (+1 for edge timing).
-    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert worst <= rate + 1, worst
-    overall = (len(times) - 1) / (times[-1] - times[0])
-    assert overall <= rate * 1.05, overall
-    assert max(smtp_server.by_recipient().values()) == 1
+    over = arrivals_over_rate(times, rate=rate, allowance=1 + processes)
+    assert not over, f"(start, messages, seconds) over {rate}/s: {over[:5]}"
+    # Both workers took their tokens from the one shared bucket, never slowed below the setting.
+    assert float(redis.Redis.from_url(redis_url).hget("newsletter:send-rate", "rate")) == rate
+    print(f"\n{len(times)} messages in {times[-1] - times[0]:.2f}s "
+          f"({(len(times) - 1) / (times[-1] - times[0]):.1f}/s at a limit of {rate}/s)")
