@@ -123,3 +123,17 @@ def test_a_tarpit_that_drips_continuation_lines_times_out(server):
     assert time.monotonic() - started < 3
     assert result.outcome is Outcome.TEMPORARY
     assert "reply not complete within 1 s" in result.reply
+
+
+def test_a_failed_final_reply_resets_so_the_next_message_goes_on_the_same_connection(server):
+    # Seen with aiosmtpd's stock Mailbox handler on a missing maildir: 500 after the final
+    # ".", the envelope kept, and every following MAIL refused as nested (503): the edition paused.
+    server.plan.data["crash@example.org"] = "crash"
+    sender = _sender(server)
+    first = sender.send(_out("crash@example.org"))
+    second = sender.send(_out("r@example.org"))
+    sender.close()
+    assert (first.outcome, first.code) == (Outcome.TEMPORARY, 500)
+    assert "maildir/tmp is missing" in first.reply
+    assert (second.outcome, second.code) == (Outcome.SENT, 250)
+    assert server.connections == 1 and [r.rcpt for r in server.received] == ["r@example.org"]

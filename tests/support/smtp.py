@@ -39,7 +39,8 @@ class FaultPlan:
     mail: str | None = None              # reply to MAIL FROM
     rcpt: dict[str, str] = field(default_factory=dict)   # recipient -> reply
     # recipient -> reply after the final ".", or "drop" (close without a reply),
-    # or "hang" (never reply), or "drop-before-end" (close while reading content)
+    # or "hang" (never reply), or "drop-before-end" (close while reading content), or "crash"
+    # (the handler raises: aiosmtpd answers 500 and, unlike a clean reply, keeps the envelope)
     data: dict[str, str] = field(default_factory=dict)
     data_all: str | None = None          # the same for every recipient
     auth: str | None = None              # reply to AUTH
@@ -108,6 +109,8 @@ class _Handler:
             return "250 never sent"
         if action == "hang":
             await asyncio.sleep(3600)
+        if action == "crash":
+            raise FileNotFoundError("maildir/tmp is missing")
         if action:
             return action
         self.server.received.append(Received(envelope.mail_from, rcpt, envelope.original_content, time.monotonic()))

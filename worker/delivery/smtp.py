@@ -256,6 +256,10 @@ class SmtpSender:
         self._sent_on_conn += 1
         if code == 421:
             self._drop()
+        elif code != 250:
+            # The transaction is over, but a server whose handler failed may still hold the
+            # envelope (aiosmtpd does) and refuse the next MAIL as nested: start clean.
+            self._reset()
         return SendResult(classify(code, _text(reply), stage="eom"), code, _text(reply))
 
     def _reset(self) -> None:
