@@ -63,9 +63,19 @@ def encoded_words(text: str) -> list[str]:
 
 
 def _text_tokens(text: str) -> list[str]:
-    if _literal(text) and all(len(word) < 900 for word in text.split()):
-        return text.split()
-    return encoded_words(text)
+    """Words as they are where they can be; each run of the others (with the spaces inside
+    it: a reader drops white space between encoded-words) as encoded-words."""
+    tokens: list[str] = []
+    run: list[str] = []
+    for word in text.split():
+        if _literal(word) and len(word) < 900:
+            if run:
+                tokens += encoded_words(" ".join(run))
+                run = []
+            tokens.append(word)
+        else:
+            run.append(word)
+    return tokens + encoded_words(" ".join(run)) if run else tokens
 
 
 def _phrase_tokens(name: str) -> list[str]:
