@@ -139,7 +139,7 @@ def test_sigterm_finishes_the_batch_in_hand_and_hands_back_the_rest(engine, tmp_
     import redis
 
     everyone = _emails(_setup(engine, tmp_path))
-    smtp_server.plan.delay = 0.3  # a batch of 10 over 2 lanes takes ~1.5 s
+    smtp_server.plan.delay = 0.4  # a batch of 10 over 2 lanes takes ~2 s
     env = {**worker_env, **FAST}
     size = int(FAST["NEWSLETTER_BATCH_SIZE"])
     worker = start_worker("w1", concurrency=1, **FAST)
@@ -150,11 +150,11 @@ def test_sigterm_finishes_the_batch_in_hand_and_hands_back_the_rest(engine, tmp_
     def mid_batch():
         rows = _rows(engine).values()
         # A message went out, and the batch in hand still holds rows not even claimed for sending:
-        # at 0.3 s per message and lane, at least 0.6 s of work left when the signal lands.
+        # at 0.4 s per message and lane, at least 0.8 s of work left when the signal lands.
         return (any(r.state == "sent" for r in rows)
                 and sum(1 for r in rows if r.state == "pending" and r.claimed_by is not None) >= 4)
 
-    wait_for(mid_batch, what="a batch caught mid-way")
+    wait_for(mid_batch, interval=0.1, what="a batch caught mid-way")
     worker.proc.send_signal(signal.SIGTERM)  # warm shutdown of the main process
     at_signal = _rows(engine)
     in_hand = {i for i, r in at_signal.items() if r.claimed_by is not None}
@@ -197,7 +197,7 @@ def _task_reports(*workers) -> list[dict]:
 
 
 def test_copies_of_a_batch_racing_each_other_send_once(engine, tmp_path, smtp_server, start_worker, worker_env,
-                                                       run_cli, redis_url):
+                                                       run_cli, redis_url, tick):
     """The broker may repeat a message: copies of one batch published together, taken at the same
     moment by four worker processes, and two more copies arriving mid-send, while rows are pending
     or sending. Every subscriber gets exactly one message and each row was claimed once."""
@@ -226,9 +226,8 @@ def test_copies_of_a_batch_racing_each_other_send_once(engine, tmp_path, smtp_se
     for _ in range(2):
         publish(find_edition(engine, KEY).id, ids)
     assert sum(1 for r in _rows(engine).values() if r.state == "sent") < 20, "the copies came too late to race"
-    wait_for(lambda: len(_task_reports(worker)) == 6 and len(smtp_server.received) >= 20,
-             what="all six copies to finish")
-    assert queue.llen("send") == 0
+    wait_for(lambda: len(_task_reports(worker)) >= 6, what="all six copies to finish")
+    _finish(engine, tick)  # at once, unless a loaded machine ran the batch lease out
     reports = _task_reports(worker)
     assert sum(r.get("sent", 0) for r in reports) == 20, reports  # between them, each row sent once
     assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
@@ -272,11 +271,11 @@ def test_redis_restarted_empty_mid_edition(engine, tmp_path, smtp_server, start_
         wait_for(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout
                  .strip() == b"PONG", what="redis")
         everyone = _emails(_setup(engine, tmp_path))
-        smtp_server.plan.delay = 0.1
+        smtp_server.plan.delay = 0.3  # a batch of 10 over 2 lanes takes ~1.5 s: Redis dies during the first
         env = {**worker_env, **FAST, "NEWSLETTER_BROKER_URL": broker}
         worker = start_worker("w1", concurrency=1, **FAST, NEWSLETTER_BROKER_URL=broker)
         assert run_cli("send", "--week", "2025-W05", env=env).code == 0
-        wait_for(lambda: len(smtp_server.received) >= 5, what="5 messages")
+        wait_for(lambda: len(smtp_server.received) >= 3, interval=0.1, what="3 messages")
         server.kill()
         server.wait(10)
         server = redis_server()  # empty: every queued batch is gone
