@@ -228,6 +228,7 @@ def test_copies_of_a_batch_racing_each_other_send_once(engine, tmp_path, smtp_se
     assert sum(1 for r in _rows(engine).values() if r.state == "sent") < 20, "the copies came too late to race"
     wait_for(lambda: len(_task_reports(worker)) >= 6, what="all six copies to finish")
     _finish(engine, tick)  # at once, unless a loaded machine ran the batch lease out
+    wait_for(lambda: sum(r.get("sent", 0) for r in _task_reports(worker)) >= 20, what="every task's report")
     reports = _task_reports(worker)
     assert sum(r.get("sent", 0) for r in reports) == 20, reports  # between them, each row sent once
     assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
