@@ -1,47 +1,76 @@
-"""A real HTTP server on 127.0.0.1 serving canned responses, counting requests."""
+"""A real HTTP(S) server on 127.0.0.1 serving canned responses, counting requests."""
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Route:
+    status: int
+    content_type: str
+    body: bytes
+    # Seconds between bytes of the whole response (status line and headers too): a server
+    # that is alive but never done.
+    drip: float = 0.0
 
 
 @dataclass
 class Served:
-    routes: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
+    routes: dict[str, Route] = field(default_factory=dict)
     hits: list[str] = field(default_factory=list)
     base: str = ""
 
     def add(self, path: str, body: bytes | str, content_type: str = "application/xml",
-            status: int = 200) -> str:
+            status: int = 200, *, drip: float = 0.0) -> str:
+        """For a 3xx status, body is the Location header, sent byte for byte."""
         data = body.encode() if isinstance(body, str) else body
-        self.routes[path] = (status, content_type, data)
+        self.routes[path] = Route(status, content_type, data, drip)
         return self.base + path
 
 
-def serve() -> tuple[ThreadingHTTPServer, Served]:
+def _response(route: Route) -> bytes:
+    body, location = route.body, b""
+    if 300 <= route.status < 400:
+        body, location = b"", b"Location: " + route.body + b"\r\n"
+    head = (f"HTTP/1.1 {route.status} {HTTPStatus(route.status).phrase}\r\n"
+            f"Content-Type: {route.content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n").encode()
+    return head + location + b"\r\n" + body
+
+
+def serve(*, tls: ssl.SSLContext | None = None) -> tuple[ThreadingHTTPServer, Served]:
     served = Served()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
             served.hits.append(self.path)
-            status, ctype, body = served.routes.get(self.path, (404, "text/plain", b"nope"))
-            self.send_response(status)
-            if status in (301, 302):
-                self.send_header("Location", body.decode())
-                body = b""
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            route = served.routes.get(self.path, Route(404, "text/plain", b"nope"))
+            raw = _response(route)
+            try:
+                if not route.drip:
+                    self.wfile.write(raw)
+                for n in range(len(raw) if route.drip else 0):
+                    self.wfile.write(raw[n:n + 1])
+                    self.wfile.flush()
+                    time.sleep(route.drip)
+            except OSError:
+                pass  # the client gave up, as it should
 
         def log_message(self, *args) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    served.base = f"http://127.0.0.1:{server.server_address[1]}"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls else "http"
+    served.base = f"{scheme}://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, served
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -17,10 +18,14 @@ from worker.text import single_line
 MAX_TITLE = 300
 MAX_SUMMARY = 20_000
 MAX_URL = 2048
+# In UTF-8 bytes, not characters: PostgreSQL's unique index on the id holds at most
+# 2704 bytes per entry, and 1024 characters can be 4096.
 MAX_ID = 1024
 MAX_SOURCE = 200
 
 _CODE_LIKE = re.compile(r"^[A-Z]{2}$")
+# What JSON's \ud800 escapes decode to: no encoder (nor database) accepts them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,10 @@ class Rejected(Exception):
 def clean_item(raw: RawItem, *, default_region: str | None = None) -> CleanStory:
     if raw.extra_problems:
         raise Rejected(raw.extra_problems[0])
+    for name, value in (("url", raw.url), ("id", raw.guid), ("title", raw.title), ("summary", raw.summary),
+                        ("source", raw.source), ("image_url", raw.image_url)):
+        if value and _SURROGATE.search(value):
+            raise Rejected(f"{name} is not valid Unicode (a lone surrogate)")
     title = clean_title(raw.title or "", is_html=raw.title_is_html)
     if not title:
         raise Rejected("no title")
@@ -50,8 +59,10 @@ def clean_item(raw: RawItem, *, default_region: str | None = None) -> CleanStory
     if not raw.url or not raw.url.strip():
         raise Rejected("no link")
     url = _http_url(raw.url.strip(), "link")
-    guid = single_line(raw.guid or url)
-    _check_length("id", guid, MAX_ID)
+    guid = single_line(raw.guid or "") or url
+    size = len(guid.encode())
+    if size > MAX_ID:
+        raise Rejected(f"id too long ({size} > {MAX_ID} bytes)")
     summary_raw = raw.summary or ""
     _check_length("summary", summary_raw, MAX_SUMMARY)
     summary_html = sanitize_summary(summary_raw)
@@ -81,8 +92,12 @@ def _check_length(name: str, value: str, limit: int) -> None:
 
 def _http_url(value: str, name: str) -> str:
     _check_length(name, value, MAX_URL)
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port  # .port raises for a port that is not one
+    except ValueError:  # an unclosed [ too
+        raise Rejected(f"{name} is not a valid URL: {value[:80]!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
         raise Rejected(f"{name} is not an absolute http(s) URL: {value[:80]!r}")
     if any(ord(c) < 33 or ord(c) == 127 for c in value):
         raise Rejected(f"{name} contains spaces or control characters")
@@ -90,20 +105,23 @@ def _http_url(value: str, name: str) -> str:
 
 
 def _published(value: object) -> datetime:
-    if value is None or value == "":
-        raise Rejected("no usable date")
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, str):
+    if isinstance(value, time.struct_time):  # feedparser's, already UTC
         try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise Rejected(f"published_at is not an ISO 8601 date: {value[:40]!r}") from None
-    else:
+            return datetime(*value[:6], tzinfo=UTC)
+        except ValueError:  # feedparser passes on years like 0 or 10000
+            raise Rejected("published_at is out of range") from None
+    if not isinstance(value, str) or not value.strip():
         raise Rejected("no usable date")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise Rejected(f"published_at is not an ISO 8601 date: {value[:40]!r}") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise Rejected("published_at has no time zone (add Z or an offset)")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past year 9999 in UTC
+        raise Rejected("published_at is out of range") from None
 
 
 def _regions(raw: RawItem, default_region: str | None) -> tuple[str, ...]:
@@ -115,7 +133,9 @@ def _regions(raw: RawItem, default_region: str | None) -> tuple[str, ...]:
                      if _CODE_LIKE.match(t.strip())]
         elif raw.regions is None:
             codes = []
-        elif isinstance(raw.regions, list | str):
+        elif isinstance(raw.regions, str) or (
+            isinstance(raw.regions, list) and all(isinstance(code, str) for code in raw.regions)
+        ):
             codes = parse_regions(raw.regions)
         else:
             raise Rejected("regions must be a list of codes")

@@ -1,62 +1,123 @@
-"""Read a story source: a local file or an http(s) URL, bounded in time and size."""
+"""Read a story source: a local file or an http(s) URL, bounded in time, size and destination."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import urlsplit
+import re
 
+import httpcore
 import httpx
+
+from worker.ingest.network import DeadlinePassed, GuardedTransport, RefusedAddress
 
 # A week of a busy site's feed is well under 1 MB; 10 MB leaves room and still
 # stops a runaway or hostile response before it eats memory.
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
+# Per read (and per connect): a live server never goes this long without sending something.
 FETCH_TIMEOUT = 20.0
+# The whole fetch, redirects included. The per-read timeout never ends a server that
+# drips a byte at a time, which would hold an import (or a poll) forever; 10 MB arrives
+# in seconds on any working link, so a minute is generous and still ends it.
+FETCH_DEADLINE = 60.0
+MAX_REDIRECTS = 5
+
+# RFC 3986 scheme; a one-letter one is a Windows drive ("C:\feeds").
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 class SourceError(Exception):
     """The whole source could not be read or parsed; its items were not looked at."""
 
 
-def read_source(source: str, *, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
-    max_bytes = max_bytes or MAX_SOURCE_BYTES
-    timeout = timeout or FETCH_TIMEOUT
-    scheme = urlsplit(source).scheme.lower()
+def read_source(
+    source: str,
+    *,
+    allow_private: bool = False,
+    max_bytes: int = MAX_SOURCE_BYTES,
+    timeout: float = FETCH_TIMEOUT,
+    deadline: float = FETCH_DEADLINE,
+) -> bytes:
+    scheme = _scheme(source)
     if scheme in ("http", "https"):
-        return _fetch_url(source, max_bytes=max_bytes, timeout=timeout)
-    if len(scheme) > 1:  # "C:" is a Windows drive, anything longer a scheme
+        return _fetch_url(source, allow_private=allow_private, max_bytes=max_bytes, timeout=timeout,
+                          deadline=deadline)
+    if len(scheme) > 1:
         raise SourceError(f"unsupported URL scheme {scheme!r}: only http(s) URLs and file paths")
-    path = Path(source)
+    return _read_file(source, max_bytes=max_bytes)
+
+
+def _scheme(text: str) -> str:
+    match = _SCHEME.match(text)
+    return match[1].lower() if match else ""
+
+
+def _read_file(path: str, *, max_bytes: int) -> bytes:
+    # Not stat(): it says 0 bytes for /dev/zero, a FIFO or a /proc file. One byte past
+    # the cap is enough to know it is over.
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise SourceError(f"file is {size} bytes, over the {max_bytes} byte limit")
-        return path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read(max_bytes + 1)
     except OSError as exc:
-        raise SourceError(f"cannot read file: {exc.strerror}") from None
+        raise SourceError(f"cannot read file: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise SourceError(f"cannot read file: {exc}") from None
+    if len(data) > max_bytes:
+        raise SourceError(f"file is over the {max_bytes} byte limit")
+    return data
 
 
-def _fetch_url(url: str, *, max_bytes: int, timeout: float) -> bytes:
-    # trust_env=False: no proxy variables or .netrc, so the only connection made
-    # is to the URL the user gave (and its http(s) redirects).
-    try:
-        with httpx.Client(
-            timeout=timeout, follow_redirects=True, max_redirects=5, trust_env=False,
-            headers={"User-Agent": "newsletter-worker/0.1 (+feed import)"},
-        ) as client, client.stream("GET", url) as response:
-            if response.status_code >= 400:
-                raise SourceError(f"HTTP {response.status_code} {response.reason_phrase}")
-            declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise SourceError(f"response is {declared} bytes, over the {max_bytes} byte limit")
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in response.iter_bytes():
-                total += len(chunk)
-                if total > max_bytes:
-                    raise SourceError(f"response is over the {max_bytes} byte limit")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.TimeoutException:
-        raise SourceError(f"timed out after {timeout:g} s") from None
-    except httpx.HTTPError as exc:
-        raise SourceError(f"fetch failed: {exc}") from None
+def _fetch_url(url: str, *, allow_private: bool, max_bytes: int, timeout: float, deadline: float) -> bytes:
+    # trust_env=False: no proxy variables or .netrc, so the only connections made are
+    # to the URL given and its redirects, each checked by the transport.
+    with httpx.Client(
+        transport=GuardedTransport(allow_private=allow_private, deadline=deadline),
+        timeout=timeout, trust_env=False, event_hooks={"response": [_refuse_other_schemes]},
+        headers={"User-Agent": "newsletter-worker/0.1 (+feed import)"},
+    ) as client:
+        try:
+            request = client.build_request("GET", url)
+        except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA's, for a host name it cannot encode
+            raise SourceError(f"invalid URL: {exc}") from None
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                response = client.send(request, stream=True)
+                try:
+                    if response.next_request is None:
+                        return _read_body(response, max_bytes=max_bytes)
+                    # Hop by hop rather than follow_redirects, which reads a redirect's own
+                    # body whole, however large.
+                    request = response.next_request
+                finally:
+                    response.close()
+        except (RefusedAddress, DeadlinePassed) as exc:
+            raise SourceError(str(exc)) from None
+        except httpcore.TimeoutException:
+            raise SourceError(f"no data for {timeout:g} s") from None
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError,  # a redirect's Location may be any of these
+                httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+            raise SourceError(f"fetch failed: {exc}") from None
+    raise SourceError(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _refuse_other_schemes(response: httpx.Response) -> None:
+    # Before httpx reads the Location: it would follow ws: as if it were http:, and fail
+    # with an InvalidURL on javascript: or mailto:.
+    if response.has_redirect_location:
+        scheme = _scheme(response.headers["location"].strip())
+        if scheme not in ("", "http", "https"):
+            raise SourceError(f"refused a redirect to a {scheme}: URL (only http and https are fetched)")
+
+
+def _read_body(response: httpx.Response, *, max_bytes: int) -> bytes:
+    if response.status_code >= 400:
+        raise SourceError(f"HTTP {response.status_code} {response.reason_phrase}")
+    declared = response.headers.get("content-length", "")
+    if declared.isdecimal() and int(declared) > max_bytes:
+        raise SourceError(f"response is {declared} bytes, over the {max_bytes} byte limit")
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes():
+        total += len(chunk)
+        if total > max_bytes:
+            raise SourceError(f"response is over the {max_bytes} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -13,6 +13,10 @@ from worker.ingest.fetch import SourceError, read_source
 from worker.ingest.parse import parse_items
 from worker.store.db import session_scope
 from worker.store.models import Story, StoryRegion
+from worker.text import single_line
+
+# A reason is one line for a person; a hostile value quoted in one could be megabytes.
+MAX_REASON = 300
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,11 @@ class Rejection:
     source: str
     position: str
     reason: str
+
+    @classmethod
+    def of(cls, source: str, position: str, reason: str) -> Rejection:
+        reason = single_line(reason)
+        return cls(source, position, reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…")
 
     def __str__(self) -> str:
         where = f"{self.source}: {self.position}" if self.position else self.source
@@ -38,33 +47,48 @@ _FIELDS = ("url", "title", "summary_html", "summary_text", "published_at", "sour
 
 
 def import_sources(
-    engine: Engine, sources: Iterable[str], *, default_region: str | None = None
+    engine: Engine, sources: Iterable[str], *, default_region: str | None = None, allow_private: bool = False
 ) -> ImportReport:
-    """Read every source, keep the valid items, report the rest. One transaction per source."""
+    """Read every source, keep the valid items, report the rest. One transaction per source.
+
+    Nothing a source holds makes this raise: an unreadable source, or an item that breaks
+    something unforeseen, is one rejection and the run goes on. allow_private lets URLs
+    reach loopback, private and link-local addresses (NEWSLETTER_FETCH_ALLOW_PRIVATE).
+    """
     report = ImportReport()
     first_seen: dict[str, str] = {}
     for source in sources:
         try:
-            raws = parse_items(read_source(source))
+            raws = parse_items(read_source(source, allow_private=allow_private))
         except SourceError as exc:
-            report.rejected.append(Rejection(source, "", str(exc)))
+            report.rejected.append(Rejection.of(source, "", str(exc)))
+            continue
+        except Exception as exc:  # a parser's own bug on hostile input costs this source only
+            report.rejected.append(Rejection.of(source, "", _internal(exc)))
             continue
         stories: list[CleanStory] = []
         for raw in raws:
             try:
                 story = clean_item(raw, default_region=default_region)
             except Rejected as exc:
-                report.rejected.append(Rejection(source, raw.position, str(exc)))
+                report.rejected.append(Rejection.of(source, raw.position, str(exc)))
+                continue
+            except Exception as exc:  # a check's own bug on hostile input costs this item only
+                report.rejected.append(Rejection.of(source, raw.position, _internal(exc)))
                 continue
             where = f"{source}: {raw.position}"
             if story.guid in first_seen:
                 reason = f"duplicate id {story.guid[:80]!r} (first at {first_seen[story.guid]})"
-                report.rejected.append(Rejection(source, raw.position, reason))
+                report.rejected.append(Rejection.of(source, raw.position, reason))
                 continue
             first_seen[story.guid] = where
             stories.append(story)
         _upsert(engine, stories, report)
     return report
+
+
+def _internal(exc: Exception) -> str:
+    return f"internal error ({type(exc).__name__}: {exc}), please report it"
 
 
 def _upsert(engine: Engine, stories: list[CleanStory], report: ImportReport) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import feedparser
@@ -25,7 +25,7 @@ class RawItem:
     regions: Any = None
     # Feed <category> values: those that look like region codes become regions.
     categories: list[str] | None = None
-    # A datetime (feeds, already UTC), a string (JSON), or None.
+    # A time.struct_time (feeds, already UTC), or whatever JSON held.
     published_at: Any = None
     source: str | None = None
     image_url: str | None = None
@@ -46,28 +46,46 @@ def parse_items(data: bytes) -> list[RawItem]:
 
 def _json_array(data: bytes) -> list[RawItem]:
     try:
-        items = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        items = _loads(data)
+    except RecursionError:
+        raise SourceError("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise SourceError(f"malformed JSON: {exc}") from None
     return [_json_item(obj, f"item {n}") for n, obj in enumerate(items, 1)]
 
 
 def _json_lines(data: bytes) -> list[RawItem]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SourceError(f"not UTF-8: {exc}") from None
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    # Bytes split on LF only: str.splitlines() would also break inside a string at
+    # U+2028, U+0085 and the like, which JSON allows unescaped.
+    for n, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
+        position = f"line {n}"
         try:
-            obj = json.loads(line)
+            obj = _loads(line.decode("utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            out.append(RawItem(position=position, extra_problems=[f"not UTF-8: {exc}"]))
         except json.JSONDecodeError as exc:
-            out.append(RawItem(position=f"line {n}", extra_problems=[f"malformed JSON: {exc.msg}"]))
-            continue
-        out.append(_json_item(obj, f"line {n}"))
+            out.append(RawItem(position=position, extra_problems=[f"malformed JSON: {exc.msg}"]))
+        except RecursionError:
+            out.append(RawItem(position=position, extra_problems=["JSON nested too deeply"]))
+        else:
+            out.append(_json_item(obj, position))
     return out
+
+
+def _loads(text: str | bytes) -> Any:
+    return json.loads(text, parse_int=_int)
+
+
+def _int(digits: str) -> int | float:
+    # Past Python's limit on digits (4300) int() would fail the whole document; a float
+    # (inf) fails only the type check of the field it is in.
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
 
 
 def _json_item(obj: Any, position: str) -> RawItem:
@@ -93,9 +111,24 @@ def _json_item(obj: Any, position: str) -> RawItem:
     )
 
 
+# XML 1.0 allows a character reference only to these; feedparser's lenient fallback
+# parser raises on the rest (a surrogate, past U+10FFFF) and would lose the whole feed.
+_CHARREF = re.compile(rb"&#([xX][0-9a-fA-F]+|[0-9]+);")
+
+
+def _xml_char(match: re.Match[bytes]) -> bytes:
+    ref = match[1]
+    if len(ref) > 8:
+        return b"&#xFFFD;"
+    code = int(ref[1:], 16) if ref[:1] in b"xX" else int(ref)
+    valid = code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF
+    return match[0] if valid else b"&#xFFFD;"
+
+
 def _feed(data: bytes) -> list[RawItem]:
     # Bytes, never a string: given a string that looks like a URL or a path,
     # feedparser would fetch or open it itself.
+    data = _CHARREF.sub(_xml_char, data)
     parsed = feedparser.parse(data, sanitize_html=False, resolve_relative_uris=False)
     if parsed.bozo and not parsed.entries:
         raise SourceError(f"malformed feed: {parsed.get('bozo_exception')}")
@@ -106,7 +139,6 @@ def _feed(data: bytes) -> list[RawItem]:
 
 
 def _feed_item(entry: Any, n: int, feed_title: str | None) -> RawItem:
-    when = entry.get("published_parsed") or entry.get("updated_parsed")
     summary = entry.get("summary")
     if entry.get("content"):
         summary = summary or entry["content"][0].get("value")
@@ -124,7 +156,7 @@ def _feed_item(entry: Any, n: int, feed_title: str | None) -> RawItem:
         title_is_html=title_detail.get("type") == "text/html",
         summary=summary,
         # feedparser already turned every date into UTC.
-        published_at=datetime(*when[:6], tzinfo=UTC) if when else None,
+        published_at=entry.get("published_parsed") or entry.get("updated_parsed"),
         categories=[t.get("term") for t in entry.get("tags", []) if t.get("term")],
         source=feed_title,
         image_url=image,

@@ -1,0 +1,112 @@
+"""Bounded input whatever the source is: at most the cap is read from a file, a device, a FIFO
+or a URL, and a URL fetch ends by its deadline however the server paces its bytes."""
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from tests.support.http import serve
+from worker.ingest import import_sources
+from worker.ingest.fetch import FETCH_DEADLINE, FETCH_TIMEOUT, MAX_SOURCE_BYTES, SourceError, read_source
+
+STORY = {"id": "b-1", "url": "https://b.example/1", "title": "Bounded", "regions": ["RU"],
+         "published_at": "2025-01-28T10:00:00Z"}
+OVER_CAP = f"file is over the {MAX_SOURCE_BYTES} byte limit"
+
+
+@pytest.fixture
+def after(tmp_path):
+    path = tmp_path / "after.json"
+    path.write_text(json.dumps([STORY]))
+    return str(path)
+
+
+def test_dev_zero_is_refused_quickly_by_size(engine, after):
+    started = time.monotonic()
+    report = import_sources(engine, ["/dev/zero", after])
+    assert time.monotonic() - started < 5
+    assert [(r.source, r.reason) for r in report.rejected] == [("/dev/zero", OVER_CAP)]
+    assert report.added == 1
+
+
+def test_a_proc_file_is_read_like_any_file(tmp_path):
+    # stat() says 0 bytes for it, yet it has content: what was read decides, not stat.
+    assert os.stat("/proc/self/status").st_size == 0
+    assert read_source("/proc/self/status").startswith(b"Name:")
+
+
+def test_a_fifo_whose_writer_sends_more_than_the_cap_is_refused(engine, tmp_path, after):
+    fifo = tmp_path / "feed.fifo"
+    os.mkfifo(fifo)
+    written = []
+
+    def writer():
+        chunk = b" " * 65536
+        with open(fifo, "wb", buffering=0) as pipe:
+            try:
+                # More than the cap, but finite: the old unbounded read would otherwise never end.
+                for _ in range(MAX_SOURCE_BYTES // len(chunk) + 16):
+                    pipe.write(chunk)
+                    written.append(len(chunk))
+            except BrokenPipeError:
+                pass  # the reader stopped at the cap and closed its end
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    report = import_sources(engine, [str(fifo), after])
+    thread.join(10)
+    assert [(r.source, r.reason) for r in report.rejected] == [(str(fifo), OVER_CAP)]
+    assert report.added == 1
+
+
+def test_a_small_fifo_is_read_whole(tmp_path):
+    fifo = tmp_path / "small.fifo"
+    os.mkfifo(fifo)
+    threading.Thread(target=lambda: fifo.write_bytes(b"[]"), daemon=True).start()
+    assert read_source(str(fifo)) == b"[]"
+
+
+def test_a_response_over_the_cap_is_refused_without_a_length_header_too(engine):
+    server, served = serve()
+    try:
+        url = served.add("/big.json", b"[" + b" " * 5000 + b"]", "application/json")
+        with pytest.raises(SourceError, match=r"^response is 5002 bytes, over the 1000 byte limit$"):
+            read_source(url, max_bytes=1000, allow_private=True)
+    finally:
+        server.shutdown()
+
+
+def test_a_server_dripping_bytes_is_cut_off_by_the_overall_deadline(engine):
+    server, served = serve()
+    try:
+        # Every read gets a byte within the per-read timeout, so only the whole-fetch deadline ends it:
+        # the status line itself arrives a byte at a time.
+        url = served.add("/drip.json", json.dumps([STORY] * 20), "application/json", drip=0.05)
+        started = time.monotonic()
+        with pytest.raises(SourceError) as caught:
+            read_source(url, allow_private=True, deadline=1.0)
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert str(caught.value) == "took longer than 1 s"
+    assert 0.9 < elapsed < 3
+
+
+def test_a_silent_server_trips_the_per_read_timeout_before_the_deadline():
+    server, served = serve()
+    try:
+        url = served.add("/slow.json", b"[]", "application/json", drip=5)
+        started = time.monotonic()
+        with pytest.raises(SourceError, match=r"^no data for 0.5 s$"):
+            read_source(url, allow_private=True, timeout=0.5, deadline=30)
+        assert time.monotonic() - started < 3
+    finally:
+        server.shutdown()
+
+
+def test_the_defaults_bound_every_read_and_the_whole_fetch():
+    # A deadline shorter than one read's timeout would make that timeout meaningless.
+    assert 0 < FETCH_TIMEOUT < FETCH_DEADLINE <= 300

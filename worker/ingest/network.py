@@ -1,0 +1,157 @@
+"""Connections for fetching feeds: only to addresses checked when connecting, only until a deadline.
+
+httpx takes the transport; httpcore takes the network backend, which is where a host name
+becomes an address and a socket. Checking there covers every spelling of an address
+(`127.1`, `2130706433`, `[::ffff:127.0.0.1]`), names that resolve inward (`localhost`), and
+every redirect hop, since each new origin is a new connection. The socket is opened to the
+very address that was checked, so a second DNS answer cannot swap it (DNS rebinding), while
+the Host header and TLS (SNI and certificate) keep the name from the URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import httpcore
+import httpx
+
+T = TypeVar("T")
+
+
+class RefusedAddress(Exception):
+    """The host resolved to an address that feeds are not fetched from."""
+
+
+class DeadlinePassed(Exception):
+    """The fetch as a whole, redirects included, took longer than allowed."""
+
+
+def is_public(address: str) -> bool:
+    """True for a globally routable address; loopback, private, link-local, reserved and the like are not."""
+    ip = ipaddress.ip_address(address)
+    # ::ffff:a.b.c.d reaches the IPv4 host a.b.c.d: judge that one.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def run(self, timeout: float | None, call: Callable[[float], T]) -> T:
+        """call(t) with its own timeout shortened to what is left of the whole."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed(f"took longer than {self.seconds:g} s")
+        try:
+            return call(left if timeout is None else min(timeout, left))
+        except httpcore.TimeoutException:
+            if time.monotonic() >= self.end:
+                raise DeadlinePassed(f"took longer than {self.seconds:g} s") from None
+            raise
+
+
+class _Stream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream = stream
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._deadline.run(timeout, lambda t: self._stream.read(max_bytes, t))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._deadline.run(timeout, lambda t: self._stream.write(buffer, t))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        tls = self._deadline.run(timeout, lambda t: self._stream.start_tls(ssl_context, server_hostname, t))
+        return _Stream(tls, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    """httpcore's own sockets, opened only to checked addresses and only until the deadline."""
+
+    def __init__(self, *, allow_private: bool, deadline: float) -> None:
+        self._allow_private = allow_private
+        self._deadline = _Deadline(deadline)
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None, socket_options: Any = None) -> httpcore.NetworkStream:
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:  # UnicodeError: the idna codec's, for an empty or long label
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+        addresses = list(dict.fromkeys(info[4][0] for info in found))
+        if not self._allow_private:
+            # One inward answer refuses the name: a name pointing both out and in is a rebinding setup.
+            for address in addresses:
+                if not is_public(address):
+                    where = host if address == host else f"{host} ({address})"
+                    raise RefusedAddress(
+                        f"refused to connect to {where}: not a public address "
+                        "(set NEWSLETTER_FETCH_ALLOW_PRIVATE=true to fetch feeds from internal addresses)"
+                    )
+        connect = super().connect_tcp
+        error = httpcore.ConnectError(f"no address for {host}")
+        for address in addresses:
+            try:
+                stream = self._deadline.run(
+                    timeout, lambda t, a=address: connect(a, port, t, local_address, socket_options))
+            except httpcore.ConnectError as exc:
+                error = exc  # try the host's next address, as socket.create_connection would
+                continue
+            return _Stream(stream, self._deadline)
+        raise error
+
+
+class _Body(httpx.SyncByteStream):
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class GuardedTransport(httpx.BaseTransport):
+    """httpx's requests over an httpcore pool that connects through a GuardedBackend.
+
+    httpx.HTTPTransport builds its pool without a way to pass a network backend, so this is
+    the small part of it a plain GET needs. Errors stay httpcore's.
+    """
+
+    def __init__(self, *, allow_private: bool, deadline: float) -> None:
+        # httpx's context: certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR when set.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            network_backend=GuardedBackend(allow_private=allow_private, deadline=deadline),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._pool.handle_request(httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=request.url.raw_scheme, host=request.url.raw_host,
+                             port=request.url.port, target=request.url.raw_path),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        ))
+        return httpx.Response(response.status, headers=response.headers, stream=_Body(response.stream),
+                              extensions=response.extensions)
+
+    def close(self) -> None:
+        self._pool.close()
