@@ -131,7 +131,7 @@ def test_sender_side_refusals_pause_the_edition_and_blame_nobody(world, smtp_ser
 
         auth_server = SmtpServer(auth={"digest": "right"}).start()
         settings = settings.model_copy(update={"smtp_port": auth_server.port, "smtp_username": "digest",
-                                               "smtp_password": SecretStr("wrong")})
+                                               "smtp_password": SecretStr("wrong"), "smtp_allow_plain_auth": True})
     elif fault == "data":
         smtp_server.plan.data_all = "554 5.7.1 refused as spam"
     else:

@@ -65,6 +65,8 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
                 select(func.count()).select_from(D).where(D.c.edition_id == edition.id)) or 0
             edition_id = edition.id
         _analyze(engine)
+        # Nobody to send to (no subscriber, or no stories in anyone's regions): done now.
+        finish_if_done(engine, edition_id, now)
         return Planned(edition_id, key, True)
     except IntegrityError:
         # Another beat, reconciler or operator planned it first: use theirs.
@@ -123,7 +125,17 @@ def pause_edition(engine: Engine, edition_id: int, reason: str) -> bool:
 
 
 def resume_edition(engine: Engine, edition_id: int) -> bool:
-    return _move(engine, edition_id, source=EditionState.PAUSED, target=EditionState.SENDING, reason=None)
+    """Paused to sending. Batches that met the pause handed nothing back to the broker
+    and may hold no lease: their rows' hand-out marks are cleared, so the next dispatch
+    (the caller's, or the reconciler's) hands them out at once instead of after
+    NEWSLETTER_REDISPATCH_SECONDS."""
+    if not _move(engine, edition_id, source=EditionState.PAUSED, target=EditionState.SENDING, reason=None):
+        return False
+    with session_scope(engine) as session:
+        session.execute(update(D).where(D.c.edition_id == edition_id, D.c.state.in_(
+            [DeliveryState.PENDING.value, DeliveryState.FAILED.value]), D.c.claimed_by.is_(None))
+            .values(enqueued_at=None))
+    return True
 
 
 def finish_if_done(engine: Engine, edition_id: int, now: datetime) -> bool:
