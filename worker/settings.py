@@ -113,6 +113,9 @@ class Settings(BaseModel):
     send_lease_seconds: int | None = Field(None, ge=1)
     # Redis redelivers an unacknowledged task after this; default 2 x batch lease + 60 s.
     broker_visibility_timeout: int | None = Field(None, ge=1)
+    # A worker process that has not renewed its heartbeat for this long is dead: its batch
+    # leases end at once and its rows in `sending` become `unknown` (worker/delivery/liveness.py).
+    liveness_seconds: int = Field(30, ge=5, le=3600)
     # This many failed transactions in a row pause the edition: the relay, not the
     # subscribers, is the likely problem.
     error_budget: int = Field(20, ge=1)

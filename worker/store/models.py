@@ -216,6 +216,16 @@ class Delivery(Base):
     )
 
 
+class Worker(Base):
+    """A process that may hold batch leases, and when it last said it was alive."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)  # deliveries.claimed_by
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Variant(Base):
     """One edition's rendered digest for one ordered region set, inlined once and shared
     by every worker process (and served as the "view online" page: what was sent)."""
