@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.support.http import serve
 from worker.ingest import import_sources
+from worker.ingest.importer import MAX_REASON
 from worker.store.db import session_scope
 from worker.store.models import Story
 
@@ -20,7 +21,6 @@ GOOD = {"url": "https://ok.example/{n}", "title": "Story {n}", "summary": "ok", 
 FIELDS = ("id", "url", "title", "summary", "regions", "published_at", "source", "image_url")
 # Incompressible 4-byte characters: PostgreSQL cannot index 1024 of them (4 KB > its 2704-byte btree limit).
 WIDE_ID = "".join(chr(random.Random(0).randrange(0x20000, 0x2A6DF)) for _ in range(1024))
-REASON_LIMIT = 300
 
 
 def good(n, **fields):
@@ -42,7 +42,7 @@ def reasons(report):
 def assert_sane(report):
     """Every rejection says where and why, on one short line, and none is a crash in disguise."""
     for r in report.rejected:
-        assert r.reason and "\n" not in r.reason and len(r.reason) <= REASON_LIMIT, r
+        assert r.reason and "\n" not in r.reason and len(r.reason) <= MAX_REASON, r
         assert "internal error" not in r.reason, r
 
 
