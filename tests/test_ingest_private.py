@@ -83,7 +83,7 @@ def test_the_check_runs_on_the_resolved_address_when_connecting():
     assert log.addresses == []
 
 
-def test_a_redirect_to_an_internal_address_is_refused_on_its_hop(engine):
+def test_a_redirect_chain_through_internal_addresses_is_refused_unless_allowed(engine):
     inner, inner_served = serve()
     outer, outer_served = serve()
     try:
