@@ -118,6 +118,14 @@ def test_the_cli_reports_refusals_and_bad_urls_as_rejections(run_cli, feed_serve
     assert served.hits == []
 
 
+def test_the_cli_fetches_internal_feeds_when_the_setting_allows_it(run_cli, feed_server):
+    port, served = feed_server
+    result = run_cli("stories", "import", f"http://127.1:{port}/feed.json",
+                     env={"NEWSLETTER_FETCH_ALLOW_PRIVATE": "true"})
+    assert (result.code, result.err) == (0, "")
+    assert "1 added" in result.out and served.hits == ["/feed.json"]
+
+
 def _cert(subject, issuer, issuer_key, key, *, ca, san=None):
     now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])

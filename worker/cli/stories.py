@@ -27,7 +27,8 @@ def import_(ctx: Context, sources: tuple[str, ...], region: str | None) -> None:
             region = normalise_region(region)
         except RegionError as exc:
             raise UsageError(f"--region: {exc}") from None
-    report = import_sources(ctx.engine, sources, default_region=region)
+    report = import_sources(ctx.engine, sources, default_region=region,
+                            allow_private=ctx.settings.fetch_allow_private)
     click.echo(
         f"stories: {report.added} added, {report.updated} updated, "
         f"{report.unchanged} unchanged, {len(report.rejected)} rejected"
