@@ -100,3 +100,16 @@ def test_a_silent_server_trips_the_per_read_timeout_before_the_deadline():
 def test_the_defaults_bound_every_read_and_the_whole_fetch():
     # A deadline shorter than one read's timeout would make that timeout meaningless.
     assert 0 < FETCH_TIMEOUT < FETCH_DEADLINE <= 300
+
+
+def test_a_source_of_millions_of_tiny_items_is_cut_at_the_item_cap(engine, tmp_path):
+    from worker.ingest import import_sources
+    from worker.ingest.importer import MAX_ITEMS
+
+    path = tmp_path / "zeros.json"
+    path.write_text("[" + ",".join(["0"] * 1_000_000) + "]")
+    report = import_sources(engine, [str(path)])
+    assert report.added == 0
+    assert len(report.rejected) == MAX_ITEMS + 1
+    assert report.rejected[0].reason == (
+        "1000000 items, more than 10,000: items after the 10,000th were not read")

@@ -17,6 +17,9 @@ from worker.text import single_line
 
 # A reason is one line for a person; a hostile value quoted in one could be megabytes.
 MAX_REASON = 300
+# A week's feed holds tens of items. A 10 MB source of tiny bad items could otherwise
+# hold millions, each a rejection kept in memory and printed.
+MAX_ITEMS = 10_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ def import_sources(
             report.rejected.append(Rejection.of(source, "", _internal(exc)))
             continue
         stories: list[CleanStory] = []
+        if len(raws) > MAX_ITEMS:
+            reason = f"{len(raws)} items, more than {MAX_ITEMS:,}: items after the {MAX_ITEMS:,}th were not read"
+            report.rejected.append(Rejection.of(source, "", reason))
+            raws = raws[:MAX_ITEMS]
         for raw in raws:
             try:
                 story = clean_item(raw, default_region=default_region)
