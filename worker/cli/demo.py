@@ -1,4 +1,10 @@
-"""`newsletter demo`: the embedded default, end to end, with no services."""
+"""`newsletter demo`: the embedded default, end to end, with no services.
+
+With the default settings it uses SQLite and the file outbox. With
+NEWSLETTER_EMAIL_BACKEND=smtp (as docker compose sets it) it sends the same sample
+week through the configured SMTP relay (compose: Mailpit), and only ever to the
+bundled sample addresses, which are all at reserved example domains.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,44 @@ import click
 
 from worker import PROJECT_ROOT
 from worker.cli.app import Context, cli, pass_ctx
+from worker.errors import UsageError
 
 EXAMPLES = PROJECT_ROOT / "examples"
 DEMO_WEEK = "2025-W05"
+# RFC 2606 / RFC 6761 names: mail to them never reaches a real person.
+RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
+RESERVED_SUFFIXES = (".example", ".test", ".invalid", ".localhost")
+MAILPIT_UI = "http://localhost:8025"
+
+
+def is_reserved_address(address: str) -> bool:
+    domain = address.rpartition("@")[2].rstrip(".").casefold()
+    return (domain in RESERVED_DOMAINS or domain == "localhost"
+            or any(domain.endswith(suffix) for suffix in RESERVED_SUFFIXES)
+            or any(domain.endswith("." + name) for name in RESERVED_DOMAINS))
 
 
 @cli.command()
 @pass_ctx
 def demo(ctx: Context) -> None:
-    """Load the sample stories and subscribers, send the sample week to the file outbox."""
+    """Load the sample stories and subscribers, send the sample week.
+
+    Through the file outbox by default; through the SMTP relay when
+    NEWSLETTER_EMAIL_BACKEND=smtp (docker compose: Mailpit), to the sample
+    addresses only.
+    """
+    from sqlalchemy import make_url
+
     from worker.ingest import import_sources
     from worker.ingest.subscribers import import_csv
     from worker.store.db import upgrade_schema
 
     settings = ctx.settings
-    click.echo(f"database: {settings.database_url}")
+    _check_backend(settings)
+    click.echo(f"database: {make_url(settings.database_url).render_as_string(hide_password=True)}")
     upgrade_schema(ctx.raw_engine)
+    if settings.email_backend == "smtp":
+        _refuse_real_subscribers(ctx.engine)
     report = import_sources(ctx.engine, [str(EXAMPLES / "stories.json")])
     click.echo(f"stories: {report.added} added, {report.updated} updated, {report.unchanged} unchanged")
     subs = import_csv(ctx.engine, EXAMPLES / "subscribers.csv")
@@ -31,11 +59,40 @@ def demo(ctx: Context) -> None:
         click.echo(f"rejected: {problem}", err=True)
     if problems:
         raise click.exceptions.Exit(1)
-    _send_demo_week(ctx)
+    code = _send_demo_week(ctx)
+    if code:
+        raise click.exceptions.Exit(code)
 
 
-def _send_demo_week(ctx: Context) -> None:
-    """Send the sample week inline through the file backend, then write a preview."""
+def _check_backend(settings) -> None:
+    """Before anything is written: a backend the demo can use, and a real key for real SMTP."""
+    if settings.email_backend not in ("file", "console", "smtp"):
+        raise UsageError("the demo sends through the file, console or smtp backend; "
+                         "unset NEWSLETTER_EMAIL_BACKEND for the file outbox")
+    if settings.email_backend == "smtp":
+        # The throwaway demo key signs links that leave this machine only with the file backend.
+        settings.require_secret_key()
+
+
+def _refuse_real_subscribers(engine) -> None:
+    """Over SMTP the demo mails every active subscriber: only the sample ones may be there."""
+    from sqlalchemy import select
+
+    from worker.store.db import session_scope
+    from worker.store.models import Subscriber
+
+    with session_scope(engine) as session:
+        emails = session.scalars(select(Subscriber.email).where(Subscriber.status == "active")).all()
+    real = [e for e in emails if not is_reserved_address(e)]
+    if real:
+        raise UsageError(
+            f"the demo sends over SMTP to every active subscriber, and this database has {len(real)} "
+            "outside the reserved example domains: refusing (use a fresh database, or "
+            "`newsletter send --week " + DEMO_WEEK + " --to ADDR` for a test copy)")
+
+
+def _send_demo_week(ctx: Context) -> int:
+    """Send the sample week inline through the configured backend, then write a preview."""
     import os
 
     from worker.cli.sending import deliver, plan_or_reuse, resolve_window
@@ -49,15 +106,35 @@ def _send_demo_week(ctx: Context) -> None:
 
         settings = load_settings()
         click.echo("NEWSLETTER_SECRET_KEY is not set: using a demo-only key")
-    if settings.email_backend not in ("file", "console"):
-        raise click.UsageError("the demo sends through the file backend; unset NEWSLETTER_EMAIL_BACKEND")
     window, key, kind = resolve_window(settings, DEMO_WEEK, None, None)
     edition_id = plan_or_reuse(ctx.engine, settings, key=key, kind=kind, window=window, force=False, retry=False)
+    code = 0
     if edition_id is not None:
-        deliver(ctx.engine, settings, edition_id, inline=True, wait=False)
-    emails = sorted(settings.outbox_dir.glob("*.eml"))
-    click.echo(f"outbox: {len(emails)} .eml files in {settings.outbox_dir.resolve()}")
+        code = deliver(ctx.engine, settings, edition_id, inline=True, wait=False)
+    if settings.email_backend == "smtp":
+        _say_where_smtp_went(ctx, settings, key, sent_now=edition_id is not None)
+    else:
+        emails = sorted(settings.outbox_dir.glob("*.eml"))
+        click.echo(f"outbox: {len(emails)} .eml files in {settings.outbox_dir.resolve()}")
     preview = build_preview(ctx.engine, settings, window=window, regions=("RU", "UA"))
     paths = write_preview(preview, settings.preview_dir)
     click.echo(f"preview: {paths['html'].resolve()} (and digest.txt, digest.eml beside it)")
     click.echo("next: `newsletter status " + key + "`, `newsletter serve` for the web preview")
+    return code
+
+
+def _say_where_smtp_went(ctx: Context, settings, key: str, *, sent_now: bool) -> None:
+    from worker.delivery.plan import find_edition
+    from worker.delivery.status import edition_status
+
+    edition = find_edition(ctx.engine, key)
+    data = edition_status(ctx.engine, edition, list_unknown=0)
+    counts = data["counts"]
+    open_rows = counts["pending"] + counts["sending"] + data["retry_scheduled"]
+    relay = f"{settings.smtp_host}:{settings.smtp_port}"
+    line = f"smtp: {key}: {counts['sent']} messages sent through {relay}"
+    if not sent_now:
+        line = "smtp: nothing sent now (the demo week exists); " + line[len("smtp: "):]
+    if open_rows:
+        line += f", {open_rows} not yet (a running worker's reconciler retries them)"
+    click.echo(line + f"; look in that relay's inbox (docker compose: Mailpit, {MAILPIT_UI})")
