@@ -137,3 +137,23 @@ def test_a_failed_final_reply_resets_so_the_next_message_goes_on_the_same_connec
     assert "maildir/tmp is missing" in first.reply
     assert (second.outcome, second.code) == (Outcome.SENT, 250)
     assert server.connections == 1 and [r.rcpt for r in server.received] == ["r@example.org"]
+
+
+def test_a_capability_missing_on_a_reused_connection_is_checked_again_on_a_fresh_one(server):
+    # The relay was reconfigured with SMTPUTF8 while a pooled connection kept its old EHLO.
+    server.plan.smtputf8 = False
+    sender = _sender(server)
+    assert sender.send(_out()).outcome is Outcome.SENT
+    server.plan.smtputf8 = True
+    utf8 = Outgoing("digest@news.example", "jürgen@example.org", MSG, "<m2@news.example>", smtputf8=True)
+    result = sender.send(utf8)
+    assert (result.outcome, result.code) == (Outcome.SENT, 250)
+    assert server.connections == 2 and [r.rcpt for r in server.received] == ["r@example.org", "jürgen@example.org"]
+    # And a server that really has no SMTPUTF8 gets the permanent verdict, after the fresh EHLO.
+    server.plan.smtputf8 = False
+    sender.close()
+    assert sender.send(_out()).outcome is Outcome.SENT
+    refused = sender.send(utf8)
+    sender.close()
+    assert (refused.outcome, refused.reply) == (Outcome.REJECTED, "recipient needs SMTPUTF8, which the server does not offer")
+    assert server.connections == 4

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 from celery import Celery
+from celery.beat import PersistentScheduler
 from celery.schedules import crontab
+from kombu import Queue
 
 from worker.settings import Settings, load_settings
 
 SEND_QUEUE = "send"
+# Beat's own bookkeeping (last run times), beside the SQLite default; `-s PATH` overrides it.
+BEAT_SCHEDULE_FILE = Path("var") / "celerybeat-schedule"
+
+
+class Scheduler(PersistentScheduler):
+    """Celery's file-backed scheduler, creating the file's folder first."""
+
+    def setup_schedule(self):
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
+
 DAY_NUMBERS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
 
 
@@ -41,6 +55,10 @@ def create_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         task_routes={"worker.tasks.send_batch": {"queue": SEND_QUEUE}},
         task_default_queue="celery",
+        # Declared, so a plain `celery -A worker worker` consumes both (`-Q` still narrows it).
+        task_queues=(Queue("celery"), Queue(SEND_QUEUE)),
+        beat_scheduler="worker.celery_app:Scheduler",
+        beat_schedule_filename=str(BEAT_SCHEDULE_FILE),
         timezone=settings.timezone,
         enable_utc=True,
         worker_hijack_root_logger=False,

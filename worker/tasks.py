@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 
 from celery import shared_task
+from celery.signals import worker_process_init, worker_process_shutdown
 from celery.utils.log import get_task_logger
 
 log = get_task_logger(__name__)
@@ -12,15 +14,39 @@ log = get_task_logger(__name__)
 
 @cache
 def _runtime():
-    """Settings, engine, sender and throttle, once per worker process."""
+    """Settings, engine, sender and throttle, once per worker process; and the process's
+    heartbeat (worker/delivery/liveness.py), started before it can take any lease."""
+    from worker.delivery.liveness import Heartbeat
+    from worker.delivery.pipeline import utcnow, worker_name
     from worker.delivery.ratelimit import make_throttle
+    from worker.delivery.schedule import dispatch_recovered
     from worker.delivery.senders import make_sender_pool
     from worker.settings import load_settings
     from worker.store.db import create_db_engine
 
     settings = load_settings()
     engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2)
-    return settings, engine, make_sender_pool(settings), make_throttle(settings)
+    heartbeat = Heartbeat(
+        engine, worker_name(), timeout=timedelta(seconds=settings.liveness_seconds), clock=utcnow,
+        on_recovered=lambda editions: dispatch_recovered(engine, settings, editions, publish_batch, utcnow()),
+    ).start()
+    return settings, engine, make_sender_pool(settings), make_throttle(settings), heartbeat
+
+
+@worker_process_init.connect
+def _start_process(**_) -> None:
+    # A pool process beats from the moment it starts, not from its first task: after a
+    # crash the restarted worker's processes are what recover the dead one's rows, and
+    # the dead one's own tasks sit unacknowledged in the broker.
+    _runtime()
+
+
+@worker_process_shutdown.connect
+def _stop_process(**_) -> None:
+    if _runtime.cache_info().currsize:
+        _runtime()[4].stop()
+
+
 
 
 def publisher(app=None):
@@ -51,7 +77,7 @@ def _transient_db_errors() -> tuple[type[BaseException], ...]:
 def send_batch(edition_id: int, delivery_ids: list[int]) -> dict:
     from worker.delivery.pipeline import STAGE_CPU, deliver_batch
 
-    settings, engine, sender, throttle = _runtime()
+    settings, engine, sender, throttle, _ = _runtime()
     report = deliver_batch(engine, settings, edition_id=edition_id, delivery_ids=delivery_ids,
                            sender=sender, throttle=throttle)
     log.info("edition %s batch of %s: %s%s", edition_id, len(delivery_ids),
@@ -76,7 +102,7 @@ def dispatch_edition(edition_id: int) -> int:
     from worker.delivery.pipeline import utcnow
     from worker.delivery.schedule import dispatch
 
-    settings, engine, _, _ = _runtime()
+    settings, engine, *_ = _runtime()
     return dispatch(engine, settings, edition_id, publish_batch, utcnow())
 
 
@@ -84,7 +110,7 @@ def _tick(*, weekly: bool) -> str:
     from worker.delivery.pipeline import utcnow
     from worker.delivery.schedule import reconcile as run
 
-    settings, engine, _, _ = _runtime()
+    settings, engine, *_ = _runtime()
     result = run(engine, settings, publish_batch, utcnow(), weekly=weekly)
     summary = (f"due {result.due.key}: {result.due.action}; " if result.due else "") + \
         f"{result.expired} expired, {result.batches} batches, finished {result.finished}"

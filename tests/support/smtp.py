@@ -55,6 +55,8 @@ class FaultPlan:
     flaky_reply: str = "451 4.3.0 temporary failure"
     # Advertise PIPELINING (RFC 2920), as Postfix and most relays do.
     pipelining: bool = True
+    # Advertise SMTPUTF8 (RFC 6531) in the EHLO reply.
+    smtputf8: bool = True
 
 
 class _Handler:
@@ -65,6 +67,9 @@ class _Handler:
         session.host_name = hostname
         if self.server.plan.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if not self.server.plan.smtputf8:
+            responses = [r for r in responses if "SMTPUTF8" not in r.upper()]
+            responses[-1] = "250 " + responses[-1][4:]
         return responses
 
     async def handle_MAIL(self, smtp, session, envelope, address, mail_options):  # noqa: N802

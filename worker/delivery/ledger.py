@@ -451,8 +451,8 @@ def dispatchable(engine: Engine, *, edition_id: int, now: datetime, redispatch_a
                  batch_size: int) -> list[list[int]]:
     """Due rows no batch is working on and not handed to the broker recently, in batches.
 
-    Marks them enqueued now; if the publish is lost, they come back after
-    `redispatch_after`, and a duplicate publish is harmless (the claim decides).
+    The caller marks each batch with `mark_enqueued` once the broker took it: a batch
+    the broker refused stays ready for the next dispatch, not for `redispatch_after`.
     """
     free = or_(D.c.lease_until.is_(None), D.c.lease_until < now)
     fresh = or_(D.c.enqueued_at.is_(None), D.c.enqueued_at < now - redispatch_after)
@@ -460,9 +460,15 @@ def dispatchable(engine: Engine, *, edition_id: int, now: datetime, redispatch_a
         ids = list(session.scalars(
             select(D.c.id).where(D.c.edition_id == edition_id, _due(now), free, fresh).order_by(D.c.id)
         ))
-        for start in range(0, len(ids), 1000):
-            session.execute(update(D).where(D.c.id.in_(ids[start:start + 1000])).values(enqueued_at=now))
     return [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+
+
+def mark_enqueued(engine: Engine, *, ids: Sequence[int], now: datetime) -> None:
+    """Handed to the broker now: if the message is lost, the rows come back after the
+    redispatch interval; a duplicate message is harmless (the claim decides)."""
+    with session_scope(engine) as session:
+        for start in range(0, len(ids), 1000):
+            session.execute(update(D).where(D.c.id.in_(list(ids[start:start + 1000]))).values(enqueued_at=now))
 
 
 def has_open_rows(engine: Engine, *, edition_id: int) -> bool:

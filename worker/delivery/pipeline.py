@@ -133,7 +133,6 @@ def deliver_batch(
     chunks = deque(rows[i:i + group] for i in range(0, len(rows), group))
     lanes = 1 if (limited or pool is None) else max(1, min(settings.smtp_connections, len(chunks)))
     lock = threading.Lock()
-    done: set[int] = set()
     late: list[int] = []
     errors: list[BaseException] = []
 
@@ -159,9 +158,8 @@ def deliver_batch(
                 if clock() > deadline:
                     report.stopped = "batch lease running out; the rest is released"
                     break
-                for row, outcome, stop in lane_step.deliver_group(book, chunk, check):
+                for _row, outcome, stop in lane_step.deliver_group(book, chunk, check):
                     with lock:
-                        done.add(row.id)
                         report.outcomes[outcome.outcome if isinstance(outcome, SendResult) else outcome] += 1
                         report.stopped = report.stopped or stop
             book.flush()
@@ -187,7 +185,10 @@ def deliver_batch(
             for thread in threads:
                 thread.join()
     finally:
-        ledger.release(engine, ids=[r.id for r in rows if r.id not in done], worker=worker, now=clock())
+        # Every lease this batch still holds ends here: rows it did not reach, and rows whose
+        # claim it lost because the edition paused (resume hands them out at once). Rows
+        # recorded or lost to another worker are not this worker's any more; release skips them.
+        ledger.release(engine, ids=[r.id for r in rows], worker=worker, now=clock())
     if errors:
         raise errors[0]
     for delivery_id in late:

@@ -9,7 +9,7 @@ from datetime import datetime, time, timedelta
 
 from sqlalchemy import Engine, select
 
-from worker.delivery import ledger
+from worker.delivery import ledger, liveness
 from worker.delivery.plan import finish_if_done, plan_edition, record_skipped_edition
 from worker.digest import week_of, week_window
 from worker.preview import weekly_edition_key
@@ -86,8 +86,18 @@ def dispatch(engine: Engine, settings: Settings, edition_id: int, publish: Publi
                                   redispatch_after=timedelta(seconds=settings.redispatch_seconds),
                                   batch_size=settings.batch_size)
     for ids in batches:
-        publish(edition_id, ids)
+        publish(edition_id, ids)  # a broker that is down raises here: the rest stay unmarked
+        ledger.mark_enqueued(engine, ids=ids, now=now)
     return len(batches)
+
+
+def dispatch_recovered(engine: Engine, settings: Settings, editions: set[int], publish: Publish,
+                       now: datetime) -> int:
+    """Hand out at once the rows a dead worker held, in the editions still sending."""
+    with session_scope(engine) as session:
+        sending = list(session.scalars(select(Edition.id).where(
+            Edition.id.in_(editions), Edition.state == EditionState.SENDING.value)))
+    return sum(dispatch(engine, settings, edition_id, publish, now) for edition_id in sending)
 
 
 def reconcile(engine: Engine, settings: Settings, publish: Publish, now: datetime,
@@ -97,6 +107,7 @@ def reconcile(engine: Engine, settings: Settings, publish: Publish, now: datetim
     out = Reconciled(finished=[])
     if weekly:
         out.due = ensure_weekly_edition(engine, settings, now)
+    liveness.recover(engine, now=now, timeout=timedelta(seconds=settings.liveness_seconds))
     out.expired = ledger.expire_sending(engine, now=now)
     with session_scope(engine) as session:
         live = session.execute(

@@ -160,6 +160,11 @@ class SmtpSender:
         options = []
         if message.smtputf8:
             if not conn.has_extn("smtputf8"):
+                if reused and self._sent_on_conn > 0:
+                    # What a reused connection's EHLO said may be out of date (the relay was
+                    # reconfigured since): a permanent verdict waits for a fresh EHLO.
+                    self._drop()
+                    return None
                 return SendResult(Outcome.REJECTED, None,
                                   "recipient needs SMTPUTF8, which the server does not offer")
             options = ["SMTPUTF8", "BODY=8BITMIME"]
