@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-FROM python:3.11-slim
+# Python 3.11 on Debian 12; patch releases come with a rebuild (`docker compose build --pull`).
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -17,10 +18,13 @@ COPY config/ config/
 COPY examples/ examples/
 
 # Editable install: templates/ and examples/ next to the package stay discoverable.
+# /app stays root's: the app user writes only /app/var (compose mounts a named volume
+# there, which takes this ownership when first created).
 RUN pip install --no-cache-dir -e . \
  && mkdir -p /app/var \
  && chown -R app:app /app/var
 
 USER app
 
+# The app declares both queues (celery, send): a plain worker consumes both.
 CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]
