@@ -1,12 +1,16 @@
 """Weekly regional digest worker.
 
 `celery -A worker worker` finds the Celery app through the module-level
-`__getattr__` below, so importing this package builds nothing by itself.
+`__getattr__` below, so importing this package builds nothing by itself; the same
+goes for `worker.__version__` (the installed distribution's version).
 """
 
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+DISTRIBUTION = "newsletter-worker"
 
 
 def __getattr__(name: str):
@@ -15,4 +19,11 @@ def __getattr__(name: str):
         from worker.celery_app import get_app
 
         return get_app()
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(DISTRIBUTION)
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            return "0+unknown"
     raise AttributeError(name)

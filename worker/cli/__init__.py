@@ -5,11 +5,13 @@ Exit status: 0 done, 1 something failed or was rejected, 2 bad usage or configur
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 # Importing the command modules registers their commands on `cli`.
+from worker.cli import config as _config  # noqa: F401,E402
 from worker.cli import db as _db  # noqa: F401,E402
 from worker.cli import demo as _demo  # noqa: F401,E402
 from worker.cli import preview as _preview  # noqa: F401,E402
@@ -23,8 +25,7 @@ __all__ = ["Context", "cli", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
+    args, debug = _hoist_debug(sys.argv[1:] if argv is None else argv)
     try:
         code = cli.main(args=args, prog_name="newsletter", standalone_mode=False)
     except click.exceptions.Abort:
@@ -44,6 +45,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {describe_exception(exc)} (run with --debug for details)", err=True)
         sys.exit(2 if _is_connection_error(exc) else 1)
     sys.exit(code or 0)
+
+
+def _hoist_debug(args: list[str]) -> tuple[list[str], bool]:
+    """`--debug` is the group's option, but people type it after the command
+    (`newsletter status --debug`): take it from anywhere before a `--`, and from
+    NEWSLETTER_DEBUG=1, and give it to the group."""
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end] or os.environ.get("NEWSLETTER_DEBUG", "").lower() in ("1", "true", "yes")
+    rest = [a for a in args[:end] if a != "--debug"] + list(args[end:])
+    return (["--debug", *rest] if debug else rest), debug
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import getpass
 import time
-from datetime import date
+from datetime import date, timedelta
 
 import click
 from sqlalchemy import Engine, func, select
 
+from worker.cli.report import full_status, nothing_sent, print_status
 from worker.delivery.pipeline import renderer_for, run_inline, utcnow
 from worker.delivery.plan import (
     find_edition,
@@ -16,12 +17,14 @@ from worker.delivery.plan import (
     next_force_key,
     plan_edition,
     region_sets_with_stories,
+    require_edition,
     retry_failed,
 )
 from worker.delivery.schedule import dispatch
 from worker.delivery.senders import Outgoing, make_sender, make_sender_pool
 from worker.delivery.status import edition_status
 from worker.digest import Window, custom_window
+from worker.digest.queries import fetch_window_stories
 from worker.errors import ConfigError, UsageError
 from worker.preview import resolve_week, size_line, weekly_edition_key
 from worker.render.compose import Addressee, compose
@@ -104,7 +107,24 @@ def test_send(engine: Engine, settings: Settings, window: Window, key: str, addr
 
 
 def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
-            regions: tuple[str, ...] | None) -> int:
+            regions: tuple[str, ...] | None, *, force: bool = False, retry: bool = False) -> int:
+    """What `send` with the same options would do; nothing is sent or recorded.
+
+    For an edition that exists that is "nothing" (or the failed rows it would re-queue),
+    not the count of a fresh plan: only --force plans anew."""
+    existing = find_edition(engine, key)
+    if retry:
+        if existing is None:
+            raise UsageError(f"no edition {key!r} to retry")
+        count = count_failed(engine, existing.id)
+        click.echo(f"dry run: {key} ({existing.state}): --retry-failed would re-queue {count} failed rows")
+        return 0
+    if existing is not None and not force:
+        click.echo(f"dry run: {_exists_line(engine, existing)} `send` would do nothing "
+                   f"(--retry-failed re-queues failed rows, --force sends again as {next_force_key(engine, key)})")
+        return 0
+    if existing is not None:
+        key = next_force_key(engine, key)
     sets = _active_sets(engine)
     if regions is not None:
         sets = [(r, n) for r, n in sets if tuple(r.split()) == regions]
@@ -125,6 +145,8 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
                    f"{variant.html_bytes / 1024:6.1f} KB{'  CLIPPED BY GMAIL' if variant.clipped else ''}")
         sending += count
     click.echo(f"would send {sending}, skip {skipped} (no-stories), {len(sets)} region sets")
+    if not sending:
+        click.echo(f"warning: {_why_empty(engine, window, skipped)}", err=True)
     if clipped:
         click.echo("WARNING: " + size_line(max((renderer.variant(tuple(r.split())) for r, _ in sets
                                                 if r in with_stories), key=lambda v: v.html_bytes)),
@@ -132,32 +154,85 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
     return 0
 
 
+def _why_empty(engine: Engine, window: Window, skipped: int) -> str:
+    """Why a plan has nobody to send to, in the words a newcomer needs."""
+    if not skipped:
+        return "nothing to send: there are no active subscribers (`newsletter subscribers import FILE.csv`)"
+    with session_scope(engine) as session:
+        stories = len(fetch_window_stories(session, window))
+    where = (f"{window.label} has no stories at all (`newsletter stories import SOURCE`)" if not stories
+             else f"{window.label}'s {stories} stories are all in regions nobody follows "
+                  "(`newsletter stories list --week " + window.label + "`)")
+    return f"nobody had stories in their regions: all {skipped} subscribers skipped (no-stories); {where}"
+
+
+def count_failed(engine: Engine, edition_id: int) -> int:
+    return edition_status(engine, get_edition(engine, edition_id), list_unknown=0)["counts"]["failed"]
+
+
+def _exists_line(engine: Engine, edition) -> str:
+    data = edition_status(engine, edition, list_unknown=0)
+    counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n)
+    nothing = nothing_sent(data)
+    return f"{edition.key} already exists: {edition.state}, {counts or 'no rows'}" + \
+        (f" ({nothing})." if nothing else ".")
+
+
 def plan_or_reuse(engine: Engine, settings: Settings, *, key: str, kind: str, window: Window,
-                  force: bool, retry: bool) -> int | None:
+                  force: bool, retry: bool, continue_open: bool = False) -> int | None:
+    """The edition to deliver, or None when there is nothing to do.
+
+    An edition that exists is only reported, unless `retry` (its failed rows go back to
+    pending), `force` (a new key) or `continue_open` (it is still sending: deliver its
+    due rows now, which --inline and --wait ask for)."""
     existing = find_edition(engine, key)
     now = utcnow()
     if existing is not None and force:
         new_key = next_force_key(engine, key)
         note = f"forced re-send of {key} by {getpass.getuser()} at {now.isoformat()}"
         planned = plan_edition(engine, key=new_key, kind=kind, window=window, now=now, note=note)
-        click.echo(f"{new_key}: planned ({note})")
+        click.echo(f"{new_key}: planned ({note}): {_planned_counts(engine, planned.edition_id)}")
         return planned.edition_id
     if existing is not None and retry:
         count = retry_failed(engine, existing.id, now)
         click.echo(f"{key}: {count} failed rows re-queued")
+        if count and existing.state == EditionState.PAUSED.value:
+            click.echo(f"{key} is paused ({existing.reason}): they go out after `newsletter resume {key}`")
+            return None
         return existing.id if count else None
+    if existing is not None and continue_open and existing.state == EditionState.SENDING.value:
+        click.echo(f"{_exists_line(engine, existing)} Still sending: continuing it.")
+        return existing.id
     if existing is not None:
-        data = edition_status(engine, existing, list_unknown=0)
-        counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n)
-        click.echo(f"{key} already exists: {existing.state}, {counts or 'no rows'}. "
-                   "Nothing done (--retry-failed re-queues failures, --force sends again).")
+        hint = (f"`newsletter resume {key}` continues it" if existing.state == EditionState.PAUSED.value
+                else "--retry-failed re-queues failures, --force sends again")
+        click.echo(f"{_exists_line(engine, existing)} Nothing done ({hint}).")
         return None
     if retry:
         raise UsageError(f"no edition {key!r} to retry")
     planned = plan_edition(engine, key=key, kind=kind, window=window, now=now)
-    edition = get_edition(engine, planned.edition_id)
-    click.echo(f"{key}: planned {edition.total} deliveries")
+    click.echo(f"{key}: planned {_planned_counts(engine, planned.edition_id)}")
     return planned.edition_id
+
+
+def _planned_counts(engine: Engine, edition_id: int) -> str:
+    data = edition_status(engine, get_edition(engine, edition_id), list_unknown=0)
+    skipped = data["counts"]["skipped"]
+    return f"{data['total']} deliveries" + (f", {data['total'] - skipped} to send, {skipped} skipped "
+                                            f"({', '.join(f'{n} {r}' for r, n in data['skip_reasons'].items())})"
+                                            if skipped else "")
+
+
+def report_if_empty(engine: Engine, edition_id: int, *, window: Window, scheduled: bool) -> int | None:
+    """An edition planned with nothing to send (done at once): say so plainly. Exit status 1
+    for the scheduled week (nobody got the newsletter), 0 for a custom window; None when
+    there is something to send."""
+    data = edition_status(engine, get_edition(engine, edition_id), list_unknown=0)
+    if data["counts"]["pending"] or data["counts"]["sending"] or data["retry_scheduled"] or data["counts"]["sent"]:
+        return None
+    why = _why_empty(engine, window, data["counts"]["skipped"] if data["total"] else 0)
+    click.echo(f"{data['edition']}: nothing was sent: {why}", err=True)
+    return 1 if scheduled else 0
 
 
 def deliver(engine: Engine, settings: Settings, edition_id: int, *, inline: bool, wait: bool) -> int:
@@ -178,7 +253,11 @@ def deliver(engine: Engine, settings: Settings, edition_id: int, *, inline: bool
         click.echo(f"enqueued {batches} batches")
         if wait:
             _follow(engine, edition_id, lambda: dispatch(engine, settings, edition_id, publisher(app), utcnow()))
-    return _final_report(engine, edition_id, announce=inline or wait)
+        else:
+            key = get_edition(engine, edition_id).key
+            click.echo(f"a running worker (`celery -A worker worker`) sends them; follow it with "
+                       f"`newsletter status {key}`, or wait for it: `newsletter send --edition {key} --wait`")
+    return _final_report(engine, settings, edition_id, announce=inline or wait)
 
 
 def _run_inline(engine: Engine, settings: Settings, edition_id: int) -> None:
@@ -213,10 +292,11 @@ def _follow(engine: Engine, edition_id: int, redispatch) -> None:
                 last_dispatch = time.monotonic()
 
 
-def _final_report(engine: Engine, edition_id: int, *, announce: bool) -> int:
-    data = edition_status(engine, get_edition(engine, edition_id))
+def _final_report(engine: Engine, settings: Settings, edition_id: int, *, announce: bool) -> int:
+    now = utcnow()
+    data = full_status(engine, settings, get_edition(engine, edition_id), now=now)
     if announce:
-        print_status(data)
+        print_status(data, tz=settings.tz, now=now)
     bad = sum(data["counts"][s] for s in FAILURE_STATES)
     if announce and (bad or data["state"] == EditionState.PAUSED.value):
         click.echo(f"{data['edition']}: {bad} failed, bounced or unknown"
@@ -225,17 +305,12 @@ def _final_report(engine: Engine, edition_id: int, *, announce: bool) -> int:
     return 0
 
 
-def print_status(data: dict) -> None:
-    click.echo(f"{data['edition']} ({data['label']}): {data['state']}"
-               + (f" ({data['reason']})" if data["reason"] else ""))
-    if data["note"]:
-        click.echo(f"  note: {data['note']}")
-    click.echo(f"  {data['total']} deliveries: " + ", ".join(f"{n} {s}" for s, n in data["counts"].items()))
-    if data["retry_scheduled"]:
-        click.echo(f"  {data['retry_scheduled']} failed rows have a retry scheduled")
-    for reason, n in data["skip_reasons"].items():
-        click.echo(f"  skipped {reason}: {n}")
-    for code, n in data["smtp_codes"].items():
-        click.echo(f"  smtp {code}: {n}")
-    for row in data["unknown"]:
-        click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
+def resolve_edition(engine: Engine, settings: Settings, key: str) -> tuple[Window, str, str]:
+    """`--edition KEY`: the window, key and kind of an edition that exists, whatever its key
+    (a forced `weekly-2025-W05-force-3` cannot be named by --week)."""
+    edition = require_edition(engine, key)
+    tz = settings.tz
+    window = Window(start=edition.window_start, end=edition.window_end, label=edition.label,
+                    first_day=edition.window_start.astimezone(tz).date(),
+                    last_day=(edition.window_end.astimezone(tz) - timedelta(days=1)).date())
+    return window, edition.key, edition.kind

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import click
+from sqlalchemy import func, select
 
-from worker.cli.app import Context, cli, pass_ctx
+from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
 from worker.errors import UsageError
+from worker.regions import region_name
+from worker.store.db import session_scope
+from worker.store.models import Subscriber, SubscriberStatus
 
 
 @cli.group()
@@ -23,6 +28,7 @@ def import_(ctx: Context, file: Path) -> None:
     """Import a CSV with header email,name,regions."""
     from worker.ingest.subscribers import import_csv
 
+    require_readable(file)
     report = import_csv(ctx.engine, file)
     click.echo(
         f"subscribers: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
@@ -59,7 +65,6 @@ def add(ctx: Context, email: str, regions: str, name: str | None, resubscribe: b
 def remove(ctx: Context, email: str, purge: bool) -> None:
     """Unsubscribe an address (kept as a suppression), or --purge it entirely."""
     from worker.ingest.subscribers import InvalidSubscriber, purge_subscriber, set_status
-    from worker.store.models import SubscriberStatus
 
     try:
         if purge:
@@ -76,18 +81,18 @@ def remove(ctx: Context, email: str, purge: bool) -> None:
 
 @subscribers.command("list")
 @click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.option("--region", help="Only those who follow this region, e.g. RU.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_ctx
-def list_(ctx: Context, status: str | None, as_json: bool) -> None:
-    """List subscribers."""
-    from sqlalchemy import select
-
-    from worker.store.db import session_scope
-    from worker.store.models import Subscriber
-
+def list_(ctx: Context, status: str | None, region: str | None, as_json: bool) -> None:
+    """List subscribers (`subscribers regions` counts them per region)."""
+    code = region_option(region)
     query = select(Subscriber).order_by(Subscriber.id)
     if status:
         query = query.where(Subscriber.status == status)
+    if code:
+        # Regions are one text value ("RU UA"); padded with spaces, a code matches whole.
+        query = query.where((" " + Subscriber.regions + " ").like(f"% {code} %"))
     with session_scope(ctx.engine) as session:
         rows = [
             {"email": s.email, "name": s.name or "", "regions": s.region_list, "status": s.status}
@@ -97,11 +102,41 @@ def list_(ctx: Context, status: str | None, as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("email", "name", "regions", "status", box=None)
-    for row in rows:
-        table.add_row(row["email"], row["name"], " ".join(row["regions"]), row["status"])
-    Console(soft_wrap=True).print(table)
+    print_table(["email", "name", "regions", "status"],
+                [[row["email"], row["name"], " ".join(row["regions"]), row["status"]] for row in rows])
     click.echo(f"{len(rows)} subscribers")
+
+
+@subscribers.command("regions")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_ctx
+def regions_(ctx: Context, as_json: bool) -> None:
+    """Active subscribers per region: code, display name, how many follow it."""
+    counts = _active_per_region(ctx)
+    rows = [{"region": code, "name": region_name(code, ctx.settings.region_names), "active": n}
+            for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+        return
+    print_table(["region", "name", "active"], [[r["region"], r["name"], str(r["active"])] for r in rows])
+    click.echo(f"{len(rows)} regions followed by {_active_total(ctx)} active subscribers")
+
+
+def _active_per_region(ctx: Context) -> dict[str, int]:
+    """Counted per region set in the database, then per region here: there are few sets."""
+    with session_scope(ctx.engine) as session:
+        sets = session.execute(select(Subscriber.regions, func.count())
+                               .where(Subscriber.status == SubscriberStatus.ACTIVE.value)
+                               .group_by(Subscriber.regions)).all()
+    counts: Counter[str] = Counter()
+    for regions, n in sets:
+        for code in regions.split():
+            counts[code] += n
+    return dict(counts)
+
+
+def _active_total(ctx: Context) -> int:
+    with session_scope(ctx.engine) as session:
+        return session.scalar(select(func.count()).select_from(Subscriber)
+                              .where(Subscriber.status == SubscriberStatus.ACTIVE.value)) or 0

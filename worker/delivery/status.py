@@ -1,14 +1,23 @@
-"""An edition's accounting: counts by state, skip reason and SMTP code."""
+"""An edition's accounting: counts by state, skip reason and SMTP code; and where its
+open rows are: why rows failed, which worker holds which rows, what waits for the broker."""
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+from datetime import datetime, timedelta
 
+from sqlalchemy import Engine, and_, func, or_, select
+
+from worker.delivery.liveness import alive
 from worker.store.db import session_scope
 from worker.store.models import Delivery, DeliveryState, Edition, Subscriber
 
 D = Delivery.__table__
 STATES = [s.value for s in DeliveryState]
+FAILED, BOUNCED = DeliveryState.FAILED.value, DeliveryState.BOUNCED.value
+PENDING, SENDING = DeliveryState.PENDING.value, DeliveryState.SENDING.value
+# Reply groups shown per edition: replies that carry a queue id are all different, and
+# a screen of them says less than the ten commonest and a count of the rest.
+REPLY_GROUPS = 10
 
 
 def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) -> dict:
@@ -48,6 +57,93 @@ def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) 
         "unknown": [{"delivery": r.id, "email": r.email, "reason": r.last_reply,
                      "at": r.updated_at.isoformat()} for r in unknown],
     }
+
+
+def edition_whereabouts(engine: Engine, edition_id: int, *, now: datetime, redispatch_after: timedelta,
+                        liveness_timeout: timedelta) -> dict:
+    """What the counts do not say, as JSON-ready data:
+
+    - `failures`: failed and bounced rows grouped by their last reply, a failed group
+      split into rows with a retry scheduled and final ones;
+    - `leases`: rows held by each worker (batch leases on due rows, send leases on rows
+      in an SMTP transaction), whether that worker's heartbeat is fresh, and when its
+      leases end;
+    - `awaiting_broker`: due rows handed to the broker that no worker has taken yet,
+      and when the reconciler hands them out again (NEWSLETTER_REDISPATCH_SECONDS).
+    """
+    return {
+        "failures": _failures(engine, edition_id),
+        "leases": _leases(engine, edition_id, now=now, timeout=liveness_timeout),
+        "awaiting_broker": _awaiting_broker(engine, edition_id, now=now, redispatch_after=redispatch_after),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _failures(engine: Engine, edition_id: int) -> dict:
+    final = D.c.next_attempt_at.is_(None)
+    count = func.count().label("n")
+    with session_scope(engine) as session:
+        groups = session.execute(
+            select(D.c.state, D.c.last_reply, final.label("final"), count, func.min(D.c.next_attempt_at),
+                   func.max(D.c.next_attempt_at), func.max(D.c.attempts))
+            .where(D.c.edition_id == edition_id, D.c.state.in_([FAILED, BOUNCED]))
+            .group_by(D.c.state, D.c.last_reply, final)
+            .order_by(count.desc(), D.c.state, D.c.last_reply).limit(REPLY_GROUPS)).all()
+        total = session.scalar(select(func.count()).select_from(D).where(
+            D.c.edition_id == edition_id, D.c.state.in_([FAILED, BOUNCED]))) or 0
+    shown = []
+    for state, reply, is_final, n, first, last, attempts in groups:
+        retry = state == FAILED and not is_final
+        shown.append({"state": state, "reply": reply, "count": n,
+                      "final": not retry, "retry_from": _iso(first) if retry else None,
+                      "retry_until": _iso(last) if retry else None, "attempts": attempts})
+    return {"groups": shown, "other_rows": total - sum(g["count"] for g in shown)}
+
+
+def _leases(engine: Engine, edition_id: int, *, now: datetime, timeout: timedelta) -> list[dict]:
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(D.c.claimed_by, D.c.state, func.count(), func.max(D.c.lease_until))
+            .where(D.c.edition_id == edition_id, D.c.claimed_by.is_not(None))
+            .group_by(D.c.claimed_by, D.c.state)).all()
+    if not rows:
+        return []
+    beating = alive(engine, now=now, timeout=timeout)
+    workers: dict[str, dict] = {}
+    for name, state, n, until in rows:
+        entry = workers.setdefault(name, {
+            "worker": name,
+            # A name with no row in `workers` has no heartbeat to go by: not alive as far
+            # as anyone can tell, and nothing recovers its rows before its leases end.
+            "status": {True: "alive", False: "dead"}.get(beating.get(name), "unknown"),
+            "alive": beating.get(name, False), "rows": 0, "sending": 0, "lease_until": None})
+        entry["rows"] += n
+        entry["sending"] += n if state == SENDING else 0
+        if until is not None and (entry["lease_until"] is None or until > entry["lease_until"]):
+            entry["lease_until"] = until
+    out = []
+    for entry in sorted(workers.values(), key=lambda e: (-e["rows"], e["worker"])):
+        until = entry["lease_until"]
+        entry["lease_expired"] = until is not None and until < now
+        entry["lease_until"] = _iso(until)
+        out.append(entry)
+    return out
+
+
+def _awaiting_broker(engine: Engine, edition_id: int, *, now: datetime, redispatch_after: timedelta) -> dict:
+    due = or_(D.c.state == PENDING, and_(D.c.state == FAILED, D.c.next_attempt_at <= now))
+    unleased = or_(D.c.lease_until.is_(None), D.c.lease_until < now)
+    with session_scope(engine) as session:
+        n, first, last = session.execute(
+            select(func.count(), func.min(D.c.enqueued_at), func.max(D.c.enqueued_at))
+            .where(D.c.edition_id == edition_id, due, unleased, D.c.enqueued_at.is_not(None))).one()
+    return {"rows": n or 0,
+            "enqueued_from": _iso(first), "enqueued_until": _iso(last),
+            "redispatch_from": _iso(first + redispatch_after) if first else None,
+            "redispatch_until": _iso(last + redispatch_after) if last else None}
 
 
 def recent_editions(engine: Engine, limit: int = 20) -> list[Edition]:

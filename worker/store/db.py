@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from worker.errors import ConfigError
@@ -16,24 +16,74 @@ from worker.errors import ConfigError
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def create_db_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine for `url`; SQLite files get their folder, WAL and a busy timeout."""
+# Spellings of PostgreSQL that SQLAlchemy does not take (Heroku, docker images and
+# libpq print `postgres://`); psycopg 3 is the driver installed.
+_POSTGRES_NAMES = ("postgres", "postgresql", "postgres+psycopg", "pgsql")
+
+
+class MissingDatabase(ConfigError):
+    """A SQLite file that is not there, asked for by a command that only uses a database."""
+
+
+def parse_database_url(url: str) -> URL:
+    """The URL as the engine will use it: `postgres://` and `postgresql://` mean psycopg 3."""
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(f"setting NEWSLETTER_DATABASE_URL: not a database URL: {url!r}") from None
-    if parsed.drivername == "postgresql":
+        raise ConfigError(
+            f"setting NEWSLETTER_DATABASE_URL: not a database URL: {url!r} "
+            "(e.g. sqlite:///var/newsletter.db or postgresql://user@host/newsletter)") from None
+    if parsed.drivername in _POSTGRES_NAMES:
         parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The absolute path of a SQLite database file (a relative one is relative to the
+    working directory), or None for an in-memory database or another kind of database."""
+    parsed = parse_database_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:" \
+            or parsed.database.startswith("file:"):
+        return None
+    return Path(parsed.database).absolute()
+
+
+def describe_database(url: str) -> str:
+    """The database in words, password hidden: the absolute file for SQLite."""
+    path = sqlite_path(url)
+    if path is not None:
+        return f"SQLite {path}"
+    return parse_database_url(url).render_as_string(hide_password=True)
+
+
+def create_db_engine(url: str, *, pool_size: int = 5, create: bool = True) -> Engine:
+    """An engine for `url`; SQLite files get their folder, WAL and a busy timeout.
+
+    With create=False a SQLite file that does not exist is a MissingDatabase error, and
+    nothing (no folder, no empty file) is made: commands that only read must not leave
+    a `var/` behind in whatever directory they were run from.
+    """
+    parsed = parse_database_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None and not create and not path.exists():
+            raise MissingDatabase(
+                f"no database at {path} (NEWSLETTER_DATABASE_URL={parsed.render_as_string(hide_password=True)}"
+                + (", relative to the working directory" if not Path(parsed.database).is_absolute() else "")
+                + "): run `newsletter db upgrade` to create it, or set NEWSLETTER_DATABASE_URL")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:
         return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    except NoSuchModuleError:
+        raise ConfigError(f"setting NEWSLETTER_DATABASE_URL: unsupported database {parsed.drivername!r}: "
+                          "use sqlite:///PATH or postgresql://USER@HOST/NAME") from None
     except Exception as exc:  # missing driver and the like
-        raise ConfigError(f"setting NEWSLETTER_DATABASE_URL: {exc}") from None
+        raise ConfigError(f"setting NEWSLETTER_DATABASE_URL: {exc} "
+                          "(supported: sqlite:///PATH or postgresql://USER@HOST/NAME)") from None
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -1,0 +1,99 @@
+"""`newsletter config`: the effective settings and where each came from, secrets masked."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+from pydantic import SecretStr
+
+from worker.cli.app import cli, warn_unknown_env
+from worker.settings import DEFAULT_CONFIG, ENV_PREFIX, SECRETS, Settings, env_name, load_settings_with_sources
+from worker.store.db import describe_database, sqlite_path
+
+MASK = "********"
+_URL_FIELDS = frozenset({"database_url", "broker_url"})
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def config(as_json: bool) -> None:
+    """Show the effective settings and where each came from (secrets masked).
+
+    Touches no database and no broker: safe to run anywhere.
+    """
+    warn_unknown_env()
+    settings, sources = load_settings_with_sources()
+    rows = [{"setting": field, "env": env_name(field), "value": _shown(field, getattr(settings, field)),
+             "source": sources[field]} for field in Settings.model_fields]
+    file = _config_file()
+    database = _database(settings)
+    if as_json:
+        click.echo(json.dumps({"config_file": file, "database": database, "settings": rows}, indent=2,
+                              ensure_ascii=False))
+        return
+    click.echo(f"config file: {file['path']} ({file['status']})")
+    click.echo(f"database: {database['description']}"
+               + (f" ({'exists' if database['exists'] else 'not created yet: run `newsletter db upgrade`'})"
+                  if database["path"] else ""))
+    click.echo(f"working directory: {Path.cwd()} (relative paths below are relative to it)")
+    width = max(len(r["env"]) for r in rows)
+    for row in rows:
+        source = "env" if row["source"] == row["env"] else row["source"]
+        click.echo(f"{row['env']:<{width}}  {_text(row['value'])}  [{source}]")
+
+
+def _config_file() -> dict:
+    explicit = os.environ.get(ENV_PREFIX + "CONFIG")
+    path = Path(explicit) if explicit else DEFAULT_CONFIG
+    if explicit:
+        status = "from NEWSLETTER_CONFIG"
+    elif path.exists():
+        status = "found in the working directory"
+    else:
+        status = "not found: defaults and environment only"
+    return {"path": str(path.absolute()), "read": bool(explicit) or path.exists(), "status": status}
+
+
+def _database(settings: Settings) -> dict:
+    path = sqlite_path(settings.database_url)
+    return {"description": describe_database(settings.database_url),
+            "path": str(path) if path else None, "exists": path.exists() if path else None}
+
+
+def _shown(field: str, value):
+    """JSON-ready, with nothing secret in it: secrets say only whether they are set, and a
+    password inside a URL is replaced."""
+    if field in SECRETS or isinstance(value, SecretStr):
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return f"{MASK} (set)" if secret else "(not set)"
+    if value is None:
+        return "(auto)"
+    if field in _URL_FIELDS:
+        return _mask_url(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _text(value) -> str:
+    """A value as it would be written in the environment."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return '""' if value == "" else str(value)
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))

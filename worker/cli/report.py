@@ -1,0 +1,114 @@
+"""How `newsletter status` (and the end of a send) puts an edition into words."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import click
+from sqlalchemy import Engine
+
+from worker.delivery.status import edition_status, edition_whereabouts
+from worker.settings import Settings
+from worker.store.models import Edition
+
+
+def full_status(engine: Engine, settings: Settings, edition: Edition, *, now: datetime) -> dict:
+    """The counts and the whereabouts of open and failed rows, as one JSON-ready dict."""
+    data = edition_status(engine, edition)
+    data.update(edition_whereabouts(engine, edition.id, now=now,
+                                    redispatch_after=timedelta(seconds=settings.redispatch_seconds),
+                                    liveness_timeout=timedelta(seconds=settings.liveness_seconds)))
+    return data
+
+
+def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None = None) -> None:
+    click.echo(f"{data['edition']} ({data['label']}): {data['state']}"
+               + (f" ({data['reason']})" if data["reason"] else ""))
+    if data["note"]:
+        click.echo(f"  note: {data['note']}")
+    click.echo(f"  {data['total']} deliveries: " + ", ".join(f"{n} {s}" for s, n in data["counts"].items()))
+    nothing = nothing_sent(data)
+    if nothing:
+        click.echo(f"  {nothing}")
+    if data["retry_scheduled"]:
+        click.echo(f"  {data['retry_scheduled']} failed rows have a retry scheduled")
+    for reason, n in data["skip_reasons"].items():
+        click.echo(f"  skipped {reason}: {n}")
+    for code, n in data["smtp_codes"].items():
+        click.echo(f"  smtp {code}: {n}")
+    if "failures" in data:
+        _print_whereabouts(data, tz=tz, now=now)
+    for row in data["unknown"]:
+        click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
+
+
+def nothing_sent(data: dict) -> str | None:
+    """A plain sentence for an edition that has sent nothing and has nothing left to send."""
+    counts = data["counts"]
+    if counts["sent"] or counts["pending"] or counts["sending"] or data["retry_scheduled"]:
+        return None
+    if data["total"] == 0:
+        return "nothing to send: there were no active subscribers when it was planned"
+    no_stories = data["skip_reasons"].get("no-stories", 0)
+    if no_stories == data["total"]:
+        return (f"nothing was sent: nobody had stories in their regions in {data['label']} "
+                f"(all {no_stories} subscribers skipped, no-stories)")
+    return None
+
+
+def _print_whereabouts(data: dict, *, tz: ZoneInfo | None, now: datetime | None) -> None:
+    def when(iso: str | None) -> str:
+        return _when(iso, tz=tz, now=now)
+
+    failures = data["failures"]
+    for group in failures["groups"]:
+        reply = group["reply"] or "(no reply recorded)"
+        if group["final"]:
+            tail = "final" + (f", after {group['attempts']} attempts" if group["state"] == "failed" else "")
+        elif group["retry_from"] == group["retry_until"]:
+            tail = f"retry at {when(group['retry_from'])}"
+        else:
+            tail = f"retries from {when(group['retry_from'])} to {when(group['retry_until'])}"
+        click.echo(f"  {group['state']}: {group['count']} × {reply} ({tail})")
+    if failures["other_rows"]:
+        click.echo(f"  ... and {failures['other_rows']} more failed or bounced rows with other replies "
+                   "(`--json` has the same groups)")
+    for lease in data["leases"]:
+        state = {"alive": "alive", "dead": "dead: no heartbeat within NEWSLETTER_LIVENESS_SECONDS",
+                 "unknown": "unknown: no heartbeat on record"}[lease["status"]]
+        sending = f", {lease['sending']} in an SMTP transaction" if lease["sending"] else ""
+        until = lease["lease_until"]
+        if lease["lease_expired"]:
+            end = f"lease ended {when(until)}, free for the next hand-out"
+        elif lease["status"] == "dead":
+            end = f"lease until {when(until)}; the next live worker or reconciler tick frees its rows"
+        else:
+            end = f"lease until {when(until)}"
+        click.echo(f"  held by worker {lease['worker']} ({state}): {lease['rows']} rows{sending}; {end}")
+    waiting = data["awaiting_broker"]
+    if waiting["rows"]:
+        first, last = waiting["redispatch_from"], waiting["redispatch_until"]
+        again = when(first) if first == last else f"from {when(first)} to {when(last)}"
+        click.echo(f"  {waiting['rows']} rows handed to the broker, not yet taken by a worker; "
+                   f"handed out again {again} if still untaken (NEWSLETTER_REDISPATCH_SECONDS)")
+
+
+def _when(iso: str | None, *, tz: ZoneInfo | None, now: datetime | None) -> str:
+    if iso is None:
+        return "?"
+    moment = datetime.fromisoformat(iso)
+    text = moment.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z") if tz else iso
+    if now is None:
+        return text
+    seconds = int((moment - now).total_seconds())
+    span = _span(abs(seconds))
+    return f"{text}, {'in ' + span if seconds >= 0 else span + ' ago'}"
+
+
+def _span(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
