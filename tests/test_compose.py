@@ -400,15 +400,32 @@ def _in_sim(args: list[str], user: ImageUser) -> list[str]:
     return [a.replace(IMAGE_ROOT + "/", f"{user.app}/") if a.startswith(IMAGE_ROOT + "/") else a for a in args]
 
 
-def test_app_services_run_as_the_image_user_writing_only_var(image_user, pg_url, redis_url):
-    """migrate, then worker, beat and web: each compose command, as uid 10001 in /app."""
+def _empty(url: str) -> None:
+    from tests.conftest import _truncate
+    from worker.store.db import create_db_engine
+
+    engine = create_db_engine(url)
+    try:
+        _truncate(engine)
+    finally:
+        engine.dispose()
+
+
+def test_app_services_run_as_the_image_user_writing_only_var(image_user, pg_url, redis_url, smtp_server):
+    """migrate, the header's demo, then worker, beat and web: each compose command, as uid 10001 in /app."""
     services = _compose()["services"]
     env = _compose_env(NEWSLETTER_DATABASE_URL=pg_url, NEWSLETTER_BROKER_URL=redis_url,
-                       NEWSLETTER_SMTP_HOST="127.0.0.1", NEWSLETTER_SMTP_PORT=str(_free_port()))
+                       NEWSLETTER_SMTP_HOST="127.0.0.1", NEWSLETTER_SMTP_PORT=str(smtp_server.port))
     before = image_user.files_outside_var()
+    _empty(pg_url)  # the session's PostgreSQL database: other tests may have sent the demo week
 
     migrate = image_user.run(services["migrate"]["command"], env)
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    # `docker compose run --rm worker newsletter demo`: through the relay (Mailpit there).
+    demo = image_user.run(["newsletter", "demo"], env)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert len(smtp_server.received) == 25
+    assert "look in that relay's inbox (docker compose: Mailpit, http://localhost:8025)" in demo.stdout
 
     port = _free_port()
     web_args = list(services["web"]["command"])
@@ -448,7 +465,7 @@ def test_app_services_run_as_the_image_user_writing_only_var(image_user, pg_url,
         text = log.read_text(errors="replace")
         assert "Permission denied" not in text and "Read-only file system" not in text, f"{name}:\n{text[-3000:]}"
     assert image_user.files_outside_var() == before
-    assert {p.name.split(".")[0] for p in (image_user.app / "var").iterdir()} == {"celerybeat-schedule"}
+    assert {p.name.split(".")[0] for p in (image_user.app / "var").iterdir()} == {"celerybeat-schedule", "preview"}
 
 
 class _LoadingRedis:
