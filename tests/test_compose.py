@@ -318,6 +318,7 @@ class ImageUser:
         self._prelude = ["set -e"]
         base = Path(sys.base_prefix).resolve()
         hidden = _hidden_ancestor(base)
+        self._private_mounts = hidden is not None
         if hidden is not None:
             child = hidden / base.relative_to(hidden).parts[0]
             keep = root / "keep"
@@ -345,7 +346,8 @@ class ImageUser:
 
     def argv(self, args: list[str]) -> list[str]:
         script = "\n".join(self._prelude)
-        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", *args]
+        unshare = ["unshare", "--mount", "--propagation", "private", "--"] if self._private_mounts else []
+        return [*unshare, "sh", "-c", script, "sh", *args]
 
     def env(self, extra: dict[str, str]) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)
@@ -370,7 +372,7 @@ class ImageUser:
 def image_user():
     if os.geteuid() != 0:
         pytest.skip("simulating the image's user needs root (setpriv, a private mount namespace)")
-    for tool in ("setpriv", "unshare"):
+    for tool in ("setpriv", "unshare") if _hidden_ancestor(Path(sys.base_prefix).resolve()) else ("setpriv",):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
     for path in (Path(sys.prefix), REPO):
