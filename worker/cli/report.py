@@ -66,10 +66,8 @@ def _print_whereabouts(data: dict, *, tz: ZoneInfo | None, now: datetime | None)
         reply = group["reply"] or "(no reply recorded)"
         if group["final"]:
             tail = "final" + (f", after {group['attempts']} attempts" if group["state"] == "failed" else "")
-        elif group["retry_from"] == group["retry_until"]:
-            tail = f"retry at {when(group['retry_from'])}"
         else:
-            tail = f"retries from {when(group['retry_from'])} to {when(group['retry_until'])}"
+            tail = f"retry {_between(group['retry_from'], group['retry_until'], tz=tz, now=now)}"
         click.echo(f"  {group['state']}: {group['count']} × {reply} ({tail})")
     if failures["other_rows"]:
         click.echo(f"  ... and {failures['other_rows']} more failed or bounced rows with other replies "
@@ -88,10 +86,9 @@ def _print_whereabouts(data: dict, *, tz: ZoneInfo | None, now: datetime | None)
         click.echo(f"  held by worker {lease['worker']} ({state}): {lease['rows']} rows{sending}; {end}")
     waiting = data["awaiting_broker"]
     if waiting["rows"]:
-        first, last = waiting["redispatch_from"], waiting["redispatch_until"]
-        again = when(first) if first == last else f"from {when(first)} to {when(last)}"
+        again = _between(waiting["redispatch_from"], waiting["redispatch_until"], tz=tz, now=now)
         click.echo(f"  {waiting['rows']} rows handed to the broker, not yet taken by a worker; "
-                   f"handed out again {again} if still untaken (NEWSLETTER_REDISPATCH_SECONDS)")
+                   f"if none takes them, handed out again {again} (NEWSLETTER_REDISPATCH_SECONDS)")
 
 
 def _when(iso: str | None, *, tz: ZoneInfo | None, now: datetime | None) -> str:
@@ -104,6 +101,22 @@ def _when(iso: str | None, *, tz: ZoneInfo | None, now: datetime | None) -> str:
     seconds = int((moment - now).total_seconds())
     span = _span(abs(seconds))
     return f"{text}, {'in ' + span if seconds >= 0 else span + ' ago'}"
+
+
+def _between(first: str | None, last: str | None, *, tz: ZoneInfo | None, now: datetime | None) -> str:
+    """'at T, in 5 min', or for a spread 'between T1 and T2, in 5 to 9 min'."""
+    if first == last or last is None:
+        return f"at {_when(first, tz=tz, now=now)}"
+    start, end = _when(first, tz=tz, now=None), _when(last, tz=tz, now=None)
+    if start[:10] == end[:10]:
+        end = end[11:]  # same day: the time is enough
+    text = f"between {start} and {end}"
+    if now is None:
+        return text
+    a, b = (int((datetime.fromisoformat(t) - now).total_seconds()) for t in (first, last))
+    if a >= 0:
+        return f"{text}, in {_span(a)} to {_span(b)}"
+    return f"{text}, {_span(-a)} ago to " + (f"in {_span(b)}" if b >= 0 else f"{_span(-b)} ago")
 
 
 def _span(seconds: int) -> str:

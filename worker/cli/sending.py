@@ -146,7 +146,7 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
         sending += count
     click.echo(f"would send {sending}, skip {skipped} (no-stories), {len(sets)} region sets")
     if not sending:
-        click.echo(f"warning: {_why_empty(engine, window, skipped)}", err=True)
+        click.echo(f"warning: nothing would be sent: {_why_empty(engine, window, skipped)}", err=True)
     if clipped:
         click.echo("WARNING: " + size_line(max((renderer.variant(tuple(r.split())) for r, _ in sets
                                                 if r in with_stories), key=lambda v: v.html_bytes)),
@@ -157,12 +157,14 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
 def _why_empty(engine: Engine, window: Window, skipped: int) -> str:
     """Why a plan has nobody to send to, in the words a newcomer needs."""
     if not skipped:
-        return "nothing to send: there are no active subscribers (`newsletter subscribers import FILE.csv`)"
+        return "there are no active subscribers (`newsletter subscribers import FILE.csv`)"
     with session_scope(engine) as session:
         stories = len(fetch_window_stories(session, window))
-    where = (f"{window.label} has no stories at all (`newsletter stories import SOURCE`)" if not stories
-             else f"{window.label}'s {stories} stories are all in regions nobody follows "
-                  "(`newsletter stories list --week " + window.label + "`)")
+    if not stories:
+        where = f"{window.label} has no stories at all (`newsletter stories import SOURCE`)"
+    else:
+        where = (f"{window.label} has {stories} {'story' if stories == 1 else 'stories'}, all in regions "
+                 f"nobody follows (`newsletter stories list --week {window.label}`)")
     return f"nobody had stories in their regions: all {skipped} subscribers skipped (no-stories); {where}"
 
 

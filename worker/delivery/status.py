@@ -91,7 +91,7 @@ def _failures(engine: Engine, edition_id: int) -> dict:
                    func.max(D.c.next_attempt_at), func.max(D.c.attempts))
             .where(D.c.edition_id == edition_id, D.c.state.in_([FAILED, BOUNCED]))
             .group_by(D.c.state, D.c.last_reply, final)
-            .order_by(count.desc(), D.c.state, D.c.last_reply).limit(REPLY_GROUPS)).all()
+            .order_by(count.desc(), D.c.state, D.c.last_reply, final).limit(REPLY_GROUPS)).all()
         total = session.scalar(select(func.count()).select_from(D).where(
             D.c.edition_id == edition_id, D.c.state.in_([FAILED, BOUNCED]))) or 0
     shown = []
