@@ -91,3 +91,27 @@ def test_the_repo_config_file_is_valid():
 
     s = load_settings({"NEWSLETTER_CONFIG": str(REPO / "config" / "newsletter.toml")})
     assert s.email_backend == "file"
+
+
+def test_unknown_variables_are_found_with_the_closest_setting():
+    from worker.settings import unknown_env_vars
+
+    env = {"NEWSLETTER_SMTP_PROT": "25", "NEWSLETTER_SECRETKEY": "x", "NEWSLETTER_ZZZ": "1",
+           "NEWSLETTER_SMTP_PORT": "25", "NEWSLETTER_CONFIG": "c.toml", "NEWSLETTER_DEBUG": "1",
+           "NEWSLETTER_TEST_POSTGRES_URL": "x", "NEWSLETTER_BENCH_REDIS_URL": "x", "PATH": "/bin"}
+    assert unknown_env_vars(env) == [("NEWSLETTER_SECRETKEY", "NEWSLETTER_SECRET_KEY"),
+                                     ("NEWSLETTER_SMTP_PROT", "NEWSLETTER_SMTP_PORT"),
+                                     ("NEWSLETTER_ZZZ", None)]
+
+
+def test_each_value_knows_where_it_came_from(tmp_path):
+    from worker.settings import load_settings_with_sources
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('smtp_host = "relay.example"\nfrom = "Desk <desk@news.example>"\n')
+    settings, sources = load_settings_with_sources({"NEWSLETTER_CONFIG": str(cfg), "NEWSLETTER_SMTP_PORT": "587"})
+    assert (settings.smtp_host, settings.smtp_port) == ("relay.example", 587)
+    assert sources["smtp_host"] == sources["from_address"] == f"file {cfg}"
+    assert sources["smtp_port"] == "NEWSLETTER_SMTP_PORT"
+    assert sources["timezone"] == "default"
+    assert set(sources) == set(type(settings).model_fields)

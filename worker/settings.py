@@ -285,7 +285,8 @@ def load_settings_with_sources(env: Mapping[str, str] | None = None) -> tuple[Se
     for field in Settings.model_fields:
         key = _key(field)
         where = origin.get(key)
-        sources[field] = "default" if where is None else where if where.startswith(ENV_PREFIX) else f"file {path}"
+        sources[field] = ("default" if where is None else where if where.startswith(ENV_PREFIX)
+                          else f"file {path.absolute()}")
     return settings, sources
 
 
