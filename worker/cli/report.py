@@ -81,6 +81,8 @@ def _print_whereabouts(data: dict, *, tz: ZoneInfo | None, now: datetime | None)
             end = f"lease ended {when(until)}, free for the next hand-out"
         elif lease["status"] == "dead":
             end = f"lease until {when(until)}; the next live worker or reconciler tick frees its rows"
+        elif lease["status"] == "unknown":
+            end = f"lease until {when(until)}; nothing frees its rows before then"
         else:
             end = f"lease until {when(until)}"
         click.echo(f"  held by worker {lease['worker']} ({state}): {lease['rows']} rows{sending}; {end}")
