@@ -14,14 +14,14 @@ from tests.conftest import REPO
 
 class WorkerProcess:
     def __init__(self, env: dict[str, str], log: Path, *, name: str = "w1", concurrency: int = 2,
-                 queues: str = "celery,send", extra: list[str] | None = None) -> None:
+                 queues: str | None = "celery,send", extra: list[str] | None = None) -> None:
         self.log = log
         self.name = name
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
         full_env.update(env)
         full_env["PYTHONPATH"] = str(REPO)
         full_env["PYTHONUNBUFFERED"] = "1"
-        self.args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues,
+        self.args = [sys.executable, "-m", "celery", "-A", "worker", "worker", *(["-Q", queues] if queues else []),
                      "-c", str(concurrency), "-P", "prefork", "-n", f"{name}@%h", "-l", "INFO",
                      "--without-heartbeat", "--without-gossip", "--without-mingle", *(extra or [])]
         self.env = full_env

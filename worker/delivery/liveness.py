@@ -31,12 +31,13 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from worker.store.db import session_scope
-from worker.store.models import Delivery, DeliveryState, Worker
+from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Worker
 
 log = logging.getLogger(__name__)
 D = Delivery.__table__
 W = Worker.__table__
 SENDING = DeliveryState.SENDING.value
+_WAITING = (DeliveryState.PENDING.value, DeliveryState.FAILED.value)
 DIED = "worker died during the SMTP transaction"
 # Beats per timeout: a worker must miss several in a row to be called dead.
 BEATS_PER_TIMEOUT = 6
@@ -74,7 +75,10 @@ def recover(engine: Engine, *, now: datetime, timeout: timedelta) -> set[int]:
     One transaction: the dead workers' rows are deleted first (a compare-and-set on the
     heartbeat, so a worker that beat in the meantime keeps everything), then their rows
     in `sending` become `unknown` and their other rows lose lease and hand-out mark.
-    Returns the editions that have rows to hand out again.
+    The broker messages the dead worker had taken but not begun are lost with it until
+    the broker's visibility timeout: so every due row no batch holds, in every sending
+    edition, loses its hand-out mark too (a second message for a row is harmless: the
+    claim decides). Returns the editions that have rows to hand out again.
     """
     cutoff = now - timeout
     with session_scope(engine) as session:
@@ -90,12 +94,14 @@ def recover(engine: Engine, *, now: datetime, timeout: timedelta) -> set[int]:
             .values(state=DeliveryState.UNKNOWN.value, claimed_by=None, lease_until=None, last_reply=DIED,
                     updated_at=now)
         ).rowcount or 0
-        editions = set(session.scalars(
-            update(D).where(D.c.claimed_by.in_(dead))
-            .values(claimed_by=None, lease_until=None, enqueued_at=None, updated_at=now)
-            .returning(D.c.edition_id)))
-    log.warning("workers %s stopped beating before %s: %d rows in SMTP transactions now unknown, "
-                "rows of editions %s handed out again", ", ".join(dead), cutoff.isoformat(), unknown,
+        session.execute(update(D).where(D.c.claimed_by.in_(dead))
+                        .values(claimed_by=None, lease_until=None, enqueued_at=None, updated_at=now))
+        editions = set(session.scalars(select(Edition.id).where(Edition.state == EditionState.SENDING.value)))
+        session.execute(update(D).where(D.c.edition_id.in_(editions), D.c.claimed_by.is_(None),
+                                        D.c.state.in_(_WAITING), D.c.enqueued_at.is_not(None))
+                        .values(enqueued_at=None))
+    log.warning("workers %s stopped beating before %s: %d rows in SMTP transactions now unknown; "
+                "editions %s handed out again", ", ".join(dead), cutoff.isoformat(), unknown,
                 sorted(editions) or "none")
     return editions
 
