@@ -98,6 +98,14 @@ def test_resume_continues_a_sending_edition_and_points_a_done_one_at_retry(cli, 
                         f"`newsletter send --edition {KEY}-force-2 --retry-failed` re-queues its 1 failed rows\n")
 
 
+def test_a_week_given_as_an_edition_key_is_pointed_at_its_edition(cli):
+    assert cli("send", "--week", "2025-W05", "--inline").code == 0
+    result = cli("status", "2025-W05")
+    assert (result.code, result.err) == (
+        2, f"error: no edition '2025-W05'; did you mean {KEY}? (see `newsletter status`)\n")
+    assert cli("status", "2025-W06").err == "error: no edition '2025-W06' (see `newsletter status`)\n"
+
+
 def test_edition_excludes_a_window_and_force(cli):
     assert cli("send", "--edition", KEY, "--week", "2025-W05").err == (
         "error: give --edition, or --week or --since/--until, not both\n")

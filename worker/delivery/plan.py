@@ -173,5 +173,15 @@ def next_force_key(engine: Engine, key: str) -> str:
 def require_edition(engine: Engine, key: str) -> Edition:
     edition = find_edition(engine, key)
     if edition is None:
-        raise UsageError(f"no edition {key!r} (see `newsletter status`)")
+        close = _close_key(engine, key)
+        hint = f"; did you mean {close}?" if close else ""
+        raise UsageError(f"no edition {key!r}{hint} (see `newsletter status`)")
     return edition
+
+
+def _close_key(engine: Engine, key: str) -> str | None:
+    """The edition meant by a week given as a key: `2025-W05` is `weekly-2025-W05`. (Not
+    a fuzzy match: keys of neighbouring weeks differ by one character, and suggesting
+    last week's edition for this week's would mislead.)"""
+    weekly = f"weekly-{key.strip()}"
+    return weekly if find_edition(engine, weekly) is not None else None
