@@ -106,10 +106,16 @@ def test_a_week_given_as_an_edition_key_is_pointed_at_its_edition(cli):
     assert cli("status", "2025-W06").err == "error: no edition '2025-W06' (see `newsletter status`)\n"
 
 
-def test_edition_excludes_a_window_and_force(cli):
+def test_edition_excludes_a_window_and_force_on_it_copies_the_original(cli, engine):
     assert cli("send", "--edition", KEY, "--week", "2025-W05").err == (
         "error: give --edition, or --week or --since/--until, not both\n")
-    assert cli("send", "--edition", KEY, "--force").code == 2
+    assert cli("send", "--week", "2025-W05", "--inline").code == 0
+    assert cli("send", "--edition", KEY, "--force", "--inline").code == 0
+    dry = cli("send", "--edition", f"{KEY}-force-2", "--force", "--dry-run")
+    assert dry.out.startswith(f"dry run of {KEY}-force-3 (2025-W05): nothing is sent or recorded\n")
+    result = cli("send", "--edition", f"{KEY}-force-2", "--force", "--inline")
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"{KEY}-force-3: planned (forced re-send of {KEY} by ")
     assert cli("send", "--edition", "weekly-1999-W01", "--retry-failed").err == (
         "error: no edition 'weekly-1999-W01' (see `newsletter status`)\n")
 

@@ -15,8 +15,7 @@ from worker.errors import UsageError
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="Custom window start (local date).")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Custom window end, exclusive.")
 @click.option("--edition", "edition_key", metavar="KEY",
-              help="An edition that exists, by key (e.g. weekly-2025-W05-force-2), instead of a window: "
-                   "for --retry-failed, --wait, --inline.")
+              help="An edition that exists, by key (e.g. weekly-2025-W05-force-2), instead of a window.")
 @click.option("--to", "to", multiple=True, help="Test send to this address (repeatable); no ledger.")
 @click.option("--regions", help="Region set for --to / --dry-run (default: every set).")
 @click.option("--dry-run", is_flag=True, help="Say what the same command would do; send and record nothing.")
@@ -42,11 +41,11 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
         raise UsageError("give --edition, or --week or --since/--until, not both")
     if force and retry_failed:
         raise UsageError("--force and --retry-failed exclude each other")
-    if force and edition_key:
-        raise UsageError("--force plans a window anew: give --week or --since/--until, not --edition")
     settings = ctx.settings
     if edition_key:
         window, key, kind = sending.resolve_edition(ctx.engine, settings, edition_key)
+        if force:  # a forced copy of a forced copy is one more copy of the original
+            key = sending.original_key(key)
     else:
         window, key, kind = sending.resolve_window(settings, week, since and since.date(), until and until.date())
     codes = sending.parse_region_option(regions)

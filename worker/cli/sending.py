@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import re
 import time
 from datetime import date, timedelta
 
@@ -33,6 +34,7 @@ from worker.store.db import session_scope
 from worker.store.models import EditionState, Subscriber, SubscriberStatus
 
 FAILURE_STATES = ("failed", "bounced", "unknown")
+_FORCED = re.compile(r"(-force-\d+)+$")
 
 
 def resolve_window(settings: Settings, week: str | None, since: date | None,
@@ -316,3 +318,8 @@ def resolve_edition(engine: Engine, settings: Settings, key: str) -> tuple[Windo
                     first_day=edition.window_start.astimezone(tz).date(),
                     last_day=(edition.window_end.astimezone(tz) - timedelta(days=1)).date())
     return window, edition.key, edition.kind
+
+
+def original_key(key: str) -> str:
+    """`weekly-2025-W05-force-3` -> `weekly-2025-W05` (next_force_key's suffix taken off)."""
+    return _FORCED.sub("", key)
