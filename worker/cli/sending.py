@@ -31,7 +31,7 @@ from worker.preview import resolve_week, size_line, weekly_edition_key
 from worker.render.compose import Addressee, compose
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import EditionState, Subscriber, SubscriberStatus
+from worker.store.models import Edition, EditionState, Subscriber, SubscriberStatus
 
 FAILURE_STATES = ("failed", "bounced", "unknown")
 _FORCED = re.compile(r"(-force-\d+)+$")
@@ -148,7 +148,8 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
         sending += count
     click.echo(f"would send {sending}, skip {skipped} (no-stories), {len(sets)} region sets")
     if not sending:
-        click.echo(f"warning: nothing would be sent: {_why_empty(engine, window, skipped)}", err=True)
+        why = _no_stories(engine, window, skipped) if skipped else NO_SUBSCRIBERS
+        click.echo(f"warning: nothing would be sent: {why}", err=True)
     if clipped:
         click.echo("WARNING: " + size_line(max((renderer.variant(tuple(r.split())) for r, _ in sets
                                                 if r in with_stories), key=lambda v: v.html_bytes)),
@@ -156,10 +157,11 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
     return 0
 
 
-def _why_empty(engine: Engine, window: Window, skipped: int) -> str:
-    """Why a plan has nobody to send to, in the words a newcomer needs."""
-    if not skipped:
-        return "there are no active subscribers (`newsletter subscribers import FILE.csv`)"
+NO_SUBSCRIBERS = "there are no active subscribers (`newsletter subscribers import FILE.csv`)"
+
+
+def _no_stories(engine: Engine, window: Window, skipped: int) -> str:
+    """Why every subscriber was skipped, in the words a newcomer needs."""
     with session_scope(engine) as session:
         stories = len(fetch_window_stories(session, window))
     if not stories:
@@ -174,7 +176,7 @@ def count_failed(engine: Engine, edition_id: int) -> int:
     return edition_status(engine, get_edition(engine, edition_id), list_unknown=0)["counts"]["failed"]
 
 
-def _exists_line(engine: Engine, edition) -> str:
+def _exists_line(engine: Engine, edition: Edition) -> str:
     data = edition_status(engine, edition, list_unknown=0)
     counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n)
     nothing = nothing_sent(data)
@@ -228,13 +230,19 @@ def _planned_counts(engine: Engine, edition_id: int) -> str:
 
 
 def report_if_empty(engine: Engine, edition_id: int, *, window: Window, scheduled: bool) -> int | None:
-    """An edition planned with nothing to send (done at once): say so plainly. Exit status 1
-    for the scheduled week (nobody got the newsletter), 0 for a custom window; None when
-    there is something to send."""
+    """An edition whose every row is skipped (planned done at once): say so plainly. Exit
+    status 1 for the scheduled week (nobody got the newsletter), 0 for a custom window;
+    None when the edition has anything else in it."""
     data = edition_status(engine, get_edition(engine, edition_id), list_unknown=0)
-    if data["counts"]["pending"] or data["counts"]["sending"] or data["retry_scheduled"] or data["counts"]["sent"]:
+    total, reasons = data["total"], data["skip_reasons"]
+    if data["counts"]["skipped"] != total:
         return None
-    why = _why_empty(engine, window, data["counts"]["skipped"] if data["total"] else 0)
+    if total == 0:
+        why = NO_SUBSCRIBERS
+    elif reasons == {"no-stories": total}:
+        why = _no_stories(engine, window, total)
+    else:
+        why = f"all {total} subscribers skipped ({', '.join(f'{n} {r}' for r, n in reasons.items())})"
     click.echo(f"{data['edition']}: nothing was sent: {why}", err=True)
     return 1 if scheduled else 0
 
