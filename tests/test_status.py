@@ -65,6 +65,7 @@ def test_it_groups_failed_rows_by_reply_final_apart_from_retry_scheduled(cli, sm
     assert f"  failed: 1 × {BUSY} (retry at " in text
     assert f"  failed: 1 × {BUSY} (final, after 2 attempts)" in text
     assert f"  bounced: 1 × {GONE} (final)" in text
+    assert f"  1 failed for good: `newsletter send --edition {KEY} --retry-failed` tries them again" in text
 
 
 def test_it_shows_rows_held_by_each_worker_alive_dead_or_unknown(cli, engine, redis_url):

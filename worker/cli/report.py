@@ -39,6 +39,10 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
         click.echo(f"  smtp {code}: {n}")
     if "failures" in data:
         _print_whereabouts(data, tz=tz, now=now)
+    final = data["counts"]["failed"] - data["retry_scheduled"]
+    if final:
+        click.echo(f"  {final} failed for good: `newsletter send --edition {data['edition']} --retry-failed` "
+                   "tries them again")
     for row in data["unknown"]:
         click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
 
