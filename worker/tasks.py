@@ -21,11 +21,15 @@ def _runtime():
     from worker.delivery.ratelimit import make_throttle
     from worker.delivery.schedule import dispatch_recovered
     from worker.delivery.senders import make_sender_pool
+    from worker.errors import ConfigError
     from worker.settings import load_settings
-    from worker.store.db import create_db_engine
+    from worker.store.db import create_db_engine, current_revision, describe_database, head_revision
 
     settings = load_settings()
     engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2)
+    if current_revision(engine) != head_revision():
+        raise ConfigError(f"the database schema is missing or out of date ({describe_database(settings.database_url)})"
+                          ": run `newsletter db upgrade`, then restart the worker")
     heartbeat = Heartbeat(
         engine, worker_name(), timeout=timedelta(seconds=settings.liveness_seconds), clock=utcnow,
         on_recovered=lambda editions: dispatch_recovered(engine, settings, editions, publish_batch, utcnow()),
