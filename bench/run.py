@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import sqlalchemy as sa  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 REGIONS = ["RU", "UA", "DE", "FR", "GB", "US", "CN", "PL", "IT", "JP"]
 WEEK = "2025-W05"
@@ -249,6 +251,38 @@ def flush_broker() -> None:
     redis.Redis.from_url(BROKER).flushdb()
 
 
+def scrape(port: int) -> dict[str, Counter]:
+    """The worker's metrics (worker/metrics.py) from its exporter: sample name -> Counter of
+    the sample's values by label set, e.g. {"newsletter_stage_cpu_seconds_total":
+    {(("stage", "render"),): 1.2, ...}}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, Counter] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, Counter())[tuple(sorted(sample.labels.items()))] += sample.value
+    return found
+
+
+def worker_metrics(port: int, sent: int) -> dict[str, Counter]:
+    """Scraped once every message the ledger calls sent is counted: a pool process may count
+    its last few a moment after the edition is done."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = scrape(port)
+        counted = found.get("newsletter_messages_total", Counter())
+        if sum(v for k, v in counted.items() if ("outcome", "sent") in k) >= sent or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def by_label(samples: Counter, label: str) -> dict[str, float]:
+    out: Counter = Counter()
+    for labels, value in samples.items():
+        out[dict(labels).get(label, "")] += value
+    return dict(out)
+
+
 def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], delay_ms: float = 0.0) -> dict:
     from worker.celery_app import create_app
     from worker.delivery.pipeline import utcnow
@@ -262,7 +296,8 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
     flush_broker()
     sink = Sink(delay_ms)
     log = Path(tempfile.mkdtemp()) / "worker.log"
-    env = worker_env(url, sink.port, **extra)
+    metrics_port = free_port()
+    env = worker_env(url, sink.port, NEWSLETTER_METRICS_PORT=str(metrics_port), **extra)
     settings = load_settings({k: v for k, v in env.items() if k.startswith("NEWSLETTER_")})
     engine = create_db_engine(url)
     worker = start_worker(env, log)
@@ -288,14 +323,21 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
         main_cpu = cpu_of(worker.pid, reaped=False) - main_before
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT state, count(*) FROM deliveries GROUP BY state")).all())
-        text = log.read_text(errors="replace")
-        stage = Counter()
-        for proc_name in set(re.findall(r"(ForkPoolWorker-\d+)\] .*stage cpu totals", text)):
-            last = re.findall(rf"{proc_name}\] .*stage cpu totals: (\{{.*\}})", text)[-1]
-            stage.update(json.loads(last.replace("'", '"')))
-        renders = len(re.findall(r"rendered variant ", text))
-        memory = {"worker processes": [round(peak_rss_mb(p), 1) for p in procs]}
         sent = states.get("sent", 0)
+        # What production exposes is what is reported: the worker's metrics port, summed
+        # over its pool processes (worker/metrics.py).
+        found = worker_metrics(metrics_port, sent)
+
+        def total(name: str) -> float:
+            return sum(found.get(name, Counter()).values())
+
+        messages = total("newsletter_messages_total")
+        outcomes = {f"{dict(k)['outcome']} {dict(k)['code']}": int(v)
+                    for k, v in sorted(found.get("newsletter_messages_total", Counter()).items())}
+        stage = by_label(found.get("newsletter_stage_cpu_seconds_total", Counter()), "stage")
+        smtp_count = total("newsletter_smtp_transaction_seconds_count")
+        smtp_sum = total("newsletter_smtp_transaction_seconds_sum")
+        memory = {"worker processes": [round(peak_rss_mb(p), 1) for p in procs]}
         return {
             "subscribers": subscribers, "distinct_region_sets": sets, "batches": batches, "states": states,
             "sink_received": sink.count(), "seconds": round(elapsed, 2),
@@ -303,9 +345,12 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
             "plan_seconds": round(plan_seconds, 2), "plan_cpu_ms_per_message": round(plan_cpu / max(sent, 1) * 1000, 4),
             "cpu_ms_per_message": {k: round((cpu_after[k] - cpu_before[k]) / max(sent, 1) * 1000, 3) for k in watched},
             "worker_main_process_cpu_ms_per_message": round(main_cpu / max(sent, 1) * 1000, 3),
-            "worker_stage_cpu_ms_per_message": {k: round(v / max(stage["messages"], 1) * 1000, 3)
-                                                 for k, v in stage.items() if k != "messages"},
-            "inliner_calls": renders, "peak_rss_mb": memory,
+            "worker_stage_cpu_ms_per_message": {k: round(v / max(messages, 1) * 1000, 3) for k, v in stage.items()},
+            "messages_by_outcome_and_code": outcomes,
+            "smtp_transaction_ms_mean": round(smtp_sum / max(smtp_count, 1) * 1000, 3),
+            "smtp_connections_opened": int(total("newsletter_smtp_connections_opened_total")),
+            "inliner_calls": int(total("newsletter_variants_inlined_total")),
+            "peak_rss_mb": memory,
         }
     finally:
         worker.terminate()
@@ -322,7 +367,7 @@ def run_naive(url: str, count: int) -> float:
 
     flush_broker()
     sink = Sink()
-    env = worker_env(url, sink.port)
+    env = worker_env(url, sink.port, NEWSLETTER_METRICS_PORT="0")
     settings = load_settings({k: v for k, v in env.items() if k.startswith("NEWSLETTER_")})
     engine = create_db_engine(url)
     key = "naive-" + KEY

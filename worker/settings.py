@@ -130,6 +130,8 @@ class Settings(BaseModel):
     # the message in flight `unknown`. N claims N rows at once (fewer commits, see
     # the benchmarks); a crash can then leave up to N rows `unknown`, some never sent.
     ledger_group: int = Field(1, ge=1, le=100)
+    # `celery worker` serves its metrics (worker/metrics.py) on this port of 127.0.0.1; 0: off.
+    metrics_port: int = Field(9808, ge=0, le=65535)
 
     @field_validator("timezone")
     @classmethod

@@ -5,13 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections import Counter
 
 import premailer
 
-# How many times the inliner ran in this process: tests and benchmarks check
-# it equals the number of distinct region sets, never the number of recipients.
-CALLS: Counter[str] = Counter()
+from worker import metrics
 
 PREMAILER_OPTIONS = dict(
     allow_network=False,
@@ -32,7 +29,9 @@ def inline_css(html: str, *, inliner: str = "premailer") -> str:
     block. "css-inline" (NEWSLETTER_CSS_INLINER) does the same in Rust, about 40
     times faster on this digest, with remote stylesheets off.
     """
-    CALLS["inline_css"] += 1
+    # newsletter_variants_inlined_total: tests and the benchmark check it equals the
+    # number of distinct region sets, never the number of recipients.
+    metrics.count_inlined(inliner)
     if inliner == "css-inline":
         import css_inline
 

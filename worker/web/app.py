@@ -13,6 +13,7 @@ import ipaddress
 from datetime import UTC, datetime
 
 from flask import Flask, Response, abort, render_template, request
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -22,6 +23,7 @@ from worker.digest import select_sections
 from worker.digest.queries import fetch_window_stories
 from worker.errors import ConfigError, NewsletterError
 from worker.ingest.subscribers import set_status_by_id
+from worker.metrics import LedgerCollector
 from worker.preview import build_preview, resolve_week
 from worker.render.digest import parse_variant_key, variant_key
 from worker.render.personalise import Recipient, personalise
@@ -147,6 +149,15 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
             rows.append({"key": variant_key(codes), "regions": " ".join(codes), "subscribers": count,
                          "stories": selection.story_count})
         return render_template("index.html", window=window, rows=rows, settings=settings)
+
+    # The ledger's rows by state, counted when scraped; the worker's own counters are on
+    # its NEWSLETTER_METRICS_PORT (worker/metrics.py). Operator-only, like every unmarked route.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LedgerCollector(engine))
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     @app.get("/preview/<week>/<variant>")
     def preview_page(week: str, variant: str):

@@ -1,0 +1,93 @@
+"""The one metrics seam (worker/metrics.py): counts in this process, and the worker's exporter
+summing its pool processes' counts in prometheus-client's multiprocess mode."""
+
+import socket
+import subprocess
+import sys
+import textwrap
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import REPO
+from worker import metrics
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_the_seam_counts_in_this_process():
+    sent = ("newsletter_messages_total", {"outcome": "sent", "code": "250"})
+    none = ("newsletter_messages_total", {"outcome": "temporary", "code": "none"})
+    before = metrics.sample(sent[0], **sent[1]), metrics.sample(none[0], **none[1])
+    cpu = metrics.sample("newsletter_stage_cpu_seconds_total", stage="ledger")
+    metrics.count_message("sent", 250)
+    metrics.count_message("sent", 250)
+    metrics.count_message("temporary", None)
+    with metrics.stage_cpu("ledger"):
+        sum(range(200_000))
+    assert metrics.sample(sent[0], **sent[1]) == before[0] + 2
+    assert metrics.sample(none[0], **none[1]) == before[1] + 1
+    assert metrics.sample("newsletter_stage_cpu_seconds_total", stage="ledger") > cpu
+
+
+# A worker's main process sets up the exporter, then forks its pool; the pool processes count.
+POOL = textwrap.dedent("""
+    import os, sys, urllib.request
+    from worker import metrics
+
+    metrics.count_message("sent", 250)  # before the exporter: this process's own, not served
+    port = metrics.serve_worker(int(sys.argv[1]))
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    for n in (3, 4):
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(n):
+                metrics.count_message("sent", 250)
+                metrics.observe_smtp_transaction(0.002)
+            metrics.count_connection()
+            with metrics.stage_cpu("render"):
+                sum(range(100_000))
+            os._exit(0)
+        os.waitpid(pid, 0)  # exited: what it counted stays counted
+    print(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+    metrics.stop_worker()
+    print("left:", os.path.exists(directory))
+""")
+
+
+def test_the_worker_exporter_sums_its_pool_processes_even_after_they_exit():
+    out = subprocess.run([sys.executable, "-c", POOL, str(_free_port())], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, check=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}).stdout
+    text, left = out.rsplit("left:", 1)
+    samples = _samples(text)
+    assert samples[("newsletter_messages_total", (("code", "250"), ("outcome", "sent")))] == 7
+    assert samples[("newsletter_smtp_transaction_seconds_count", ())] == 7
+    assert samples[("newsletter_smtp_transaction_seconds_bucket", (("le", "0.0025"),))] == 7
+    assert samples[("newsletter_smtp_connections_opened_total", ())] == 2
+    assert samples[("newsletter_stage_cpu_seconds_total", (("stage", "render"),))] > 0
+    assert left.strip() == "False"  # the temporary directory went with the exporter
+
+
+def test_a_taken_port_costs_the_metrics_not_the_worker():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = ("import sys; from worker import metrics; r = metrics.serve_worker(int(sys.argv[1])); "
+                "metrics.count_message('sent', 250); metrics.stop_worker(); print(r)")
+        run = subprocess.run([sys.executable, "-c", code, str(port)], cwd=REPO, capture_output=True, text=True,
+                             timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0 and run.stdout.strip() == "None"
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "NEWSLETTER_METRICS_PORT=0" in run.stderr
+
+
+def test_port_zero_is_off():
+    assert metrics.serve_worker(0) is None
