@@ -51,7 +51,7 @@ def main() -> int:
                                   lease=timedelta(hours=1))
 
         def lane(mine: list[ledger.Leased]) -> None:
-            book = ledger.BatchLedger(engine, worker="bench", max_attempts=5, retry_base=60)
+            book = ledger.open_ledger(engine, worker="bench", max_attempts=5, retry_base=60)
             for start in range(0, len(mine), args.group):
                 group = [row.id for row in mine[start:start + args.group]]
                 now = utcnow()

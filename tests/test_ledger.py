@@ -37,7 +37,7 @@ def _rows(engine):
     return {d.id: d for d in delivery_rows(engine, KEY).values()}
 
 
-# (database, BatchLedger's single_statement): None is the usual choice for the database.
+# (database, open_ledger's one_statement): None is the usual choice for the database.
 PATHS = {"sqlite": ("sqlite", None), "postgresql": ("postgresql", None), "postgresql-transactions": ("postgresql", False)}
 
 
@@ -48,9 +48,8 @@ def paths(*names):
 every_path = paths("sqlite", "postgresql", "postgresql-transactions")
 
 
-def _book(engine, single_statement=None, **kw):
-    return ledger.BatchLedger(engine, worker="w1", max_attempts=3, retry_base=60,
-                              single_statement=single_statement, **kw)
+def _book(engine, one_statement=None, **kw):
+    return ledger.open_ledger(engine, worker="w1", max_attempts=3, retry_base=60, one_statement=one_statement, **kw)
 
 
 @every_path
@@ -58,12 +57,12 @@ def test_a_result_is_written_with_the_next_claim_and_the_last_on_close(leased, b
     engine, rows = leased
     first, second = rows[0].id, rows[1].id
     book = _book(engine, book_path)
-    assert book.claim([first], now=NOW, lease=LEASE) == {first: ledger.Claim("claimed", 1)}
+    assert book.claim([first], now=NOW, lease=LEASE) == {first: ledger.Claim(ledger.ClaimState.CLAIMED, 1)}
     assert _rows(engine)[first].state == "sending"
     assert _rows(engine)[first].lease_until == NOW + LEASE
     book.record(first, result=SENT, message_id="<a@news.example>", attempts=1, now=NOW + timedelta(seconds=1))
     assert _rows(engine)[first].state == "sending"  # deferred: written with the next claim
-    assert book.claim([second], now=NOW + timedelta(seconds=2), lease=LEASE) == {second: ledger.Claim("claimed", 1)}
+    assert book.claim([second], now=NOW + timedelta(seconds=2), lease=LEASE) == {second: ledger.Claim(ledger.ClaimState.CLAIMED, 1)}
     done = _rows(engine)[first]
     assert (done.state, done.last_code, done.last_reply, done.message_id) == (
         "sent", 250, "250 2.0.0 queued as A1", "<a@news.example>")
@@ -89,8 +88,8 @@ def test_a_claim_finds_rows_taken_or_left(leased, book_path):
     assert other.claim([a.id], now=NOW, lease=LEASE) == {}  # w1 holds the batch lease
     book = _book(engine, book_path)
     claims = book.claim([a.id, b.id, c.id], now=NOW, lease=LEASE)
-    assert claims == {a.id: ledger.Claim("claimed", 1), b.id: ledger.Claim("claimed", 1),
-                      c.id: ledger.Claim("unsubscribed")}
+    assert claims == {a.id: ledger.Claim(ledger.ClaimState.CLAIMED, 1), b.id: ledger.Claim(ledger.ClaimState.CLAIMED, 1),
+                      c.id: ledger.Claim(ledger.ClaimState.SKIPPED, reason="unsubscribed")}
     left = _rows(engine)[c.id]
     assert (left.state, left.skip_reason, left.attempts, left.claimed_by, left.lease_until) == (
         "skipped", "unsubscribed", 0, None, None)
@@ -141,13 +140,13 @@ def test_nothing_is_claimed_while_the_edition_is_paused(leased, book_path):
     engine, rows = leased
     edition_id = delivery_rows(engine, KEY)[rows[0].email].edition_id
     book = _book(engine, book_path)
-    assert book.claim([rows[0].id], now=NOW, lease=LEASE) == {rows[0].id: ledger.Claim("claimed", 1)}
+    assert book.claim([rows[0].id], now=NOW, lease=LEASE) == {rows[0].id: ledger.Claim(ledger.ClaimState.CLAIMED, 1)}
     book.record(rows[0].id, result=SENT, message_id="<a@news.example>", attempts=1, now=NOW)
     assert pause_edition(engine, edition_id, "operator")
     assert book.claim([rows[1].id], now=NOW, lease=LEASE) == {}  # the result above is still written
     assert _rows(engine)[rows[0].id].state == "sent" and _rows(engine)[rows[1].id].state == "pending"
     assert resume_edition(engine, edition_id)
-    assert book.claim([rows[1].id], now=NOW, lease=LEASE) == {rows[1].id: ledger.Claim("claimed", 1)}
+    assert book.claim([rows[1].id], now=NOW, lease=LEASE) == {rows[1].id: ledger.Claim(ledger.ClaimState.CLAIMED, 1)}
     book.close()
 
 

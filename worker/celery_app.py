@@ -64,7 +64,7 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "weekly-send": {
-                "task": "worker.tasks.weekly_send",
+                "task": "worker.tasks.reconcile",
                 "schedule": crontab(minute=int(minute), hour=int(hour),
                                     day_of_week=DAY_NUMBERS[settings.send_day], app=app),
             },

@@ -1,4 +1,8 @@
-"""Thin task shells: ids and ISO dates in, one plain function each."""
+"""Thin task shells: ids in, one plain function each.
+
+`send_batch` delivers one batch; `reconcile` is the tick (beat runs it every minute,
+and at the weekly send time so the edition is planned on the minute).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,18 @@ from functools import cache
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown
 from celery.utils.log import get_task_logger
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from worker.celery_app import get_app
+from worker.delivery.liveness import Heartbeat
+from worker.delivery.pipeline import STAGE_CPU, deliver_batch, utcnow, worker_name
+from worker.delivery.ratelimit import make_throttle
+from worker.delivery.schedule import dispatch_recovered
+from worker.delivery.schedule import reconcile as reconcile_now
+from worker.delivery.senders import make_sender_pool
+from worker.errors import ConfigError
+from worker.settings import load_settings
+from worker.store.db import create_db_engine, current_revision, describe_database, head_revision
 
 log = get_task_logger(__name__)
 
@@ -16,15 +32,6 @@ log = get_task_logger(__name__)
 def _runtime():
     """Settings, engine, sender and throttle, once per worker process; and the process's
     heartbeat (worker/delivery/liveness.py), started before it can take any lease."""
-    from worker.delivery.liveness import Heartbeat
-    from worker.delivery.pipeline import utcnow, worker_name
-    from worker.delivery.ratelimit import make_throttle
-    from worker.delivery.schedule import dispatch_recovered
-    from worker.delivery.senders import make_sender_pool
-    from worker.errors import ConfigError
-    from worker.settings import load_settings
-    from worker.store.db import create_db_engine, current_revision, describe_database, head_revision
-
     settings = load_settings()
     engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2)
     if current_revision(engine) != head_revision():
@@ -51,13 +58,9 @@ def _stop_process(**_) -> None:
         _runtime()[4].stop()
 
 
-
-
 def publisher(app=None):
     """publish(edition_id, ids): one send_batch message; ids only, never addresses."""
     def publish(edition_id: int, delivery_ids: list[int]) -> None:
-        from worker.celery_app import get_app
-
         (app or get_app()).send_task("worker.tasks.send_batch", args=[edition_id, list(delivery_ids)])
 
     return publish
@@ -66,21 +69,13 @@ def publisher(app=None):
 publish_batch = publisher()
 
 
-def _transient_db_errors() -> tuple[type[BaseException], ...]:
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    return (OperationalError, InterfaceError)
-
-
 # A database outage mid-batch: nothing is sent without a claim, so the batch can
 # simply run again later; rows it had leased come back to it (same worker) or
 # to anyone once the lease ends.
 @shared_task(name="worker.tasks.send_batch", acks_late=True, reject_on_worker_lost=True,
-             autoretry_for=_transient_db_errors(), retry_backoff=2, retry_backoff_max=60, max_retries=20,
-             retry_jitter=True)
+             autoretry_for=(OperationalError, InterfaceError), retry_backoff=2, retry_backoff_max=60,
+             max_retries=20, retry_jitter=True)
 def send_batch(edition_id: int, delivery_ids: list[int]) -> dict:
-    from worker.delivery.pipeline import STAGE_CPU, deliver_batch
-
     settings, engine, sender, throttle, _ = _runtime()
     report = deliver_batch(engine, settings, edition_id=edition_id, delivery_ids=delivery_ids,
                            sender=sender, throttle=throttle)
@@ -91,31 +86,10 @@ def send_batch(edition_id: int, delivery_ids: list[int]) -> dict:
     return {str(k): v for k, v in report.outcomes.items()}
 
 
-@shared_task(name="worker.tasks.weekly_send")
-def weekly_send() -> str:
-    return _tick(weekly=True)
-
-
 @shared_task(name="worker.tasks.reconcile")
 def reconcile() -> str:
-    return _tick(weekly=True)
-
-
-@shared_task(name="worker.tasks.dispatch_edition")
-def dispatch_edition(edition_id: int) -> int:
-    from worker.delivery.pipeline import utcnow
-    from worker.delivery.schedule import dispatch
-
     settings, engine, *_ = _runtime()
-    return dispatch(engine, settings, edition_id, publish_batch, utcnow())
-
-
-def _tick(*, weekly: bool) -> str:
-    from worker.delivery.pipeline import utcnow
-    from worker.delivery.schedule import reconcile as run
-
-    settings, engine, *_ = _runtime()
-    result = run(engine, settings, publish_batch, utcnow(), weekly=weekly)
+    result = reconcile_now(engine, settings, publish_batch, utcnow())
     summary = (f"due {result.due.key}: {result.due.action}; " if result.due else "") + \
         f"{result.expired} expired, {result.batches} batches, finished {result.finished}"
     log.info("reconcile: %s", summary)

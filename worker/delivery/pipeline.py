@@ -12,22 +12,27 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
 from worker.delivery import ledger
+from worker.delivery.ledger import ClaimState
 from worker.delivery.outcome import Outcome, SendResult
 from worker.delivery.plan import finish_if_done, get_edition, pause_edition
 from worker.delivery.ratelimit import RateLimiter
+from worker.delivery.schedule import dispatch
 from worker.delivery.senders import Outgoing, Sender, SenderPool
+from worker.delivery.variants import VariantStore
 from worker.digest import StoryItem, Window
 from worker.digest.queries import fetch_window_stories
 from worker.errors import HeaderInjectionError
 from worker.render.cache import VariantRenderer
-from worker.render.compose import Addressee, compose
+from worker.render.compose import Addressee, Composed, compose
+from worker.render.digest import RenderedVariant
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import EditionState
@@ -44,9 +49,20 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class NotSent:
+    """A row that ended without an SMTP transaction: lost (to another worker, or to a
+    pause), or skipped (the subscriber left, no stories), with that reason."""
+
+    reason: str
+
+
+Delivered = SendResult | NotSent
+
+
 @dataclass
 class BatchReport:
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter = field(default_factory=Counter)  # by Outcome, or by a NotSent reason
     stopped: str | None = None
 
 
@@ -76,8 +92,6 @@ def renderer_for(engine: Engine, settings: Settings, edition) -> VariantRenderer
         def load(regions: Sequence[str]) -> list[StoryItem]:
             wanted = set(regions)
             return [s for s in week if wanted.intersection(s.regions)]
-
-        from worker.delivery.variants import VariantStore
 
         # Editions that exist in the database share their renders; drafts (dry runs, tests sends) do not.
         store = VariantStore(engine, edition_id=edition.id, edition_key=edition.key) if edition.id > 0 else None
@@ -109,92 +123,27 @@ def deliver_batch(
     throttle: RateLimiter | None = None,
     clock: Clock = utcnow,
 ) -> BatchReport:
-    """Deliver the due rows among `delivery_ids`. Given a SenderPool, up to
-    NEWSLETTER_SMTP_CONNECTIONS lanes run at once, each with its own connections."""
-    report = BatchReport()
+    """Deliver the due rows among `delivery_ids`: lease them, then claim, send and record
+    each. Given a SenderPool, up to NEWSLETTER_SMTP_CONNECTIONS lanes run at once."""
     worker = worker or worker_name()
     edition = get_edition(engine, edition_id)
     if edition is None or edition.state != EditionState.SENDING.value:
-        report.stopped = f"edition is {edition.state if edition else 'gone'}"
-        return report
-    batch_lease, send_lease = leases(settings)
+        return BatchReport(stopped=f"edition is {edition.state if edition else 'gone'}")
+    batch_lease, _ = leases(settings)
     rows = ledger.lease_batch(engine, edition_id=edition_id, ids=delivery_ids, worker=worker, now=clock(),
                               lease=batch_lease)
-    step = _Step(settings=settings, renderer=renderer_for(engine, settings, edition), sender=None,
-                 secret=settings.require_secret_key(), envelope_from=settings.sender.addr_spec,
-                 throttle=throttle, send_lease=send_lease, clock=clock)
-    # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
-    deadline = clock() + batch_lease * 0.8
-    # With a rate limit a message may wait for its token; results are then written
-    # before the wait, claims take one row at a time, and one lane is enough.
-    limited = throttle is not None
-    group = 1 if limited else settings.ledger_group
-    pool = sender if isinstance(sender, SenderPool) else None
-    chunks = deque(rows[i:i + group] for i in range(0, len(rows), group))
-    lanes = 1 if (limited or pool is None) else max(1, min(settings.smtp_connections, len(chunks)))
-    lock = threading.Lock()
-    late: list[int] = []
-    errors: list[BaseException] = []
-
-    def check(result: SendResult) -> str | None:
-        with lock:
-            return _stop_reason(engine, settings, edition_id, result)
-
-    def lane() -> None:
-        # Each lane: its own SMTP connection and its own database connection, so the
-        # waits (the relay's replies, the ledger's commits) of one overlap the work of others.
-        lane_sender = pool.acquire() if pool is not None else sender
-        lane_step = replace(step, sender=lane_sender)
-        book = None
-        try:
-            book = ledger.BatchLedger(engine, worker=worker, max_attempts=settings.max_attempts,
-                                      retry_base=settings.retry_base_seconds,
-                                      pipeline=settings.ledger_pipeline and not limited)
-            while not report.stopped:
-                with lock:
-                    chunk = chunks.popleft() if chunks else None
-                if chunk is None:
-                    break
-                if clock() > deadline:
-                    report.stopped = "batch lease running out; the rest is released"
-                    break
-                for _row, outcome, stop in lane_step.deliver_group(book, chunk, check):
-                    with lock:
-                        report.outcomes[outcome.outcome if isinstance(outcome, SendResult) else outcome] += 1
-                        report.stopped = report.stopped or stop
-            book.flush()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the task's thread below
-            errors.append(exc)
-        finally:
-            if book is not None:
-                try:
-                    book.close()
-                except Exception as exc:  # noqa: BLE001
-                    errors.append(exc)
-                late.extend(book.late)
-            if pool is not None:
-                pool.release(lane_sender)
-
+    batch = _Batch(engine, settings, edition, rows, worker=worker, throttle=throttle, clock=clock)
     try:
-        if lanes == 1:
-            lane()
-        else:
-            threads = [threading.Thread(target=lane, name=f"lane-{n}") for n in range(lanes)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        batch.run(sender)
     finally:
         # Every lease this batch still holds ends here: rows it did not reach, and rows whose
         # claim it lost because the edition paused (resume hands them out at once). Rows
         # recorded or lost to another worker are not this worker's any more; release skips them.
         ledger.release(engine, ids=[r.id for r in rows], worker=worker, now=clock())
-    if errors:
-        raise errors[0]
-    for delivery_id in late:
+    for delivery_id in batch.late:
         log.warning("delivery %s: its result arrived after the lease expired; left unknown", delivery_id)
     finish_if_done(engine, edition_id, clock())
-    return report
+    return batch.report
 
 
 def _stop_reason(engine: Engine, settings: Settings, edition_id: int, outcome: SendResult) -> str | None:
@@ -217,77 +166,159 @@ def _stop_reason(engine: Engine, settings: Settings, edition_id: int, outcome: S
     return None
 
 
-@dataclass
-class _Step:
-    """Compose, claim, send and record one row: the per-subscriber hot path."""
+class _Batch:
+    """One batch's state shared by its lanes: the rows still to take, the report, the first
+    reason to stop, and what every lane needs to deliver a row."""
 
-    settings: Settings
-    renderer: VariantRenderer
-    sender: Sender | None
-    secret: str
-    envelope_from: str
-    throttle: RateLimiter | None
-    send_lease: timedelta
-    clock: Clock
+    def __init__(self, engine: Engine, settings: Settings, edition, rows: list[ledger.Leased], *, worker: str,
+                 throttle: RateLimiter | None, clock: Clock) -> None:
+        self.engine, self.settings, self.edition_id = engine, settings, edition.id
+        self.worker, self.throttle, self.clock = worker, throttle, clock
+        self.renderer = renderer_for(engine, settings, edition)
+        self.secret = settings.require_secret_key()
+        self.envelope_from = settings.sender.addr_spec
+        batch_lease, self.send_lease = leases(settings)
+        # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
+        self.deadline = clock() + batch_lease * 0.8
+        # With a rate limit a message may wait for its token; results are then written
+        # before the wait, claims take one row at a time, and one lane is enough.
+        group = 1 if throttle is not None else settings.ledger_group
+        self._groups = deque(rows[i:i + group] for i in range(0, len(rows), group))
+        self._lock = threading.Lock()
+        self.report = BatchReport()
+        self.late: list[int] = []
 
-    def prepare(self, row: ledger.Leased):
-        """Compose before claiming: the claim-to-record window holds only the SMTP transaction."""
-        cpu = time.thread_time
-        t0 = cpu()
-        variant = self.renderer.variant(row.regions)
-        t1 = cpu()
-        composed = problem = None
-        if variant is not None:
-            try:
-                composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id),
-                                   settings=self.settings, secret=self.secret, timings=STAGE_CPU)
-            except HeaderInjectionError as exc:
-                problem = str(exc)
-        STAGE_CPU["render"] += t1 - t0
-        return variant, composed, problem
+    def run(self, sender: Sender | SenderPool) -> None:
+        """Lanes, each with its own SMTP and database connections, so that the waits of one
+        (the relay's replies, the ledger's commits) overlap the work of the others."""
+        if not isinstance(sender, SenderPool):
+            _run_lane(self, sender)
+            return
+        lanes = 1 if self.throttle is not None else max(1, min(self.settings.smtp_connections, len(self._groups)))
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
+            futures = [pool.submit(self._pooled_lane, sender) for _ in range(lanes)]
+        for future in futures:
+            future.result()  # the first lane's error, raised once every lane has stopped
 
-    def deliver_group(self, book: ledger.BatchLedger, rows: Sequence[ledger.Leased],
-                      check: Callable[[SendResult], str | None]):
-        """Yield (row, outcome, stop reason) for rows claimed together. When `check` says the
-        batch must stop, rows claimed but not yet sent go back to pending."""
-        cpu = time.thread_time
-        prepared = [(row, *self.prepare(row)) for row in rows]
-        if self.throttle is not None and prepared[0][2] is not None:
-            self.throttle.acquire()
-        t0 = cpu()
-        claims = book.claim([row.id for row in rows], now=self.clock(), lease=self.send_lease)
-        STAGE_CPU["ledger"] += cpu() - t0
-        for index, (row, variant, composed, problem) in enumerate(prepared):
-            claimed = claims.get(row.id, ledger.Claim("lost"))
-            if claimed.state != "claimed":
-                yield row, claimed.state, None  # lost to another worker, or the subscriber left: nothing sent
-                continue
-            if variant is None:
-                book.skip(row.id, reason="no-stories", now=self.clock())
-                yield row, "no-stories", None
-                continue
-            t1 = cpu()
-            if composed is None:
-                result = SendResult(Outcome.REJECTED, None, f"cannot build message: {problem}")
-            else:
-                result = self.sender.send(Outgoing(sender=self.envelope_from, recipient=composed.envelope_to,
-                                                   data=composed.data, message_id=composed.message_id,
-                                                   smtputf8=composed.smtputf8))
-            if self.throttle is not None:
-                self.throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)
-            t2 = cpu()
-            book.record(row.id, result=result, message_id=composed.message_id if composed else None,
-                        attempts=claimed.attempts, now=self.clock())
-            STAGE_CPU["smtp"] += t2 - t1
-            STAGE_CPU["ledger"] += cpu() - t2
-            STAGE_CPU["messages"] += 1
-            stop = check(result)
-            if stop:
-                rest = [r.id for r, *_ in prepared[index + 1:] if claims.get(r.id, ledger.Claim("")).state == "claimed"]
-                book.unclaim(rest, now=self.clock())
-                yield row, result, stop
-                return
-            yield row, result, None
+    def _pooled_lane(self, pool: SenderPool) -> None:
+        sender = pool.acquire()
+        try:
+            _run_lane(self, sender)
+        finally:
+            pool.release(sender)
+
+    def open_ledger(self) -> ledger.Ledger:
+        return ledger.open_ledger(self.engine, worker=self.worker, max_attempts=self.settings.max_attempts,
+                                  retry_base=self.settings.retry_base_seconds,
+                                  pipeline=self.settings.ledger_pipeline and self.throttle is None)
+
+    def take(self) -> list[ledger.Leased] | None:
+        """The next rows to claim together, or None when the batch is done or must stop."""
+        with self._lock:
+            if self.report.stopped or not self._groups:
+                return None
+            if self.clock() > self.deadline:
+                self.report.stopped = "batch lease running out; the rest is released"
+                return None
+            return self._groups.popleft()
+
+    def count(self, outcome: Delivered, stop: str | None) -> None:
+        with self._lock:
+            self.report.outcomes[outcome.reason if isinstance(outcome, NotSent) else outcome.outcome] += 1
+            self.report.stopped = self.report.stopped or stop
+
+    def stop_reason(self, result: SendResult) -> str | None:
+        with self._lock:
+            return _stop_reason(self.engine, self.settings, self.edition_id, result)
+
+    def add_late(self, ids: list[int]) -> None:
+        with self._lock:
+            self.late.extend(ids)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    row: ledger.Leased
+    variant: RenderedVariant | None  # None: no stories for the row's regions
+    composed: Composed | None
+    problem: str | None = None       # why the message could not be built
+
+
+def _run_lane(batch: _Batch, sender: Sender) -> None:
+    book = batch.open_ledger()
+    try:
+        while (group := batch.take()) is not None:
+            for outcome, stop in _deliver_group(batch, book, sender, group):
+                batch.count(outcome, stop)
+    finally:
+        try:
+            book.close()
+        finally:
+            batch.add_late(book.late)
+
+
+def _deliver_group(batch: _Batch, book: ledger.Ledger, sender: Sender,
+                   rows: Sequence[ledger.Leased]) -> Iterator[tuple[Delivered, str | None]]:
+    """Claim the rows together, then send and record each: (outcome, reason to stop).
+    When the batch must stop, rows claimed but not yet sent go back to pending."""
+    prepared = [_prepare(batch, row) for row in rows]
+    if batch.throttle is not None and prepared[0].composed is not None:
+        batch.throttle.acquire()
+    t0 = time.thread_time()
+    claims = book.claim([row.id for row in rows], now=batch.clock(), lease=batch.send_lease)
+    STAGE_CPU["ledger"] += time.thread_time() - t0
+    for index, item in enumerate(prepared):
+        claim = claims.get(item.row.id, ledger.LOST)
+        if claim.state is not ClaimState.CLAIMED:
+            # Lost to another worker or to a pause, or the subscriber left: nothing sent.
+            yield NotSent(claim.reason or claim.state.value), None
+            continue
+        if item.variant is None:
+            book.skip(item.row.id, reason="no-stories", now=batch.clock())
+            yield NotSent("no-stories"), None
+            continue
+        result = _send(batch, sender, item)
+        t1 = time.thread_time()
+        book.record(item.row.id, result=result, message_id=item.composed.message_id if item.composed else None,
+                    attempts=claim.attempts, now=batch.clock())
+        STAGE_CPU["ledger"] += time.thread_time() - t1
+        STAGE_CPU["messages"] += 1
+        stop = batch.stop_reason(result)
+        if stop:
+            book.unclaim([p.row.id for p in prepared[index + 1:]
+                          if claims.get(p.row.id, ledger.LOST).state is ClaimState.CLAIMED], now=batch.clock())
+            yield result, stop
+            return
+        yield result, None
+
+
+def _prepare(batch: _Batch, row: ledger.Leased) -> _Prepared:
+    """Compose before claiming: the claim-to-record window holds only the SMTP transaction."""
+    t0 = time.thread_time()
+    variant = batch.renderer.variant(row.regions)
+    STAGE_CPU["render"] += time.thread_time() - t0
+    if variant is None:
+        return _Prepared(row, None, None)
+    try:
+        composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id), settings=batch.settings,
+                           secret=batch.secret, timings=STAGE_CPU)
+    except HeaderInjectionError as exc:
+        return _Prepared(row, variant, None, str(exc))
+    return _Prepared(row, variant, composed)
+
+
+def _send(batch: _Batch, sender: Sender, item: _Prepared) -> SendResult:
+    t0 = time.thread_time()
+    if item.composed is None:
+        result = SendResult(Outcome.REJECTED, None, f"cannot build message: {item.problem}")
+    else:
+        c = item.composed
+        result = sender.send(Outgoing(sender=batch.envelope_from, recipient=c.envelope_to, data=c.data,
+                                      message_id=c.message_id, smtputf8=c.smtputf8))
+    if batch.throttle is not None:
+        batch.throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)
+    STAGE_CPU["smtp"] += time.thread_time() - t0
+    return result
 
 
 def run_inline(engine: Engine, settings: Settings, edition_id: int, sender: Sender,
@@ -295,8 +326,6 @@ def run_inline(engine: Engine, settings: Settings, edition_id: int, sender: Send
     """Everything due in an edition, batch by batch, in this process (no broker).
 
     Rows whose retry lies in the future are left to the reconciler."""
-    from worker.delivery.schedule import dispatch
-
     worker = f"inline:{worker_name()}"
     reports: list[BatchReport] = []
     while True:

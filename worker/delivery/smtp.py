@@ -29,7 +29,13 @@ _quote_sender = functools.lru_cache(maxsize=16)(smtplib.quoteaddr)
 class _ReplyDeadline:
     """A reply must be complete within the timeout, not just each line of it: a tarpit
     that drips '451-wait' continuation lines would otherwise hold a worker forever
-    (smtplib's timeout is per socket read)."""
+    (smtplib's timeout is per socket read).
+
+    The adapter relies on one detail of smtplib (CPython 3.8 to 3.13, checked by
+    tests/test_library_contracts.py): `SMTP.getreply` reads each line with
+    `self.file.readline()`, `self.file` being made from the socket when it is None.
+    So the file is wrapped, and every line read checks the reply's deadline.
+    """
 
     def __init__(self, raw, owner) -> None:
         self.raw, self.owner = raw, owner
@@ -47,7 +53,7 @@ class _DeadlineMixin:
     reply_deadline = float("inf")
 
     def getreply(self):
-        if self.file is None or not isinstance(self.file, _ReplyDeadline):
+        if not isinstance(self.file, _ReplyDeadline):
             self.file = _ReplyDeadline(self.sock.makefile("rb"), self)
         self.reply_deadline = time.monotonic() + (self.timeout or 30)
         return super().getreply()
@@ -181,23 +187,16 @@ class SmtpSender:
             self._drop()
             return SendResult(Outcome.TEMPORARY, None, f"MAIL FROM: {_describe(exc)}")
         if code != 250:
-            if code == 421:
-                self._drop()
-            self._reset()
-            return SendResult(classify(code, _text(reply), stage="mail"), code, _text(reply))
+            return self._refused(code, reply, stage="mail")
         stage = "rcpt"
         try:
             code, reply = conn.rcpt(message.recipient, [])
             if code not in (250, 251):
-                self._reset()
-                if code == 421:
-                    self._drop()
-                return SendResult(classify(code, _text(reply), stage="rcpt"), code, _text(reply))
+                return self._refused(code, reply, stage="rcpt")
             stage = "data"
             code, reply = conn.docmd("DATA")
             if code != 354:
-                self._reset()
-                return SendResult(classify(code, _text(reply), stage="data"), code, _text(reply))
+                return self._refused(code, reply, stage="data")
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             return SendResult(Outcome.TEMPORARY, None, f"connection lost at {stage}: {_describe(exc)}")
@@ -232,10 +231,7 @@ class SmtpSender:
         for (code, reply), stage, ok in ((mail, "mail", (250,)), (rcpt, "rcpt", (250, 251)),
                                          (data, "data", (354,))):
             if code not in ok:
-                if code == 421:
-                    self._drop()
-                self._reset()
-                return SendResult(classify(code, _text(reply), stage=stage), code, _text(reply))
+                return self._refused(code, reply, stage=stage)
         return self._content(conn, message)
 
     def _content(self, conn: smtplib.SMTP, message: Outgoing) -> SendResult:
@@ -259,13 +255,20 @@ class SmtpSender:
             self._drop()
             return SendResult(Outcome.UNKNOWN, None, f"no reply after end of data: {_describe(exc)}")
         self._sent_on_conn += 1
+        if code == 250:
+            return SendResult(classify(code, _text(reply), stage="eom"), code, _text(reply))
+        # The transaction is over, but a server whose handler failed may still hold the
+        # envelope (aiosmtpd does) and refuse the next MAIL as nested: start clean.
+        return self._refused(code, reply, stage="eom")
+
+    def _refused(self, code: int, reply: bytes | str, *, stage: str) -> SendResult:
+        """A reply that ends the transaction: the connection reset (or, on 421, closed, as
+        the server is closing it), and the reply classified for its stage."""
         if code == 421:
             self._drop()
-        elif code != 250:
-            # The transaction is over, but a server whose handler failed may still hold the
-            # envelope (aiosmtpd does) and refuse the next MAIL as nested: start clean.
+        else:
             self._reset()
-        return SendResult(classify(code, _text(reply), stage="eom"), code, _text(reply))
+        return SendResult(classify(code, _text(reply), stage=stage), code, _text(reply))
 
     def _reset(self) -> None:
         if self._conn is None:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Literal
 
 from sqlalchemy import Engine, and_, select, update
 
+from worker.render.cache import Stored
 from worker.render.digest import RenderedVariant
 from worker.store.models import Variant
 
-MISSING: Literal["missing"] = "missing"
-EMPTY: Literal["empty"] = "empty"  # rendered before, and the selection was empty
 V = Variant.__table__
 
 
@@ -46,16 +44,16 @@ class VariantStore:
     def _row(self, regions: tuple[str, ...]):
         return and_(V.c.edition_id == self.edition_id, V.c.regions == " ".join(regions))
 
-    def get(self, regions: tuple[str, ...]) -> RenderedVariant | str:
+    def get(self, regions: tuple[str, ...]) -> RenderedVariant | Stored:
         with self._connect() as conn:
             row = conn.execute(select(V.c.subject, V.c.html, V.c.text, V.c.story_count, V.c.marker)
                                .where(self._row(regions))).first()
         if row is None:
-            return MISSING
+            return Stored.MISSING
         if row.html is None:
-            return "rendering"
+            return Stored.RENDERING
         if row.story_count == 0:
-            return EMPTY
+            return Stored.EMPTY
         return RenderedVariant(edition_key=self.edition_key, regions=regions, subject=row.subject,
                                html=row.html, text=row.text, story_count=row.story_count,
                                # NULL: stored by a version whose markers had no nonce.
@@ -74,16 +72,16 @@ class VariantStore:
             ).first()
             return won is not None
 
-    def wait(self, regions: tuple[str, ...]) -> RenderedVariant | str:
+    def wait(self, regions: tuple[str, ...]) -> RenderedVariant | Stored:
         """The stored variant, once its renderer has saved it; MISSING if nobody claimed it
         or the renderer did not save it in time (it died: render here without storing)."""
         deadline = time.monotonic() + self.wait_seconds
         while True:
             found = self.get(regions)
-            if found != "rendering":
+            if found is not Stored.RENDERING:
                 return found
             if time.monotonic() > deadline:
-                return MISSING
+                return Stored.MISSING
             time.sleep(0.05)
 
     def save(self, regions: tuple[str, ...], variant: RenderedVariant | None) -> None:

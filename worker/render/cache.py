@@ -7,12 +7,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 
 from worker.digest import Selection, StoryItem, Window, select_sections
 from worker.render.digest import RenderedVariant, render_variant
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Stored(StrEnum):
+    """What the store holds for a region set, when it holds no rendered variant."""
+
+    MISSING = "missing"      # nobody claimed it, or its renderer died before saving
+    RENDERING = "rendering"  # claimed; the renderer has not saved it yet
+    EMPTY = "empty"          # rendered before, and the selection was empty
 
 
 class VariantRenderer:
@@ -72,6 +81,6 @@ class VariantRenderer:
                      (time.perf_counter() - started) * 1000)
             return variant
         found = store.wait(key)
-        if found == "missing":  # whoever claimed it died before saving
+        if found is Stored.MISSING:  # whoever claimed it died before saving
             return self._render(key)
-        return None if found == "empty" else found
+        return None if found is Stored.EMPTY else found
