@@ -1,7 +1,7 @@
 """The one metrics seam: what production exposes and the benchmark reads.
 
 Code says what happened through the functions below (`metrics.count_message(outcome, code)`,
-`with metrics.stage_cpu("mime"): ...`), the way Warehouse code talks to its
+`with metrics.stage_cpu("render"): ...`, `clock.lap("mime")`), the way Warehouse code talks to its
 IMetricsService; nothing threads timers or counters through signatures, and there is
 no second bookkeeping for tests or benchmarks: they read these same metrics.
 
@@ -102,6 +102,27 @@ class _CpuTimer:
         self._child.inc(time.thread_time() - self._started)
 
 
+class StageClock:
+    """Thread CPU from lap to lap, each lap added to a stage: for consecutive stages of the hot
+    path, one clock read per stage instead of two. One per thread (lanes are threads)."""
+
+    __slots__ = ("_stages", "_last")
+
+    def __init__(self, stages: dict) -> None:
+        self._stages = stages
+        self._last = time.thread_time()
+
+    def lap(self, stage: str) -> None:
+        """Add the CPU since the last lap (or restart) to `stage`."""
+        now = time.thread_time()
+        self._stages[stage].inc(now - self._last)
+        self._last = now
+
+    def restart(self) -> None:
+        """Leave out what ran since the last lap (a wait, another stage's work)."""
+        self._last = time.thread_time()
+
+
 _current: Metrics | None = None
 _current_lock = threading.Lock()
 
@@ -123,8 +144,9 @@ def stage_cpu(stage: str) -> _CpuTimer:
     return _CpuTimer(current()._stages[stage])
 
 
-def add_stage_cpu(stage: str, seconds: float) -> None:
-    current()._stages[stage].inc(seconds)
+def stage_clock() -> StageClock:
+    """A running StageClock: `clock.lap("personalise")` after that stage's work, and so on."""
+    return StageClock(current()._stages)
 
 
 def count_message(outcome: str, code: int | None) -> None:

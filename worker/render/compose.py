@@ -78,26 +78,30 @@ def compose(
     Its CPU goes to the stages "personalise" (links, token, Message-ID, address) and
     "mime" (the bytes) of newsletter_stage_cpu_seconds_total.
     """
-    with metrics.stage_cpu("personalise"):
-        unsubscribe_url, online_url = links(
-            settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
-            subscriber_id=addressee.subscriber_id,
-        )
-        recipient = Recipient(addressee.email, addressee.name, unsubscribe_url, online_url)
-        ident = addressee.subscriber_id if not test_send else f"test:{addressee.email}:{now}"
-        mid = message_id(secret, edition_key=variant.edition_key, subscriber=ident, domain=settings.sender.domain)
-        to = mailbox(addressee.email, " ".join((addressee.name or "").split()) or None)
-        unsubscribe_header = f"<{unsubscribe_url}>"
-        if settings.unsubscribe_mailto:
-            unsubscribe_header += f", <mailto:{settings.unsubscribe_mailto}?subject=unsubscribe>"
-        date = format_datetime(now or datetime.now(UTC))
-    with metrics.stage_cpu("mime"):
-        if reference or not to.username.isascii():
-            return _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe_url, test_send, now)
-        data = _skeleton(variant, settings.from_address, settings.effective_list_id, test_send).render(
-            to=to, recipient=recipient, message_id=mid, date=date, unsubscribe_header=unsubscribe_header,
-        )
-        data = _sign(data, settings)
+    clock = metrics.stage_clock()
+    unsubscribe_url, online_url = links(
+        settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
+        subscriber_id=addressee.subscriber_id,
+    )
+    recipient = Recipient(addressee.email, addressee.name, unsubscribe_url, online_url)
+    ident = addressee.subscriber_id if not test_send else f"test:{addressee.email}:{now}"
+    mid = message_id(secret, edition_key=variant.edition_key, subscriber=ident, domain=settings.sender.domain)
+    to = mailbox(addressee.email, " ".join((addressee.name or "").split()) or None)
+    if reference or not to.username.isascii():
+        clock.lap("personalise")
+        composed = _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe_url, test_send, now)
+        clock.lap("mime")
+        return composed
+    unsubscribe_header = f"<{unsubscribe_url}>"
+    if settings.unsubscribe_mailto:
+        unsubscribe_header += f", <mailto:{settings.unsubscribe_mailto}?subject=unsubscribe>"
+    date = format_datetime(now or datetime.now(UTC))
+    clock.lap("personalise")
+    data = _skeleton(variant, settings.from_address, settings.effective_list_id, test_send).render(
+        to=to, recipient=recipient, message_id=mid, date=date, unsubscribe_header=unsubscribe_header,
+    )
+    data = _sign(data, settings)
+    clock.lap("mime")
     return Composed(variant=variant, recipient=recipient, envelope_to=to.addr_spec, data=data,
                     message_id=mid, smtputf8=False)
 
