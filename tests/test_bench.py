@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_the_ledger_benchmark_runs_every_row_to_sent(pg_url):
     out = subprocess.run([sys.executable, "bench/ledger.py", "--rows", "300", "--lanes", "3", "--group", "2"],
                          cwd=REPO, capture_output=True, text=True, timeout=120, check=True).stdout

@@ -148,6 +148,7 @@ def test_force_prints_its_planned_count(cli, engine):
     assert first.endswith("): 16 deliveries, 14 to send, 2 skipped (2 no-stories)")
 
 
+@pytest.mark.slow
 def test_send_without_wait_says_how_to_follow_and_the_advice_works(run_cli, engine, tmp_path, worker_env,
                                                                      start_worker):
     load_stories(engine, tmp_path)

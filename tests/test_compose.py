@@ -413,6 +413,7 @@ def _empty(url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_app_services_run_as_the_image_user_writing_only_var(image_user, pg_url, redis_url, smtp_server):
     """migrate, the header's demo, then worker, beat and web: each compose command, as uid 10001 in /app."""
     services = _compose()["services"]
@@ -501,6 +502,7 @@ def _redis_healthcheck(port: int) -> int:
     return subprocess.run(["sh", "-c", command], capture_output=True, timeout=10).returncode
 
 
+@pytest.mark.slow
 def test_redis_as_compose_runs_it_keeps_tasks_across_a_crash(tmp_path):
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server is not installed")
@@ -537,6 +539,7 @@ def test_redis_as_compose_runs_it_keeps_tasks_across_a_crash(tmp_path):
         _stop(proc)
 
 
+@pytest.mark.slow
 def test_postgres_healthcheck_waits_for_tcp_not_the_init_servers_socket():
     """The image's entrypoint runs init scripts on a temporary server with listen_addresses=''."""
     tools = {name: shutil.which(name) for name in ("initdb", "postgres", "pg_isready")}

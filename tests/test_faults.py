@@ -17,7 +17,7 @@ from tests.support.worker import wait_for
 from worker.delivery.plan import find_edition
 
 KEY = "weekly-2025-W05"
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+pytestmark = [pytest.mark.parametrize("db_url", ["postgresql"], indirect=True), pytest.mark.slow]
 
 # Short leases so recovery happens within seconds; slow SMTP so a batch is caught mid-way.
 FAST = {"NEWSLETTER_BATCH_LEASE_SECONDS": "20", "NEWSLETTER_SEND_LEASE_SECONDS": "3",

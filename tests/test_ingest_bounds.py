@@ -102,6 +102,7 @@ def test_the_defaults_bound_every_read_and_the_whole_fetch():
     assert 0 < FETCH_TIMEOUT < FETCH_DEADLINE <= 300
 
 
+@pytest.mark.slow
 def test_a_source_of_millions_of_tiny_items_is_cut_at_the_item_cap(engine, tmp_path):
     from worker.ingest import import_sources
     from worker.ingest.importer import MAX_ITEMS

@@ -19,7 +19,7 @@ from tests.support.worker import WorkerProcess, wait_for
 from worker.delivery.plan import find_edition
 
 KEY = "weekly-2025-W05"
-pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+pytestmark = [pytest.mark.parametrize("db_url", ["postgresql"], indirect=True), pytest.mark.slow]
 # Per delivery lane (4 by default): the transaction in flight and the previous result not yet written.
 IN_FLIGHT = 2 * 4
 # The README's figure: rows of a dead worker move on within a minute with default settings.

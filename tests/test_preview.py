@@ -89,6 +89,7 @@ def _headless(binary, profile, *args):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_digest_renders_in_a_real_browser_at_600_and_375_px(loaded, tmp_path):
     from PIL import Image

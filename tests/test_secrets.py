@@ -52,6 +52,7 @@ class RedisTap:
         return "\n".join(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_no_canary_reaches_logs_broker_or_errors(engine, tmp_path, start_worker, worker_env, run_cli, redis_url):
     load_stories(engine, tmp_path)

@@ -82,6 +82,7 @@ def serve(tmp_path):
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_gunicorn_builds_the_app_from_the_environment(serve):
     base, _ = serve([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:PORT", "--workers", "1",
                      "--no-control-socket", "worker.web:create_app_from_env()"], NEWSLETTER_OPERATOR_TOKEN="tok")
@@ -92,6 +93,7 @@ def test_gunicorn_builds_the_app_from_the_environment(serve):
     assert httpx.get(base + "/archive/weekly-2025-W05/RU").status_code == 404
 
 
+@pytest.mark.slow
 def test_serve_with_workers_becomes_gunicorn(serve):
     base, proc = serve([NEWSLETTER, "serve", "--port", "PORT", "--workers", "2"])
     assert httpx.get(base + "/").status_code == 200  # loopback, no token set

@@ -10,6 +10,7 @@ from tests.support.smtp import arrivals_over_rate
 from worker.regions import region_name
 
 KEY = "weekly-2025-W05"
+pytestmark = pytest.mark.slow  # real Celery worker processes
 
 
 def test_an_edition_reaches_every_subscriber_exactly_once(engine, tmp_path, smtp_server, start_worker,
