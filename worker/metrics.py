@@ -186,7 +186,7 @@ def serve_worker(port: int) -> int | None:
     """Serve the worker's metrics on `port` (0: off); returns the port, or None.
 
     Call it in `celery worker`'s main process before the pool forks (Celery's
-    worker_init). Each pool process has its own counters: in prometheus-client's
+    celeryd_after_setup). Each pool process has its own counters: in prometheus-client's
     multiprocess mode each writes them to files in one directory (the one named by
     PROMETHEUS_MULTIPROC_DIR, else a fresh temporary one removed at shutdown), and this
     process serves their sum, so counts survive a pool process that is replaced.
@@ -198,21 +198,23 @@ def serve_worker(port: int) -> int | None:
     owns = not directory
     if owns:
         directory = tempfile.mkdtemp(prefix="newsletter-metrics-")
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    try:
+        server, _thread = start_http_server(port, addr=EXPORTER_ADDRESS, registry=registry)
+    except OSError as exc:
+        if owns:
+            shutil.rmtree(directory, ignore_errors=True)
+        # Metrics are not worth a worker that does not deliver: say so and go on.
+        log.error("metrics: cannot listen on %s:%s (%s); NEWSLETTER_METRICS_PORT=0 turns the exporter off",
+                  EXPORTER_ADDRESS, port, exc.strerror or exc)
+        return None
     os.environ[MULTIPROC_ENV] = directory  # inherited by the pool processes
     # prometheus-client 0.26 picks the value class when prometheus_client.values is first
     # imported, which may have been before the variable was set; metrics made from now on
     # use the mapped files.
     values.ValueClass = values.get_value_class()
     _current = None
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
-    try:
-        server, _thread = start_http_server(port, addr=EXPORTER_ADDRESS, registry=registry)
-    except OSError as exc:
-        # Metrics are not worth a worker that does not deliver: say so and go on.
-        log.error("metrics: cannot listen on %s:%s (%s); NEWSLETTER_METRICS_PORT=0 turns the exporter off",
-                  EXPORTER_ADDRESS, port, exc.strerror or exc)
-        return None
     _exporter.server, _exporter.directory, _exporter.owns_directory = server, Path(directory), owns
     log.info("metrics: serving http://%s:%s/metrics", EXPORTER_ADDRESS, port)
     return port

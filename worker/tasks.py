@@ -10,13 +10,14 @@ from datetime import timedelta
 from functools import cache
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown, worker_shutdown
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from worker import metrics
 from worker.celery_app import get_app
 from worker.delivery.liveness import Heartbeat
-from worker.delivery.pipeline import STAGE_CPU, deliver_batch, utcnow, worker_name
+from worker.delivery.pipeline import deliver_batch, utcnow, worker_name
 from worker.delivery.ratelimit import make_throttle
 from worker.delivery.schedule import dispatch_recovered
 from worker.delivery.schedule import reconcile as reconcile_now
@@ -42,6 +43,19 @@ def _runtime():
         on_recovered=lambda editions: dispatch_recovered(engine, settings, editions, publish_batch, utcnow()),
     ).start()
     return settings, engine, make_sender_pool(settings), make_throttle(settings), heartbeat
+
+
+@celeryd_after_setup.connect
+def _serve_metrics(**_) -> None:
+    # `celery worker`'s main process, logging set up, the pool not forked yet: the pool
+    # processes count into files in a directory set up here, and this process serves
+    # their sum on NEWSLETTER_METRICS_PORT.
+    metrics.serve_worker(load_settings().metrics_port)
+
+
+@worker_shutdown.connect
+def _stop_metrics(**_) -> None:
+    metrics.stop_worker()
 
 
 @worker_process_init.connect
@@ -82,7 +96,6 @@ def send_batch(edition_id: int, delivery_ids: list[int]) -> dict:
     log.info("edition %s batch of %s: %s%s", edition_id, len(delivery_ids),
              {str(k): v for k, v in report.outcomes.items()},
              f" (stopped: {report.stopped})" if report.stopped else "")
-    log.info("stage cpu totals: %s", {k: round(v, 4) for k, v in STAGE_CPU.items()})
     return {str(k): v for k, v in report.outcomes.items()}
 
 

@@ -10,7 +10,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
+from worker import metrics
 from worker.delivery import ledger
 from worker.delivery.ledger import ClaimState
 from worker.delivery.outcome import Outcome, SendResult
@@ -65,11 +65,6 @@ class BatchReport:
     outcomes: Counter = field(default_factory=Counter)  # by Outcome, or by a NotSent reason
     stopped: str | None = None
 
-
-# CPU seconds per stage in this process: render (Jinja2 + premailer, once per variant),
-# personalise and mime (compose), ledger, smtp. Cheap to keep; the task logs it, the
-# benchmark sums it.
-STAGE_CPU: Counter[str] = Counter()
 
 # Failed transactions in a row, per edition, in this process (the error budget).
 _STREAK: Counter[int] = Counter()
@@ -264,9 +259,11 @@ def _deliver_group(batch: _Batch, book: ledger.Ledger, sender: Sender,
     prepared = [_prepare(batch, row) for row in rows]
     if batch.throttle is not None and prepared[0].composed is not None:
         batch.throttle.acquire()
-    t0 = time.thread_time()
+    # Thread CPU by stage (newsletter_stage_cpu_seconds_total), restarted where the lane
+    # has been elsewhere (the caller, between two yields).
+    cpu = metrics.stage_clock()
     claims = book.claim([row.id for row in rows], now=batch.clock(), lease=batch.send_lease)
-    STAGE_CPU["ledger"] += time.thread_time() - t0
+    cpu.lap("ledger")
     for index, item in enumerate(prepared):
         claim = claims.get(item.row.id, ledger.LOST)
         if claim.state is not ClaimState.CLAIMED:
@@ -277,12 +274,13 @@ def _deliver_group(batch: _Batch, book: ledger.Ledger, sender: Sender,
             book.skip(item.row.id, reason="no-stories", now=batch.clock())
             yield NotSent("no-stories"), None
             continue
+        cpu.restart()
         result = _send(batch, sender, item)
-        t1 = time.thread_time()
+        cpu.lap("smtp")
         book.record(item.row.id, result=result, message_id=item.composed.message_id if item.composed else None,
                     attempts=claim.attempts, now=batch.clock())
-        STAGE_CPU["ledger"] += time.thread_time() - t1
-        STAGE_CPU["messages"] += 1
+        cpu.lap("ledger")
+        metrics.count_message(result.outcome, result.code)
         stop = batch.stop_reason(result)
         if stop:
             book.unclaim([p.row.id for p in prepared[index + 1:]
@@ -294,21 +292,19 @@ def _deliver_group(batch: _Batch, book: ledger.Ledger, sender: Sender,
 
 def _prepare(batch: _Batch, row: ledger.Leased) -> _Prepared:
     """Compose before claiming: the claim-to-record window holds only the SMTP transaction."""
-    t0 = time.thread_time()
-    variant = batch.renderer.variant(row.regions)
-    STAGE_CPU["render"] += time.thread_time() - t0
+    with metrics.stage_cpu("render"):
+        variant = batch.renderer.variant(row.regions)
     if variant is None:
         return _Prepared(row, None, None)
     try:
         composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id), settings=batch.settings,
-                           secret=batch.secret, timings=STAGE_CPU)
+                           secret=batch.secret)
     except HeaderInjectionError as exc:
         return _Prepared(row, variant, None, str(exc))
     return _Prepared(row, variant, composed)
 
 
 def _send(batch: _Batch, sender: Sender, item: _Prepared) -> SendResult:
-    t0 = time.thread_time()
     if item.composed is None:
         result = SendResult(Outcome.REJECTED, None, f"cannot build message: {item.problem}")
     else:
@@ -317,7 +313,6 @@ def _send(batch: _Batch, sender: Sender, item: _Prepared) -> SendResult:
                                       message_id=c.message_id, smtputf8=c.smtputf8))
     if batch.throttle is not None:
         batch.throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)
-    STAGE_CPU["smtp"] += time.thread_time() - t0
     return result
 
 

@@ -15,6 +15,7 @@ import socket
 import ssl
 import time
 
+from worker import metrics
 from worker.delivery.outcome import Outcome, SendResult, classify
 from worker.delivery.senders import Outgoing
 from worker.settings import Settings
@@ -72,7 +73,6 @@ class SmtpSender:
         self.settings = settings
         self._conn: smtplib.SMTP | None = None
         self._sent_on_conn = 0
-        self.connections = 0  # opened so far; tests and benchmarks read it
 
     # -- connection -------------------------------------------------------
     def _connect(self) -> SendResult | None:
@@ -128,7 +128,7 @@ class SmtpSender:
                               connection_failed=True)
         self._conn = conn
         self._sent_on_conn = 0
-        self.connections += 1
+        metrics.count_connection()
         return None
 
     def close(self) -> None:
@@ -153,8 +153,10 @@ class SmtpSender:
                 failure = self._connect()
                 if failure is not None:
                     return failure
+            started = time.perf_counter()
             result = self._transaction(message, reused=attempt == 1)
             if result is not None:
+                metrics.observe_smtp_transaction(time.perf_counter() - started)
                 return result
             # The reused connection had been closed by the server before MAIL:
             # nothing was sent, so one fresh connection is safe.

@@ -69,7 +69,6 @@ def compose(
     test_send: bool = False,
     now: datetime | None = None,
     reference: bool = False,
-    timings: object = None,  # ignored; goes when worker/delivery/pipeline.py stops passing it
 ) -> Composed:
     """One subscriber's message. The skeleton path is the production one; `reference=True`
     builds it with EmailMessage instead (and so does a Unicode local part, which needs
