@@ -10,6 +10,7 @@ from tests.support.data import add_subscribers, ledger, load_stories
 from tests.support.worker import wait_for
 
 KEY = "weekly-2025-W05"
+pytestmark = pytest.mark.slow  # a real Celery worker process
 
 
 def _free_port() -> int:
