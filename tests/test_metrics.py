@@ -92,3 +92,22 @@ def test_a_taken_port_costs_the_metrics_not_the_worker():
 
 def test_port_zero_is_off():
     assert metrics.serve_worker(0) is None
+
+
+def test_a_starting_worker_removes_what_killed_workers_left(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"newsletter-metrics-{dead.pid}-abc"
+    live = tmp_path / "newsletter-metrics-1-abc"  # pid 1 is alive: never touched
+    other = tmp_path / "newsletter-metrics-notes"
+    for path in (left, live, other):
+        path.mkdir()
+        (path / "counter_1.db").write_bytes(b"")
+    code = ("import os, sys; from worker import metrics; metrics.serve_worker(int(sys.argv[1])); "
+            "print(os.environ['PROMETHEUS_MULTIPROC_DIR']); metrics.stop_worker()")
+    out = subprocess.run([sys.executable, "-c", code, str(_free_port())], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, check=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}).stdout
+    own = out.strip()
+    assert own.startswith(str(tmp_path / "newsletter-metrics-")) and not (tmp_path / own).exists()
+    assert not left.exists() and live.exists() and other.exists()

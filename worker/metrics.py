@@ -197,7 +197,8 @@ def serve_worker(port: int) -> int | None:
     directory = os.environ.get(MULTIPROC_ENV)
     owns = not directory
     if owns:
-        directory = tempfile.mkdtemp(prefix="newsletter-metrics-")
+        _remove_dead_workers_directories()
+        directory = tempfile.mkdtemp(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}-")
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
     try:
@@ -218,6 +219,28 @@ def serve_worker(port: int) -> int | None:
     _exporter.server, _exporter.directory, _exporter.owns_directory = server, Path(directory), owns
     log.info("metrics: serving http://%s:%s/metrics", EXPORTER_ADDRESS, port)
     return port
+
+
+_DIRECTORY_PREFIX = "newsletter-metrics-"
+
+
+def _remove_dead_workers_directories() -> None:
+    """A worker killed outright (SIGKILL) leaves its directory: removed by the next one to
+    start, once the process named in it is gone."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_DIRECTORY_PREFIX}*-*"):
+        pid = path.name[len(_DIRECTORY_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def stop_worker() -> None:
