@@ -5,8 +5,19 @@ import json
 import pytest
 
 from tests.support.data import add_subscribers, ledger, load_stories
+from worker.delivery import pipeline
 
 KEY = "weekly-2025-W05"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_renders():
+    """The pipeline keeps renders per process by edition id, and every test database starts
+    again at id 1: a render kept from another test's database must not be used, nor leave
+    ours to the next test (test_web does the same)."""
+    pipeline._RENDERERS.clear()
+    yield
+    pipeline._RENDERERS.clear()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.data import add_subscribers, delivery_rows, load_stories
-from worker.delivery import ledger, liveness
+from worker.delivery import ledger, liveness, pipeline
 from worker.delivery.plan import find_edition
 from worker.store.db import session_scope
 from worker.store.models import Delivery
@@ -16,6 +16,16 @@ from worker.store.models import Delivery
 KEY = "weekly-2025-W05"
 BUSY = "451 4.3.0 mailbox busy"
 GONE = "550 5.1.1 no such user"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_renders():
+    """The pipeline keeps renders per process by edition id, and every test database starts
+    again at id 1: a render kept from another test's database must not be used, nor leave
+    ours to the next test (test_web does the same)."""
+    pipeline._RENDERERS.clear()
+    yield
+    pipeline._RENDERERS.clear()
 
 
 @pytest.fixture
