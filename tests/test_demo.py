@@ -21,6 +21,7 @@ def _newsletter() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "from worker.cli import main; main()"]
 
 
+@pytest.mark.slow
 def test_default_demo_is_the_file_outbox_on_sqlite_with_nothing_set(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     first = subprocess.run([*_newsletter(), "demo"], cwd=tmp_path, env=env, capture_output=True, text=True,

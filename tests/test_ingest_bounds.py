@@ -69,6 +69,7 @@ def test_a_small_fifo_is_read_whole(tmp_path):
     assert read_source(str(fifo)) == b"[]"
 
 
+@pytest.mark.slow
 def test_a_server_dripping_bytes_is_cut_off_by_the_overall_deadline():
     server, served = serve()
     try:
@@ -85,6 +86,7 @@ def test_a_server_dripping_bytes_is_cut_off_by_the_overall_deadline():
     assert 0.9 < elapsed < 3
 
 
+@pytest.mark.slow
 def test_a_silent_server_trips_the_per_read_timeout_before_the_deadline():
     server, served = serve()
     try:

@@ -82,6 +82,7 @@ def test_connection_dropped_after_the_final_dot_is_unknown(server):
     assert len(server.dropped) == 1  # the server did get the whole message
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_times_out_as_unknown_after_data(server):
     server.plan.data["r@example.org"] = "hang"
     result = _sender(server, smtp_timeout=0.5).send(_out())
@@ -114,6 +115,7 @@ def test_starttls_required_but_not_offered_fails_closed_without_credentials(serv
     assert server.received == [] and server.auth_attempts == []
 
 
+@pytest.mark.slow
 def test_a_tarpit_that_drips_continuation_lines_times_out(server):
     import time
 

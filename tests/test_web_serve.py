@@ -103,6 +103,7 @@ def test_serve_with_workers_becomes_gunicorn(serve):
     assert b"--no-control-socket" in cmdline
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_database_without_the_schema_before_starting(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env["NEWSLETTER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'empty.db'}"
