@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from worker.digest import Selection, Window, previous_week, select_sections, week_window
+from worker.digest import Selection, Window, previous_week, select_sections, week_window, weekly_edition_key
 from worker.digest.queries import fetch_window_stories
 from worker.errors import NothingToSend, UsageError
 from worker.render.compose import Addressee, Composed, compose
@@ -28,10 +28,6 @@ class Preview:
     selection: Selection
     variant: RenderedVariant
     composed: Composed
-
-
-def weekly_edition_key(week: str) -> str:
-    return f"weekly-{week}"
 
 
 def resolve_week(week: str | None, settings: Settings, now: datetime | None = None) -> Window:

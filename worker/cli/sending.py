@@ -11,7 +11,7 @@ import click
 from sqlalchemy import Engine, func, select
 
 from worker.cli.report import full_status, nothing_sent, print_status
-from worker.delivery.pipeline import renderer_for, run_inline, utcnow
+from worker.delivery.pipeline import draft_renderer, run_inline, utcnow
 from worker.delivery.plan import (
     find_edition,
     get_edition,
@@ -64,15 +64,6 @@ def _active_sets(engine: Engine) -> list[tuple[str, int]]:
             .group_by(Subscriber.regions).order_by(func.count().desc(), Subscriber.regions)).all())
 
 
-class _Draft:
-    """An unsaved edition for the renderer: test sends and dry runs record nothing."""
-
-    def __init__(self, key: str, window: Window) -> None:
-        self.id = -abs(hash(key)) or -1
-        self.key, self.label = key, window.label
-        self.window_start, self.window_end = window.start, window.end
-
-
 def test_send(engine: Engine, settings: Settings, window: Window, key: str, addresses: list[str],
               regions: tuple[str, ...] | None) -> int:
     from worker.ingest.subscribers import InvalidSubscriber, check_address
@@ -89,7 +80,7 @@ def test_send(engine: Engine, settings: Settings, window: Window, key: str, addr
             checked.append(check_address(address)[0])
         except InvalidSubscriber as exc:
             raise UsageError(f"--to: {exc}") from None
-    variant = renderer_for(engine, settings, _Draft(key, window)).variant(regions)
+    variant = draft_renderer(engine, settings, window=window, edition_key=key).variant(regions)
     if variant is None:
         raise UsageError(f"no stories for {' '.join(regions)} in {window.label}")
     sender = make_sender(settings)
@@ -130,7 +121,7 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
     sets = _active_sets(engine)
     if regions is not None:
         sets = [(r, n) for r, n in sets if tuple(r.split()) == regions]
-    renderer = renderer_for(engine, settings, _Draft(key, window))
+    renderer = draft_renderer(engine, settings, window=window, edition_key=key)
     with session_scope(engine) as session:
         with_stories = region_sets_with_stories(session, window, [r for r, _ in sets])
     click.echo(f"dry run of {key} ({window.label}): nothing is sent or recorded")

@@ -70,32 +70,46 @@ class BatchReport:
 _STREAK: Counter[int] = Counter()
 
 # Rendered variants per edition, per process: each region set is inlined once
-# per process and edition. A few editions at most are live at once.
-_RENDERERS: OrderedDict[int, VariantRenderer] = OrderedDict()
+# per process and edition. A few editions at most are live at once. Keyed by the
+# database and the edition's creation too: ids restart in another database (or a
+# restored one), and a render must never cross into another edition.
+_RENDERERS: OrderedDict[tuple, VariantRenderer] = OrderedDict()
 _MAX_RENDERERS = 4
 
 
 def renderer_for(engine: Engine, settings: Settings, edition) -> VariantRenderer:
-    renderer = _RENDERERS.get(edition.id)
+    """The edition's renderer in this process; its variants are shared with every other
+    process through the database (VariantStore)."""
+    key = (engine.url.render_as_string(hide_password=True), edition.id, edition.key, edition.created_at)
+    renderer = _RENDERERS.get(key)
     if renderer is None:
         window = Window(start=edition.window_start, end=edition.window_end, label=edition.label,
                         first_day=edition.window_start.astimezone(settings.tz).date(),
                         last_day=(edition.window_end.astimezone(settings.tz) - timedelta(seconds=1)).date())
-        with session_scope(engine) as session:
-            week: list[StoryItem] = fetch_window_stories(session, window)
-
-        def load(regions: Sequence[str]) -> list[StoryItem]:
-            wanted = set(regions)
-            return [s for s in week if wanted.intersection(s.regions)]
-
-        # Editions that exist in the database share their renders; drafts (dry runs, tests sends) do not.
-        store = VariantStore(engine, edition_id=edition.id, edition_key=edition.key) if edition.id > 0 else None
-        renderer = VariantRenderer(settings=settings, window=window, edition_key=edition.key, load_stories=load,
-                                   store=store)
-        _RENDERERS[edition.id] = renderer
+        renderer = _renderer(engine, settings, window=window, edition_key=edition.key,
+                             store=VariantStore(engine, edition_id=edition.id, edition_key=edition.key))
+        _RENDERERS[key] = renderer
         while len(_RENDERERS) > _MAX_RENDERERS:
             _RENDERERS.popitem(last=False)
     return renderer
+
+
+def draft_renderer(engine: Engine, settings: Settings, *, window: Window, edition_key: str) -> VariantRenderer:
+    """A renderer for what is not an edition in the ledger (a test send, a dry run): the same
+    rendering, nothing stored or kept."""
+    return _renderer(engine, settings, window=window, edition_key=edition_key, store=None)
+
+
+def _renderer(engine: Engine, settings: Settings, *, window: Window, edition_key: str,
+              store: VariantStore | None) -> VariantRenderer:
+    with session_scope(engine) as session:
+        week: list[StoryItem] = fetch_window_stories(session, window)
+
+    def load(regions: Sequence[str]) -> list[StoryItem]:
+        wanted = set(regions)
+        return [s for s in week if wanted.intersection(s.regions)]
+
+    return VariantRenderer(settings=settings, window=window, edition_key=edition_key, load_stories=load, store=store)
 
 
 def leases(settings: Settings) -> tuple[timedelta, timedelta]:

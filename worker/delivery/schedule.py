@@ -11,8 +11,7 @@ from sqlalchemy import Engine, select
 
 from worker.delivery import ledger, liveness
 from worker.delivery.plan import finish_if_done, plan_edition, record_skipped_edition
-from worker.digest import week_of, week_window
-from worker.preview import weekly_edition_key
+from worker.digest import week_of, week_window, weekly_edition_key
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import Edition, EditionState

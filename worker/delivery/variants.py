@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, and_, select, update
 
+from worker.digest import RegionSet
 from worker.render.cache import Stored
 from worker.render.digest import RenderedVariant
 from worker.store.models import Variant
@@ -42,7 +43,7 @@ class VariantStore:
         return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def _row(self, regions: tuple[str, ...]):
-        return and_(V.c.edition_id == self.edition_id, V.c.regions == " ".join(regions))
+        return and_(V.c.edition_id == self.edition_id, V.c.regions == RegionSet(regions).text)
 
     def get(self, regions: tuple[str, ...]) -> RenderedVariant | Stored:
         with self._connect() as conn:
@@ -65,7 +66,7 @@ class VariantStore:
         with self._connect() as conn:
             # RETURNING, not rowcount: an ORM-level insert may report -1 for "unknown".
             won = conn.execute(
-                insert(V).values(edition_id=self.edition_id, regions=" ".join(regions), story_count=0,
+                insert(V).values(edition_id=self.edition_id, regions=RegionSet(regions).text, story_count=0,
                                  created_at=datetime.now(UTC))
                 .on_conflict_do_nothing(index_elements=["edition_id", "regions"])
                 .returning(V.c.id)

@@ -1,5 +1,6 @@
 """The week's selection: windows, per-region sections (pure), and the query that feeds them."""
 
+from worker.digest.keys import RegionSet, weekly_edition_key
 from worker.digest.select import Section, Selection, StoryItem, select_sections
 from worker.digest.week import (
     Window,
@@ -11,6 +12,8 @@ from worker.digest.week import (
 )
 
 __all__ = [
+    "RegionSet",
+    "weekly_edition_key",
     "Section",
     "Selection",
     "StoryItem",

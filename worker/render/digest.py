@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from markupsafe import Markup
 
-from worker.digest import Selection, Window
+from worker.digest import RegionSet, Selection, Window
 from worker.errors import HeaderInjectionError
 from worker.regions import region_name
 from worker.render.env import get_template
@@ -43,7 +43,7 @@ class RenderedVariant:
 
     @property
     def key(self) -> str:
-        return variant_key(self.regions)
+        return RegionSet(self.regions).key
 
     @property
     def html_bytes(self) -> int:
@@ -52,17 +52,6 @@ class RenderedVariant:
     @property
     def clipped(self) -> bool:
         return self.html_bytes > GMAIL_CLIP_BYTES
-
-
-def variant_key(regions: tuple[str, ...] | list[str]) -> str:
-    """'RU-UA': the URL-safe name of a region set."""
-    return "-".join(regions)
-
-
-def parse_variant_key(key: str) -> tuple[str, ...]:
-    from worker.regions import parse_regions
-
-    return tuple(parse_regions(key.replace("-", " ")))
 
 
 def render_variant(

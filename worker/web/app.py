@@ -19,13 +19,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from worker.delivery.plan import find_edition
 from worker.delivery.variants import VariantStore
-from worker.digest import select_sections
+from worker.digest import RegionSet, select_sections
 from worker.digest.queries import fetch_window_stories
 from worker.errors import ConfigError, NewsletterError
 from worker.ingest.subscribers import set_status_by_id
 from worker.metrics import LedgerCollector
 from worker.preview import build_preview, resolve_week
-from worker.render.digest import parse_variant_key, variant_key
+from worker.render.cache import Stored
 from worker.render.personalise import Recipient, personalise
 from worker.settings import Settings, load_settings
 from worker.store.db import session_scope
@@ -121,10 +121,10 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
         codes = _codes(variant)
         row = find_edition(engine, edition)
         # Only the spelling the emails carry ('RU-UA'): one URL per page, for caches too.
-        if row is None or variant != variant_key(codes):
+        if row is None or variant != RegionSet(codes).key:
             abort(404)
         stored = VariantStore(engine, edition_id=row.id, edition_key=row.key).get(codes)
-        if isinstance(stored, str):  # missing, still rendering, or rendered empty
+        if isinstance(stored, Stored):  # missing, still rendering, or rendered empty
             abort(404)
         response = _anonymous_page(stored, row.key, variant)
         response.headers["Cache-Control"] = "public, max-age=3600"
@@ -144,9 +144,9 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
             stories = fetch_window_stories(session, window)
         rows = []
         for regions, count in sets:
-            codes = tuple(regions.split())
-            selection = select_sections(stories, codes, per_region=settings.stories_per_region)
-            rows.append({"key": variant_key(codes), "regions": " ".join(codes), "subscribers": count,
+            region_set = RegionSet.stored(regions)
+            selection = select_sections(stories, region_set.codes, per_region=settings.stories_per_region)
+            rows.append({"key": region_set.key, "regions": region_set.text, "subscribers": count,
                          "stories": selection.story_count})
         return render_template("index.html", window=window, rows=rows, settings=settings)
 
@@ -188,7 +188,7 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
 
     def _codes(variant: str) -> tuple[str, ...]:
         try:
-            codes = parse_variant_key(variant)
+            codes = RegionSet.from_key(variant).codes
         except ValueError:
             abort(404)
         if not codes:

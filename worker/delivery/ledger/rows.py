@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, exists, func, or_, select, update
 
+from worker.digest import RegionSet
 from worker.store.db import session_scope
 from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Subscriber
 
@@ -72,7 +73,7 @@ def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: 
             .where(D.c.id.in_(won))
             .order_by(D.c.id)
         ).all()
-    return [Leased(r.id, r.subscriber_id, tuple(r.regions.split()), r.email, r.name) for r in rows]
+    return [Leased(r.id, r.subscriber_id, RegionSet.stored(r.regions).codes, r.email, r.name) for r in rows]
 
 
 def release(engine: Engine, *, ids: Sequence[int], worker: str, now: datetime) -> int:
