@@ -23,7 +23,7 @@ from worker.delivery.schedule import dispatch_recovered
 from worker.delivery.schedule import reconcile as reconcile_now
 from worker.delivery.senders import make_sender_pool
 from worker.errors import ConfigError
-from worker.settings import load_settings
+from worker.settings import load_settings, unknown_env_vars
 from worker.store.db import create_db_engine, current_revision, describe_database, head_revision
 
 log = get_task_logger(__name__)
@@ -34,7 +34,10 @@ def _runtime():
     """Settings, engine, sender and throttle, once per worker process; and the process's
     heartbeat (worker/delivery/liveness.py), started before it can take any lease."""
     settings = load_settings()
-    engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2)
+    for name, close in unknown_env_vars():
+        log.warning("%s is not a setting and is ignored%s", name, f"; did you mean {close}?" if close else "")
+    # create=False: a worker started in the wrong directory must not leave an empty database there.
+    engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2, create=False)
     if current_revision(engine) != head_revision():
         raise ConfigError(f"the database schema is missing or out of date ({describe_database(settings.database_url)})"
                           ": run `newsletter db upgrade`, then restart the worker")

@@ -9,6 +9,7 @@ bundled sample addresses, which are all at reserved example domains.
 from __future__ import annotations
 
 import click
+from pydantic import SecretStr
 
 from worker import PROJECT_ROOT
 from worker.cli.app import Context, cli, pass_ctx
@@ -93,18 +94,13 @@ def _refuse_real_subscribers(engine) -> None:
 
 def _send_demo_week(ctx: Context) -> int:
     """Send the sample week inline through the configured backend, then write a preview."""
-    import os
-
     from worker.cli.sending import deliver, plan_or_reuse, resolve_window
     from worker.preview import build_preview, write_preview
 
     settings = ctx.settings
     if settings.secret_key is None:
         # The demo is local only: a throwaway key, said out loud, never used for real mail.
-        os.environ.setdefault("NEWSLETTER_SECRET_KEY", "demo-only-not-secret")
-        from worker.settings import load_settings
-
-        settings = load_settings()
+        settings = settings.model_copy(update={"secret_key": SecretStr("demo-only-not-secret")})
         click.echo("NEWSLETTER_SECRET_KEY is not set: using a demo-only key")
     window, key, kind = resolve_window(settings, DEMO_WEEK, None, None)
     edition_id = plan_or_reuse(ctx.engine, settings, key=key, kind=kind, window=window, force=False, retry=False)
