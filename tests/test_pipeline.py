@@ -203,27 +203,3 @@ def test_a_paused_edition_hands_out_nothing_and_resume_continues_without_duplica
     assert resume_edition(engine, planned.edition_id)
     _run(engine, settings, planned.edition_id)
     assert len(smtp_server.received) == 21 and max(smtp_server.by_recipient().values()) == 1
-
-
-def test_group_claims_deliver_everyone_once(world, smtp_server):
-    engine, settings, subscribers = world
-    settings = settings.model_copy(update={"ledger_group": 7})
-    smtp_server.plan.rcpt[subscribers[2][1]] = "550 5.1.1 no such user"
-    planned = _plan(engine, settings)
-    _run(engine, settings, planned.edition_id)
-    assert len(smtp_server.received) == 20 and max(smtp_server.by_recipient().values()) == 1
-    status = edition_status(engine, get_edition(engine, planned.edition_id))
-    assert status["counts"]["sent"] == 20 and status["counts"]["bounced"] == 1 and status["state"] == "done"
-
-
-def test_a_stop_inside_a_group_hands_the_unsent_rows_back(world, smtp_server):
-    engine, settings, _ = world
-    settings = settings.model_copy(update={"ledger_group": 10})
-    smtp_server.plan.data_all = "554 5.7.1 refused as spam"
-    planned = _plan(engine, settings)
-    _run(engine, settings, planned.edition_id)
-    assert get_edition(engine, planned.edition_id).state == "paused"
-    assert {s for s, _ in ledger(engine, KEY).values()} == {"pending", "skipped"}
-    with session_scope(engine) as session:
-        assert set(session.scalars(sa.text("SELECT attempts FROM deliveries"))) == {0}
-        assert set(session.scalars(sa.text("SELECT claimed_by FROM deliveries"))) == {None}

@@ -44,7 +44,7 @@ class Settings(BaseModel):
 
     database_url: str = "sqlite:///var/newsletter.db"
     broker_url: str = "redis://localhost:6379/0"
-    email_backend: Literal["smtp", "file", "console", "memory"] = "file"
+    email_backend: Literal["smtp", "file", "console"] = "file"
     outbox_dir: Path = Path("var/outbox")
     preview_dir: Path = Path("var/preview")
     templates_dir: Path = PROJECT_ROOT / "templates" / "email"
@@ -122,14 +122,6 @@ class Settings(BaseModel):
     # This many failed transactions in a row pause the edition: the relay, not the
     # subscribers, is the likely problem.
     error_budget: int = Field(20, ge=1)
-    # Write each result in the same transaction as the next claim: one commit per
-    # message instead of two. A crash then leaves at most one already-sent message
-    # per process `unknown` (never re-sent) instead of `sent`. See worker/delivery/ledger.py.
-    ledger_pipeline: bool = True
-    # Rows claimed per statement. 1 keeps the guarantee exact: a crash can leave only
-    # the message in flight `unknown`. N claims N rows at once (fewer commits, see
-    # the benchmarks); a crash can then leave up to N rows `unknown`, some never sent.
-    ledger_group: int = Field(1, ge=1, le=100)
     # `celery worker` serves its metrics (worker/metrics.py) on this port of 127.0.0.1; 0: off.
     metrics_port: int = Field(9808, ge=0, le=65535)
 

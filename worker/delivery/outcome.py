@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import Protocol
 
 
 class Outcome(StrEnum):
@@ -74,3 +75,20 @@ def backoff(attempt: int, *, base_seconds: float, cap_seconds: float = 6 * 3600,
     rng = rng or random
     delay = min(base_seconds * 2 ** max(attempt - 1, 0), cap_seconds)
     return timedelta(seconds=delay * (0.5 + rng.random()))
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for one recipient (one SMTP transaction)."""
+
+    sender: str
+    recipient: str
+    data: bytes
+    message_id: str
+    smtputf8: bool = False
+
+
+class Sender(Protocol):
+    def send(self, message: Outgoing) -> SendResult: ...
+
+    def close(self) -> None: ...

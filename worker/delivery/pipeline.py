@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -189,10 +189,7 @@ class _Batch:
         batch_lease, self.send_lease = leases(settings)
         # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
         self.deadline = clock() + batch_lease * 0.8
-        # With a rate limit a message may wait for its token; results are then written
-        # before the wait, claims take one row at a time, and one lane is enough.
-        group = 1 if throttle is not None else settings.ledger_group
-        self._groups = deque(rows[i:i + group] for i in range(0, len(rows), group))
+        self._rows = deque(rows)
         self._lock = threading.Lock()
         self.report = BatchReport()
         self.late: list[int] = []
@@ -203,7 +200,8 @@ class _Batch:
         if not isinstance(sender, SenderPool):
             _run_lane(self, sender)
             return
-        lanes = 1 if self.throttle is not None else max(1, min(self.settings.smtp_connections, len(self._groups)))
+        # With a rate limit a message may wait for its token: one lane is enough.
+        lanes = 1 if self.throttle is not None else max(1, min(self.settings.smtp_connections, len(self._rows)))
         with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
             futures = [pool.submit(self._pooled_lane, sender) for _ in range(lanes)]
         for future in futures:
@@ -217,19 +215,20 @@ class _Batch:
             pool.release(sender)
 
     def open_ledger(self) -> ledger.Ledger:
+        # Under a rate limit a result is written before the wait for the next token, not with
+        # the next claim: the row would otherwise stay `sending` for the whole wait.
         return ledger.open_ledger(self.engine, worker=self.worker, max_attempts=self.settings.max_attempts,
-                                  retry_base=self.settings.retry_base_seconds,
-                                  pipeline=self.settings.ledger_pipeline and self.throttle is None)
+                                  retry_base=self.settings.retry_base_seconds, pipeline=self.throttle is None)
 
-    def take(self) -> list[ledger.Leased] | None:
-        """The next rows to claim together, or None when the batch is done or must stop."""
+    def take(self) -> ledger.Leased | None:
+        """The next row, or None when the batch is done or must stop."""
         with self._lock:
-            if self.report.stopped or not self._groups:
+            if self.report.stopped or not self._rows:
                 return None
             if self.clock() > self.deadline:
                 self.report.stopped = "batch lease running out; the rest is released"
                 return None
-            return self._groups.popleft()
+            return self._rows.popleft()
 
     def count(self, outcome: Delivered, stop: str | None) -> None:
         with self._lock:
@@ -256,9 +255,8 @@ class _Prepared:
 def _run_lane(batch: _Batch, sender: Sender) -> None:
     book = batch.open_ledger()
     try:
-        while (group := batch.take()) is not None:
-            for outcome, stop in _deliver_group(batch, book, sender, group):
-                batch.count(outcome, stop)
+        while (row := batch.take()) is not None:
+            batch.count(*_deliver(batch, book, sender, row))
     finally:
         try:
             book.close()
@@ -266,42 +264,31 @@ def _run_lane(batch: _Batch, sender: Sender) -> None:
             batch.add_late(book.late)
 
 
-def _deliver_group(batch: _Batch, book: ledger.Ledger, sender: Sender,
-                   rows: Sequence[ledger.Leased]) -> Iterator[tuple[Delivered, str | None]]:
-    """Claim the rows together, then send and record each: (outcome, reason to stop).
-    When the batch must stop, rows claimed but not yet sent go back to pending."""
-    prepared = [_prepare(batch, row) for row in rows]
-    if batch.throttle is not None and prepared[0].composed is not None:
+def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender,
+             row: ledger.Leased) -> tuple[Delivered, str | None]:
+    """Claim the row, send it, record the result: (outcome, reason for the batch to stop).
+    The message is composed before the claim, so the claim-to-record window holds only
+    the SMTP transaction."""
+    item = _prepare(batch, row)
+    if batch.throttle is not None and item.composed is not None:
         batch.throttle.acquire()
-    # Thread CPU by stage (newsletter_stage_cpu_seconds_total), restarted where the lane
-    # has been elsewhere (the caller, between two yields).
+    # Thread CPU by stage (newsletter_stage_cpu_seconds_total).
     cpu = metrics.stage_clock()
-    claims = book.claim([row.id for row in rows], now=batch.clock(), lease=batch.send_lease)
+    claim = book.claim([row.id], now=batch.clock(), lease=batch.send_lease).get(row.id, ledger.LOST)
     cpu.lap("ledger")
-    for index, item in enumerate(prepared):
-        claim = claims.get(item.row.id, ledger.LOST)
-        if claim.state is not ClaimState.CLAIMED:
-            # Lost to another worker or to a pause, or the subscriber left: nothing sent.
-            yield NotSent(claim.reason or claim.state.value), None
-            continue
-        if item.variant is None:
-            book.skip(item.row.id, reason="no-stories", now=batch.clock())
-            yield NotSent("no-stories"), None
-            continue
-        cpu.restart()
-        result = _send(batch, sender, item)
-        cpu.lap("smtp")
-        book.record(item.row.id, result=result, message_id=item.composed.message_id if item.composed else None,
-                    attempts=claim.attempts, now=batch.clock())
-        cpu.lap("ledger")
-        metrics.count_message(result.outcome, result.code)
-        stop = batch.stop_reason(result)
-        if stop:
-            book.unclaim([p.row.id for p in prepared[index + 1:]
-                          if claims.get(p.row.id, ledger.LOST).state is ClaimState.CLAIMED], now=batch.clock())
-            yield result, stop
-            return
-        yield result, None
+    if claim.state is not ClaimState.CLAIMED:
+        # Lost to another worker or to a pause, or the subscriber left: nothing sent.
+        return NotSent(claim.reason or claim.state.value), None
+    if item.variant is None:
+        book.skip(row.id, reason="no-stories", now=batch.clock())
+        return NotSent("no-stories"), None
+    result = _send(batch, sender, item)
+    cpu.lap("smtp")
+    book.record(row.id, result=result, message_id=item.composed.message_id if item.composed else None,
+                attempts=claim.attempts, now=batch.clock())
+    cpu.lap("ledger")
+    metrics.count_message(result.outcome, result.code)
+    return result, batch.stop_reason(result)
 
 
 def _prepare(batch: _Batch, row: ledger.Leased) -> _Prepared:

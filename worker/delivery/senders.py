@@ -1,4 +1,6 @@
-"""One small sender interface and its implementations, picked by NEWSLETTER_EMAIL_BACKEND.
+"""The sender implementations, picked by NEWSLETTER_EMAIL_BACKEND: smtp, file and
+console, and MemorySender, an in-process double for tests. The interface (`Sender`,
+`Outgoing`) is in outcome.py, beside what a send returns.
 
 Deduplication is not here: the ledger above the transport decides what is
 sent. A sender only moves bytes and says what happened.
@@ -12,27 +14,10 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from worker.delivery.outcome import Outcome, SendResult
+from worker.delivery.outcome import Outcome, Outgoing, Sender, SendResult
+from worker.delivery.smtp import SmtpSender
 from worker.settings import Settings
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One message for one recipient (one SMTP transaction)."""
-
-    sender: str
-    recipient: str
-    data: bytes
-    message_id: str
-    smtputf8: bool = False
-
-
-class Sender(Protocol):
-    def send(self, message: Outgoing) -> SendResult: ...
-
-    def close(self) -> None: ...
 
 
 class FileSender:
@@ -135,11 +120,7 @@ def make_sender_pool(settings: Settings) -> SenderPool:
 
 def make_sender(settings: Settings) -> Sender:
     if settings.email_backend == "smtp":
-        from worker.delivery.smtp import SmtpSender
-
         return SmtpSender(settings)
     if settings.email_backend == "file":
         return FileSender(settings.outbox_dir)
-    if settings.email_backend == "console":
-        return ConsoleSender()
-    return MemorySender()
+    return ConsoleSender()

@@ -16,8 +16,7 @@ import ssl
 import time
 
 from worker import metrics
-from worker.delivery.outcome import Outcome, SendResult, classify
-from worker.delivery.senders import Outgoing
+from worker.delivery.outcome import Outcome, Outgoing, SendResult, classify
 from worker.settings import Settings
 
 PLAIN_AUTH_REFUSED = ("refusing to send the SMTP password over a connection without TLS: set "
