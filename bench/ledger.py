@@ -37,7 +37,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--lanes", type=int, default=4)
-    parser.add_argument("--group", type=int, default=1, help="rows per claim (NEWSLETTER_LEDGER_GROUP)")
+    parser.add_argument("--group", type=int, default=1, help="rows per claim statement (the pipeline claims one)")
     args = parser.parse_args()
     db = Database()
     try:

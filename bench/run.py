@@ -470,7 +470,7 @@ def main() -> int:
     parser.add_argument("--relay-delay-ms", type=float, default=0.0,
                         help="put a proxy that delays every server reply this long in front of smtp-sink")
     parser.add_argument("--set", action="append", default=[], metavar="NEWSLETTER_X=VALUE",
-                        help="a setting for the worker, e.g. NEWSLETTER_LEDGER_GROUP=10")
+                        help="a setting for the worker, e.g. NEWSLETTER_SMTP_CONNECTIONS=24")
     args = parser.parse_args()
     for tool in ("smtp-sink", "smtp-source"):
         if not shutil.which(tool):

@@ -196,6 +196,9 @@ def worker_env(smtp_settings, redis_url, smtp_server) -> dict[str, str]:
         "NEWSLETTER_PUBLIC_URL": "https://news.example",
         "NEWSLETTER_RETRY_BASE_SECONDS": "0.5",
         "NEWSLETTER_BATCH_SIZE": "25",
+        # Tests that start two workers would both ask for the default port; the one that
+        # checks the exporter gives its worker a free port.
+        "NEWSLETTER_METRICS_PORT": "0",
     }
 
 
