@@ -11,8 +11,9 @@ from sqlalchemy import Engine, select
 from worker.digest import Selection, Window, previous_week, select_sections, week_window, weekly_edition_key
 from worker.digest.queries import fetch_window_stories
 from worker.errors import NothingToSend, UsageError
+from worker.ingest.subscribers import InvalidSubscriber, check_address
 from worker.render.compose import Addressee, Composed, compose
-from worker.render.digest import RenderedVariant, render_variant
+from worker.render.digest import GMAIL_CLIP_BYTES, RenderedVariant, render_variant
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import Subscriber
@@ -62,7 +63,6 @@ def build_preview(
 
 
 def _subscriber(engine: Engine, email: str) -> tuple[Addressee, tuple[str, ...]]:
-    from worker.ingest.subscribers import InvalidSubscriber, check_address
 
     try:
         _, key = check_address(email)
@@ -85,7 +85,6 @@ def write_preview(preview: Preview, out: Path) -> dict[str, Path]:
 
 
 def size_line(variant: RenderedVariant) -> str:
-    from worker.render.digest import GMAIL_CLIP_BYTES
 
     kb = variant.html_bytes / 1024
     if variant.clipped:

@@ -1,6 +1,10 @@
 """`newsletter` command line.
 
 Exit status: 0 done, 1 something failed or was rejected, 2 bad usage or configuration.
+
+The commands import what they use inside their own function, on purpose: `newsletter
+--help` or `--version` then starts in about a third of a second instead of loading
+SQLAlchemy, Celery, Flask and premailer first (more than twice as long, measured).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import Engine, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
+from worker.delivery.ledger import has_open_rows
 from worker.digest import Window
 from worker.digest.queries import fetch_window_stories
 from worker.errors import UsageError
@@ -140,8 +141,6 @@ def resume_edition(engine: Engine, edition_id: int) -> bool:
 
 def finish_if_done(engine: Engine, edition_id: int, now: datetime) -> bool:
     """A sending edition with no open row left becomes done."""
-    from worker.delivery.ledger import has_open_rows
-
     if has_open_rows(engine, edition_id=edition_id):
         return False
     return _move(engine, edition_id, source=EditionState.SENDING, target=EditionState.DONE, finished_at=now)

@@ -10,6 +10,8 @@ import time
 
 import redis
 
+from worker.delivery.outcome import enhanced_code
+
 # Refill by elapsed time, take one token if there is one; otherwise say how long
 # to wait. Redis's own clock (TIME) keeps every worker on the same time base.
 _TAKE = """
@@ -52,8 +54,6 @@ return tostring(rate)
 
 def is_throttle(code: int | None, reply: str) -> bool:
     """421/454, or an x.7.x temporary reply: the relay limits our rate."""
-    from worker.delivery.outcome import enhanced_code
-
     enhanced = enhanced_code(reply)
     return code in (421, 454) or (enhanced is not None and enhanced[0] == 4 and enhanced[1] == 7)
 

@@ -12,7 +12,7 @@ from worker.render.digest import RenderedVariant
 from worker.render.message import Envelope, build_message, dkim_sign, mailbox, message_bytes, needs_smtputf8
 from worker.render.personalise import PersonalDigest, Recipient, personalise
 from worker.render.skeleton import MessageSkeleton
-from worker.settings import Settings
+from worker.settings import Settings, parse_address
 from worker.tokens import message_id, unsubscribe_token
 
 
@@ -54,8 +54,6 @@ def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str
 
 @lru_cache(maxsize=128)
 def _skeleton(variant: RenderedVariant, sender: str, list_id: str, test_send: bool) -> MessageSkeleton:
-    from worker.settings import parse_address
-
     return MessageSkeleton.build(variant, sender=parse_address(sender), list_id=list_id,
                                  subject_prefix="[TEST] " if test_send else "")
 

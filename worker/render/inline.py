@@ -6,6 +6,7 @@ import functools
 import logging
 import threading
 
+import css_inline
 import premailer
 
 from worker import metrics
@@ -33,8 +34,6 @@ def inline_css(html: str, *, inliner: str = "premailer") -> str:
     # number of distinct region sets, never the number of recipients.
     metrics.count_inlined(inliner)
     if inliner == "css-inline":
-        import css_inline
-
         return css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False).inline(html)
     return _Premailer(html, **PREMAILER_OPTIONS).transform()
 

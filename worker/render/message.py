@@ -9,7 +9,7 @@ anything is built; the ones that come from outside are written by `headers`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -17,6 +17,7 @@ from email.utils import format_datetime
 from functools import cache
 from pathlib import Path
 
+import dkim
 from email_validator import EmailNotValidError, validate_email
 
 from worker.errors import ConfigError, HeaderInjectionError
@@ -107,8 +108,6 @@ def _set_raw(msg: EmailMessage, line: str) -> None:
 
 
 def _now() -> str:
-    from datetime import UTC
-
     return format_datetime(datetime.now(UTC))
 
 
@@ -136,8 +135,6 @@ def _dkim_key(path: str) -> bytes:
 
 def dkim_sign(data: bytes, *, selector: str, domain: str, key_file: str) -> bytes:
     """Prepend a DKIM-Signature (relaxed/relaxed, rsa-sha256) to serialised message bytes."""
-    import dkim
-
     signature = dkim.sign(
         data,
         selector.encode(),

@@ -28,7 +28,7 @@ from worker.preview import build_preview, resolve_week
 from worker.render.cache import Stored
 from worker.render.personalise import Recipient, personalise
 from worker.settings import Settings, load_settings
-from worker.store.db import session_scope
+from worker.store.db import create_db_engine, current_revision, head_revision, session_scope
 from worker.store.models import Subscriber, SubscriberStatus
 from worker.tokens import read_unsubscribe_token
 
@@ -247,10 +247,8 @@ def _is_local() -> bool:
 def create_app_from_env() -> Flask:
     """For gunicorn, `'worker.web:create_app_from_env()'`: each worker process builds
     its settings and engine when it starts, after the fork, so no pool is shared."""
-    from worker.store.db import create_db_engine, current_revision, head_revision
-
     settings = load_settings()
-    engine = create_db_engine(settings.database_url)
+    engine = create_db_engine(settings.database_url, create=False)
     if current_revision(engine) != head_revision():
         raise ConfigError("the database schema is missing or out of date: run `newsletter db upgrade`")
     return create_app(settings, engine)
