@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> Celery:
     hour, minute = settings.send_time.split(":")
     # Redis re-delivers an unacknowledged task after visibility_timeout; every task
     # must finish (or be killed by its hard limit) well before that.
-    visibility = settings.broker_visibility_timeout or settings.batch_lease_seconds * 2 + 60
+    visibility = settings.visibility_timeout
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

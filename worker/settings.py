@@ -13,6 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from datetime import timedelta
 from email.headerregistry import Address
 from functools import lru_cache
 from pathlib import Path
@@ -98,32 +99,34 @@ class Settings(BaseModel):
     # premailer, or css-inline (Rust, ~40x faster) for lists with very many region sets.
     css_inliner: Literal["premailer", "css-inline"] = "premailer"
 
-    # Delivery. 200 rows a batch: Celery's ~1 ms per task becomes noise, and a
-    # killed worker returns at most this many rows to the reconciler.
-    batch_size: int = Field(200, ge=1, le=10_000)
     send_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
     send_time: str = Field("07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     catch_up_hours: float = Field(24.0, ge=0)
     # First retry after about this long, doubling each attempt (with jitter), up to 6 h.
     retry_base_seconds: float = Field(60.0, gt=0)
-    # How long a batch task may hold its rows; also Celery's hard time limit for it.
-    # Redis redelivers unacknowledged tasks after visibility_timeout, set above this.
-    batch_lease_seconds: int = Field(900, ge=5)
-    # A row handed to the broker is handed out again if still untouched after this.
-    redispatch_seconds: int = Field(600, ge=1)
-    # How long a row may sit in `sending` before the reconciler calls it `unknown`;
-    # default: every SMTP step at NEWSLETTER_SMTP_TIMEOUT, plus a margin.
-    send_lease_seconds: int | None = Field(None, ge=1)
-    # Redis redelivers an unacknowledged task after this; default 2 x batch lease + 60 s.
-    broker_visibility_timeout: int | None = Field(None, ge=1)
-    # A worker process that has not renewed its heartbeat for this long is dead: its batch
-    # leases end at once and its rows in `sending` become `unknown` (worker/delivery/liveness.py).
-    liveness_seconds: int = Field(30, ge=5, le=3600)
     # This many failed transactions in a row pause the edition: the relay, not the
     # subscribers, is the likely problem.
     error_budget: int = Field(20, ge=1)
     # `celery worker` serves its metrics (worker/metrics.py) on this port of 127.0.0.1; 0: off.
     metrics_port: int = Field(9808, ge=0, le=65535)
+
+    # Mechanics, with defaults that hold the guarantee and no decision in them for a user;
+    # documented in docs/operations.md, shortened by the fault tests to stay fast. What
+    # follows from them is derived once, in the properties below.
+    # 200 rows a batch: Celery's ~1 ms per task becomes noise, and a killed worker
+    # returns at most this many rows.
+    batch_size: int = Field(200, ge=1, le=10_000)
+    # How long a batch task may hold its rows; also Celery's hard time limit for it.
+    batch_lease_seconds: int = Field(900, ge=5)
+    # A row handed to the broker is handed out again if still untouched after this.
+    redispatch_seconds: int = Field(600, ge=1)
+    # How long a row may sit in `sending` before the reconciler calls it `unknown`.
+    send_lease_seconds: int | None = Field(None, ge=1)
+    # Redis redelivers an unacknowledged task after this.
+    broker_visibility_timeout: int | None = Field(None, ge=1)
+    # A worker process that has not renewed its heartbeat for this long is dead: its batch
+    # leases end at once and its rows in `sending` become `unknown` (worker/delivery/liveness.py).
+    liveness_seconds: int = Field(30, ge=5, le=3600)
 
     @field_validator("timezone")
     @classmethod
@@ -186,6 +189,30 @@ class Settings(BaseModel):
         if isinstance(value, dict):
             value = {str(k).upper(): v for k, v in value.items()}
         return value
+
+    @property
+    def batch_lease(self) -> timedelta:
+        return timedelta(seconds=self.batch_lease_seconds)
+
+    @property
+    def send_lease(self) -> timedelta:
+        """One SMTP transaction at its slowest: connect, greeting, EHLO, STARTTLS, AUTH,
+        MAIL, RCPT, DATA, content and reply, each allowed NEWSLETTER_SMTP_TIMEOUT."""
+        return timedelta(seconds=self.send_lease_seconds or self.smtp_timeout * 10 + 30)
+
+    @property
+    def redispatch_after(self) -> timedelta:
+        return timedelta(seconds=self.redispatch_seconds)
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Seconds: every task finishes (or its hard limit kills it) well before Redis
+        hands its message to another worker."""
+        return self.broker_visibility_timeout or self.batch_lease_seconds * 2 + 60
+
+    @property
+    def liveness_timeout(self) -> timedelta:
+        return timedelta(seconds=self.liveness_seconds)
 
     @property
     def tz(self) -> ZoneInfo:

@@ -6,7 +6,6 @@ and at the weekly send time so the edition is planned on the minute).
 
 from __future__ import annotations
 
-from datetime import timedelta
 from functools import cache
 
 from celery import shared_task
@@ -42,7 +41,7 @@ def _runtime():
         raise ConfigError(f"the database schema is missing or out of date ({describe_database(settings.database_url)})"
                           ": run `newsletter db upgrade`, then restart the worker")
     heartbeat = Heartbeat(
-        engine, worker_name(), timeout=timedelta(seconds=settings.liveness_seconds), clock=utcnow,
+        engine, worker_name(), timeout=settings.liveness_timeout, clock=utcnow,
         on_recovered=lambda editions: dispatch_recovered(engine, settings, editions, publish_batch, utcnow()),
     ).start()
     return settings, engine, make_sender_pool(settings), make_throttle(settings), heartbeat

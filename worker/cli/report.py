@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import click
@@ -17,8 +17,8 @@ def full_status(engine: Engine, settings: Settings, edition: Edition, *, now: da
     """The counts and the whereabouts of open and failed rows, as one JSON-ready dict."""
     data = edition_status(engine, edition)
     data.update(edition_whereabouts(engine, edition.id, now=now,
-                                    redispatch_after=timedelta(seconds=settings.redispatch_seconds),
-                                    liveness_timeout=timedelta(seconds=settings.liveness_seconds)))
+                                    redispatch_after=settings.redispatch_after,
+                                    liveness_timeout=settings.liveness_timeout))
     return data
 
 

@@ -112,15 +112,6 @@ def _renderer(engine: Engine, settings: Settings, *, window: Window, edition_key
     return VariantRenderer(settings=settings, window=window, edition_key=edition_key, load_stories=load, store=store)
 
 
-def leases(settings: Settings) -> tuple[timedelta, timedelta]:
-    """(batch lease, send lease). The send lease covers one SMTP transaction at its
-    slowest: connect, greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, content, reply,
-    each allowed NEWSLETTER_SMTP_TIMEOUT."""
-    send = timedelta(seconds=settings.send_lease_seconds or settings.smtp_timeout * 10 + 30)
-    batch = timedelta(seconds=settings.batch_lease_seconds)
-    return batch, send
-
-
 def deliver_batch(
     engine: Engine,
     settings: Settings,
@@ -138,9 +129,8 @@ def deliver_batch(
     edition = get_edition(engine, edition_id)
     if edition is None or edition.state != EditionState.SENDING.value:
         return BatchReport(stopped=f"edition is {edition.state if edition else 'gone'}")
-    batch_lease, _ = leases(settings)
     rows = ledger.lease_batch(engine, edition_id=edition_id, ids=delivery_ids, worker=worker, now=clock(),
-                              lease=batch_lease)
+                              lease=settings.batch_lease)
     batch = _Batch(engine, settings, edition, rows, worker=worker, throttle=throttle, clock=clock)
     try:
         batch.run(sender)
@@ -186,9 +176,9 @@ class _Batch:
         self.renderer = renderer_for(engine, settings, edition)
         self.secret = settings.require_secret_key()
         self.envelope_from = settings.sender.addr_spec
-        batch_lease, self.send_lease = leases(settings)
+        self.send_lease = settings.send_lease
         # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
-        self.deadline = clock() + batch_lease * 0.8
+        self.deadline = clock() + settings.batch_lease * 0.8
         self._rows = deque(rows)
         self._lock = threading.Lock()
         self.report = BatchReport()

@@ -82,7 +82,7 @@ class Reconciled:
 def dispatch(engine: Engine, settings: Settings, edition_id: int, publish: Publish, now: datetime) -> int:
     """Hand every due, unleased, not-recently-enqueued row of an edition to the broker."""
     batches = ledger.dispatchable(engine, edition_id=edition_id, now=now,
-                                  redispatch_after=timedelta(seconds=settings.redispatch_seconds),
+                                  redispatch_after=settings.redispatch_after,
                                   batch_size=settings.batch_size)
     for ids in batches:
         publish(edition_id, ids)  # a broker that is down raises here: the rest stay unmarked
@@ -106,7 +106,7 @@ def reconcile(engine: Engine, settings: Settings, publish: Publish, now: datetim
     out = Reconciled(finished=[])
     if weekly:
         out.due = ensure_weekly_edition(engine, settings, now)
-    liveness.recover(engine, now=now, timeout=timedelta(seconds=settings.liveness_seconds))
+    liveness.recover(engine, now=now, timeout=settings.liveness_timeout)
     out.expired = ledger.expire_sending(engine, now=now)
     with session_scope(engine) as session:
         live = session.execute(
