@@ -3,7 +3,7 @@ PostgreSQL, from N threads; no rendering, no SMTP. Prints the CPU per step of th
 process and of PostgreSQL (all its processes), which vary much less between runs
 than the end-to-end figures do.
 
-    python bench/ledger.py [--rows 20000] [--lanes 4] [--group 1]
+    python bench/ledger.py [--rows 20000] [--lanes 4] [--group 1] [--separate]
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--lanes", type=int, default=4)
     parser.add_argument("--group", type=int, default=1, help="rows per claim statement (the pipeline claims one)")
+    parser.add_argument("--separate", action="store_true",
+                        help="each lane its own statements (before group commit; the pipeline shares them)")
     args = parser.parse_args()
     db = Database()
     try:
@@ -50,8 +52,10 @@ def main() -> int:
         rows = ledger.lease_batch(engine, edition_id=planned.edition_id, ids=ids, worker="bench", now=utcnow(),
                                   lease=timedelta(hours=1))
 
+        shared = None if args.separate else ledger.open_group(engine, worker="bench", max_attempts=5, retry_base=60)
+
         def lane(mine: list[ledger.Leased]) -> None:
-            book = ledger.open_ledger(engine, worker="bench", max_attempts=5, retry_base=60)
+            book = ledger.open_ledger(engine, worker="bench", max_attempts=5, retry_base=60, group=shared)
             for start in range(0, len(mine), args.group):
                 group = [row.id for row in mine[start:start + args.group]]
                 now = utcnow()
@@ -70,12 +74,15 @@ def main() -> int:
         for thread in threads:
             thread.join()
         cpu, pg, wall = time.process_time() - cpu, tree_cpu(postgres) - pg, time.perf_counter() - wall
+        if shared is not None:
+            shared.close()
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT state, count(*) FROM deliveries GROUP BY state")).all())
     finally:
         db.drop()
     n = len(rows)
-    print(json.dumps({"rows": n, "lanes": args.lanes, "group": args.group, "states": states,
+    print(json.dumps({"rows": n, "lanes": args.lanes, "group": args.group, "shared": not args.separate,
+                      "states": states,
                       "steps_per_second": round(n / wall), "client_cpu_ms_per_row": round(cpu / n * 1000, 3),
                       "postgres_cpu_ms_per_row": round(pg / n * 1000, 3)}, indent=2))
     return 0

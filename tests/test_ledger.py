@@ -37,19 +37,24 @@ def _rows(engine):
     return {d.id: d for d in delivery_rows(engine, KEY).values()}
 
 
-# (database, open_ledger's one_statement): None is the usual choice for the database.
-PATHS = {"sqlite": ("sqlite", None), "postgresql": ("postgresql", None), "postgresql-transactions": ("postgresql", False)}
+# (database, open_ledger's one_statement): None is the usual choice for the database; "group"
+# is the usual choice with the step going through a StatementGroup, as a batch's lanes do.
+PATHS = {"sqlite": ("sqlite", None), "postgresql": ("postgresql", None), "postgresql-transactions": ("postgresql", False),
+         "postgresql-group": ("postgresql", "group")}
 
 
 def paths(*names):
     return pytest.mark.parametrize("db_url, book_path", [PATHS[n] for n in names], ids=names, indirect=["db_url"])
 
 
-every_path = paths("sqlite", "postgresql", "postgresql-transactions")
+every_path = paths("sqlite", "postgresql", "postgresql-transactions", "postgresql-group")
 
 
-def _book(engine, one_statement=None, **kw):
-    return ledger.open_ledger(engine, worker="w1", max_attempts=3, retry_base=60, one_statement=one_statement, **kw)
+def _book(engine, one_statement=None, worker="w1", **kw):
+    if one_statement == "group":
+        group = ledger.open_group(engine, worker=worker, max_attempts=3, retry_base=60)
+        return ledger.open_ledger(engine, worker=worker, max_attempts=3, retry_base=60, group=group, **kw)
+    return ledger.open_ledger(engine, worker=worker, max_attempts=3, retry_base=60, one_statement=one_statement, **kw)
 
 
 @every_path
@@ -83,8 +88,7 @@ def test_a_claim_finds_rows_taken_or_left(leased, book_path):
     engine, rows = leased
     a, b, c = rows[0], rows[1], rows[2]
     set_status(engine, c.email, SubscriberStatus.UNSUBSCRIBED)
-    other = _book(engine, book_path)
-    other.worker = "w2"
+    other = _book(engine, book_path, worker="w2")
     assert other.claim([a.id], now=NOW, lease=LEASE) == {}  # w1 holds the batch lease
     book = _book(engine, book_path)
     claims = book.claim([a.id, b.id, c.id], now=NOW, lease=LEASE)
@@ -189,3 +193,59 @@ def test_a_lost_database_connection_is_an_operational_error(leased, book_path, d
         proxy.close()
         far.dispose()
     assert _rows(engine)[rows[0].id].state == "sending"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_lanes_share_statements_and_each_gets_its_own_claims(leased):
+    """Group commit: lanes asking at the same moment go out in one statement; each lane gets
+    exactly its claims, each result is written once, and nobody's row is claimed twice."""
+    import threading
+
+    engine, rows = leased
+    group = ledger.open_group(engine, worker="w1", max_attempts=3, retry_base=60)
+    statements = []
+    run = group._book._record_and_claim
+
+    def counted(items, ids, **kw):
+        statements.append((len(items), len(ids)))
+        return run(items, ids, **kw)
+
+    group._book._record_and_claim = counted
+    got, start = {}, threading.Barrier(4)
+
+    def lane(mine):
+        book = ledger.open_ledger(engine, worker="w1", max_attempts=3, retry_base=60, group=group)
+        start.wait()
+        for row in mine:
+            claim = book.claim([row.id], now=NOW, lease=LEASE)
+            got[row.id] = claim
+            book.record(row.id, result=SENT, message_id=f"<{row.id}@news.example>", attempts=1, now=NOW)
+        book.close()
+        assert book.late == []
+
+    threads = [threading.Thread(target=lane, args=(rows[n::4],)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    group.close()
+    assert got == {row.id: {row.id: ledger.Claim(ledger.ClaimState.CLAIMED, 1)} for row in rows}
+    assert {d.state for i, d in _rows(engine).items() if i in got} == {"sent"}
+    assert sum(claimed for _, claimed in statements) == len(rows)
+    assert sum(results for results, _ in statements) == len(rows)
+    # Alone, each lane needs a statement per row and one for its last result: fewer means
+    # some statements carried several lanes' steps.
+    assert len(statements) < len(rows) + 4
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_failed_group_statement_fails_every_lane_in_it(leased):
+    from sqlalchemy.exc import DBAPIError
+
+    engine, rows = leased
+    group = ledger.open_group(engine, worker="w1", max_attempts=3, retry_base=60)
+    book = ledger.open_ledger(engine, worker="w1", max_attempts=3, retry_base=60, group=group)
+    group._book._raw.close()  # the shared connection is gone
+    with pytest.raises(DBAPIError):
+        book.claim([rows[0].id], now=NOW, lease=LEASE)
+    assert _rows(engine)[rows[0].id].state == "pending"  # nothing claimed, so nothing may be sent

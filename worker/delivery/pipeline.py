@@ -180,6 +180,7 @@ class _Batch:
         # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
         self.deadline = clock() + settings.batch_lease * 0.8
         self._rows = deque(rows)
+        self.group: ledger.StatementGroup | None = None
         self._lock = threading.Lock()
         self.report = BatchReport()
         self.late: list[int] = []
@@ -192,8 +193,14 @@ class _Batch:
             return
         # With a rate limit a message may wait for its token: one lane is enough.
         lanes = 1 if self.throttle is not None else max(1, min(self.settings.smtp_connections, len(self._rows)))
-        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
-            futures = [pool.submit(self._pooled_lane, sender) for _ in range(lanes)]
+        # Lanes that claim at the same moment share one statement (group commit).
+        self.group = self._open_group() if lanes > 1 else None
+        try:
+            with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
+                futures = [pool.submit(self._pooled_lane, sender) for _ in range(lanes)]
+        finally:
+            if self.group is not None:
+                self.group.close()
         for future in futures:
             future.result()  # the first lane's error, raised once every lane has stopped
 
@@ -208,7 +215,12 @@ class _Batch:
         # Under a rate limit a result is written before the wait for the next token, not with
         # the next claim: the row would otherwise stay `sending` for the whole wait.
         return ledger.open_ledger(self.engine, worker=self.worker, max_attempts=self.settings.max_attempts,
-                                  retry_base=self.settings.retry_base_seconds, pipeline=self.throttle is None)
+                                  retry_base=self.settings.retry_base_seconds, pipeline=self.throttle is None,
+                                  group=self.group)
+
+    def _open_group(self) -> ledger.StatementGroup | None:
+        return ledger.open_group(self.engine, worker=self.worker, max_attempts=self.settings.max_attempts,
+                                 retry_base=self.settings.retry_base_seconds)
 
     def take(self) -> ledger.Leased | None:
         """The next row, or None when the batch is done or must stop."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from worker.delivery.ledger.book import LOST, Claim, ClaimState, Ledger, PortableLedger
-from worker.delivery.ledger.postgres import PostgresLedger
+from worker.delivery.ledger.postgres import PostgresLedger, StatementGroup
 from worker.delivery.ledger.rows import (
     Leased,
     dispatchable,
@@ -44,16 +44,26 @@ from worker.delivery.ledger.rows import (
 )
 
 __all__ = [
-    "LOST", "Claim", "ClaimState", "Leased", "Ledger", "PortableLedger", "PostgresLedger", "dispatchable",
-    "expire_sending", "has_open_rows", "lease_batch", "mark_enqueued", "open_ledger", "release",
+    "LOST", "Claim", "ClaimState", "Leased", "Ledger", "PortableLedger", "PostgresLedger", "StatementGroup",
+    "dispatchable", "expire_sending", "has_open_rows", "lease_batch", "mark_enqueued", "open_group", "open_ledger",
+    "release",
 ]
 
 
 def open_ledger(engine: Engine, *, worker: str, max_attempts: int, retry_base: float, pipeline: bool = True,
-                one_statement: bool | None = None) -> Ledger:
+                one_statement: bool | None = None, group: StatementGroup | None = None) -> Ledger:
     """A lane's ledger: the one-statement implementation on PostgreSQL, the portable one
     elsewhere (`one_statement=False` takes the portable one on PostgreSQL too, as the
-    tests do to hold the two to the same assertions)."""
-    fast = engine.dialect.name == "postgresql" if one_statement is None else one_statement
-    cls = PostgresLedger if fast else PortableLedger
-    return cls(engine, worker=worker, max_attempts=max_attempts, retry_base=retry_base, pipeline=pipeline)
+    tests do to hold the two to the same assertions). Lanes given the same `group`
+    share their statements (see StatementGroup)."""
+    if engine.dialect.name == "postgresql" if one_statement is None else one_statement:
+        return PostgresLedger(engine, worker=worker, max_attempts=max_attempts, retry_base=retry_base,
+                              pipeline=pipeline, group=group)
+    return PortableLedger(engine, worker=worker, max_attempts=max_attempts, retry_base=retry_base, pipeline=pipeline)
+
+
+def open_group(engine: Engine, *, worker: str, max_attempts: int, retry_base: float) -> StatementGroup | None:
+    """A statement group for a batch's lanes where the database has the one-statement step."""
+    if engine.dialect.name != "postgresql":
+        return None
+    return StatementGroup(engine, worker=worker, max_attempts=max_attempts, retry_base=retry_base)

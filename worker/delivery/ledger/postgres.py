@@ -12,8 +12,10 @@ else (bounces, pauses, skips) takes the portable transaction path.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -71,10 +73,12 @@ def _naive_utc(value: datetime | None) -> datetime | None:
 
 class PostgresLedger(PortableLedger):
     """The portable ledger, with its usual step (results and the next claim) in one
-    autocommitted statement on the raw connection."""
+    autocommitted statement on the raw connection; given a `StatementGroup`, in one
+    statement shared with the batch's other lanes."""
 
-    def __init__(self, engine: Engine, **kwargs) -> None:
+    def __init__(self, engine: Engine, *, group: StatementGroup | None = None, **kwargs) -> None:
         super().__init__(engine, **kwargs)
+        self.group = group
         self._raw = self.conn.connection.dbapi_connection
         try:
             self._raw.autocommit = True
@@ -99,7 +103,7 @@ class PostgresLedger(PortableLedger):
         if not self._one_statement():
             return super().claim(delivery_ids, now=now, lease=lease)
         items, self.pending = self.pending, []
-        return self._record_and_claim(items, delivery_ids, now=now, lease=lease)
+        return self._step(items, delivery_ids, now=now, lease=lease)
 
     def flush(self) -> None:
         if not self.pending:
@@ -108,7 +112,7 @@ class PostgresLedger(PortableLedger):
             super().flush()
             return
         items, self.pending = self.pending, []
-        self._record_and_claim(items, [], now=items[-1].now, lease=timedelta(0))
+        self._step(items, [], now=items[-1].now, lease=timedelta(0))
 
     def close(self) -> None:
         try:
@@ -126,8 +130,17 @@ class PostgresLedger(PortableLedger):
     def _one_statement(self) -> bool:
         return not any(item.changes_more_than_its_row for item in self.pending)
 
+    def _step(self, items: list[Pending], delivery_ids: Sequence[int], *, now: datetime,
+              lease: timedelta) -> dict[int, Claim]:
+        run = self.group.run if self.group is not None else self._record_and_claim
+        claimed, written = run(items, delivery_ids, now=now, lease=lease)
+        self.late.extend(item.delivery_id for item in items if item.delivery_id not in written)
+        return claimed
+
     def _record_and_claim(self, items: list[Pending], delivery_ids: Sequence[int], *, now: datetime,
-                          lease: timedelta) -> dict[int, Claim]:
+                          lease: timedelta) -> tuple[dict[int, Claim], set[int]]:
+        """(claims, ids of the results written): a result not written arrived after its
+        row was declared unknown."""
         recorded = {}
         for item in items:
             values = record_values(item.result, message_id=item.message_id, attempts=item.attempts,
@@ -140,9 +153,7 @@ class PostgresLedger(PortableLedger):
                   "claim_ids": _int_array(delivery_ids), "worker": self.worker, "now": _naive_utc(now),
                   "lease_until": _naive_utc(now + lease)}
         rows = self._execute(_RECORD_AND_CLAIM, params)
-        written = {row[0] for row in rows if row[2] is None}
-        self.late.extend(item.delivery_id for item in items if item.delivery_id not in written)
-        return claims(row for row in rows if row[2] is not None)
+        return claims(row for row in rows if row[2] is not None), {row[0] for row in rows if row[2] is None}
 
     def _execute(self, sql: str, params: dict | None = None) -> list:
         """Run SQL on the raw connection, with errors raised as SQLAlchemy raises them (so the
@@ -168,3 +179,69 @@ class PostgresLedger(PortableLedger):
         except Exception:  # noqa: BLE001 - the original exception is the one to report
             pass
         self.conn.invalidate()
+
+
+@dataclass
+class _Request:
+    items: list[Pending]
+    delivery_ids: Sequence[int]
+    now: datetime
+    lease: timedelta
+    done: bool = False
+    result: tuple[dict[int, Claim], set[int]] | None = None
+    error: BaseException | None = None
+
+
+class StatementGroup:
+    """Group commit for the lanes of one batch: one statement, one round trip and one
+    WAL flush for what several lanes ask at the same moment.
+
+    A lane that finds no statement in flight runs its own at once, with whatever the
+    other lanes queued meanwhile; lanes that ask while one runs wait for it to end,
+    and the first of them runs the next for all of them. So an idle lane never waits
+    for company, and under load each statement carries up to one step per lane. Each
+    lane still sends only after its claim has committed: its window stays one message.
+    """
+
+    def __init__(self, engine: Engine, *, worker: str, max_attempts: int, retry_base: float) -> None:
+        self._book = PostgresLedger(engine, worker=worker, max_attempts=max_attempts, retry_base=retry_base)
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._busy = False
+
+    def run(self, items: list[Pending], delivery_ids: Sequence[int], *, now: datetime,
+            lease: timedelta) -> tuple[dict[int, Claim], set[int]]:
+        request = _Request(items, delivery_ids, now, lease)
+        with self._cond:
+            self._queue.append(request)
+            while self._busy and not request.done:
+                self._cond.wait()
+            if not request.done:
+                self._busy = True
+                batch, self._queue = self._queue, []
+        if not request.done:
+            self._run(batch)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _run(self, batch: list[_Request]) -> None:
+        try:
+            claimed, written = self._book._record_and_claim(
+                [item for r in batch for item in r.items], [i for r in batch for i in r.delivery_ids],
+                now=max(r.now for r in batch), lease=max(r.lease for r in batch))
+            for r in batch:
+                r.result = ({i: claimed[i] for i in r.delivery_ids if i in claimed},
+                            {item.delivery_id for item in r.items} & written)
+        except BaseException as exc:  # noqa: BLE001 - every lane of the statement gets the error
+            for r in batch:
+                r.error = exc
+        finally:
+            with self._cond:
+                for r in batch:
+                    r.done = True
+                self._busy = False
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        self._book.close()
