@@ -1,9 +1,11 @@
 """Throughput, CPU per stage, memory and planning benchmarks, with baselines measured
-in the same run. See the README's "Benchmarks" section.
+in the same run. See docs/benchmarks.md, and docs/capacity.md for what they say about
+scaling out.
 
     python bench/run.py                      # defaults: N=20,000 over R=10 regions
     python bench/run.py --subscribers 2000   # smaller
     python bench/run.py --plan 1000000       # also the planning benchmark at 1M subscribers
+    python bench/run.py --worker-groups 2    # two celery workers (node names, metrics ports) side by side
 
 Needs PostgreSQL and Redis on 127.0.0.1 and Postfix's smtp-sink/smtp-source
 (Debian package `postfix`; only its test tools are used, no mail system starts).
@@ -12,6 +14,7 @@ Needs PostgreSQL and Redis on 127.0.0.1 and Postfix's smtp-sink/smtp-source
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import random
@@ -26,6 +29,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -91,6 +95,74 @@ def oldest(name: str) -> int:
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
+
+
+def process_children(pid: int) -> list[int]:
+    """Children of a process from /proc (no pgrep: this is sampled many times a second)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+class Backends:
+    """CPU of the PostgreSQL backends serving one database. The cluster's process tree also
+    holds the backends of whatever else uses this PostgreSQL (other people's tests); these
+    are only the benchmark's, told apart by the database name in their process title.
+    Sampled while the run goes on, so a backend that exits mid-run loses only its time
+    since the last sample; one that starts mid-run counts from zero (fork resets it)."""
+
+    def __init__(self, postmaster: int, database: str) -> None:
+        self.postmaster = postmaster
+        self.title = f" {database} ".encode()
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.sample()
+        self.first = dict(self.last)
+
+    def sample(self) -> int:
+        """Read each of the database's backends; returns how many there are."""
+        seen = 0
+        for pid in process_children(self.postmaster):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if self.title in title:
+                seen += 1
+                self.last[pid] = max(self.last.get(pid, 0.0), cpu_of(pid, reaped=False))
+        return seen
+
+    def seconds(self) -> float:
+        self.sample()
+        return sum(cpu - self.first.get(pid, 0.0) for pid, cpu in self.last.items())
+
+
+def database_counters(url: str) -> dict[str, int]:
+    """PostgreSQL's counters: transactions and row writes of this database, and WAL of the
+    whole cluster (pg_stat_wal is not per database: other databases' writes are in it)."""
+    from worker.store.db import create_db_engine
+
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            db = conn.execute(sa.text(
+                "SELECT xact_commit, xact_rollback, tup_updated, tup_inserted FROM pg_stat_database "
+                "WHERE datname = current_database()")).one()
+            wal = conn.execute(sa.text("SELECT wal_records, wal_bytes, wal_write, wal_sync FROM pg_stat_wal")).one()
+    finally:
+        engine.dispose()
+    return {"transactions committed": db[0], "transactions rolled back": db[1], "rows updated": db[2],
+            "rows inserted": db[3], "cluster WAL records": wal[0], "cluster WAL bytes": int(wal[1]),
+            "cluster WAL writes": wal[2], "cluster WAL flushes": wal[3]}
+
+
+def settle_backends(backends: Backends, *, seconds: float = 15.0) -> None:
+    """Wait for the database's backends to exit: PostgreSQL counts a backend's transactions in
+    pg_stat_database when it goes idle (at most once a second, or ten seconds later) or exits."""
+    deadline = time.monotonic() + seconds
+    while backends.sample() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 class Database:
@@ -233,9 +305,10 @@ def worker_env(url: str, port: int, **extra: str) -> dict[str, str]:
 
 
 def start_worker(env: dict[str, str], log: Path, app: str = "worker", queue: str = "celery,send",
-                 concurrency: int = 2) -> subprocess.Popen:
+                 concurrency: int = 2, node: str | None = None) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-c", str(concurrency),
-                             "-l", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+                             "-l", "INFO", "--without-heartbeat", "--without-gossip", "--without-mingle",
+                             *(["-n", node] if node else [])],
                             env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=REPO)
     deadline = time.monotonic() + 60
     while " ready." not in log.read_text(errors="replace"):
@@ -264,14 +337,18 @@ def scrape(port: int) -> dict[str, Counter]:
     return found
 
 
-def worker_metrics(port: int, sent: int) -> dict[str, Counter]:
-    """Scraped once every message the ledger calls sent is counted: a pool process may count
-    its last few a moment after the edition is done."""
+def sent_count(found: dict[str, Counter]) -> float:
+    counted = found.get("newsletter_messages_total", Counter())
+    return sum(v for k, v in counted.items() if ("outcome", "sent") in k)
+
+
+def worker_metrics(ports: list[int], sent: int) -> list[dict[str, Counter]]:
+    """Each worker's metrics, scraped once every message the ledger calls sent is counted
+    by one of them: a pool process may count its last few a moment after the edition is done."""
     deadline = time.monotonic() + 10
     while True:
-        found = scrape(port)
-        counted = found.get("newsletter_messages_total", Counter())
-        if sum(v for k, v in counted.items() if ("outcome", "sent") in k) >= sent or time.monotonic() > deadline:
+        found = [scrape(port) for port in ports]
+        if sum(sent_count(f) for f in found) >= sent or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
 
@@ -283,7 +360,83 @@ def by_label(samples: Counter, label: str) -> dict[str, float]:
     return dict(out)
 
 
-def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], delay_ms: float = 0.0) -> dict:
+@dataclass
+class WorkerGroup:
+    """One `celery worker` of the run (a worker host, in the capacity model), with its own
+    node name, metrics port and log."""
+
+    node: str
+    proc: subprocess.Popen
+    metrics_port: int
+    log: Path
+
+    def processes(self) -> list[int]:
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def batch_outcomes(self) -> Counter:
+        """What its batches reported (send_batch's log line), NotSent reasons included: rows
+        lost to another worker would show here."""
+        found: Counter = Counter()
+        for text in re.findall(r"batch of \d+: (\{[^}]*\})", self.log.read_text(errors="replace")):
+            found.update(ast.literal_eval(text))
+        return found
+
+
+def start_groups(url: str, sink_port: int, extra: dict[str, str], *, groups: int,
+                 concurrency: int) -> list[WorkerGroup]:
+    started: list[WorkerGroup] = []
+    directory = Path(tempfile.mkdtemp())
+    try:
+        for n in range(1, groups + 1):
+            port = free_port()
+            log = directory / f"worker{n}.log"
+            env = worker_env(url, sink_port, NEWSLETTER_METRICS_PORT=str(port), **extra)
+            node = f"bench{n}@{socket.gethostname()}"
+            started.append(WorkerGroup(node, start_worker(env, log, concurrency=concurrency, node=node), port, log))
+    except BaseException:
+        stop_groups(started)
+        raise
+    return started
+
+
+def stop_groups(groups: list[WorkerGroup]) -> None:
+    for group in groups:
+        group.proc.terminate()
+    for group in groups:
+        group.proc.wait(30)
+
+
+def metrics_summary(found: dict[str, Counter]) -> dict:
+    """The worker's own figures (worker/metrics.py), per message it sent."""
+    def total(name: str) -> float:
+        return sum(found.get(name, Counter()).values())
+
+    messages = total("newsletter_messages_total")
+    stage = by_label(found.get("newsletter_stage_cpu_seconds_total", Counter()), "stage")
+    smtp_count = total("newsletter_smtp_transaction_seconds_count")
+    return {
+        "messages": int(messages),
+        "messages_by_outcome_and_code": {f"{dict(k)['outcome']} {dict(k)['code']}": int(v)
+                                         for k, v in sorted(found.get("newsletter_messages_total", Counter()).items())},
+        "worker_stage_cpu_ms_per_message": {k: round(v / max(messages, 1) * 1000, 3) for k, v in stage.items()},
+        "smtp_transaction_ms_mean": round(total("newsletter_smtp_transaction_seconds_sum") / max(smtp_count, 1)
+                                          * 1000, 3),
+        "smtp_connections_opened": int(total("newsletter_smtp_connections_opened_total")),
+        "inliner_calls": int(total("newsletter_variants_inlined_total")),
+    }
+
+
+def merged(found: list[dict[str, Counter]]) -> dict[str, Counter]:
+    out: dict[str, Counter] = {}
+    for one in found:
+        for name, samples in one.items():
+            out.setdefault(name, Counter()).update(samples)
+    return out
+
+
+def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], delay_ms: float = 0.0, *,
+                 groups: int = 1, concurrency: int = 2) -> dict:
+    """Deliver one edition through `groups` celery workers of `concurrency` processes each."""
     from worker.celery_app import create_app
     from worker.delivery.pipeline import utcnow
     from worker.delivery.plan import find_edition, plan_edition
@@ -295,21 +448,23 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
 
     flush_broker()
     sink = Sink(delay_ms)
-    log = Path(tempfile.mkdtemp()) / "worker.log"
-    metrics_port = free_port()
-    env = worker_env(url, sink.port, NEWSLETTER_METRICS_PORT=str(metrics_port), **extra)
+    env = worker_env(url, sink.port, **extra)
     settings = load_settings({k: v for k, v in env.items() if k.startswith("NEWSLETTER_")})
     engine = create_db_engine(url)
-    worker = start_worker(env, log)
-    procs = [worker.pid, *children(worker.pid)]
-    # Roots of process trees: PostgreSQL's postmaster is its oldest process.
-    watched = {"worker": worker.pid, "postgres": oldest("postgres"), "redis": oldest("redis-server"),
-               "smtp-sink": sink.proc.pid}
+    workers = start_groups(url, sink.port, extra, groups=groups, concurrency=concurrency)
+    procs = [p for group in workers for p in group.processes()]
+    postmaster = oldest("postgres")  # PostgreSQL's postmaster is its oldest process
+    # Roots of process trees.
+    watched = {"postgres": postmaster, "redis": oldest("redis-server"), "smtp-sink": sink.proc.pid}
+    watched.update({group.node: group.proc.pid for group in workers})
     if sink.proxy is not None:
         watched["delay proxy"] = sink.proxy.pid
+    stopped = False
     try:
+        backends = Backends(postmaster, sa.make_url(url).database)
+        counters_before = database_counters(url)
         cpu_before = {k: tree_cpu(root) for k, root in watched.items()}
-        main_before = cpu_of(worker.pid, reaped=False)
+        main_before = sum(cpu_of(group.proc.pid, reaped=False) for group in workers)
         plan_cpu = time.process_time()
         started = time.perf_counter()
         planned = plan_edition(engine, key=KEY, kind="weekly", window=week_window(WEEK, settings.tz), now=utcnow())
@@ -317,44 +472,59 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
         plan_cpu = time.process_time() - plan_cpu
         batches = dispatch(engine, settings, planned.edition_id, publisher(create_app(settings)), utcnow())
         while find_edition(engine, KEY).state != "done":
+            backends.sample()
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu_after = {k: tree_cpu(root) for k, root in watched.items()}
-        main_cpu = cpu_of(worker.pid, reaped=False) - main_before
+        own_backends = backends.seconds()
+        main_cpu = sum(cpu_of(group.proc.pid, reaped=False) for group in workers) - main_before
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT state, count(*) FROM deliveries GROUP BY state")).all())
         sent = states.get("sent", 0)
-        # What production exposes is what is reported: the worker's metrics port, summed
+        # What production exposes is what is reported: each worker's metrics port, summed
         # over its pool processes (worker/metrics.py).
-        found = worker_metrics(metrics_port, sent)
-
-        def total(name: str) -> float:
-            return sum(found.get(name, Counter()).values())
-
-        messages = total("newsletter_messages_total")
-        outcomes = {f"{dict(k)['outcome']} {dict(k)['code']}": int(v)
-                    for k, v in sorted(found.get("newsletter_messages_total", Counter()).items())}
-        stage = by_label(found.get("newsletter_stage_cpu_seconds_total", Counter()), "stage")
-        smtp_count = total("newsletter_smtp_transaction_seconds_count")
-        smtp_sum = total("newsletter_smtp_transaction_seconds_sum")
+        found = worker_metrics([group.metrics_port for group in workers], sent)
         memory = {"worker processes": [round(peak_rss_mb(p), 1) for p in procs]}
-        return {
+        outcomes = [group.batch_outcomes() for group in workers]
+        stop_groups(workers)
+        stopped = True
+        engine.dispose()
+        settle_backends(backends)
+        counters = {k: v - counters_before[k] for k, v in database_counters(url).items()}
+        cpu = {k: (cpu_after[k] - cpu_before[k]) for k in watched}
+        worker_cpu = sum(cpu[group.node] for group in workers)
+        per_message = {"worker": worker_cpu, **{k: v for k, v in cpu.items() if k not in {g.node for g in workers}},
+                       "postgres backends of this database": own_backends}
+        summary = metrics_summary(merged(found))
+        report = {
             "subscribers": subscribers, "distinct_region_sets": sets, "batches": batches, "states": states,
             "sink_received": sink.count(), "seconds": round(elapsed, 2),
             "messages_per_second": round(sent / elapsed, 1),
             "plan_seconds": round(plan_seconds, 2), "plan_cpu_ms_per_message": round(plan_cpu / max(sent, 1) * 1000, 4),
-            "cpu_ms_per_message": {k: round((cpu_after[k] - cpu_before[k]) / max(sent, 1) * 1000, 3) for k in watched},
+            "cpu_ms_per_message": {k: round(v / max(sent, 1) * 1000, 3) for k, v in per_message.items()},
             "worker_main_process_cpu_ms_per_message": round(main_cpu / max(sent, 1) * 1000, 3),
-            "worker_stage_cpu_ms_per_message": {k: round(v / max(messages, 1) * 1000, 3) for k, v in stage.items()},
-            "messages_by_outcome_and_code": outcomes,
-            "smtp_transaction_ms_mean": round(smtp_sum / max(smtp_count, 1) * 1000, 3),
-            "smtp_connections_opened": int(total("newsletter_smtp_connections_opened_total")),
-            "inliner_calls": int(total("newsletter_variants_inlined_total")),
+            # Transactions and row writes are this database's alone; WAL is the cluster's (an upper
+            # bound when other databases are busy).
+            "postgres_per_message": {k: round(v / max(sent, 1), 3) for k, v in counters.items()},
+            **{k: v for k, v in summary.items() if k != "messages"},
+            "batch_outcomes": dict(sum(outcomes, Counter())),
             "peak_rss_mb": memory,
         }
+        if groups > 1:
+            report["worker_groups"] = [
+                {"node": group.node, "concurrency": concurrency, "messages": one["messages"],
+                 "messages_per_second": round(one["messages"] / elapsed, 1),
+                 "cpu_seconds": round(cpu[group.node], 2),
+                 "cpu_ms_per_message": round(cpu[group.node] / max(one["messages"], 1) * 1000, 3),
+                 "batches": sum(1 for _ in re.finditer(r"batch of \d+:", group.log.read_text(errors="replace"))),
+                 "batch_outcomes": dict(outcome),
+                 **{k: one[k] for k in ("worker_stage_cpu_ms_per_message", "smtp_transaction_ms_mean",
+                                        "smtp_connections_opened", "inliner_calls")}}
+                for group, one, outcome in zip(workers, map(metrics_summary, found), outcomes, strict=True)]
+        return report
     finally:
-        worker.terminate()
-        worker.wait(30)
+        if not stopped:
+            stop_groups(workers)
         sink.stop()
 
 
@@ -432,12 +602,14 @@ def run_once(args: argparse.Namespace, extra: dict[str, str]) -> dict:
     db = Database()
     try:
         sets = seed(db.url, args.subscribers, random.Random(args.seed))
-        result["pipeline"] = run_pipeline(db.url, args.subscribers, sets, extra, args.relay_delay_ms)
+        result["pipeline"] = run_pipeline(db.url, args.subscribers, sets, extra, args.relay_delay_ms,
+                                          groups=args.worker_groups, concurrency=args.concurrency)
         size = message_size(db.url)
         result["message_bytes"] = size
         if args.relay_delay_ms:
-            # The same number of SMTP sessions as the worker keeps open: 2 processes x lanes.
-            sessions = 2 * int(extra.get("NEWSLETTER_SMTP_CONNECTIONS", "4"))
+            # The same number of SMTP sessions as the workers keep open: processes x lanes.
+            sessions = (args.worker_groups * args.concurrency
+                        * int(extra.get("NEWSLETTER_SMTP_CONNECTIONS", "4")))
             result["relay_delay_ms"] = args.relay_delay_ms
             result["smtp_sessions"] = sessions
             result["baseline_smtp_source"] = round(baseline_smtp_source(size, 5000, sessions=sessions,
@@ -459,8 +631,23 @@ def run_once(args: argparse.Namespace, extra: dict[str, str]) -> dict:
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
+def brief(run: dict) -> dict:
+    """A run's headline figures, for the list of every run."""
+    pipeline = run["pipeline"]
+    return {"messages_per_second": pipeline["messages_per_second"], "ratios": run["ratios"],
+            **{k: v for k, v in run.items() if k.startswith("baseline_")},
+            **{k: pipeline[k] for k in ("cpu_ms_per_message", "worker_stage_cpu_ms_per_message",
+                                        "postgres_per_message")}}
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=20_000)
     parser.add_argument("--naive", type=int, default=300, help="subscribers for the naive baseline")
     parser.add_argument("--plan", type=int, default=0, help="also plan an edition over this many subscribers")
@@ -471,20 +658,33 @@ def main() -> int:
                         help="put a proxy that delays every server reply this long in front of smtp-sink")
     parser.add_argument("--set", action="append", default=[], metavar="NEWSLETTER_X=VALUE",
                         help="a setting for the worker, e.g. NEWSLETTER_SMTP_CONNECTIONS=24")
-    args = parser.parse_args()
+    parser.add_argument("--worker-groups", type=int, default=1, metavar="G",
+                        help="run G celery workers side by side, each with its own node name (-n benchK@host) and "
+                             "metrics port, against the one PostgreSQL and Redis; reports each and the total")
+    parser.add_argument("--concurrency", type=int, default=2, metavar="C",
+                        help="pool processes per celery worker (-c)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.worker_groups < 1 or args.concurrency < 1:
+        print("--worker-groups and --concurrency are at least 1", file=sys.stderr)
+        return 2
     for tool in ("smtp-sink", "smtp-source"):
         if not shutil.which(tool):
             print(f"{tool} not found: apt-get install postfix (only its test tools are used)", file=sys.stderr)
             return 2
     extra = dict(item.split("=", 1) for item in args.set)
-    report: dict = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, "
-                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB", "settings": extra}
-    runs = sorted((run_once(args, extra) for _ in range(max(1, args.repeat))),
-                  key=lambda r: r["pipeline"]["messages_per_second"])
-    report.update(runs[len(runs) // 2])
+    report: dict = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
+                    "machine": f"{os.cpu_count()} cores, "
+                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB", "settings": extra,
+                    "worker_groups": args.worker_groups, "concurrency": args.concurrency}
+    runs = [run_once(args, extra) for _ in range(max(1, args.repeat))]
+    report.update(sorted(runs, key=lambda r: r["pipeline"]["messages_per_second"])[len(runs) // 2])
     if len(runs) > 1:
-        report["runs"] = [{"messages_per_second": r["pipeline"]["messages_per_second"], "ratios": r["ratios"]}
-                          for r in runs]
+        # Every run in the order it ran (the machine's speed drifts), each with its own baselines.
+        report["runs"] = [brief(r) for r in runs]
     if args.plan:
         report["planning"] = run_planning(args.plan)
     print(json.dumps(report, indent=2))

@@ -1,11 +1,14 @@
-"""The benchmarks stay runnable (what they measure is reported in the README, never asserted here)."""
+"""The benchmarks stay runnable (what they measure is reported in docs/, never asserted here)."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from bench.run import parser
 from tests.conftest import REPO
 
 
@@ -20,5 +23,26 @@ def test_the_ledger_benchmark_runs_every_row_to_sent(pg_url):
 def test_the_pipeline_benchmark_parses_its_options():
     out = subprocess.run([sys.executable, "bench/run.py", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=60, check=True).stdout
-    for option in ("--subscribers", "--naive", "--plan", "--repeat", "--relay-delay-ms", "--set"):
+    for option in ("--subscribers", "--naive", "--plan", "--repeat", "--relay-delay-ms", "--set",
+                   "--worker-groups", "--concurrency"):
         assert option in out
+
+
+def test_one_worker_group_of_two_processes_is_the_default_and_groups_are_counted():
+    assert (parser().parse_args([]).worker_groups, parser().parse_args([]).concurrency) == (1, 2)
+    args = parser().parse_args(["--worker-groups", "2", "--concurrency", "1"])
+    assert (args.worker_groups, args.concurrency) == (2, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("smtp-sink"), reason="needs Postfix's smtp-sink and smtp-source")
+def test_two_worker_groups_deliver_one_edition_between_them(pg_url, redis_url):
+    env = {**os.environ, "NEWSLETTER_BENCH_REDIS_URL": redis_url}
+    out = subprocess.run([sys.executable, "bench/run.py", "--subscribers", "300", "--naive", "0",
+                          "--worker-groups", "2", "--concurrency", "1"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=True).stdout
+    pipeline = json.loads(out)["pipeline"]
+    assert pipeline["states"] == {"sent": 300} and pipeline["sink_received"] == 300
+    groups = pipeline["worker_groups"]
+    assert [g["node"].split("@")[0] for g in groups] == ["bench1", "bench2"]
+    assert sum(g["messages"] for g in groups) == 300
