@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -668,6 +669,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Stopped with SIGTERM (or SIGINT, which a background job ignores), a run still stops its
+    # workers and sink and drops its database on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.worker_groups < 1 or args.concurrency < 1:
         print("--worker-groups and --concurrency are at least 1", file=sys.stderr)
         return 2
