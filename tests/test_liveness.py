@@ -221,3 +221,18 @@ def _repo():
     from tests.conftest import REPO
 
     return REPO
+
+
+def test_a_worker_on_an_older_schema_exits_with_the_reason(engine, tmp_path, worker_env):
+    """Before any task: a worker that would fail (and use up) every task it took never starts."""
+    with engine.begin() as conn:
+        head = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0006'"))
+    try:
+        with pytest.raises(RuntimeError, match="worker exited with 2") as exited:
+            WorkerProcess(worker_env, tmp_path / "old.log", name="old", concurrency=1).start()
+        assert "the database schema is missing or out of date" in str(exited.value)
+        assert "run `newsletter db upgrade`, then restart the worker" in str(exited.value)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = :v"), {"v": head})

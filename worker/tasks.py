@@ -6,10 +6,17 @@ and at the weekly send time so the edition is planned on the minute).
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 
 from celery import shared_task
-from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    celeryd_after_setup,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -28,6 +35,28 @@ from worker.store.db import create_db_engine, current_revision, describe_databas
 log = get_task_logger(__name__)
 
 
+def _check_schema(settings, engine) -> None:
+    if current_revision(engine) != head_revision():
+        raise ConfigError(f"the database schema is missing or out of date ({describe_database(settings.database_url)})"
+                          ": run `newsletter db upgrade`, then restart the worker")
+
+
+@worker_init.connect
+def _refuse_an_old_schema(**_) -> None:
+    # In the main process, before the pool starts: a worker on a schema it does not know
+    # exits with the reason, instead of failing (and using up) every task it takes.
+    settings = load_settings()
+    engine = create_db_engine(settings.database_url, create=False)
+    try:
+        _check_schema(settings, engine)
+    except ConfigError as exc:
+        # Logging is not set up yet at this point: the reason goes to stderr itself.
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        engine.dispose()  # nothing of it may cross the fork into the pool
+
+
 @cache
 def _runtime():
     """Settings, engine, sender and throttle, once per worker process; and the process's
@@ -37,9 +66,7 @@ def _runtime():
         log.warning("%s is not a setting and is ignored%s", name, f"; did you mean {close}?" if close else "")
     # create=False: a worker started in the wrong directory must not leave an empty database there.
     engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2, create=False)
-    if current_revision(engine) != head_revision():
-        raise ConfigError(f"the database schema is missing or out of date ({describe_database(settings.database_url)})"
-                          ": run `newsletter db upgrade`, then restart the worker")
+    _check_schema(settings, engine)
     heartbeat = Heartbeat(
         engine, worker_name(), timeout=settings.liveness_timeout, clock=utcnow,
         on_recovered=lambda editions: dispatch_recovered(engine, settings, editions, publish_batch, utcnow()),
