@@ -46,6 +46,10 @@ class _Premailer(premailer.Premailer):
     this digest, although every variant carries the same stylesheet. The rules
     depend only on the CSS text, its position and the options above, which are
     fixed, so they are computed once per process.
+
+    The adapter relies on premailer 3.10's private `_parse_style_rules(css_body,
+    ruleset_index)`, called from `transform()`; tests/test_library_contracts.py fails
+    loudly if that changes, and tests/test_render.py holds the output to premailer's own.
     """
 
     def _parse_style_rules(self, css_body, ruleset_index):
