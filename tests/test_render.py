@@ -68,9 +68,11 @@ def _variables(template, name):
 
 
 def test_every_template_in_the_folder_is_rendered_by_the_test_above():
+    # confirm/ is rendered the same way in tests/test_readers_mail.py.
     names = sorted(p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*") if p.is_file())
     assert names == [
         "_base/email.css", "_base/layout.html", "_base/layout.txt",
+        "confirm/body.html", "confirm/body.txt", "confirm/subject.txt",
         "weekly_digest/body.html", "weekly_digest/body.txt", "weekly_digest/subject.txt",
     ]
 

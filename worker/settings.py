@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from worker import PROJECT_ROOT
 from worker.errors import ConfigError
@@ -38,6 +38,8 @@ _NOT_SETTINGS_PREFIXES = ("test_", "bench_")
 _URL_CHARS = re.compile(r"[!-~]+")
 _MAILTO = re.compile(r"[A-Za-z0-9.!#$%&'*+/^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _LIST_ID = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+_RATE = re.compile(r"\d+ *(?:/|per) *(?:\d+ *)?(?:second|minute|hour|day|month|year)s?", re.IGNORECASE)
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?")
 
 
 class Settings(BaseModel):
@@ -110,6 +112,23 @@ class Settings(BaseModel):
     # `celery worker` serves its metrics (worker/metrics.py) on this port of 127.0.0.1; 0: off.
     metrics_port: int = Field(9808, ge=0, le=65535)
 
+    # Readers' side of the web app (docs/readers.md). A confirmation link works this long;
+    # a sign-up nobody confirmed is deleted after pending_expiry_days.
+    confirm_link_hours: int = Field(48, ge=1, le=24 * 14)
+    pending_expiry_days: int = Field(7, ge=1, le=365)
+    # POST /subscribe, in `limits` notation ("5/minute;20/hour"): per client address (an
+    # IPv6 client by its /64) and for all clients together. Counted in Redis, so every web
+    # process shares them; ratelimit_url empty means the broker's Redis.
+    subscribe_limit_per_ip: str = "5/minute;20/hour"
+    subscribe_limit_global: str = "120/minute;2000/hour"
+    ratelimit_url: str = ""
+    # Origins besides NEWSLETTER_PUBLIC_URL's and NEWSLETTER_SITE_URL's whose pages may post
+    # the sign-up form or call it with fetch(), separated by spaces or commas.
+    subscribe_origins: str = ""
+    # Reverse proxies in front of the web app: with N, the client address for rate limits is
+    # the N-th from the right in X-Forwarded-For. 0: the TCP peer (never the header).
+    trusted_proxies: int = Field(0, ge=0, le=5)
+
     # Mechanics, with defaults that hold the guarantee and no decision in them for a user;
     # documented in docs/operations.md, shortened by the fault tests to stay fast. What
     # follows from them is derived once, in the properties below.
@@ -178,6 +197,38 @@ class Settings(BaseModel):
         cls._public_url(value.replace("{region}", "RU"))
         return value
 
+    @field_validator("subscribe_limit_per_ip", "subscribe_limit_global")
+    @classmethod
+    def _limits(cls, value: str) -> str:
+        # The grammar of `limits`' parse_many, checked here without importing it (CLI start-up).
+        if not all(_RATE.fullmatch(part.strip()) for part in re.split(r"[;,]", value)):
+            raise ValueError('must be rates such as "5/minute;20/hour"')
+        return value
+
+    @field_validator("ratelimit_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("subscribe_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in value.replace(",", " ").split():
+            if not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://news.example.org")
+        return value
+
+    @field_validator("pending_expiry_days")
+    @classmethod
+    def _pending_outlives_links(cls, value: int, info: ValidationInfo) -> int:
+        hours = info.data.get("confirm_link_hours")
+        if hours is not None and value * 24 < hours:
+            raise ValueError(f"a sign-up must not expire while its confirmation link works "
+                             f"(NEWSLETTER_CONFIRM_LINK_HOURS={hours}): at least {-(-hours // 24)} days")
+        return value
+
     @field_validator("region_names", mode="before")
     @classmethod
     def _region_names(cls, value: Any) -> Any:
@@ -215,6 +266,16 @@ class Settings(BaseModel):
         return timedelta(seconds=self.liveness_seconds)
 
     @property
+    def ratelimit_storage_url(self) -> str:
+        return self.ratelimit_url or self.broker_url
+
+    @property
+    def reader_origins(self) -> frozenset[str]:
+        """Origins whose pages may post the sign-up form: ours, the news site's, and the configured ones."""
+        found = {_origin_of(url) for url in (self.public_url, self.site_url) if url}
+        return frozenset(found | set(self.subscribe_origins.replace(",", " ").split()))
+
+    @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
@@ -234,6 +295,12 @@ class Settings(BaseModel):
                 "and Message-IDs: set it in the environment"
             )
         return self.secret_key.get_secret_value()
+
+
+def _origin_of(url: str) -> str:
+    """'https://news.example.org/world' -> 'https://news.example.org' (scheme and host as written)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme.lower()}://{rest.split('/', 1)[0].lower()}"
 
 
 @lru_cache(maxsize=16)

@@ -1,16 +1,29 @@
-"""Signed values: unsubscribe tokens and Message-IDs, both keyed by NEWSLETTER_SECRET_KEY."""
+"""Signed values, all keyed by NEWSLETTER_SECRET_KEY, each kind with its own salt so that
+a token made for one purpose is worthless for any other:
+
+- unsubscribe and manage tokens: a subscriber id, never expiring (they sit in old mail);
+- confirmation tokens: a subscriber id and the nonce of their one live link, expiring;
+- form tokens: the CSRF token of a readers' page form, bound to subscriber and purpose;
+- Message-IDs.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import hmac
+from dataclasses import dataclass
+from enum import StrEnum
 
-from itsdangerous import BadSignature, Signer, URLSafeSerializer
+from itsdangerous import BadSignature, SignatureExpired, Signer, URLSafeSerializer, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 
-# A dedicated salt: a token signed for anything else never unsubscribes anyone.
 UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
+MANAGE_SALT = "newsletter.manage.v1"
+CONFIRM_SALT = "newsletter.confirm.v1"
+FORM_SALT = "newsletter.form.v1"
+# A link is a path segment: anything longer than this was not made here.
+MAX_TOKEN = 400
 
 
 def unsubscribe_token(secret: str, subscriber_id: int) -> str:
@@ -21,23 +34,93 @@ def unsubscribe_token(secret: str, subscriber_id: int) -> str:
     id of up to ten digits can never win (zlib's own framing is longer), so that payload
     is the id's JSON in base64, signed by the serializer's default signer.
     """
-    if 0 <= subscriber_id < 10**10:
-        return _signer(secret).sign(base64_encode(str(subscriber_id))).decode()
-    return URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT).dumps(subscriber_id)
-
-
-@functools.lru_cache(maxsize=4)
-def _signer(secret: str) -> Signer:
-    return URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT).make_signer()
+    return _id_token(secret, subscriber_id, UNSUBSCRIBE_SALT)
 
 
 def read_unsubscribe_token(secret: str, token: str) -> int | None:
     """The subscriber id, or None for a tampered, foreign or malformed token."""
+    return _read_id_token(secret, token, UNSUBSCRIBE_SALT)
+
+
+def manage_token(secret: str, subscriber_id: int) -> str:
+    """The manage page's link (regions, name, leaving): like the unsubscribe token, another salt."""
+    return _id_token(secret, subscriber_id, MANAGE_SALT)
+
+
+def read_manage_token(secret: str, token: str) -> int | None:
+    return _read_id_token(secret, token, MANAGE_SALT)
+
+
+def _id_token(secret: str, subscriber_id: int, salt: str) -> str:
+    if 0 <= subscriber_id < 10**10:
+        return _signer(secret, salt).sign(base64_encode(str(subscriber_id))).decode()
+    return URLSafeSerializer(secret, salt=salt).dumps(subscriber_id)
+
+
+@functools.lru_cache(maxsize=16)
+def _signer(secret: str, salt: str) -> Signer:
+    return URLSafeSerializer(secret, salt=salt).make_signer()
+
+
+def _read_id_token(secret: str, token: str, salt: str) -> int | None:
+    if len(token) > MAX_TOKEN:
+        return None
     try:
-        value = URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT).loads(token)
+        value = URLSafeSerializer(secret, salt=salt).loads(token)
     except (BadSignature, ValueError, UnicodeError):
         return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if _is_id(value) else None
+
+
+class TokenProblem(StrEnum):
+    INVALID = "invalid"    # tampered, foreign, malformed
+    EXPIRED = "expired"    # genuine, but older than its lifetime
+
+
+@dataclass(frozen=True)
+class ConfirmToken:
+    subscriber_id: int
+    nonce: str
+
+
+def confirm_token(secret: str, subscriber_id: int, nonce: str) -> str:
+    """The confirmation link's token. It names the subscriber and the nonce of their one
+    live link; what confirming applies is in the database, so the link holds no personal data."""
+    return URLSafeTimedSerializer(secret, salt=CONFIRM_SALT).dumps([subscriber_id, nonce])
+
+
+def read_confirm_token(secret: str, token: str, *, max_age: int) -> ConfirmToken | TokenProblem:
+    if len(token) > MAX_TOKEN:
+        return TokenProblem.INVALID
+    try:
+        value = URLSafeTimedSerializer(secret, salt=CONFIRM_SALT).loads(token, max_age=max_age)
+    except SignatureExpired:
+        return TokenProblem.EXPIRED
+    except (BadSignature, ValueError, UnicodeError):
+        return TokenProblem.INVALID
+    if (isinstance(value, list) and len(value) == 2 and _is_id(value[0]) and isinstance(value[1], str)
+            and 0 < len(value[1]) <= 32):
+        return ConfirmToken(value[0], value[1])
+    return TokenProblem.INVALID
+
+
+def form_token(secret: str, *, subscriber_id: int, purpose: str) -> str:
+    """A form's CSRF token: signed, timestamped, for one subscriber and one form."""
+    return URLSafeTimedSerializer(secret, salt=FORM_SALT).dumps([subscriber_id, purpose])
+
+
+def check_form_token(secret: str, token: str, *, subscriber_id: int, purpose: str, max_age: int) -> bool:
+    if not token or len(token) > MAX_TOKEN:
+        return False
+    try:
+        value = URLSafeTimedSerializer(secret, salt=FORM_SALT).loads(token, max_age=max_age)
+    except (BadSignature, ValueError, UnicodeError):
+        return False
+    return value == [subscriber_id, purpose]
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def message_id(secret: str, *, edition_key: str, subscriber: str | int, domain: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,13 +12,18 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Engine, select
 
 from worker.errors import UsageError
+from worker.ingest.history import KEEP, apply_change
+from worker.ingest.history import record as record_event
 from worker.regions import RegionError, parse_regions
 from worker.store.db import session_scope
-from worker.store.models import Subscriber, SubscriberStatus
+from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
 from worker.text import contains_control
 
 MAX_NAME = 200
 MAX_REGIONS = 20
+# What is read of a raw field before any check: a longer value is refused unparsed.
+MAX_ADDRESS = 320  # RFC 3696 errata: 64 + 1 + 255
+MAX_REGIONS_TEXT = 200
 
 
 class InvalidSubscriber(ValueError):
@@ -48,6 +53,8 @@ def check_address(raw: str) -> tuple[str, str]:
     value = raw.strip()
     if not value:
         raise InvalidSubscriber("no email address")
+    if len(value) > MAX_ADDRESS:
+        raise InvalidSubscriber(f"email address too long ({len(value)} > {MAX_ADDRESS} characters)")
     try:
         result = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -67,6 +74,8 @@ def check_name(raw: str | None) -> str | None:
 
 
 def check_regions(raw: str | list[str]) -> tuple[str, ...]:
+    if len(raw) > (MAX_REGIONS_TEXT if isinstance(raw, str) else MAX_REGIONS * 2):
+        raise InvalidSubscriber(f"too many regions (at most {MAX_REGIONS})")
     try:
         codes = parse_regions(raw)
     except RegionError as exc:
@@ -118,23 +127,34 @@ def import_csv(engine: Engine, path: Path) -> SubscriberReport:
 
 
 def _upsert(engine: Engine, items: list[SubscriberInput], report: SubscriberReport) -> None:
+    now = datetime.now(UTC)
     with session_scope(engine) as session:
         keys = [i.email_key for i in items]
         existing = {
             s.email_key: s
             for s in session.scalars(select(Subscriber).where(Subscriber.email_key.in_(keys)))
         }
+        added = []
         for item in items:
             row = existing.get(item.email_key)
             if row is None:
-                session.add(_new(item))
-                report.added += 1
+                added.append(_new(item))
+            elif row.status == SubscriberStatus.PENDING:
+                # Signed up on the web and not confirmed: the operator's list says they agreed.
+                _confirm_by_operator(session, row, item, via=ChangeVia.IMPORT, at=now)
+                report.updated += 1
             elif row.status != SubscriberStatus.ACTIVE:
                 report.suppressed += 1
-            elif _apply(row, item):
+            elif _respell(row, item) | bool(apply_change(session, row, via=ChangeVia.IMPORT, at=now,
+                                                         regions=item.regions, name=item.name)):
                 report.updated += 1
             else:
                 report.unchanged += 1
+        session.add_all(added)
+        session.flush()
+        for row in added:
+            record_event(session, row, EventKind.SUBSCRIBED, ChangeVia.IMPORT, at=now)
+        report.added += len(added)
 
 
 def _new(item: SubscriberInput) -> Subscriber:
@@ -144,14 +164,23 @@ def _new(item: SubscriberInput) -> Subscriber:
     )
 
 
-def _apply(row: Subscriber, item: SubscriberInput) -> bool:
-    changed = False
-    regions = " ".join(item.regions)
-    for name, value in (("email", item.email), ("name", item.name), ("regions", regions)):
-        if getattr(row, name) != value:
-            setattr(row, name, value)
-            changed = True
-    return changed
+def _confirm_by_operator(session, row: Subscriber, item: SubscriberInput, *, via: ChangeVia, at: datetime) -> None:
+    """A pending sign-up made active by an operator; its confirmation link dies."""
+    clear_confirmation(row)
+    apply_change(session, row, via=via, at=at, status=SubscriberStatus.ACTIVE, regions=item.regions,
+                 name=item.name if item.name is not None else KEEP)
+
+
+def _respell(row: Subscriber, item: SubscriberInput) -> bool:
+    """The address as last given (same key, another spelling of the local part's case)."""
+    if row.email == item.email:
+        return False
+    row.email = item.email
+    return True
+
+
+def clear_confirmation(row: Subscriber) -> None:
+    row.confirm_nonce = row.confirm_sent_at = row.confirm_regions = row.confirm_name = None
 
 
 def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool = False) -> str:
@@ -159,49 +188,57 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
 
     A missing name keeps the stored one (add is also how regions are changed).
     """
+    now = datetime.now(UTC)
     with session_scope(engine) as session:
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == item.email_key))
         if row is None:
-            session.add(_new(item))
+            row = _new(item)
+            session.add(row)
+            session.flush()
+            record_event(session, row, EventKind.SUBSCRIBED, ChangeVia.CLI, at=now)
             return "added"
-        if item.name is None:
-            item = replace(item, name=row.name)
+        name = KEEP if item.name is None else item.name
+        if row.status == SubscriberStatus.PENDING:
+            _confirm_by_operator(session, row, item, via=ChangeVia.CLI, at=now)
+            return "updated"
         if row.status != SubscriberStatus.ACTIVE:
             if not resubscribe:
                 raise UsageError(
                     f"{row.email} is {row.status}; pass --resubscribe if they asked to come back"
                 )
-            row.status = SubscriberStatus.ACTIVE.value
-            row.status_changed_at = datetime.now(UTC)
-            _apply(row, item)
+            apply_change(session, row, via=ChangeVia.CLI, at=now, status=SubscriberStatus.ACTIVE,
+                         regions=item.regions, name=name)
             return "updated"
-        return "updated" if _apply(row, item) else "unchanged"
+        changed = _respell(row, item) | bool(apply_change(session, row, via=ChangeVia.CLI, at=now,
+                                                         regions=item.regions, name=name))
+        return "updated" if changed else "unchanged"
 
 
-def set_status(engine: Engine, email: str, status: SubscriberStatus) -> Subscriber | None:
+def set_status(engine: Engine, email: str, status: SubscriberStatus, *,
+               via: ChangeVia = ChangeVia.CLI) -> Subscriber | None:
     """Change a subscriber's status by address; None when the address is unknown."""
     _, key = check_address(email)
     with session_scope(engine) as session:
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
-        if row is not None and row.status != status:
-            row.status = status.value
-            row.status_changed_at = datetime.now(UTC)
+        if row is not None:
+            apply_change(session, row, via=via, at=datetime.now(UTC), status=status)
         return row
 
 
-def set_status_by_id(engine: Engine, subscriber_id: int, status: SubscriberStatus) -> bool:
+def set_status_by_id(engine: Engine, subscriber_id: int, status: SubscriberStatus, *, via: ChangeVia) -> bool:
     """Idempotent: True if the status changed, False if it already was `status`."""
     with session_scope(engine) as session:
         row = session.get(Subscriber, subscriber_id, with_for_update=True)
         if row is None or row.status == status:
             return False
-        row.status = status.value
-        row.status_changed_at = datetime.now(UTC)
+        apply_change(session, row, via=via, at=datetime.now(UTC), status=status)
         return True
 
 
 def purge_subscriber(engine: Engine, email: str) -> bool:
-    """Delete every trace of an address (a data-erasure request)."""
+    """Delete every trace of an address (a data-erasure request): the row, and with it
+    (ON DELETE CASCADE) its history and its ledger rows, whose SMTP replies may quote the
+    address. An edition's counts stay; its status report no longer lists them."""
     _, key = check_address(email)
     with session_scope(engine) as session:
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))

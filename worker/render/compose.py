@@ -13,7 +13,7 @@ from worker.render.message import Envelope, build_message, dkim_sign, mailbox, m
 from worker.render.personalise import PersonalDigest, Recipient, personalise
 from worker.render.skeleton import MessageSkeleton
 from worker.settings import Settings, parse_address
-from worker.tokens import message_id, unsubscribe_token
+from worker.tokens import manage_token, message_id, unsubscribe_token
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,26 @@ class Composed:
         return personalise(self.variant, self.recipient)
 
 
+@dataclass(frozen=True)
+class Links:
+    unsubscribe: str
+    view_online: str
+    manage: str
+
+    def leave(self, regions: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+        """Each region's "Stop <region> news" page: under the manage link, so no more
+        signing per copy. Codes are validated ISO codes, safe in a path as they are."""
+        return tuple((code, f"{self.manage}/leave/{code}") for code in regions)
+
+
 def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str,
-          subscriber_id: int | None) -> tuple[str, str]:
-    """(unsubscribe URL, view-online URL). A test send's link unsubscribes nobody (id 0)."""
-    token = unsubscribe_token(secret, subscriber_id or 0)
-    return (
-        f"{settings.public_url}/unsubscribe/{token}",
-        f"{settings.public_url}/archive/{edition_key}/{variant_key}",
+          subscriber_id: int | None) -> Links:
+    """A copy's links. A test send's links unsubscribe and manage nobody (id 0)."""
+    ident = subscriber_id or 0
+    return Links(
+        unsubscribe=f"{settings.public_url}/unsubscribe/{unsubscribe_token(secret, ident)}",
+        view_online=f"{settings.public_url}/archive/{edition_key}/{variant_key}",
+        manage=f"{settings.public_url}/manage/{manage_token(secret, ident)}",
     )
 
 
@@ -76,11 +89,11 @@ def compose(
     "mime" (the bytes) of newsletter_stage_cpu_seconds_total.
     """
     clock = metrics.stage_clock()
-    unsubscribe_url, online_url = links(
-        settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
-        subscriber_id=addressee.subscriber_id,
-    )
-    recipient = Recipient(addressee.email, addressee.name, unsubscribe_url, online_url)
+    urls = links(settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
+                 subscriber_id=addressee.subscriber_id)
+    unsubscribe_url = urls.unsubscribe
+    recipient = Recipient(addressee.email, addressee.name, unsubscribe_url, urls.view_online, urls.manage,
+                          urls.leave(variant.regions))
     ident = addressee.subscriber_id if not test_send else f"test:{addressee.email}:{now}"
     mid = message_id(secret, edition_key=variant.edition_key, subscriber=ident, domain=settings.sender.domain)
     to = mailbox(addressee.email, " ".join((addressee.name or "").split()) or None)

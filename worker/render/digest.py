@@ -17,7 +17,7 @@ from worker.errors import HeaderInjectionError
 from worker.regions import region_name
 from worker.render.env import get_template
 from worker.render.inline import inline_css
-from worker.render.personalise import new_nonce, tokens
+from worker.render.personalise import leave_key, new_nonce, tokens
 from worker.settings import Settings
 from worker.text import contains_control
 
@@ -39,7 +39,7 @@ class RenderedVariant:
 
     @property
     def tokens(self) -> dict[str, str]:
-        return tokens(self.nonce)
+        return tokens(self.nonce, self.regions)
 
     @property
     def key(self) -> str:
@@ -80,12 +80,15 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
                   nonce: str) -> dict:
     tz = settings.tz
     names = {code: region_name(code, settings.region_names) for code in selection.regions}
+    personal = tokens(nonce, selection.regions)
     sections = [
         {
             "region": section.region,
             "region_name": names[section.region],
             # Codes are ISO 3166 alpha-2, validated at import: nothing else goes into the URL.
             "more_url": settings.region_url.replace("{region}", section.region) or None,
+            # A marker: this reader's "Stop <region> news" link (personalise.py).
+            "leave_url": personal[leave_key(section.region)],
             "stories": [
                 {
                     "title": story.title,
@@ -122,7 +125,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         "story_count": selection.story_count,
         "sections": sections,
         "preheader": _preheader(titles),
-        "personal": tokens(nonce),
+        "personal": personal,
     }
 
 

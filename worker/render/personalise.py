@@ -6,6 +6,9 @@ content, so a marker must be something content cannot contain: each render
 draws a random nonce and the markers carry it. A story that spells out a marker
 (a feed author who hopes to collect each reader's address or unsubscribe link
 through an image URL) can only guess it.
+
+The personal values: the greeting, the address, the unsubscribe, view-online and
+manage links, and per region of the variant its "Stop <region> news" link.
 """
 
 from __future__ import annotations
@@ -13,21 +16,30 @@ from __future__ import annotations
 import html
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-KEYS = ("greeting", "email", "unsubscribe_url", "view_online_url")
+KEYS = ("greeting", "email", "unsubscribe_url", "view_online_url", "manage_url")
+# One more marker per region of the variant: its section's "Stop <region> news" link.
+LEAVE_PREFIX = "leave_"
 
 
 def new_nonce() -> str:
     return secrets.token_hex(8)
 
 
-def tokens(nonce: str) -> dict[str, str]:
-    """The markers of one render. Plain ASCII without spaces: premailer leaves them
-    untouched in href attributes (it percent-encodes spaces and non-ASCII there) and
-    autoescaping cannot alter them. An empty nonce gives the fixed markers of
-    variants stored before markers had one."""
-    return {key: f"%%NL{nonce}_{key.upper()}%%" for key in KEYS}
+def leave_key(region: str) -> str:
+    """The marker key of a region's leave link ('leave_RU'); codes are validated ISO codes."""
+    return LEAVE_PREFIX + region
+
+
+def tokens(nonce: str, regions: Iterable[str] = ()) -> dict[str, str]:
+    """The markers of one render: the fixed keys, and a leave link per region of the
+    variant. Plain ASCII without spaces: premailer leaves them untouched in href
+    attributes (it percent-encodes spaces and non-ASCII there) and autoescaping cannot
+    alter them. An empty nonce gives the fixed markers of variants stored before
+    markers had one."""
+    return markers(nonce, (*KEYS, *map(leave_key, regions)))
 
 
 @dataclass(frozen=True)
@@ -36,18 +48,25 @@ class Recipient:
     name: str | None
     unsubscribe_url: str
     view_online_url: str
+    manage_url: str
+    # (region code, its leave link) for every region of the variant.
+    leave_urls: tuple[tuple[str, str], ...] = ()
 
     @property
     def greeting(self) -> str:
         return f"Hello {self.name}," if self.name else "Hello,"
 
     def values(self) -> dict[str, str]:
-        return {
+        values = {
             "greeting": self.greeting,
             "email": self.email,
             "unsubscribe_url": self.unsubscribe_url,
             "view_online_url": self.view_online_url,
+            "manage_url": self.manage_url,
         }
+        for region, url in self.leave_urls:
+            values[leave_key(region)] = url
+        return values
 
 
 @dataclass(frozen=True)
@@ -66,10 +85,16 @@ def for_place(value: str, *, escape: bool) -> str:
 
 
 def fill(template: str, values: dict[str, str], *, nonce: str, escape: bool) -> str:
-    # One pass: a value that happens to contain a marker is never filled in turn.
-    key_of = {token: key for key, token in tokens(nonce).items()}
+    """Every marker of `values`' keys replaced by its value. One pass: a value that
+    happens to contain a marker is never filled in turn."""
+    key_of = {token: key for key, token in markers(nonce, tuple(values)).items()}
     return re.sub("|".join(map(re.escape, key_of)), lambda m: for_place(values[key_of[m[0]]], escape=escape),
                   template)
+
+
+def markers(nonce: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """The markers of `keys` for one render (see `tokens`)."""
+    return {key: f"%%NL{nonce}_{key.upper()}%%" for key in keys}
 
 
 def personalise(variant, recipient: Recipient) -> PersonalDigest:

@@ -102,10 +102,15 @@ class StoryRegion(Base):
 
 
 class SubscriberStatus(StrEnum):
+    PENDING = "pending"            # signed up on the web, not confirmed yet: never mailed a digest
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+
+
+# The CHECK on subscribers.status, here and in migration 0008 (which changes it in place on SQLite).
+STATUS_CHECK = "status IN ('pending', 'active', 'unsubscribed', 'bounced', 'complained')"
 
 
 class Subscriber(Base):
@@ -125,17 +130,73 @@ class Subscriber(Base):
     status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The one live confirmation link (worker/ingest/optin.py): its nonce, when it was
+    # mailed (at most one mail an hour), and what confirming it applies. What was asked
+    # is kept here, not in the link: a link carries no personal data, and a later
+    # request cannot change what an earlier mail said it would confirm.
+    confirm_nonce: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    confirm_regions: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    confirm_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('active', 'unsubscribed', 'bounced', 'complained')", name="status"
-        ),
+        CheckConstraint(STATUS_CHECK, name="status"),
         Index("ix_subscribers_status_regions", "status", "regions"),
     )
 
     @property
     def region_list(self) -> list[str]:
         return self.regions.split()
+
+
+class EventKind(StrEnum):
+    """What changed for a subscriber."""
+
+    REQUESTED = "requested"              # asked to subscribe; a confirmation link was mailed
+    CONFIRM_FAILED = "confirm-failed"    # that mail could not be delivered (note: the reply)
+    CONFIRMED = "confirmed"              # pending -> active by the link
+    SUBSCRIBED = "subscribed"            # added active by an operator (import, CLI)
+    REACTIVATED = "reactivated"          # unsubscribed/bounced/complained -> active
+    REGIONS_CHANGED = "regions-changed"
+    NAME_CHANGED = "name-changed"        # the name itself is on the row, not in the history
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class ChangeVia(StrEnum):
+    """How a change came about."""
+
+    FORM = "form"                        # POST /subscribe
+    CONFIRM_LINK = "confirm-link"        # the link in the confirmation mail
+    MANAGE_PAGE = "manage-page"
+    REGION_LINK = "region-link"          # "Stop <region> news" in a digest
+    ONE_CLICK = "one-click"              # RFC 8058 POST to List-Unsubscribe
+    UNSUBSCRIBE_PAGE = "unsubscribe-page"  # the confirm page behind the footer's Unsubscribe
+    IMPORT = "import"
+    CLI = "cli"
+    BOUNCE = "bounce"
+
+
+class SubscriberEvent(Base):
+    """Every change to a subscriber, with when and how, and the status and regions it
+    left them with: enough to say why someone did or did not get a given edition.
+    Deleted with the subscriber (a purge keeps nothing)."""
+
+    __tablename__ = "subscriber_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(24))
+    via: Mapped[str] = mapped_column(String(24))
+    # After the change.
+    status: Mapped[str] = mapped_column(String(16))
+    regions: Mapped[str] = mapped_column(String(200))
+    # A reason or reply (at most 1,000 characters); never a name or an address.
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_subscriber_events_subscriber_id", "subscriber_id", "id"),)
 
 
 class EditionState(StrEnum):

@@ -1,9 +1,10 @@
 """The Flask app: a public side for readers and an operator side behind a token.
 
-Readers' routes (unsubscribe, view-online, /healthz) are reachable from every
-email, so they stay cheap: nothing renders on request. Every other route is the
-operator's (previews of any week and region set, subscriber counts) and needs
-NEWSLETTER_OPERATOR_TOKEN, or a loopback client while no token is set.
+Readers' routes (sign-up, confirm, manage, leave a region: readers.py; unsubscribe,
+view-online, /healthz here) are reachable from every email, so they stay cheap:
+nothing renders a digest on request. Every other route is the operator's (previews of
+any week and region set, subscriber counts) and needs NEWSLETTER_OPERATOR_TOKEN, or a
+loopback client while no token is set.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ from worker.render.cache import Stored
 from worker.render.personalise import Recipient, personalise
 from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision, session_scope
-from worker.store.models import Subscriber, SubscriberStatus
+from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
 from worker.tokens import read_unsubscribe_token
+from worker.web.mailer import ConfirmationMailer
+from worker.web.public import public
+from worker.web.ratelimit import SubscribeLimiter
+from worker.web.readers import register_readers
 
 # The digest is shown in an iframe with no permissions at all: no scripts, no
 # same-origin access, no forms, even if something slipped past sanitising.
@@ -42,15 +47,18 @@ REALM = 'Basic realm="newsletter operator"'
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP", "Via")
 
 
-def public(view):
-    """Mark a readers' route; every route without the mark is the operator's."""
-    view.public = True
-    return view
+# Readers post small forms: anything bigger is refused before it is read.
+MAX_BODY = 64 * 1024
+MAX_FORM_PARTS = 100
 
 
-def create_app(settings: Settings, engine: Engine) -> Flask:
+def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer | None = None,
+               limiter: SubscribeLimiter | None = None) -> Flask:
     app = Flask(__name__)
     app.config["NEWSLETTER_SETTINGS"] = settings
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, MAX_FORM_MEMORY_SIZE=MAX_BODY, MAX_FORM_PARTS=MAX_FORM_PARTS)
+    mailer = mailer or ConfirmationMailer(engine, settings)
+    app.extensions["newsletter_mailer"] = mailer
     operator_token = settings.operator_token.get_secret_value().encode() if settings.operator_token else b""
 
     @app.before_request
@@ -83,6 +91,13 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
     def _not_found(_error):
         return render_template("not_found.html", settings=settings), 404
 
+    @app.errorhandler(413)
+    def _too_large(_error):
+        return render_template("problem.html", settings=settings, title="Too much", link=None,
+                               message="That was more than any of our forms sends."), 413
+
+    register_readers(app, settings, engine, mailer=mailer, limiter=limiter or SubscribeLimiter(settings))
+
     # Readers
 
     @app.get("/healthz")
@@ -108,8 +123,10 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
     def unsubscribe(token: str):
         subscriber = _subscriber_for(token)
         # RFC 8058: the body is "List-Unsubscribe=One-Click"; the confirm page's form
-        # posts the same field. Either way the answer is 200, never a redirect.
-        set_status_by_id(engine, subscriber.id, SubscriberStatus.UNSUBSCRIBED)
+        # posts the same field (and says it is the page). Either way the answer is 200,
+        # never a redirect.
+        via = ChangeVia.UNSUBSCRIBE_PAGE if request.form.get("source") == "page" else ChangeVia.ONE_CLICK
+        set_status_by_id(engine, subscriber.id, SubscriberStatus.UNSUBSCRIBED, via=via)
         return render_template("unsubscribe.html", subscriber=subscriber, token=token, done=True,
                                settings=settings)
 
@@ -175,7 +192,8 @@ def create_app(settings: Settings, engine: Engine) -> Flask:
     def _anonymous_page(rendered, edition: str, variant: str) -> Response:
         # No personal data: a neutral greeting and links that lead back to this page.
         here = f"{settings.public_url}/archive/{edition}/{variant}"
-        anonymous = Recipient(email="you", name=None, unsubscribe_url=here, view_online_url=here)
+        anonymous = Recipient(email="you", name=None, unsubscribe_url=here, view_online_url=here, manage_url=here,
+                              leave_urls=tuple((code, here) for code in rendered.regions))
         return Response(personalise(rendered, anonymous).html, mimetype="text/html",
                         headers={"Content-Security-Policy": SANDBOX_CSP})
 

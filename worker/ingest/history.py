@@ -1,0 +1,136 @@
+"""Every change to a subscriber, with when and how: made in one place, read in one place.
+
+`apply_change` is the only way a subscriber's status, regions or name change here
+(import, CLI, the readers' pages), and it records what it changed in the same
+transaction. `subscriber_record` reads a subscriber back with their history and their
+rows in the ledger: what `newsletter subscribers show` and `export` print.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from worker.store.db import session_scope
+from worker.store.models import (
+    ChangeVia,
+    Delivery,
+    DeliveryState,
+    Edition,
+    EventKind,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+)
+
+MAX_NOTE = 1000
+# A missing name argument keeps the stored name; None removes it.
+KEEP: Any = object()
+
+_INTO = {
+    SubscriberStatus.UNSUBSCRIBED: EventKind.UNSUBSCRIBED,
+    SubscriberStatus.BOUNCED: EventKind.BOUNCED,
+    SubscriberStatus.COMPLAINED: EventKind.COMPLAINED,
+}
+
+
+def status_event(before: str, after: SubscriberStatus, via: ChangeVia) -> EventKind:
+    """The kind of a status change: how someone became active, or how they left."""
+    if after is SubscriberStatus.ACTIVE:
+        if before == SubscriberStatus.PENDING:
+            return EventKind.CONFIRMED if via is ChangeVia.CONFIRM_LINK else EventKind.SUBSCRIBED
+        return EventKind.REACTIVATED
+    return _INTO.get(after, EventKind.UNSUBSCRIBED)
+
+
+def record(session: Session, row: Subscriber, kind: EventKind, via: ChangeVia, *, at: datetime,
+           note: str | None = None) -> None:
+    """One event, with the status and regions the subscriber has now (flushed rows only)."""
+    session.add(SubscriberEvent(subscriber_id=row.id, at=at, kind=kind.value, via=via.value, status=row.status,
+                                regions=row.regions, note=note[:MAX_NOTE] if note else None))
+
+
+def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datetime,
+                 status: SubscriberStatus | None = None, regions: tuple[str, ...] | None = None,
+                 name: str | None = KEEP, note: str | None = None) -> list[EventKind]:
+    """Change what differs and record it: a status change as one event that also shows the
+    new regions, else a regions change; a name change on its own (without the name)."""
+    kinds: list[EventKind] = []
+    if name is not KEEP and name != row.name:
+        row.name = name
+        kinds.append(EventKind.NAME_CHANGED)
+    regions_changed = regions is not None and " ".join(regions) != row.regions
+    if regions_changed:
+        row.regions = " ".join(regions)
+    if status is not None and status != row.status:
+        kinds.append(status_event(row.status, status, via))
+        row.status = status.value
+        row.status_changed_at = at
+    elif regions_changed:
+        kinds.append(EventKind.REGIONS_CHANGED)
+    for kind in kinds:
+        record(session, row, kind, via, at=at, note=note)
+    return kinds
+
+
+def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None = None) -> dict | None:
+    """What we hold about one address: the row, its history and its ledger rows (the
+    newest `deliveries` of them, or all), as plain JSON-able values; None if unknown."""
+    with session_scope(engine) as session:
+        row = session.scalar(select(Subscriber).where(Subscriber.email_key == email_key))
+        if row is None:
+            return None
+        events = session.scalars(select(SubscriberEvent).where(SubscriberEvent.subscriber_id == row.id)
+                                 .order_by(SubscriberEvent.id)).all()
+        query = (select(Delivery, Edition.key, Edition.created_at).join(Edition, Edition.id == Delivery.edition_id)
+                 .where(Delivery.subscriber_id == row.id).order_by(Delivery.id.desc()))
+        ledger = session.execute(query.limit(deliveries) if deliveries else query).all()
+    history = [_event(e) for e in events]
+    rows = [_delivery(d, key, planned) for d, key, planned in ledger]
+    return {
+        "email": row.email,
+        "name": row.name,
+        "status": row.status,
+        "status_changed_at": _when(row.status_changed_at),
+        "regions": row.region_list,
+        "created_at": _when(row.created_at),
+        "updated_at": _when(row.updated_at),
+        "confirmation": None if row.confirm_sent_at is None else {
+            "mailed_at": _when(row.confirm_sent_at),
+            "regions": (row.confirm_regions or "").split(),
+            "name": row.confirm_name,
+            "live": row.confirm_nonce is not None,
+        },
+        "history": _with_bounces(history, rows),
+        "deliveries": rows,
+    }
+
+
+def _event(event: SubscriberEvent) -> dict:
+    return {"at": _when(event.at), "kind": event.kind, "via": event.via, "status": event.status,
+            "regions": event.regions.split(), "note": event.note}
+
+
+def _delivery(row: Delivery, edition_key: str, planned: datetime) -> dict:
+    return {"edition": edition_key, "planned_at": _when(planned), "regions": row.regions.split(),
+            "state": row.state, "skip_reason": row.skip_reason, "attempts": row.attempts,
+            "sent_at": _when(row.sent_at), "message_id": row.message_id, "last_code": row.last_code,
+            "last_reply": row.last_reply, "updated_at": _when(row.updated_at)}
+
+
+def _with_bounces(history: list[dict], rows: list[dict]) -> list[dict]:
+    """The ledger marks a subscriber bounced without an event of its own: the bounced
+    rows stand in for it, so the history says when and why."""
+    seen = {e["at"] for e in history if e["kind"] == EventKind.BOUNCED}
+    extra = [{"at": r["updated_at"], "kind": EventKind.BOUNCED.value, "via": ChangeVia.BOUNCE.value,
+              "status": SubscriberStatus.BOUNCED.value, "regions": r["regions"],
+              "note": f"{r['edition']}: {r['last_reply'] or 'refused'}"}
+             for r in rows if r["state"] == DeliveryState.BOUNCED and r["updated_at"] not in seen]
+    return sorted(history + extra, key=lambda e: e["at"] or "")
+
+
+def _when(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment else None

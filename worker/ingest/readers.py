@@ -1,0 +1,193 @@
+"""What readers do themselves: sign up (double opt-in), confirm, change regions, leave.
+
+Sign-up. A request never changes what someone receives: a new address becomes a
+`pending` subscriber (never planned into an edition), an existing one keeps its status
+and regions. Either way one confirmation link is live per address, and a new one is
+mailed at most once an hour (`RESEND_AFTER`), decided by a compare-and-set on
+`confirm_sent_at` so that concurrent requests from several web processes send one mail.
+Only confirming makes anyone active, and brings back an unsubscribed, bounced or
+complained address. A link is refused when its nonce is not the live one: used,
+replaced by a newer one, or cleared by an operator's import. Sign-ups nobody confirmed
+are deleted after NEWSLETTER_PENDING_EXPIRY_DAYS (`expire_pending`).
+
+Changes. Regions change from the next edition on: an edition fixes each reader's
+region set when it is planned (the ledger row keeps it). Leaving, by the manage page,
+the last region's leave link or the one-click unsubscribe, is a status change, which
+the edition being sent sees at each row's claim.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from worker.ingest.history import KEEP, apply_change, record
+from worker.ingest.subscribers import SubscriberInput, clear_confirmation
+from worker.store.db import session_scope
+from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
+
+RESEND_AFTER = timedelta(hours=1)
+ACTIVE = SubscriberStatus.ACTIVE
+
+
+@dataclass(frozen=True)
+class ConfirmationDue:
+    """A confirmation mail to send now."""
+
+    subscriber_id: int
+    email: str
+    regions: tuple[str, ...]
+    nonce: str
+    # The address already gets the newsletter: confirming changes its regions.
+    already_active: bool
+    via: ChangeVia
+
+
+def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVia,
+                         now: datetime) -> ConfirmationDue | None:
+    """Record a sign-up; the mail to send, or None when one went out within the hour."""
+    nonce = secrets.token_urlsafe(12)
+    regions = " ".join(item.regions)
+    ask = {"confirm_nonce": nonce, "confirm_sent_at": now, "confirm_regions": regions, "confirm_name": item.name}
+    note = f"asked for {regions}"
+    try:
+        with session_scope(engine) as session:
+            row = session.scalar(select(Subscriber).where(Subscriber.email_key == item.email_key))
+            if row is None:
+                # The name waits with the request: nothing anyone typed is used before confirming.
+                row = Subscriber(email=item.email, email_key=item.email_key, name=None, regions=regions,
+                                 status=SubscriberStatus.PENDING.value, created_at=now, **ask)
+                session.add(row)
+                session.flush()
+            else:
+                mailed = session.execute(
+                    update(Subscriber)
+                    .where(Subscriber.id == row.id, or_(Subscriber.confirm_sent_at.is_(None),
+                                                        Subscriber.confirm_sent_at <= now - RESEND_AFTER))
+                    .values(**ask)
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if not mailed:
+                    return None
+            record(session, row, EventKind.REQUESTED, via, at=now, note=note)
+            return ConfirmationDue(row.id, row.email, item.regions, nonce, already_active=row.status == ACTIVE,
+                                   via=via)
+    except IntegrityError:
+        # A concurrent first request for the same address inserted it: that one mails.
+        return None
+
+
+def release_confirmation(engine: Engine, due: ConfirmationDue, *, reason: str, now: datetime) -> None:
+    """The mail did not go out: record why, and let the next request send one at once."""
+    with session_scope(engine) as session:
+        row = session.get(Subscriber, due.subscriber_id, with_for_update=True)
+        if row is None:
+            return
+        if row.confirm_nonce == due.nonce:
+            row.confirm_sent_at = None
+        record(session, row, EventKind.CONFIRM_FAILED, due.via, at=now, note=reason)
+
+
+class ConfirmOutcome(StrEnum):
+    LIVE = "live"    # the live link, not used yet (check_confirmation)
+    CONFIRMED = "confirmed"
+    USED = "used"    # not the live link: used already, replaced by a newer one, or cancelled
+    GONE = "gone"    # nobody left to confirm (expired sign-up, purged)
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    outcome: ConfirmOutcome
+    subscriber_id: int | None = None
+    regions: tuple[str, ...] = ()
+    already_active: bool = False
+
+
+def check_confirmation(engine: Engine, subscriber_id: int, nonce: str) -> Confirmation:
+    """What confirming would do, changing nothing (the page a GET shows)."""
+    with session_scope(engine) as session:
+        row = session.get(Subscriber, subscriber_id)
+        if row is None:
+            return Confirmation(ConfirmOutcome.GONE)
+        if row.confirm_nonce is None or not hmac.compare_digest(row.confirm_nonce, nonce):
+            return Confirmation(ConfirmOutcome.USED, row.id)
+        return Confirmation(ConfirmOutcome.LIVE, row.id, tuple((row.confirm_regions or row.regions).split()),
+                            already_active=row.status == ACTIVE)
+
+
+def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now: datetime) -> Confirmation:
+    """Apply the live link's request: active, with the regions (and name) it asked for."""
+    with session_scope(engine) as session:
+        row = session.get(Subscriber, subscriber_id, with_for_update=True)
+        if row is None:
+            return Confirmation(ConfirmOutcome.GONE)
+        if row.confirm_nonce is None or not hmac.compare_digest(row.confirm_nonce, nonce):
+            return Confirmation(ConfirmOutcome.USED, row.id)
+        regions = tuple((row.confirm_regions or row.regions).split())
+        name = row.confirm_name if row.confirm_name is not None else KEEP
+        clear_confirmation(row)
+        apply_change(session, row, via=ChangeVia.CONFIRM_LINK, at=now, status=ACTIVE, regions=regions, name=name)
+        return Confirmation(ConfirmOutcome.CONFIRMED, row.id, regions)
+
+
+def expire_pending(engine: Engine, *, now: datetime, after: timedelta) -> int:
+    """Delete sign-ups not confirmed within `after` of their last confirmation mail."""
+    with session_scope(engine) as session:
+        return session.execute(
+            delete(Subscriber)
+            .where(Subscriber.status == SubscriberStatus.PENDING.value,
+                   func.coalesce(Subscriber.confirm_sent_at, Subscriber.created_at) < now - after)
+            .execution_options(synchronize_session=False)
+        ).rowcount or 0
+
+
+def change_subscription(engine: Engine, subscriber_id: int, *, regions: tuple[str, ...], name: str | None,
+                        via: ChangeVia, now: datetime) -> list[EventKind]:
+    """New regions (in the reader's order) and name for an active subscriber; what changed.
+    No regions at all is leaving."""
+    with session_scope(engine) as session:
+        row = session.get(Subscriber, subscriber_id, with_for_update=True)
+        if row is None or row.status != ACTIVE:
+            return []
+        if not regions:
+            return apply_change(session, row, via=via, at=now, status=SubscriberStatus.UNSUBSCRIBED, name=name,
+                                note="removed every region")
+        return apply_change(session, row, via=via, at=now, regions=regions, name=name)
+
+
+class LeaveOutcome(StrEnum):
+    LEFT_REGION = "left-region"   # still subscribed to the others
+    LEFT = "left"                 # that was the last region, or all were asked: unsubscribed
+    NOT_FOLLOWED = "not-followed"  # nothing to do
+    NOT_ACTIVE = "not-active"
+
+
+@dataclass(frozen=True)
+class Leave:
+    outcome: LeaveOutcome
+    regions: tuple[str, ...] = ()  # what they still follow
+
+
+def leave(engine: Engine, subscriber_id: int, region: str | None, *, via: ChangeVia, now: datetime) -> Leave:
+    """Stop one region's news (None: all of them). Leaving the last region is leaving;
+    the stored regions then stay as they were, for a return."""
+    with session_scope(engine) as session:
+        row = session.get(Subscriber, subscriber_id, with_for_update=True)
+        if row is None or row.status != ACTIVE:
+            return Leave(LeaveOutcome.NOT_ACTIVE)
+        current = tuple(row.region_list)
+        if region is not None and region not in current:
+            return Leave(LeaveOutcome.NOT_FOLLOWED, current)
+        rest = tuple(code for code in current if code != region) if region else ()
+        if rest:
+            apply_change(session, row, via=via, at=now, regions=rest)
+            return Leave(LeaveOutcome.LEFT_REGION, rest)
+        note = f"left {region}, their last region" if region else None
+        apply_change(session, row, via=via, at=now, status=SubscriberStatus.UNSUBSCRIBED, note=note)
+        return Leave(LeaveOutcome.LEFT)
