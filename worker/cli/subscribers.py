@@ -60,7 +60,8 @@ def add(ctx: Context, email: str, regions: str, name: str | None, resubscribe: b
 
 @subscribers.command()
 @click.argument("email")
-@click.option("--purge", is_flag=True, help="Delete the record instead of keeping it as unsubscribed.")
+@click.option("--purge", is_flag=True,
+              help="Delete the record, its history and its ledger rows instead of keeping it as unsubscribed.")
 @pass_ctx
 def remove(ctx: Context, email: str, purge: bool) -> None:
     """Unsubscribe an address (kept as a suppression), or --purge it entirely."""
@@ -80,7 +81,7 @@ def remove(ctx: Context, email: str, purge: bool) -> None:
 
 
 @subscribers.command("list")
-@click.option("--status", type=click.Choice(["active", "unsubscribed", "bounced", "complained"]))
+@click.option("--status", type=click.Choice(["pending", "active", "unsubscribed", "bounced", "complained"]))
 @click.option("--region", help="Only those who follow this region, e.g. RU.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_ctx
@@ -140,3 +141,84 @@ def _active_total(ctx: Context) -> int:
     with session_scope(ctx.engine) as session:
         return session.scalar(select(func.count()).select_from(Subscriber)
                               .where(Subscriber.status == SubscriberStatus.ACTIVE.value)) or 0
+
+
+@subscribers.command()
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--deliveries", "limit", type=click.IntRange(min=1), default=10, show_default=True,
+              help="How many of the newest editions to list.")
+@pass_ctx
+def show(ctx: Context, email: str, as_json: bool, limit: int) -> None:
+    """One reader: status, regions, history (when and how each change came) and recent editions."""
+    record = _record(ctx, email, deliveries=limit)
+    if as_json:
+        click.echo(json.dumps(record, ensure_ascii=False, indent=2))
+        return
+    status = record["status"] + (f" since {_short(record['status_changed_at'])}" if record["status_changed_at"] else "")
+    click.echo(f"{record['email']}")
+    click.echo(f"  name:     {record['name'] or '-'}")
+    click.echo(f"  status:   {status}")
+    click.echo(f"  regions:  {' '.join(record['regions'])}")
+    click.echo(f"  added:    {_short(record['created_at'])}")
+    confirmation = record["confirmation"]
+    if confirmation:
+        state = "waiting" if confirmation["live"] else "not live"
+        click.echo(f"  confirmation link: mailed {_short(confirmation['mailed_at'])} for "
+                   f"{' '.join(confirmation['regions'])} ({state})")
+    click.echo("history:")
+    print_table(["when", "what", "how", "status", "regions", "note"],
+                [[_short(e["at"]), e["kind"], e["via"], e["status"], " ".join(e["regions"]), e["note"] or ""]
+                 for e in record["history"]] or [["-", "no change recorded", "", "", "", ""]])
+    click.echo(f"editions (newest {limit}):")
+    print_table(["edition", "planned", "regions", "state", "reason or reply", "sent"],
+                [[d["edition"], _short(d["planned_at"]), " ".join(d["regions"]), d["state"],
+                  d["skip_reason"] or (d["last_reply"] or "")[:80], _short(d["sent_at"])]
+                 for d in record["deliveries"]] or [["-", "in no edition yet", "", "", "", ""]])
+
+
+@subscribers.command()
+@click.argument("email")
+@pass_ctx
+def export(ctx: Context, email: str) -> None:
+    """Everything held about one address, as JSON (a data-access request)."""
+    record = _record(ctx, email, deliveries=None)
+    click.echo(json.dumps({
+        **record,
+        "also": ("Rate-limit counters (Redis) hold client IP addresses for at most an hour and no address. "
+                 "The file backend's outbox, if used, holds copies of the messages sent."),
+    }, ensure_ascii=False, indent=2))
+
+
+@subscribers.command()
+@pass_ctx
+def expire(ctx: Context) -> None:
+    """Delete sign-ups nobody confirmed within NEWSLETTER_PENDING_EXPIRY_DAYS (the web app also does it)."""
+    from datetime import UTC, datetime, timedelta
+
+    from worker.ingest.readers import expire_pending
+
+    count = expire_pending(ctx.engine, now=datetime.now(UTC), after=timedelta(days=ctx.settings.pending_expiry_days))
+    click.echo(f"{count} unconfirmed sign-ups older than {ctx.settings.pending_expiry_days} days deleted")
+
+
+def _record(ctx: Context, email: str, *, deliveries: int | None) -> dict:
+    from worker.ingest.history import subscriber_record
+    from worker.ingest.subscribers import InvalidSubscriber, check_address
+
+    try:
+        _, key = check_address(email)
+    except InvalidSubscriber as exc:
+        raise UsageError(str(exc)) from None
+    record = subscriber_record(ctx.engine, key, deliveries=deliveries)
+    if record is None:
+        click.echo(f"error: no subscriber {email.strip()!r}", err=True)
+        raise click.exceptions.Exit(1)
+    return record
+
+
+def _short(moment: str | None) -> str:
+    """'2025-02-03T07:00:12+00:00' -> '2025-02-03 07:00 UTC'."""
+    if not moment:
+        return "-"
+    return moment[:16].replace("T", " ") + (" UTC" if moment.endswith("+00:00") else "")

@@ -57,11 +57,10 @@ def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datet
                  status: SubscriberStatus | None = None, regions: tuple[str, ...] | None = None,
                  name: str | None = KEEP, note: str | None = None) -> list[EventKind]:
     """Change what differs and record it: a status change as one event that also shows the
-    new regions, else a regions change; a name change on its own (without the name)."""
+    new regions, else a regions change; then a name change (without the name), except the
+    name a sign-up brings when it is confirmed."""
     kinds: list[EventKind] = []
-    if name is not KEEP and name != row.name:
-        row.name = name
-        kinds.append(EventKind.NAME_CHANGED)
+    was_pending = row.status == SubscriberStatus.PENDING
     regions_changed = regions is not None and " ".join(regions) != row.regions
     if regions_changed:
         row.regions = " ".join(regions)
@@ -71,6 +70,10 @@ def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datet
         row.status_changed_at = at
     elif regions_changed:
         kinds.append(EventKind.REGIONS_CHANGED)
+    if name is not KEEP and name != row.name:
+        row.name = name
+        if not was_pending:  # a sign-up's name arrives with its confirmation
+            kinds.append(EventKind.NAME_CHANGED)
     for kind in kinds:
         record(session, row, kind, via, at=at, note=note)
     return kinds
