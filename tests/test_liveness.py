@@ -88,6 +88,8 @@ def _recovered_after(engine, smtp_server, held, since):
     return min(r.at for r in smtp_server.received if r.rcpt in emails and r.at > since) - since
 
 
+# Default timings: half a minute of liveness timeout, then the rest of the edition.
+@pytest.mark.timeout(300)
 def test_a_killed_workers_rows_flow_again_within_a_minute_while_another_runs(
         engine, tmp_path, smtp_server, start_worker, worker_env, run_cli):
     """Default liveness, leases and redispatch: only the relay is slow, so the kill lands mid-batch."""
@@ -108,6 +110,8 @@ def test_a_killed_workers_rows_flow_again_within_a_minute_while_another_runs(
     assert_oracle(engine, KEY, smtp_server, run_cli, worker_env, expect_sent=everyone, allowed_unknown=IN_FLIGHT)
 
 
+# Default timings: half a minute of liveness timeout, then the rest of the edition.
+@pytest.mark.timeout(300)
 def test_a_killed_and_restarted_worker_has_rows_flowing_within_a_minute_of_the_restart(
         engine, tmp_path, smtp_server, start_worker, worker_env, run_cli):
     """The only worker dies and comes back at once, no beat running: the restarted worker's
@@ -126,6 +130,8 @@ def test_a_killed_and_restarted_worker_has_rows_flowing_within_a_minute_of_the_r
     assert_oracle(engine, KEY, smtp_server, run_cli, worker_env, expect_sent=everyone, allowed_unknown=IN_FLIGHT)
 
 
+# Default timings: half a minute of liveness timeout, then the rest of the edition.
+@pytest.mark.timeout(300)
 def test_a_stopped_worker_loses_its_rows_and_nobody_gets_two_copies(
         engine, tmp_path, smtp_server, start_worker, worker_env, run_cli):
     """SIGSTOP past the liveness timeout (shortened here), SIGCONT: the stopped worker's rows
