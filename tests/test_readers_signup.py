@@ -239,6 +239,13 @@ def test_json_of_the_wrong_shape_is_a_400_not_a_500(readers, body):
     assert page.status_code == 400 and page.json["error"]
 
 
+def test_json_that_is_not_json_or_nested_too_deep_is_a_400(readers):
+    for body in ["{", "[" * 50_000, "\xff\xfe", '{"email": "a@example.org", "regions": "RU"' + "}" * 2]:
+        page = readers.client.post("/subscribe", data=body.encode("utf-8", "surrogateescape"),
+                                   content_type="application/json")
+        assert page.status_code == 400 and page.json["error"], body[:20]
+
+
 def test_bodies_past_64_kb_are_refused_unread(readers):
     page = readers.client.post("/subscribe", data={"email": "a@example.org", "regions": "RU", "name": "x" * 70_000})
     assert page.status_code == 413

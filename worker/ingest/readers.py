@@ -66,15 +66,19 @@ def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVi
                 session.add(row)
                 session.flush()
             else:
+                # A sign-up nobody confirmed shows what was asked last; anyone else keeps
+                # their regions until they confirm.
+                pending = {"regions": regions} if row.status == SubscriberStatus.PENDING else {}
                 mailed = session.execute(
                     update(Subscriber)
                     .where(Subscriber.id == row.id, or_(Subscriber.confirm_sent_at.is_(None),
                                                         Subscriber.confirm_sent_at <= now - RESEND_AFTER))
-                    .values(**ask)
+                    .values(**ask, **pending)
                     .execution_options(synchronize_session=False)
                 ).rowcount
                 if not mailed:
                     return None
+                row.regions = pending.get("regions", row.regions)
             record(session, row, EventKind.REQUESTED, via, at=now, note=note)
             return ConfirmationDue(row.id, row.email, item.regions, nonce, already_active=row.status == ACTIVE,
                                    via=via)

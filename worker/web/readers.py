@@ -18,6 +18,7 @@ Rules (docs/readers.md has them for the news site's developers):
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
     def _signup_fields(as_json: bool) -> tuple[dict, dict[str, str]]:
         """The submitted fields, checked as imports check them; errors by field."""
         if as_json:
-            data = request.get_json(silent=True)
+            data = _json_body()
             if not isinstance(data, dict):
                 return {}, {"body": "the body must be a JSON object with email, name and regions"}
             raw = {"email": data.get("email"), "name": data.get("name"), "regions": data.get("regions")}
@@ -436,6 +437,15 @@ def _all_regions(overrides: tuple[tuple[str, str], ...]) -> tuple[Region, ...]:
 def region_choices(settings: Settings) -> tuple[Region, ...]:
     """Every region, by name, for the pages' region lists."""
     return _all_regions(tuple(sorted(settings.region_names.items())))
+
+
+def _json_body() -> object:
+    """The JSON body (at most MAX_CONTENT_LENGTH), or None when it is not JSON. Deep
+    nesting is a RecursionError in the json module, not a ValueError: both are a 400."""
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _codes_or_none(text: str) -> tuple[str, ...] | None:
