@@ -54,9 +54,9 @@ def reader_settings(settings):
 class Readers:
     """The real app in-process; mails through the configured sender (file backend unless told)."""
 
-    def __init__(self, engine, settings):
+    def __init__(self, engine, settings, mailer=None):
         self.engine, self.settings = engine, settings
-        self.app = create_app(settings, engine)
+        self.app = create_app(settings, engine, mailer=mailer)
         self.app.testing = True
         self.client = self.app.test_client()
 
@@ -196,9 +196,7 @@ def test_a_mail_that_could_not_be_sent_is_recorded_and_can_be_asked_for_again(en
 
     sender = MemorySender(failures={"anna@example.org": SendResult(Outcome.TEMPORARY, 451, "4.3.0 try later")})
     mailer = ConfirmationMailer(engine, reader_settings, sender_factory=lambda _s: sender)
-    app = create_app(reader_settings, engine, mailer=mailer)
-    readers = Readers.__new__(Readers)
-    readers.engine, readers.settings, readers.app, readers.client = engine, reader_settings, app, app.test_client()
+    readers = Readers(engine, reader_settings, mailer)
     readers.subscribe()
     readers.settle()
     assert readers.events()[-1] == ("confirm-failed", "form", "pending", "RU UA")

@@ -1,4 +1,4 @@
-"""Web: preview pages, one-click unsubscribe, the view-online archive."""
+"""Web: readers' pages (sign-up, confirm, manage, leave, one-click unsubscribe, view online) and the operator's."""
 
 from worker.web.app import create_app, create_app_from_env
 

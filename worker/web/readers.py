@@ -392,6 +392,11 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
 
     def _subscriber(token: str, code: str | None = None):
         """The subscriber a manage link names (and the region of a leave link), or the page that refuses it."""
+        subscriber_id = read_manage_token(secret, token) if secret else None
+        if subscriber_id is None:
+            return problem(400, "This link is not valid",
+                           "This link is not one of ours, or was cut short when it was copied. Open it "
+                           "straight from one of your newsletters.")
         region = None
         if code is not None:
             try:
@@ -400,11 +405,6 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
                 return problem(404, "Nothing here", "That is not a region we send news about.")
             if region.code != code:
                 return redirect(f"/manage/{token}/leave/{region.code}", code=308)
-        subscriber_id = read_manage_token(secret, token) if secret else None
-        if subscriber_id is None:
-            return problem(400, "This link is not valid",
-                           "This link is not one of ours, or was cut short when it was copied. Open it "
-                           "straight from one of your newsletters.")
         with session_scope(engine) as session:
             row = session.get(Subscriber, subscriber_id)
         if row is None or row.status == SubscriberStatus.PENDING:
