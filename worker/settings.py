@@ -128,6 +128,22 @@ class Settings(BaseModel):
     # Reverse proxies in front of the web app: with N, the client address for rate limits is
     # the N-th from the right in X-Forwarded-For. 0: the TCP peer (never the header).
     trusted_proxies: int = Field(0, ge=0, le=5)
+    # Feeds polled by the worker (docs/sources.md): [[sources]] tables in the TOML file, each
+    # with url (an http(s) URL or a file path) and an optional default region; besides the
+    # ones `newsletter sources add` keeps in the database. Each is polled every
+    # sources_poll_minutes with conditional GET, and once more just before a weekly edition
+    # is planned.
+    sources: list[dict[str, str | None]] = Field(default_factory=list)
+    sources_poll_minutes: int = Field(30, ge=1, le=24 * 60)
+    # A scheduled edition that looks broken is held, not sent (docs/sources.md): no story
+    # in the week; a followed region with less than hold_below_ratio of its usual count
+    # (the median of its last four weeks, when that is at least hold_min_usual); or no
+    # story in the last hold_stale_days days of the week (0: not checked). review=true
+    # holds every scheduled edition until `newsletter send --week W --approve`.
+    review: bool = False
+    hold_below_ratio: float = Field(0.3, ge=0, le=1)
+    hold_min_usual: int = Field(4, ge=1)
+    hold_stale_days: float = Field(3.0, ge=0)
 
     # Mechanics, with defaults that hold the guarantee and no decision in them for a user;
     # documented in docs/operations.md, shortened by the fault tests to stay fast. What
@@ -228,6 +244,34 @@ class Settings(BaseModel):
             raise ValueError(f"a sign-up must not expire while its confirmation link works "
                              f"(NEWSLETTER_CONFIRM_LINK_HOURS={hours}): at least {-(-hours // 24)} days")
         return value
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        from worker.regions import RegionError, normalise_region
+
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else []
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON array such as [{"url": "https://…", "region": "RU"}]') from None
+        if not isinstance(value, list):
+            raise ValueError("must be a list of [[sources]] tables with url and region")
+        out = []
+        for n, entry in enumerate(value, 1):
+            if not isinstance(entry, dict) or set(entry) - {"url", "region"}:
+                raise ValueError(f"source {n}: a table with url and an optional region, nothing else")
+            url = entry.get("url")
+            if not isinstance(url, str) or not url.strip() or contains_control(url):
+                raise ValueError(f"source {n}: url must be an http(s) URL or a file path")
+            region = entry.get("region")
+            if region is not None:
+                try:
+                    region = normalise_region(str(region))
+                except RegionError as exc:
+                    raise ValueError(f"source {n}: region: {exc}") from None
+            out.append({"url": url.strip(), "region": region})
+        return out
 
     @field_validator("region_names", mode="before")
     @classmethod

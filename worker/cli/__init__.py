@@ -20,6 +20,7 @@ from worker.cli import db as _db  # noqa: F401,E402
 from worker.cli import demo as _demo  # noqa: F401,E402
 from worker.cli import preview as _preview  # noqa: F401,E402
 from worker.cli import send as _send  # noqa: F401,E402
+from worker.cli import sources as _sources  # noqa: F401,E402
 from worker.cli import stories as _stories  # noqa: F401,E402
 from worker.cli import subscribers as _subscribers  # noqa: F401,E402
 from worker.cli.app import Context, cli

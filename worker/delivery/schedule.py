@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select
 from worker.delivery import ledger, liveness
 from worker.delivery.plan import finish_if_done, plan_edition, record_skipped_edition
 from worker.digest import week_of, week_window, weekly_edition_key
+from worker.ingest.sources import PollResult, poll_all_sources, poll_due_sources
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import Edition, EditionState
@@ -67,6 +68,8 @@ def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> 
         made = record_skipped_edition(engine, key=key, window=window, reason=reason, now=now)
         log.warning("%s %s", key, reason)
         return Due(key, week, slot, None, "skipped" if made else "exists")
+    # One last look at every feed, so the edition has the stories of the week's last hours.
+    poll_all_sources(engine, settings, now)
     planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now)
     return Due(key, week, slot, planned.edition_id, "planned" if planned.created else "exists")
 
@@ -77,6 +80,7 @@ class Reconciled:
     expired: int = 0
     batches: int = 0
     finished: list[str] | None = None
+    polled: list[PollResult] | None = None
 
 
 def dispatch(engine: Engine, settings: Settings, edition_id: int, publish: Publish, now: datetime) -> int:
@@ -100,9 +104,10 @@ def dispatch_recovered(engine: Engine, settings: Settings, editions: set[int], p
 
 
 def reconcile(engine: Engine, settings: Settings, publish: Publish, now: datetime,
-              *, weekly: bool = True) -> Reconciled:
+              *, weekly: bool = True, sources: bool = True) -> Reconciled:
     """One tick: the due weekly edition exists; stuck `sending` rows become `unknown`;
-    due rows of every sending edition go to the broker; finished editions are closed."""
+    due rows of every sending edition go to the broker; finished editions are closed;
+    sources whose poll time has come are polled."""
     out = Reconciled(finished=[])
     if weekly:
         out.due = ensure_weekly_edition(engine, settings, now)
@@ -116,4 +121,7 @@ def reconcile(engine: Engine, settings: Settings, publish: Publish, now: datetim
         out.batches += dispatch(engine, settings, edition_id, publish, now)
         if finish_if_done(engine, edition_id, now):
             out.finished.append(key)
+    if sources:
+        # Last: a slow feed (up to its fetch deadline) must not delay handing out mail.
+        out.polled = poll_due_sources(engine, settings, now)
     return out

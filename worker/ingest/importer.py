@@ -62,36 +62,53 @@ def import_sources(
     first_seen: dict[str, str] = {}
     for source in sources:
         try:
-            raws = parse_items(read_source(source, allow_private=allow_private))
+            data = read_source(source, allow_private=allow_private)
         except SourceError as exc:
             report.rejected.append(Rejection.of(source, "", str(exc)))
             continue
-        except Exception as exc:  # a parser's own bug on hostile input costs this source only
-            report.rejected.append(Rejection.of(source, "", _internal(exc)))
-            continue
-        stories: list[CleanStory] = []
-        if len(raws) > MAX_ITEMS:
-            reason = f"{len(raws)} items, more than {MAX_ITEMS:,}: items after the {MAX_ITEMS:,}th were not read"
-            report.rejected.append(Rejection.of(source, "", reason))
-            raws = raws[:MAX_ITEMS]
-        for raw in raws:
-            try:
-                story = clean_item(raw, default_region=default_region)
-            except Rejected as exc:
-                report.rejected.append(Rejection.of(source, raw.position, str(exc)))
-                continue
-            except Exception as exc:  # a check's own bug on hostile input costs this item only
-                report.rejected.append(Rejection.of(source, raw.position, _internal(exc)))
-                continue
-            where = f"{source}: {raw.position}"
-            if story.guid in first_seen:
-                reason = f"duplicate id {story.guid[:80]!r} (first at {first_seen[story.guid]})"
-                report.rejected.append(Rejection.of(source, raw.position, reason))
-                continue
-            first_seen[story.guid] = where
-            stories.append(story)
-        _upsert(engine, stories, report)
+        _import_data(engine, source, data, default_region=default_region, report=report, first_seen=first_seen)
     return report
+
+
+def import_data(engine: Engine, source: str, data: bytes, *, default_region: str | None = None) -> ImportReport:
+    """What import_sources does with one source's bytes, already read (a polled feed)."""
+    report = ImportReport()
+    _import_data(engine, source, data, default_region=default_region, report=report, first_seen={})
+    return report
+
+
+def _import_data(engine: Engine, source: str, data: bytes, *, default_region: str | None,
+                 report: ImportReport, first_seen: dict[str, str]) -> None:
+    try:
+        raws = parse_items(data)
+    except SourceError as exc:
+        report.rejected.append(Rejection.of(source, "", str(exc)))
+        return
+    except Exception as exc:  # a parser's own bug on hostile input costs this source only
+        report.rejected.append(Rejection.of(source, "", _internal(exc)))
+        return
+    stories: list[CleanStory] = []
+    if len(raws) > MAX_ITEMS:
+        reason = f"{len(raws)} items, more than {MAX_ITEMS:,}: items after the {MAX_ITEMS:,}th were not read"
+        report.rejected.append(Rejection.of(source, "", reason))
+        raws = raws[:MAX_ITEMS]
+    for raw in raws:
+        try:
+            story = clean_item(raw, default_region=default_region)
+        except Rejected as exc:
+            report.rejected.append(Rejection.of(source, raw.position, str(exc)))
+            continue
+        except Exception as exc:  # a check's own bug on hostile input costs this item only
+            report.rejected.append(Rejection.of(source, raw.position, _internal(exc)))
+            continue
+        where = f"{source}: {raw.position}"
+        if story.guid in first_seen:
+            reason = f"duplicate id {story.guid[:80]!r} (first at {first_seen[story.guid]})"
+            report.rejected.append(Rejection.of(source, raw.position, reason))
+            continue
+        first_seen[story.guid] = where
+        stories.append(story)
+    _upsert(engine, stories, report)
 
 
 def _internal(exc: Exception) -> str:

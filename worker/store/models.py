@@ -203,7 +203,12 @@ class EditionState(StrEnum):
     SENDING = "sending"   # planned; batches are handed out
     PAUSED = "paused"     # no batches handed out until resumed
     DONE = "done"         # no row left pending, sending or due for retry
-    SKIPPED = "skipped"   # never sent (missed the catch-up window), with a reason
+    SKIPPED = "skipped"   # never sent (missed the catch-up window, or discarded), with a reason
+    HELD = "held"         # planned, not handed out: the week looked wrong or review mode; see reason
+
+
+# The CHECK on editions.state, here and in migration 0009 (which changes it in place on SQLite).
+EDITION_STATE_CHECK = "state IN ('sending', 'paused', 'done', 'skipped', 'held')"
 
 
 class DeliveryState(StrEnum):
@@ -235,7 +240,7 @@ class Edition(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
-        CheckConstraint("state IN ('sending', 'paused', 'done', 'skipped')", name="state"),
+        CheckConstraint(EDITION_STATE_CHECK, name="state"),
     )
 
 
@@ -306,3 +311,31 @@ class Variant(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("edition_id", "regions", name="uq_variants_edition_regions"),)
+
+
+class Source(Base):
+    """A feed URL or file polled on a schedule (worker/ingest/sources.py), with its health.
+
+    The validators (etag, last_modified) are saved only with the stories they came with,
+    so a poll that fetched but could not store asks for the whole feed again next time."""
+
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    region: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    # 'cli' (sources add) or 'config' ([[sources]] in the TOML file).
+    origin: Mapped[str] = mapped_column(String(16), default="cli")
+    etag: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    last_modified: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Stories added by this source over its life; items rejected on its last full read.
+    items_added: Mapped[int] = mapped_column(default=0)
+    last_rejected: Mapped[int] = mapped_column(default=0)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    # Due when NULL or past; pushed back exponentially while failing.
+    next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
