@@ -337,7 +337,7 @@ def test_an_operator_import_activates_a_pending_sign_up(readers, tmp_path):
 
 def test_no_answer_waits_for_the_mail_server(engine, reader_settings, smtp_server):
     """Whether a mail goes out does not show in the response time: SMTP is off the request."""
-    smtp_server.plan.delay = 0.4
+    smtp_server.plan.delay = 1.0
     settings = reader_settings.model_copy(update={
         "email_backend": "smtp", "smtp_host": "127.0.0.1", "smtp_port": smtp_server.port, "smtp_timeout": 5})
     readers = Readers(engine, settings)
@@ -348,6 +348,6 @@ def test_no_answer_waits_for_the_mail_server(engine, reader_settings, smtp_serve
         started = time.perf_counter()
         assert readers.subscribe(f"new{n}@example.org").status_code == 200  # each sends a mail
         timings.append(time.perf_counter() - started)
-    assert max(timings) < 0.3, timings
+    assert max(timings) < 0.6, timings  # each mail takes the server 1 s
     readers.settle()
     assert smtp_server.count_for("new2@example.org") == 1
