@@ -143,7 +143,7 @@ class Settings(BaseModel):
     review: bool = False
     hold_below_ratio: float = Field(0.3, ge=0, le=1)
     hold_min_usual: int = Field(4, ge=1)
-    hold_stale_days: float = Field(3.0, ge=0)
+    hold_stale_days: float = Field(4.0, ge=0)
 
     # Mechanics, with defaults that hold the guarantee and no decision in them for a user;
     # documented in docs/operations.md, shortened by the fault tests to stay fast. What

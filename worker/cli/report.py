@@ -25,6 +25,8 @@ def full_status(engine: Engine, settings: Settings, edition: Edition, *, now: da
 def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None = None) -> None:
     click.echo(f"{data['edition']} ({data['label']}): {data['state']}"
                + (f" ({data['reason']})" if data["reason"] else ""))
+    if data["state"] == "held":
+        click.echo(f"  {held_hint(data['edition'])}")
     if data["note"]:
         click.echo(f"  note: {data['note']}")
     click.echo(f"  {data['total']} deliveries: " + ", ".join(f"{n} {s}" for s, n in data["counts"].items()))
@@ -45,6 +47,11 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
                    "tries them again")
     for row in data["unknown"]:
         click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
+
+
+def held_hint(key: str) -> str:
+    return (f"nothing is sent until `newsletter send --edition {key} --approve`; "
+            f"`--discard` drops it (`newsletter preview --week ...` shows it)")
 
 
 def nothing_sent(data: dict) -> str | None:

@@ -7,6 +7,7 @@ import json
 import click
 
 from worker.cli.app import Context, cli, pass_ctx
+from worker.cli.report import held_hint
 from worker.errors import UsageError
 
 
@@ -23,13 +24,16 @@ from worker.errors import UsageError
 @click.option("--retry-failed", is_flag=True, help="Re-queue the edition's failed rows only.")
 @click.option("--wait", is_flag=True, help="Follow the edition with a progress bar.")
 @click.option("--inline", is_flag=True, help="Run in this process, without a broker.")
+@click.option("--approve", is_flag=True, help="Release a held edition: it is sent (once).")
+@click.option("--discard", is_flag=True, help="Drop a held edition: it is never sent.")
 @pass_ctx
 def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, force, retry_failed, wait,
-         inline) -> None:
+         inline, approve, discard) -> None:
     """Plan an edition and deliver it (manual trigger).
 
     An edition that exists is only reported, unless --retry-failed, --force, or (while
-    it is still sending) --inline or --wait, which continue it.
+    it is still sending) --inline or --wait, which continue it. A held edition (a week
+    that looked wrong, or review mode) is sent with --approve or dropped with --discard.
     """
     from worker.cli import sending
 
@@ -48,6 +52,17 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
             key = sending.original_key(key)
     else:
         window, key, kind = sending.resolve_window(settings, week, since and since.date(), until and until.date())
+    if approve or discard:
+        if approve and discard:
+            raise UsageError("--approve and --discard exclude each other")
+        if to or dry_run or force or retry_failed or regions:
+            raise UsageError("--approve and --discard take only --week or --edition (and --inline or --wait)")
+        if approve:
+            settings.require_secret_key()
+        edition_id = sending.release_held(ctx.engine, key, approve=approve)
+        if edition_id is None:
+            return
+        raise click.exceptions.Exit(sending.deliver(ctx.engine, settings, edition_id, inline=inline, wait=wait))
     codes = sending.parse_region_option(regions)
     if to:
         code = sending.test_send(ctx.engine, settings, window, key, list(to), codes)
@@ -97,6 +112,9 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
     for data in editions:
         counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n)
         click.echo(f"{data['edition']}  {data['state']}  {data['total']} rows: {counts or 'none'}")
+        if data["state"] == "held":
+            click.echo(f"  held: {data['reason']}")
+            click.echo(f"  {held_hint(data['edition'])}")
 
 
 @cli.command()

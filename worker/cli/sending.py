@@ -10,7 +10,7 @@ from datetime import date, timedelta
 import click
 from sqlalchemy import Engine, func, select
 
-from worker.cli.report import full_status, nothing_sent, print_status
+from worker.cli.report import full_status, held_hint, nothing_sent, print_status
 from worker.delivery.pipeline import draft_renderer, run_inline, utcnow
 from worker.delivery.plan import (
     find_edition,
@@ -197,6 +197,9 @@ def plan_or_reuse(engine: Engine, settings: Settings, *, key: str, kind: str, wi
             click.echo(f"{key} is paused ({existing.reason}): they go out after `newsletter resume {key}`")
             return None
         return existing.id if count else None
+    if existing is not None and existing.state == EditionState.HELD.value and not force:
+        click.echo(f"{key} is held: {existing.reason}. {held_hint(key)}")
+        return None
     if existing is not None and continue_open and existing.state == EditionState.SENDING.value:
         click.echo(f"{_exists_line(engine, existing)} Still sending: continuing it.")
         return existing.id
@@ -210,6 +213,23 @@ def plan_or_reuse(engine: Engine, settings: Settings, *, key: str, kind: str, wi
     planned = plan_edition(engine, key=key, kind=kind, window=window, now=now)
     click.echo(f"{key}: planned {_planned_counts(engine, planned.edition_id)}")
     return planned.edition_id
+
+
+def release_held(engine: Engine, key: str, *, approve: bool) -> int | None:
+    """Approve (the edition to deliver) or discard (None) a held edition."""
+    from worker.delivery.plan import approve_edition, discard_edition
+
+    edition = require_edition(engine, key)
+    verb = "approved" if approve else "discarded"
+    if edition.state != EditionState.HELD.value:
+        raise UsageError(f"{edition.key} is {edition.state}, not held: nothing to "
+                         f"{'approve' if approve else 'discard'}")
+    who, now = getpass.getuser(), utcnow()
+    done = (approve_edition if approve else discard_edition)(engine, edition.id, now=now, who=who)
+    if not done:
+        raise UsageError(f"{edition.key} was released by someone else just now (`newsletter status {edition.key}`)")
+    click.echo(f"{edition.key}: {verb} (it was held: {edition.reason})")
+    return edition.id if approve else None
 
 
 def _planned_counts(engine: Engine, edition_id: int) -> str:

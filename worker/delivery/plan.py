@@ -32,18 +32,19 @@ def region_sets_with_stories(session, window: Window, region_sets: list[str]) ->
 
 
 def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: datetime,
-                 note: str | None = None) -> Planned:
+                 note: str | None = None, hold: str | None = None) -> Planned:
     """Create the edition and its ledger rows in one transaction; idempotent by key.
 
     The recipient set is fixed here: every active subscriber gets a row with
     their region set as it is now. Rows for region sets without stories are
-    `skipped` with reason `no-stories` straight away.
+    `skipped` with reason `no-stories` straight away. With `hold` (the reasons), the
+    edition is planned `held`: nothing is handed out until approve_edition.
     """
     try:
         with session_scope(engine) as session:
             edition = Edition(key=key, kind=kind, label=window.label, window_start=window.start,
-                              window_end=window.end, state=EditionState.SENDING.value, note=note,
-                              created_at=now)
+                              window_end=window.end, note=note, created_at=now,
+                              state=(EditionState.HELD if hold else EditionState.SENDING).value, reason=hold)
             session.add(edition)
             session.flush()
             # INSERT ... SELECT: a million subscribers never pass through Python.
@@ -137,6 +138,34 @@ def resume_edition(engine: Engine, edition_id: int) -> bool:
             [DeliveryState.PENDING.value, DeliveryState.FAILED.value]), D.c.claimed_by.is_(None))
             .values(enqueued_at=None))
     return True
+
+
+def approve_edition(engine: Engine, edition_id: int, *, now: datetime, who: str) -> bool:
+    """Held to sending, the hold kept in the note for the record; True if this call did it
+    (a second approve, or one racing it, finds it no longer held)."""
+    with session_scope(engine) as session:
+        edition = session.get(Edition, edition_id)
+        if edition is None or edition.state != EditionState.HELD.value:
+            return False
+        record = f"held ({edition.reason}); approved by {who} at {now.isoformat()}"
+        note = f"{edition.note}; {record}" if edition.note else record
+    return _move(engine, edition_id, source=EditionState.HELD, target=EditionState.SENDING, reason=None, note=note)
+
+
+def discard_edition(engine: Engine, edition_id: int, *, now: datetime, who: str) -> bool:
+    """Held to skipped, never sent; its open rows are skipped with reason `discarded`."""
+    with session_scope(engine) as session:
+        edition = session.get(Edition, edition_id)
+        if edition is None or edition.state != EditionState.HELD.value:
+            return False
+        reason = f"discarded by {who} at {now.isoformat()} (held: {edition.reason})"
+        moved = session.execute(
+            update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.HELD.value)
+            .values(state=EditionState.SKIPPED.value, reason=reason, finished_at=now)).rowcount
+        if moved:
+            session.execute(update(D).where(D.c.edition_id == edition_id, D.c.state == DeliveryState.PENDING.value)
+                            .values(state=DeliveryState.SKIPPED.value, skip_reason="discarded", updated_at=now))
+        return bool(moved)
 
 
 def finish_if_done(engine: Engine, edition_id: int, now: datetime) -> bool:

@@ -10,6 +10,7 @@ from datetime import datetime, time, timedelta
 from sqlalchemy import Engine, select
 
 from worker.delivery import ledger, liveness
+from worker.delivery.guard import check_week
 from worker.delivery.plan import finish_if_done, plan_edition, record_skipped_edition
 from worker.digest import week_of, week_window, weekly_edition_key
 from worker.ingest.sources import PollResult, poll_all_sources, poll_due_sources
@@ -46,7 +47,7 @@ class Due:
     week: str
     slot: datetime
     edition_id: int | None
-    action: str  # 'planned', 'exists', 'skipped', 'skipped-before'
+    action: str  # 'planned', 'held', 'exists', 'skipped', 'skipped-before'
 
 
 def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> Due:
@@ -70,8 +71,12 @@ def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> 
         return Due(key, week, slot, None, "skipped" if made else "exists")
     # One last look at every feed, so the edition has the stories of the week's last hours.
     poll_all_sources(engine, settings, now)
-    planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now)
-    return Due(key, week, slot, planned.edition_id, "planned" if planned.created else "exists")
+    hold = check_week(engine, settings, window).hold
+    planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now, hold=hold)
+    if hold and planned.created:
+        log.warning("%s held: %s", key, hold)
+    return Due(key, week, slot, planned.edition_id,
+               ("held" if hold else "planned") if planned.created else "exists")
 
 
 @dataclass

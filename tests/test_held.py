@@ -1,0 +1,196 @@
+"""A scheduled week that looks broken is held with its reason, not sent; --approve sends it
+once, --discard drops it; review mode holds every scheduled edition."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.support.data import add_subscribers
+from worker.delivery.guard import check_week
+from worker.delivery.plan import find_edition
+from worker.delivery.schedule import reconcile
+from worker.digest import week_window
+from worker.ingest.sources import add_source, poll_all_sources
+from worker.store.db import session_scope
+from worker.store.models import Delivery, Source, Story, StoryRegion
+
+# Monday 3 Feb 2025 07:00 UTC: the slot for 2025-W05 (27 Jan to 3 Feb).
+SLOT = datetime(2025, 2, 3, 7, 0, 30, tzinfo=UTC)
+W05 = datetime(2025, 1, 27, tzinfo=UTC)
+KEY = "weekly-2025-W05"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_renders():
+    # Per-process renders are keyed by edition id and creation time: both repeat here, in
+    # a PostgreSQL database whose ids restart per test and editions planned at the same SLOT.
+    from worker.delivery import pipeline
+
+    pipeline._RENDERERS.clear()
+    yield
+    pipeline._RENDERERS.clear()
+
+
+def _add_stories(engine, region: str, monday: datetime, count: int, *, last_day: int = 6) -> None:
+    with session_scope(engine) as session:
+        for n in range(count):
+            at = monday + timedelta(days=min(n, last_day), hours=10)
+            story = Story(guid=f"{region}-{monday:%Y%m%d}-{n}", url=f"https://news.example/{region}/{monday:%m%d}/{n}",
+                          title=f"{region} {n}", published_at=at)
+            story.regions = [StoryRegion(region=region, position=0)]
+            session.add(story)
+
+
+def _usual_weeks(engine, counts: dict[str, int]) -> None:
+    for k in range(1, 5):
+        for region, count in counts.items():
+            _add_stories(engine, region, W05 - timedelta(days=7 * k), count)
+
+
+def _tick(engine, settings, at=SLOT):
+    published = []
+    result = reconcile(engine, settings, lambda edition, ids: published.append(ids), at)
+    return result, published
+
+
+def _outbox(settings) -> list:
+    return sorted(settings.outbox_dir.glob("*.eml")) if settings.outbox_dir.exists() else []
+
+
+def _cli_env(settings) -> dict[str, str]:
+    return {"NEWSLETTER_OUTBOX_DIR": str(settings.outbox_dir), "NEWSLETTER_SECRET_KEY": "test-secret-key"}
+
+
+def test_the_guard_sees_counts_usual_and_the_newest_story(engine, settings):
+    add_subscribers(engine, 2, sets=[("RU",), ("UA", "RU")])
+    _usual_weeks(engine, {"RU": 6, "UA": 5})
+    _add_stories(engine, "RU", W05, 6)
+    _add_stories(engine, "UA", W05, 1)
+    check = check_week(engine, settings, week_window("2025-W05", settings.tz))
+    assert check.counts == {"RU": 6, "UA": 1} and check.usual == {"RU": 6, "UA": 5}
+    assert check.newest == W05 + timedelta(days=5, hours=10)
+    assert check.reasons == ["UA: 1 story, far below its usual 5 (median of the last 4 weeks)"]
+
+
+def test_an_empty_week_and_a_quiet_feed_are_reasons(engine, settings):
+    add_subscribers(engine, 1, sets=[("RU",)])
+    window = week_window("2025-W05", settings.tz)
+    assert check_week(engine, settings, window).reasons == ["empty week: no stories in 2025-W05"]
+    _add_stories(engine, "RU", W05, 2)  # Monday and Tuesday, then nothing for 5.6 days
+    assert check_week(engine, settings, window).reasons == [
+        "no new story for 5.6 days before the week ended (newest published 2025-01-28 10:00 UTC; "
+        "is a feed broken? `newsletter sources list`)"]
+    relaxed = settings.model_copy(update={"hold_stale_days": 6})
+    assert check_week(engine, relaxed, window).reasons == []
+
+
+def test_a_normal_week_is_sent_as_before(engine, settings):
+    add_subscribers(engine, 2, sets=[("RU",), ("UA",)])
+    _usual_weeks(engine, {"RU": 5, "UA": 5})
+    _add_stories(engine, "RU", W05, 4)
+    _add_stories(engine, "UA", W05, 6)
+    result, published = _tick(engine, settings)
+    assert result.due.action == "planned" and find_edition(engine, KEY).state == "sending"
+    assert sum(len(ids) for ids in published) == 2
+
+
+def test_a_week_with_a_broken_feed_is_held_then_sent_once_after_approve(engine, settings, run_cli, tmp_path):
+    """Two feeds (files) polled week after week; in 2025-W05 the UA one breaks."""
+    settings = settings.model_copy(update={"fetch_allow_private": True})
+    add_subscribers(engine, 3, sets=[("RU",), ("UA",), ("RU", "UA")])
+    feeds = {region: tmp_path / f"{region.lower()}.json" for region in ("RU", "UA")}
+    for region, path in feeds.items():
+        add_source(engine, str(path), region=region)
+    for k in range(4, -1, -1):
+        monday = W05 - timedelta(days=7 * k)
+        for region, path in feeds.items():
+            items = [{"id": f"{region}-{monday:%m%d}-{n}", "url": f"https://news.example/{region}/{monday:%m%d}/{n}",
+                      "title": f"{region} {n}", "published_at": (monday + timedelta(days=n, hours=9)).isoformat()}
+                     for n in range(5)]
+            path.write_text(json.dumps(items))
+        if k == 0:
+            feeds["UA"].write_text("<html>502 Bad Gateway</html>")
+        poll_all_sources(engine, settings, monday + timedelta(days=6, hours=12))
+
+    result, published = _tick(engine, settings)
+    assert result.due.action == "held" and published == []
+    edition = find_edition(engine, KEY)
+    assert edition.state == "held"
+    assert edition.reason == "UA: 0 stories, far below its usual 5 (median of the last 4 weeks)"
+    with session_scope(engine) as session:
+        ua = session.scalar(select(Source).where(Source.region == "UA"))
+        assert (ua.consecutive_failures, ua.last_error) == (2, "not an RSS or Atom feed")
+    assert _tick(engine, settings, SLOT + timedelta(minutes=5))[1] == []  # later ticks hand out nothing either
+    assert _outbox(settings) == []
+
+    status = run_cli("status")
+    assert f"{KEY}  held  3 rows" in status.out and f"held: {edition.reason}" in status.out
+    one = run_cli("status", KEY)
+    assert f"{KEY} (2025-W05): held ({edition.reason})" in one.out and "--approve" in one.out
+    again = run_cli("send", "--week", "2025-W05", "--inline", env=_cli_env(settings))
+    assert again.code == 0 and f"{KEY} is held: {edition.reason}" in again.out and _outbox(settings) == []
+
+    approved = run_cli("send", "--week", "2025-W05", "--approve", "--inline", env=_cli_env(settings))
+    assert approved.code == 0, approved.err
+    assert f"{KEY}: approved (it was held: {edition.reason})" in approved.out
+    assert len(_outbox(settings)) == 2  # RU and RU UA; the UA-only reader is skipped, no-stories
+    edition = find_edition(engine, KEY)
+    assert edition.state == "done" and edition.reason is None and "approved by" in edition.note
+
+    twice = run_cli("send", "--week", "2025-W05", "--approve", "--inline", env=_cli_env(settings))
+    assert twice.code == 2 and f"{KEY} is done, not held: nothing to approve" in twice.err
+    assert len(_outbox(settings)) == 2
+    assert _tick(engine, settings, SLOT + timedelta(minutes=10))[1] == []
+
+
+def test_an_empty_scheduled_week_is_held_not_finished(engine, settings):
+    add_subscribers(engine, 2, sets=[("RU",)])
+    result, published = _tick(engine, settings)
+    assert result.due.action == "held" and published == []
+    edition = find_edition(engine, KEY)
+    assert (edition.state, edition.reason) == ("held", "empty week: no stories in 2025-W05")
+
+
+def test_discard_drops_a_held_week(engine, settings, run_cli):
+    add_subscribers(engine, 2, sets=[("RU",)])
+    _add_stories(engine, "RU", W05, 7)
+    result, _ = _tick(engine, settings.model_copy(update={"review": True}))
+    assert result.due.action == "held"
+    dropped = run_cli("send", "--week", "2025-W05", "--discard")
+    assert dropped.code == 0 and f"{KEY}: discarded (it was held: review mode" in dropped.out
+    edition = find_edition(engine, KEY)
+    assert edition.state == "skipped" and edition.reason.startswith("discarded by ")
+    with session_scope(engine) as session:
+        rows = session.execute(select(Delivery.state, Delivery.skip_reason)).all()
+    assert rows == [("skipped", "discarded")] * 2
+    result, published = _tick(engine, settings, SLOT + timedelta(minutes=1))
+    assert result.due.action == "exists" and published == []
+    assert _outbox(settings) == []
+    again = run_cli("send", "--week", "2025-W05", "--discard")
+    assert again.code == 2 and f"{KEY} is skipped, not held: nothing to discard" in again.err
+
+
+def test_review_mode_holds_every_scheduled_week_until_approved(engine, settings, run_cli):
+    add_subscribers(engine, 2, sets=[("RU",), ("UA",)])
+    _add_stories(engine, "RU", W05, 7)
+    _add_stories(engine, "UA", W05, 7)
+    review = settings.model_copy(update={"review": True})
+    result, published = _tick(engine, review)
+    assert result.due.action == "held" and published == []
+    assert find_edition(engine, KEY).reason == (
+        "review mode (NEWSLETTER_REVIEW=true): every scheduled edition waits for approval")
+    env = {**_cli_env(settings), "NEWSLETTER_REVIEW": "true"}
+    approved = run_cli("send", "--week", "2025-W05", "--approve", "--inline", env=env)
+    assert approved.code == 0, approved.err
+    assert len(_outbox(settings)) == 2 and find_edition(engine, KEY).state == "done", approved.out
+
+
+@pytest.mark.parametrize("flags", [("--approve", "--discard"), ("--approve", "--dry-run")])
+def test_approve_and_discard_take_no_other_action(run_cli, flags):
+    assert run_cli("db", "upgrade").code == 0
+    result = run_cli("send", "--week", "2025-W05", *flags, env={"NEWSLETTER_SECRET_KEY": "k" * 32})
+    assert result.code == 2
