@@ -15,7 +15,7 @@ from worker.settings import DEFAULT_CONFIG, ENV_PREFIX, SECRETS, Settings, env_n
 from worker.store.db import describe_database, sqlite_path
 
 MASK = "********"
-_URL_FIELDS = frozenset({"database_url", "broker_url"})
+_URL_FIELDS = frozenset({"database_url", "broker_url", "ratelimit_url"})
 
 
 @cli.command()
