@@ -147,12 +147,15 @@ def test_a_week_with_a_broken_feed_is_held_then_sent_once_after_approve(engine, 
     assert _tick(engine, settings, SLOT + timedelta(minutes=10))[1] == []
 
 
-def test_an_empty_scheduled_week_is_held_not_finished(engine, settings):
+def test_an_empty_scheduled_week_is_held_not_finished(engine, settings, run_cli):
     add_subscribers(engine, 2, sets=[("RU",)])
     result, published = _tick(engine, settings)
     assert result.due.action == "held" and published == []
     edition = find_edition(engine, KEY)
     assert (edition.state, edition.reason) == ("held", "empty week: no stories in 2025-W05")
+    approved = run_cli("send", "--week", "2025-W05", "--approve", "--inline", env=_cli_env(settings))
+    assert approved.code == 0 and "nothing was sent: nobody had stories" in approved.out
+    assert find_edition(engine, KEY).state == "done" and _outbox(settings) == []
 
 
 def test_discard_drops_a_held_week(engine, settings, run_cli):

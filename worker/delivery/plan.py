@@ -149,7 +149,10 @@ def approve_edition(engine: Engine, edition_id: int, *, now: datetime, who: str)
             return False
         record = f"held ({edition.reason}); approved by {who} at {now.isoformat()}"
         note = f"{edition.note}; {record}" if edition.note else record
-    return _move(engine, edition_id, source=EditionState.HELD, target=EditionState.SENDING, reason=None, note=note)
+    if not _move(engine, edition_id, source=EditionState.HELD, target=EditionState.SENDING, reason=None, note=note):
+        return False
+    finish_if_done(engine, edition_id, now)  # nothing to send (every row skipped): done now, as plan_edition does
+    return True
 
 
 def discard_edition(engine: Engine, edition_id: int, *, now: datetime, who: str) -> bool:

@@ -70,7 +70,7 @@ def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> 
         log.warning("%s %s", key, reason)
         return Due(key, week, slot, None, "skipped" if made else "exists")
     # One last look at every feed, so the edition has the stories of the week's last hours.
-    poll_all_sources(engine, settings, now)
+    _log_polls(poll_all_sources(engine, settings, now))
     hold = check_week(engine, settings, window).hold
     planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now, hold=hold)
     if hold and planned.created:
@@ -128,5 +128,14 @@ def reconcile(engine: Engine, settings: Settings, publish: Publish, now: datetim
             out.finished.append(key)
     if sources:
         # Last: a slow feed (up to its fetch deadline) must not delay handing out mail.
-        out.polled = poll_due_sources(engine, settings, now)
+        out.polled = _log_polls(poll_due_sources(engine, settings, now))
     return out
+
+
+def _log_polls(results: list[PollResult]) -> list[PollResult]:
+    for result in results:
+        if result.outcome == "failed":
+            log.warning("source %s", result)
+        else:
+            log.info("source %s", result)
+    return results

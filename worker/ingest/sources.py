@@ -50,9 +50,13 @@ class PollResult:
             return f"{self.url}: not modified"
         if self.outcome == "failed":
             return (f"{self.url}: failed: {self.error} ({self.failures} in a row; "
-                    f"next try {self.next_poll_at.isoformat() if self.next_poll_at else 'at the next poll'})")
+                    f"next try {_when(self.next_poll_at)})")
         return (f"{self.url}: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
                 f"{len(self.rejected)} rejected")
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else "at the next poll"
 
 
 class SourceExists(Exception):
@@ -186,7 +190,6 @@ def _failed(engine: Engine, source_id: int, url: str, reason: str, *, now: datet
             row.consecutive_failures = failures
             row.last_error, row.last_error_at, row.last_polled_at = reason, now, now
             row.next_poll_at = now + wait
-    log.warning("source %s failed (%s in a row): %s", url, failures, reason)
     result = result or PollResult(url, "failed")
     result.outcome, result.error, result.failures, result.next_poll_at = "failed", reason, failures, now + wait
     return result
