@@ -197,3 +197,37 @@ def test_approve_and_discard_take_no_other_action(run_cli, flags):
     assert run_cli("db", "upgrade").code == 0
     result = run_cli("send", "--week", "2025-W05", *flags, env={"NEWSLETTER_SECRET_KEY": "k" * 32})
     assert result.code == 2
+
+
+def test_migration_0009_keeps_the_ledger_and_goes_back(db_url):
+    import sqlalchemy as sa
+    from alembic import command
+
+    from worker.store.db import _alembic_config, create_db_engine, current_revision, upgrade_schema
+
+    engine = create_db_engine(db_url)
+    add_subscribers(engine, 1, sets=[("RU",)])
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO editions (key, kind, label, window_start, window_end, state, total, "
+                             "created_at) VALUES ('k', 'weekly', 'l', :t, :t, 'held', 1, :t)"), {"t": datetime(2025, 1, 1)})
+        conn.execute(sa.text("INSERT INTO deliveries (edition_id, subscriber_id, regions, state, attempts, updated_at) "
+                             "SELECT e.id, s.id, 'RU', 'pending', 0, :t FROM editions e, subscribers s"),
+                     {"t": datetime(2025, 1, 1)})
+        conn.execute(sa.text("INSERT INTO sources (url, origin, items_added, last_rejected, consecutive_failures, "
+                             "created_at) VALUES ('https://example.org/feed', 'cli', 0, 0, 0, :t)"),
+                     {"t": datetime(2025, 1, 1)})
+    command.downgrade(_alembic_config(engine), "0008")
+    assert current_revision(engine) == "0008"
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT state FROM editions")).scalar() == "skipped"
+        assert conn.execute(sa.text("SELECT count(*) FROM deliveries")).scalar() == 1
+        assert "sources" not in sa.inspect(conn).get_table_names()
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text("UPDATE editions SET state = 'held'"))
+    assert upgrade_schema(engine) == ("0008", "0009")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE editions SET state = 'held'"))
+        assert conn.execute(sa.text("SELECT count(*) FROM deliveries")).scalar() == 1
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text("UPDATE editions SET state = 'lost'"))
+    engine.dispose()
