@@ -19,6 +19,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import smtplib
@@ -118,6 +119,7 @@ class Backends:
         self.title = f" {database} ".encode()
         self.first: dict[int, float] = {}
         self.last: dict[int, float] = {}
+        self.peak = 0  # the most backends seen at once: the database connections in use
         self.sample()
         self.first = dict(self.last)
 
@@ -132,6 +134,7 @@ class Backends:
             if self.title in title:
                 seen += 1
                 self.last[pid] = max(self.last.get(pid, 0.0), cpu_of(pid, reaped=False))
+        self.peak = max(self.peak, seen)
         return seen
 
     def seconds(self) -> float:
@@ -167,7 +170,10 @@ def settle_backends(backends: Backends, *, seconds: float = 15.0) -> None:
 
 
 class Database:
-    def __init__(self) -> None:
+    """A fresh database for one run; `settings` (e.g. {"commit_delay": "100"}) apply to its
+    sessions only (ALTER DATABASE ... SET), not to the rest of the cluster."""
+
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
         from worker.store.db import create_db_engine
 
         self.admin = sa.make_url(ADMIN)
@@ -175,6 +181,11 @@ class Database:
         self.admin_engine = create_db_engine(self.admin.render_as_string(hide_password=False))
         with self.admin_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
+            for name, value in (settings or {}).items():
+                # A utility statement takes no parameters: both are checked to be plain words.
+                if not (re.fullmatch(r"[a-z_]+", name) and re.fullmatch(r"[\w.]+", value)):
+                    raise ValueError(f"not a PostgreSQL setting: {name}={value}")
+                conn.execute(sa.text(f"ALTER DATABASE \"{self.name}\" SET {name} = '{value}'"))
         self.url = self.admin.set(database=self.name).render_as_string(hide_password=False)
 
     def drop(self) -> None:
@@ -269,27 +280,57 @@ class Sink:
                 proc.wait()
 
 
-def baseline_smtp_source(size: int, count: int, *, sessions: int = 1, delay_ms: float = 0.0) -> float:
+def machine_cpu() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine since boot (/proc/stat): with what the
+    benchmark's own processes used, how busy everything else kept the machine meanwhile."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle, steal = fields[3] + fields[4], fields[7]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle - steal) / hz, steal / hz
+
+
+def others_cores(busy_before: float, ours: float, seconds: float) -> float:
+    """Cores kept busy by processes outside the benchmark (other people's tests) meanwhile."""
+    return round(max(machine_cpu()[0] - busy_before - ours, 0.0) / seconds, 2)
+
+
+def baseline_smtp_source(size: int, count: int, *, sessions: int = 1, delay_ms: float = 0.0) -> tuple[float, dict]:
+    """(messages per second, CPU per message of smtp-source and the sink, and the machine's other load)."""
     sink = Sink(delay_ms)
     try:
+        busy, children_before, sink_before = machine_cpu()[0], resource.getrusage(resource.RUSAGE_CHILDREN), \
+            tree_cpu(sink.proc.pid)
         started = time.perf_counter()
         subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(count), "-l", str(size), "-f", "a@news.example",
                         "-t", "b@example.org", f"127.0.0.1:{sink.port}"], check=True, capture_output=True)
-        return count / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client = (after.ru_utime + after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
+        sink_cpu = tree_cpu(sink.proc.pid) - sink_before
+        return count / seconds, {"client_cpu_ms_per_message": round(client / count * 1000, 3),
+                                 "sink_cpu_ms_per_message": round(sink_cpu / count * 1000, 3),
+                                 "others_cores": others_cores(busy, client + sink_cpu, seconds)}
     finally:
         sink.stop()
 
 
-def baseline_smtplib(size: int, count: int) -> float:
+def baseline_smtplib(size: int, count: int) -> tuple[float, dict]:
+    """(messages per second, CPU per message of the loop and the sink, and the machine's other load)."""
     sink = Sink()
     body = (b"From: a@news.example\r\nTo: b@example.org\r\nSubject: x\r\n\r\n"
             + (b"x" * 76 + b"\r\n") * (size // 78))
     try:
+        busy, client, sink_before = machine_cpu()[0], time.process_time(), tree_cpu(sink.proc.pid)
         started = time.perf_counter()
         with smtplib.SMTP("127.0.0.1", sink.port) as smtp:
             for _ in range(count):
                 smtp.sendmail("a@news.example", ["b@example.org"], body)
-        return count / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        client = time.process_time() - client
+        sink_cpu = tree_cpu(sink.proc.pid) - sink_before
+        return count / seconds, {"client_cpu_ms_per_message": round(client / count * 1000, 3),
+                                 "sink_cpu_ms_per_message": round(sink_cpu / count * 1000, 3),
+                                 "others_cores": others_cores(busy, client + sink_cpu, seconds)}
     finally:
         sink.stop()
 
@@ -359,6 +400,21 @@ def by_label(samples: Counter, label: str) -> dict[str, float]:
     for labels, value in samples.items():
         out[dict(labels).get(label, "")] += value
     return dict(out)
+
+
+class Timeline:
+    """Messages sent by the workers, read from their metrics once a second."""
+
+    def __init__(self, ports: list[int], started: float) -> None:
+        self.ports, self.started = ports, started
+        self.counts: list[float] = []
+
+    def sample(self) -> None:
+        if time.perf_counter() - self.started >= len(self.counts) + 1:
+            self.counts.append(sum(sent_count(scrape(port)) for port in self.ports))
+
+    def rates(self) -> list[int]:
+        return [int(b - a) for a, b in zip([0.0, *self.counts], self.counts, strict=False)]
 
 
 @dataclass
@@ -435,9 +491,34 @@ def merged(found: list[dict[str, Counter]]) -> dict[str, Counter]:
     return out
 
 
+class Profiler:
+    """py-spy sampling each worker's pool processes while the edition is delivered: only samples
+    that hold the GIL (Python's own CPU; lanes waiting for the GIL or a socket are left out),
+    by function, as collapsed stacks for bench/stacks.py. py-spy takes CPU of its own, so a
+    profiled run's throughput is not a figure to compare."""
+
+    RATE = 200
+
+    def __init__(self, directory: Path, groups: list[WorkerGroup]) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        directory.mkdir(parents=True, exist_ok=True)
+        self.procs = [subprocess.Popen([spy, "record", "--pid", str(group.proc.pid), "--subprocesses", "--gil",
+                                        "--function", "--nonblocking", "--rate", str(self.RATE), "--format", "raw",
+                                        "--output", str(directory / f"{group.node.split('@')[0]}.txt")],
+                                       stdout=subprocess.DEVNULL, stderr=open(directory / "py-spy.log", "a"))
+                      for group in groups]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for proc in self.procs:
+            proc.wait(60)
+
+
 def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], delay_ms: float = 0.0, *,
-                 groups: int = 1, concurrency: int = 2) -> dict:
-    """Deliver one edition through `groups` celery workers of `concurrency` processes each."""
+                 groups: int = 1, concurrency: int = 2, profile: Path | None = None) -> dict:
+    """Deliver one edition through `groups` celery workers of `concurrency` processes each
+    (with `profile`, sampled by py-spy into that directory)."""
     from worker.celery_app import create_app
     from worker.delivery.pipeline import utcnow
     from worker.delivery.plan import find_edition, plan_edition
@@ -461,10 +542,13 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
     if sink.proxy is not None:
         watched["delay proxy"] = sink.proxy.pid
     stopped = False
+    profiler = Profiler(profile, workers) if profile else None
     try:
         backends = Backends(postmaster, sa.make_url(url).database)
         counters_before = database_counters(url)
         cpu_before = {k: tree_cpu(root) for k, root in watched.items()}
+        busy_before, steal_before = machine_cpu()
+        bench_before = time.process_time()
         main_before = sum(cpu_of(group.proc.pid, reaped=False) for group in workers)
         plan_cpu = time.process_time()
         started = time.perf_counter()
@@ -472,12 +556,23 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
         plan_seconds = time.perf_counter() - started
         plan_cpu = time.process_time() - plan_cpu
         batches = dispatch(engine, settings, planned.edition_id, publisher(create_app(settings)), utcnow())
+        timeline = Timeline([group.metrics_port for group in workers], started)
         while find_edition(engine, KEY).state != "done":
+            if any(group.proc.poll() is not None for group in workers):
+                # A broad `pkill -f "celery ... worker"` elsewhere on the machine does this.
+                raise RuntimeError(f"a worker exited during the run: {[g.log for g in workers]}")
             backends.sample()
+            timeline.sample()
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         cpu_after = {k: tree_cpu(root) for k, root in watched.items()}
         own_backends = backends.seconds()
+        ours = own_backends + time.process_time() - bench_before + sum(
+            cpu_after[k] - cpu_before[k] for k in watched if k != "postgres")
+        machine = {"others_cores": others_cores(busy_before, ours, elapsed),
+                   "stolen_cores": round((machine_cpu()[1] - steal_before) / elapsed, 2)}
+        if profiler is not None:
+            profiler.stop()
         main_cpu = sum(cpu_of(group.proc.pid, reaped=False) for group in workers) - main_before
         with engine.connect() as conn:
             states = dict(conn.execute(sa.text("SELECT state, count(*) FROM deliveries GROUP BY state")).all())
@@ -501,12 +596,20 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
             "subscribers": subscribers, "distinct_region_sets": sets, "batches": batches, "states": states,
             "sink_received": sink.count(), "seconds": round(elapsed, 2),
             "messages_per_second": round(sent / elapsed, 1),
+            # Messages sent in each second of the run: the first seconds render the region sets.
+            "messages_per_second_timeline": timeline.rates(),
             "plan_seconds": round(plan_seconds, 2), "plan_cpu_ms_per_message": round(plan_cpu / max(sent, 1) * 1000, 4),
             "cpu_ms_per_message": {k: round(v / max(sent, 1) * 1000, 3) for k, v in per_message.items()},
             "worker_main_process_cpu_ms_per_message": round(main_cpu / max(sent, 1) * 1000, 3),
             # Transactions and row writes are this database's alone; WAL is the cluster's (an upper
             # bound when other databases are busy).
             "postgres_per_message": {k: round(v / max(sent, 1), 3) for k, v in counters.items()},
+            # Sampled every 50 ms; one of them is this benchmark's own (it watches the edition).
+            "postgres_connections_peak": backends.peak,
+            # Cores busy with processes outside this benchmark (other people's tests) meanwhile,
+            # and stolen by the hypervisor: what makes absolute figures move between runs.
+            "machine_during_run": machine,
+            "postgres_backends_seen": len(backends.last),
             **{k: v for k, v in summary.items() if k != "messages"},
             "batch_outcomes": dict(sum(outcomes, Counter())),
             "peak_rss_mb": memory,
@@ -524,6 +627,8 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
                 for group, one, outcome in zip(workers, map(metrics_summary, found), outcomes, strict=True)]
         return report
     finally:
+        if profiler is not None and any(proc.poll() is None for proc in profiler.procs):
+            profiler.stop()
         if not stopped:
             stop_groups(workers)
         sink.stop()
@@ -600,11 +705,12 @@ def run_planning(count: int) -> dict:
 def run_once(args: argparse.Namespace, extra: dict[str, str]) -> dict:
     """One pipeline run on a fresh database, with its baselines measured right after it."""
     result: dict = {}
-    db = Database()
+    db = Database(dict(item.split("=", 1) for item in args.postgres_set))
     try:
         sets = seed(db.url, args.subscribers, random.Random(args.seed))
         result["pipeline"] = run_pipeline(db.url, args.subscribers, sets, extra, args.relay_delay_ms,
-                                          groups=args.worker_groups, concurrency=args.concurrency)
+                                          groups=args.worker_groups, concurrency=args.concurrency,
+                                          profile=args.profile)
         size = message_size(db.url)
         result["message_bytes"] = size
         if args.relay_delay_ms:
@@ -613,11 +719,13 @@ def run_once(args: argparse.Namespace, extra: dict[str, str]) -> dict:
                         * int(extra.get("NEWSLETTER_SMTP_CONNECTIONS", "4")))
             result["relay_delay_ms"] = args.relay_delay_ms
             result["smtp_sessions"] = sessions
-            result["baseline_smtp_source"] = round(baseline_smtp_source(size, 5000, sessions=sessions,
-                                                                        delay_ms=args.relay_delay_ms), 1)
+            rate, detail = baseline_smtp_source(size, 5000, sessions=sessions, delay_ms=args.relay_delay_ms)
         else:
-            result["baseline_smtp_source"] = round(baseline_smtp_source(size, 5000), 1)
-        result["baseline_smtplib"] = round(baseline_smtplib(size, 5000), 1)
+            rate, detail = baseline_smtp_source(size, 5000)
+        result["baseline_smtp_source"] = round(rate, 1)
+        rate, smtplib_detail = baseline_smtplib(size, 5000)
+        result["baseline_smtplib"] = round(rate, 1)
+        result["baselines_cpu"] = {"smtp_source": detail, "smtplib": smtplib_detail}
         if args.naive:
             result["baseline_naive"] = round(run_naive(db.url, args.naive), 1)
     finally:
@@ -637,8 +745,9 @@ def brief(run: dict) -> dict:
     pipeline = run["pipeline"]
     return {"messages_per_second": pipeline["messages_per_second"], "ratios": run["ratios"],
             **{k: v for k, v in run.items() if k.startswith("baseline_")},
+            "baselines_cpu": run["baselines_cpu"],
             **{k: pipeline[k] for k in ("cpu_ms_per_message", "worker_stage_cpu_ms_per_message",
-                                        "postgres_per_message")}}
+                                        "postgres_per_message", "machine_during_run")}}
 
 
 def commit() -> str:
@@ -664,6 +773,12 @@ def parser() -> argparse.ArgumentParser:
                              "metrics port, against the one PostgreSQL and Redis; reports each and the total")
     parser.add_argument("--concurrency", type=int, default=2, metavar="C",
                         help="pool processes per celery worker (-c)")
+    parser.add_argument("--postgres-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a PostgreSQL setting for the benchmark's database only, e.g. commit_delay=100 "
+                             "(with commit_siblings=1)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="sample the workers with py-spy (pip install py-spy) into DIR; summarise with "
+                             "bench/stacks.py DIR/*.txt --messages N")
     return parser
 
 
@@ -683,7 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
                     "machine": f"{os.cpu_count()} cores, "
                     f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB", "settings": extra,
-                    "worker_groups": args.worker_groups, "concurrency": args.concurrency}
+                    "worker_groups": args.worker_groups, "concurrency": args.concurrency,
+                    "postgres_settings": args.postgres_set}
     runs = [run_once(args, extra) for _ in range(max(1, args.repeat))]
     report.update(sorted(runs, key=lambda r: r["pipeline"]["messages_per_second"])[len(runs) // 2])
     if len(runs) > 1:

@@ -46,3 +46,18 @@ def test_two_worker_groups_deliver_one_edition_between_them(pg_url, redis_url):
     groups = pipeline["worker_groups"]
     assert [g["node"].split("@")[0] for g in groups] == ["bench1", "bench2"]
     assert sum(g["messages"] for g in groups) == 300
+
+
+def test_the_profile_summary_charges_each_sample_to_the_stage_its_stack_enters(tmp_path):
+    from bench.stacks import summarise
+
+    raw = tmp_path / "bench1.txt"
+    raw.write_text(
+        'process 1:"celery";_run_lane (worker/delivery/pipeline.py:1);_deliver (worker/delivery/pipeline.py:2);'
+        "SmtpSender.send (worker/delivery/smtp.py:3);SMTP.getreply (smtplib.py:4) 30\n"
+        'process 1:"celery";_run_lane (worker/delivery/pipeline.py:1);_prepare (worker/delivery/pipeline.py:5);'
+        "compose (worker/render/compose.py:6);_sign (worker/render/compose.py:7) 10\n")
+    out = summarise([raw], messages=100, rate=200, top=5, only=None)
+    stages = {line.split()[0]: line.split()[1:] for line in out.split("\n\n")[1].splitlines()[1:]}
+    assert stages == {"smtp": ["1.500", "75.0%"], "compose": ["0.500", "25.0%"]}
+    assert "smtplib.py:SMTP.getreply" in out
