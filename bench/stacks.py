@@ -6,7 +6,9 @@ CPU of the delivery path goes, by stage and by function, in ms per message.
 
 The samples are those holding the GIL (Python's own CPU in the pool processes), taken
 `--rate` times a second; a sample is charged to the first stage its stack enters, and to
-the function at its top ("self") and every function on its way ("total").
+the function at its top ("self") and every function on its way ("total"). The main
+thread of a pool process runs a batch's lease, release and end (stage "batch", or
+"ledger" for the ledger's own statements); "celery" is the rest of that thread.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-# The first frame of a stack that names one of these decides its stage: (stage, file, functions).
+# A stack's stage is the first of these (in this order) that one of its frames names:
+# (stage, file, functions or None for any). A stage below another's frames, such as the
+# metrics laps inside compose, counts for the outer one.
 STAGES = (
     ("render", "worker/render/cache.py", {"VariantRenderer.variant"}),
     ("compose", "worker/render/compose.py", {"compose"}),
@@ -34,7 +38,8 @@ _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 def frames(line: str) -> tuple[list[tuple[str, str]], int]:
     """(frames root first as (function, file), samples) of one collapsed-stack line; the
-    process frame py-spy puts first is left out."""
+    process frames py-spy puts first (the celery main process, then the pool process) are
+    left out."""
     stack, _, count = line.rstrip("\n").rpartition(" ")
     parts = [p for p in stack.split(";") if not p.startswith("process ")]
     out = []
@@ -45,10 +50,9 @@ def frames(line: str) -> tuple[list[tuple[str, str]], int]:
 
 
 def stage_of(stack: list[tuple[str, str]]) -> str:
-    for function, file in stack:
-        for stage, where, functions in STAGES:
-            if where in file and (functions is None or function in functions):
-                return stage
+    for stage, where, functions in STAGES:
+        if any(where in file and (functions is None or function in functions) for function, file in stack):
+            return stage
     return "other"
 
 
@@ -62,10 +66,10 @@ def summarise(paths: list[Path], *, messages: int, rate: int, top: int, only: st
     total: Counter = Counter()
     samples = 0
     for path in paths:
-        for line in path.read_text().splitlines():
-            if not line.strip():
+        for line in path.read_text(errors="replace").splitlines():
+            stack, count = frames(line) if line.strip() else ([], 0)
+            if not stack:  # a process frame alone: py-spy caught it between frames
                 continue
-            stack, count = frames(line)
             stage = stage_of(stack)
             samples += count
             by_stage[stage] += count
