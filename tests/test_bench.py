@@ -61,3 +61,13 @@ def test_the_profile_summary_charges_each_sample_to_the_stage_its_stack_enters(t
     stages = {line.split()[0]: line.split()[1:] for line in out.split("\n\n")[1].splitlines()[1:]}
     assert stages == {"smtp": ["1.500", "75.0%"], "compose": ["0.500", "25.0%"]}
     assert "smtplib.py:SMTP.getreply" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("smtp-sink"), reason="needs Postfix's smtp-sink")
+def test_the_hot_path_benchmark_sends_every_row(pg_url):
+    out = subprocess.run([sys.executable, "bench/hotpath.py", "--rows", "200"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    report = json.loads(out)
+    assert report["sent"] == report["rows"] == 200
+    assert set(report["thread_cpu_ms_per_message"]) == {"variant lookup", "compose", "ledger", "smtp"}
