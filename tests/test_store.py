@@ -48,3 +48,38 @@ def test_the_migrations_build_exactly_the_models(engine):
 
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_migrations_0010_0011_keep_the_ledger_and_go_back(db_url):
+    """Down to 0009 and up again: the new columns and table come and go, and no delivery
+    row is lost on the way (on SQLite a table rebuild of `subscribers` would cascade)."""
+    from alembic import command
+
+    from worker.store.db import _alembic_config
+
+    engine = create_db_engine(db_url)
+    t = datetime(2025, 1, 1)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO subscribers (email, email_key, regions, status, created_at, updated_at, "
+                             "timezone, transient_bounces) VALUES ('a@example.org', 'a@example.org', 'RU', "
+                             "'active', :t, :t, 'Europe/Moscow', 2)"), {"t": t})
+        conn.execute(sa.text("INSERT INTO editions (key, kind, label, window_start, window_end, state, total, "
+                             "created_at) VALUES ('k', 'weekly', 'l', :t, :t, 'sending', 1, :t)"), {"t": t})
+        conn.execute(sa.text("INSERT INTO deliveries (edition_id, subscriber_id, regions, state, attempts, "
+                             "updated_at, due_at) SELECT e.id, s.id, 'RU', 'sent', 1, :t, :t "
+                             "FROM editions e, subscribers s"), {"t": t})
+        conn.execute(sa.text("INSERT INTO bounce_events (fingerprint, kind, source, delivery_id, received_at) "
+                             "SELECT 'f', 'permanent', 'dsn', id, :t FROM deliveries"), {"t": t})
+    command.downgrade(_alembic_config(engine), "0009")
+    assert current_revision(engine) == "0009"
+    with engine.begin() as conn:
+        inspector = sa.inspect(conn)
+        assert "bounce_events" not in inspector.get_table_names()
+        assert "timezone" not in {c["name"] for c in inspector.get_columns("subscribers")}
+        assert "due_at" not in {c["name"] for c in inspector.get_columns("deliveries")}
+        assert conn.execute(sa.text("SELECT count(*) FROM deliveries")).scalar() == 1
+    assert upgrade_schema(engine) == ("0009", head_revision())
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT timezone, transient_bounces FROM subscribers")).one() == (None, 0)
+        assert conn.execute(sa.text("SELECT count(*) FROM deliveries WHERE due_at IS NULL")).scalar() == 1
+    engine.dispose()

@@ -138,6 +138,10 @@ class Subscriber(Base):
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     confirm_regions: Mapped[str | None] = mapped_column(String(200), nullable=True)
     confirm_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # An IANA zone name; NULL: the first region's main zone, then NEWSLETTER_TIMEZONE.
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Temporary delivery failures reported in a row across editions (worker/bounces).
+    transient_bounces: Mapped[int] = mapped_column(default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="status"),
@@ -268,6 +272,8 @@ class Delivery(Base):
     message_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Not handed out before this (the send time in the reader's zone); NULL: at once.
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id", name="uq_deliveries_edition_subscriber"),
@@ -280,6 +286,39 @@ class Delivery(Base):
             name="state",
         ),
     )
+
+
+class BounceKind(StrEnum):
+    PERMANENT = "permanent"   # the mailbox does not exist or refuses for good
+    TRANSIENT = "transient"   # full mailbox, greylisting that gave up, ...
+    COMPLAINT = "complaint"   # the reader marked it as spam (feedback loop)
+
+
+class BounceEvent(Base):
+    """A report heard after the relay accepted a message: a DSN, an ARF complaint or a
+    provider's event. Unique by fingerprint, so the same report twice changes nothing."""
+
+    __tablename__ = "bounce_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    # 'dsn', 'arf', 'ses', 'json'
+    source: Mapped[str] = mapped_column(String(16))
+    delivery_id: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("deliveries.id", ondelete="SET NULL"), nullable=True)
+    edition_id: Mapped[int | None] = mapped_column(
+        ForeignKey("editions.id", ondelete="CASCADE"), nullable=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=True)
+    recipient: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    # The enhanced status code ("5.1.1") when the report has one.
+    code: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    diagnostic: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_bounce_events_edition_id", "edition_id", "kind"),)
 
 
 class Worker(Base):
