@@ -70,7 +70,9 @@ def test_ledger_rows_by_state_are_counted_when_scraped(sample_engine, settings):
     # Every state is there, zeros included, so a series never vanishes mid-edition.
     assert set(rows) == {s.value for s in DeliveryState}
     assert {k: v for k, v in rows.items() if v} == counts and sum(rows.values()) > 0
-    assert _rows(first, "weekly-2025-W04") == {}  # finished a month ago: not a live series any more
+    # Finished a month ago, but among the editions created last: its final counts stay visible
+    # (test_metrics_state.py holds the bound).
+    assert sum(_rows(first, "weekly-2025-W04").values()) > 0
 
     # Read at each scrape, not cached: rows that move are seen moving.
     with session_scope(sample_engine) as session:

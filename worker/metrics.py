@@ -15,11 +15,30 @@ Exposed (prometheus-client), name {labels}: what.
   MAIL FROM to the final reply.
 - newsletter_smtp_connections_opened_total: SMTP connections opened (secured, authenticated).
 - newsletter_variants_inlined_total {inliner}: region sets rendered and CSS-inlined.
-- newsletter_ledger_rows {edition, state} (gauge): ledger rows, read from the database at
-  scrape time (the web app); newsletter_ledger_up: 1 if that read worked.
+
+Read from the database at each scrape, by the web app (gauges; `LedgerCollector`). Editions
+listed: the 20 created last plus every one not finished (sending, paused, held), so a scrape
+costs the same in year five as in week one:
+
+- newsletter_ledger_rows {edition, state}: ledger rows of each listed edition, every state,
+  zeros included.
+- newsletter_deliveries {state}: the same rows summed over the listed editions.
+- newsletter_editions {state}: every edition by state (one row per send: a small table).
+- newsletter_editions_held: editions waiting for approve or discard;
+  newsletter_edition_held {edition}: 1 for each of them, labelled with its key.
+- newsletter_source_consecutive_failures {source}: failed polls in a row, per source id
+  (`newsletter sources list` maps ids to URLs; a URL may carry credentials and is no label).
+- newsletter_source_last_success_timestamp_seconds {source}: Unix time of the source's last
+  successful poll, 0 if it never had one (so `time() - x` alerts on it too).
+- newsletter_late_bounces {edition, kind}: bounce reports heard after the relay accepted the
+  message (the `bounce_events` table), per listed edition and kind (permanent, transient,
+  complaint, other).
+- newsletter_ledger_up: 1 if the ledger and editions could be read at this scrape;
+  newsletter_sources_up, newsletter_bounces_up: the same for sources and bounce reports (each
+  read on its own, so one failing leaves the others).
 
 Where: a `celery worker` serves the sum over its pool processes on
-NEWSLETTER_METRICS_PORT (`serve_worker`); the web app serves the ledger gauge at the
+NEWSLETTER_METRICS_PORT (`serve_worker`); the web app serves the database's gauges at the
 operator-only `/metrics` (`LedgerCollector`). Anything else (tests, `send --inline`,
 previews) counts in memory, in this process, readable with `sample()`.
 """
@@ -34,17 +53,16 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.store.models import Delivery, DeliveryState, Edition, EditionState
+from worker.store.models import BounceEvent, BounceKind, Delivery, DeliveryState, Edition, EditionState, Source
 
 log = logging.getLogger(__name__)
 
@@ -254,51 +272,136 @@ def stop_worker() -> None:
     _exporter.directory, _exporter.owns_directory = None, False
 
 
-# The ledger, read at scrape time.
+# The ledger, editions, sources and late bounces, read at scrape time.
+
+# Editions listed per scrape besides the unfinished ones, and sources at most: a bound on
+# series and on the work of one scrape.
+RECENT_EDITIONS = 20
+MAX_SOURCES = 500
+_UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
+_BOUNCE_KINDS = frozenset(kind.value for kind in BounceKind)
+# Edition keys are ours (weekly-…, manual-…, -force-N), but a label is bounded whatever it holds.
+MAX_LABEL = 120
+
 
 class LedgerCollector(Collector):
-    """newsletter_ledger_rows{edition, state}: rows of each edition in flight (sending or
-    paused) or created in the last `recent` (so last week's final counts stay visible
-    until the next one), every state present, zeros included, so no series vanishes.
+    """The gauges the database holds (listed in the module docstring), at each scrape.
 
-    One grouped query over those editions' rows (the edition_id index), at each scrape.
+    A handful of small queries: editions by state (a small table), the listed editions'
+    rows by state through the edition_id index, sources, and bounce reports of the
+    listed editions. Sources and bounces are read separately from the ledger: a table
+    that cannot be read is its `_up` gauge at 0, not a failed scrape.
     """
 
-    def __init__(self, engine: Engine, *, recent: timedelta = timedelta(days=8)) -> None:
+    def __init__(self, engine: Engine, *, recent: int = RECENT_EDITIONS) -> None:
         self._engine = engine
         self._recent = recent
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
-        yield from self._families()
+        return iter(())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        rows, up = self._families()
+        yield from self._ledger()
+        yield from self._sources()
+
+    def _ledger(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("newsletter_ledger_up", "1 if the ledger could be read at this scrape.")
         try:
-            counts = self._counts()
+            with self._engine.connect() as conn:
+                by_state = dict(conn.execute(select(Edition.state, func.count()).group_by(Edition.state)).all())
+                shown = self._listed(conn)
+                listed = {edition_id: row.key for edition_id, row in shown.items()}
+                counts = self._counts(conn, listed)
         except SQLAlchemyError as exc:
             log.warning("metrics: cannot read the ledger: %s", type(exc).__name__)
             up.add_metric([], 0)
             yield up
             return
-        for edition in sorted({key for key, _state in counts}):
+        rows = GaugeMetricFamily("newsletter_ledger_rows", f"Ledger rows by state, of the {self._recent} editions "
+                                 "created last and every unfinished one.", labels=["edition", "state"])
+        totals = GaugeMetricFamily("newsletter_deliveries", "Ledger rows by state, summed over the editions "
+                                   "in newsletter_ledger_rows.", labels=["state"])
+        editions = GaugeMetricFamily("newsletter_editions", "Editions by state.", labels=["state"])
+        held = GaugeMetricFamily("newsletter_editions_held", "Editions held for an operator's approve or discard.")
+        each_held = GaugeMetricFamily("newsletter_edition_held", "1 for each held edition.", labels=["edition"])
+        for key in sorted(listed.values()):
             for state in DeliveryState:
-                rows.add_metric([edition, state.value], counts.get((edition, state.value), 0))
+                rows.add_metric([_label(key), state.value], counts.get((key, state.value), 0))
+        for state in DeliveryState:
+            totals.add_metric([state.value], sum(n for (_key, s), n in counts.items() if s == state.value))
+        for state in EditionState:
+            editions.add_metric([state.value], by_state.get(state.value, 0))
+        held.add_metric([], by_state.get(EditionState.HELD.value, 0))
+        for key in sorted(row.key for row in shown.values() if row.state == EditionState.HELD.value):
+            each_held.add_metric([_label(key)], 1)
         up.add_metric([], 1)
-        yield rows
-        yield up
+        yield from (rows, totals, editions, held, each_held, up)
+        yield from self._bounces(listed)
 
-    def _counts(self) -> dict[tuple[str, str], int]:
-        live = (EditionState.SENDING.value, EditionState.PAUSED.value)
-        since = datetime.now(UTC) - self._recent
-        query = (select(Edition.key, Delivery.state, func.count())
-                 .join(Delivery, Delivery.edition_id == Edition.id)
-                 .where(or_(Edition.state.in_(live), Edition.created_at >= since))
-                 .group_by(Edition.key, Delivery.state))
-        with self._engine.connect() as conn:
-            return {(key, state): count for key, state, count in conn.execute(query)}
+    def _listed(self, conn) -> dict:
+        """id -> (id, key, state) of the editions shown: the recent ones and every unfinished one."""
+        recent = conn.execute(select(Edition.id, Edition.key, Edition.state)
+                              .order_by(Edition.created_at.desc(), Edition.id.desc()).limit(self._recent)).all()
+        unfinished = conn.execute(select(Edition.id, Edition.key, Edition.state)
+                                  .where(Edition.state.in_(_UNFINISHED))).all()
+        return {row.id: row for row in [*recent, *unfinished]}
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        return (GaugeMetricFamily("newsletter_ledger_rows", "Ledger rows by state, of editions in flight "
-                                  "or recent.", labels=["edition", "state"]),
-                GaugeMetricFamily("newsletter_ledger_up", "1 if the ledger could be read at this scrape."))
+    def _counts(conn, listed: dict[int, str]) -> dict[tuple[str, str], int]:
+        if not listed:
+            return {}
+        query = (select(Delivery.edition_id, Delivery.state, func.count())
+                 .where(Delivery.edition_id.in_(list(listed)))
+                 .group_by(Delivery.edition_id, Delivery.state))
+        return {(listed[edition_id], state): count for edition_id, state, count in conn.execute(query)}
+
+    def _bounces(self, listed: dict[int, str]) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("newsletter_bounces_up", "1 if bounce reports could be read at this scrape.")
+        late = GaugeMetricFamily("newsletter_late_bounces", "Bounce reports and complaints heard after the relay "
+                                 "accepted the message, by edition and kind.", labels=["edition", "kind"])
+        found: dict[tuple[str, str], int] = {}
+        try:
+            if listed:
+                with self._engine.connect() as conn:
+                    for edition_id, kind, count in conn.execute(
+                            select(BounceEvent.edition_id, BounceEvent.kind, func.count())
+                            .where(BounceEvent.edition_id.in_(list(listed)))
+                            .group_by(BounceEvent.edition_id, BounceEvent.kind)):
+                        # The kinds are the bounces code's; anything else is counted, not trusted as a label.
+                        label = (listed[edition_id], kind if kind in _BOUNCE_KINDS else "other")
+                        found[label] = found.get(label, 0) + count
+        except SQLAlchemyError as exc:
+            log.warning("metrics: cannot read bounce reports: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        for (key, kind), count in sorted(found.items()):
+            late.add_metric([_label(key), kind], count)
+        up.add_metric([], 1)
+        yield late
+        yield up
+
+    def _sources(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("newsletter_sources_up", "1 if the sources could be read at this scrape.")
+        try:
+            with self._engine.connect() as conn:
+                sources = conn.execute(select(Source.id, Source.consecutive_failures, Source.last_success_at)
+                                       .order_by(Source.id).limit(MAX_SOURCES)).all()
+        except SQLAlchemyError as exc:
+            log.warning("metrics: cannot read the sources: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        failures = GaugeMetricFamily("newsletter_source_consecutive_failures", "Failed polls in a row, by source "
+                                     "id (`newsletter sources list`).", labels=["source"])
+        success = GaugeMetricFamily("newsletter_source_last_success_timestamp_seconds", "Unix time of the last "
+                                    "successful poll, by source id; 0 if none yet.", labels=["source"])
+        for source_id, failed, last_success in sources:
+            failures.add_metric([str(source_id)], failed or 0)
+            success.add_metric([str(source_id)], last_success.timestamp() if last_success else 0)
+        up.add_metric([], 1)
+        yield from (failures, success, up)
+
+
+def _label(text: str) -> str:
+    return text[:MAX_LABEL]
