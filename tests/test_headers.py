@@ -112,26 +112,33 @@ def test_an_encoded_word_in_the_subject_is_written_as_text(injection, reference)
 
 
 @pytest.mark.parametrize("reference", [False, True], ids=["skeleton", "reference"])
-def test_region_and_newsletter_names_from_config_reach_the_subject_as_text(engine, settings, tmp_path, reference):
+def test_a_story_title_reaches_the_subject_as_text(engine, settings, tmp_path, reference):
+    import json
+
     from worker.digest import select_sections, week_window
     from worker.digest.queries import fetch_window_stories
+    from worker.ingest import import_sources
     from worker.render.digest import render_variant
     from worker.store.db import session_scope
 
-    load_stories(engine, tmp_path)
     evil = INJECTIONS[0]
-    settings = settings.model_copy(update={"region_names": {"RU": evil}, "newsletter_name": INJECTIONS[5]})
+    path = tmp_path / "evil.json"
+    path.write_text(json.dumps([{"id": "evil", "url": "https://evil.example/a", "regions": ["RU"],
+                                 "title": f"{evil} {INJECTIONS[5]}", "summary": "s",
+                                 "published_at": "2025-01-31T23:00:00Z", "source": "wire"}]))
+    assert import_sources(engine, [str(path)]).added == 1
     window = week_window("2025-W05", settings.tz)
     with session_scope(engine) as session:
-        stories = fetch_window_stories(session, window, ("RU", "UA"))
-    variant = render_variant(selection=select_sections(stories, ("RU", "UA"), per_region=5), window=window,
+        stories = fetch_window_stories(session, window, ("RU",))
+    variant = render_variant(selection=select_sections(stories, ("RU",), per_region=5), window=window,
                              edition_key="weekly-2025-W05", settings=settings)
     composed = compose(variant, Addressee("anna@example.org", "Anna", 1), settings=settings, secret="k",
                        now=NOW, reference=reference)
     assert b"Bcc" not in _head(composed.data)
     msg = _parse(composed.data)
     assert list(msg.keys()) == list(DIGEST_FIELDS)
-    assert _shown_subject(composed.data).startswith(f"{INJECTIONS[5]}: {evil}, Ukraine")
+    assert _shown_subject(composed.data) == variant.subject
+    assert variant.subject.startswith(evil) and len(variant.subject) <= 70
 
 
 ENCODED_FRAGMENT = st.builds(

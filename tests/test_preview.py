@@ -29,7 +29,7 @@ def test_preview_writes_three_files_and_sends_nothing(loaded, tmp_path):
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0] == ("2025-W05: RU UA, 6 stories, subject: "
-                        "Melange News Weekly: Russian Federation, Ukraine, 27 Jan – 2 Feb 2025")
+                        "Drone Swarm Breaches Russian Air Defense, Sparks Refinery Explosion")
     assert lines[1:4] == [str(tmp_path / "p" / f"digest.{ext}") for ext in ("html", "txt", "eml")]
     assert lines[4].startswith("HTML size: ") and lines[4].endswith("KB of the 102 KB at which Gmail clips")
     msg = BytesParser(policy=policy.default).parsebytes((tmp_path / "p" / "digest.eml").read_bytes())

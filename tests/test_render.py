@@ -77,10 +77,11 @@ def test_every_template_in_the_folder_is_rendered_by_the_test_above():
     ]
 
 
-def test_the_subject_is_one_line_with_regions_and_dates(sample_engine, settings):
+def test_the_subject_is_the_top_story_of_the_first_region_without_the_brand(sample_engine, settings):
     variant = _variant(sample_engine, settings)
-    assert variant.subject == "Melange News Weekly: Russian Federation, Ukraine, 27 Jan – 2 Feb 2025"
-    assert "\n" not in variant.subject
+    assert variant.subject == "Drone Swarm Breaches Russian Air Defense, Sparks Refinery Explosion"
+    assert _variant(sample_engine, settings, regions=("UA", "RU")).subject == \
+        "Ukrainian Grid Operator Lifts Scheduled Outages as Temperatures Rise"
 
 
 def test_golden_text_part(sample_engine, settings):

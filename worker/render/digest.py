@@ -19,11 +19,13 @@ from worker.render.env import get_template
 from worker.render.inline import inline_css
 from worker.render.personalise import leave_key, new_nonce, tokens
 from worker.settings import Settings
-from worker.text import contains_control
+from worker.text import contains_control, single_line
 
 # Gmail clips messages whose HTML is larger than about 102 KB.
 GMAIL_CLIP_BYTES = 102 * 1024
 TEMPLATE = "weekly_digest"
+# Mail clients show about this much of a subject in a list; the brand is in From.
+SUBJECT_MAX = 70
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,7 @@ def render_variant(
     context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings,
                             nonce=nonce)
     folder = settings.templates_dir
-    subject = check_header_text("subject", get_template(folder, f"{TEMPLATE}/subject.txt").render(context).strip())
-    subject = " ".join(subject.split())
+    subject = check_header_text("subject", headline(get_template(folder, f"{TEMPLATE}/subject.txt").render(context)))
     html = get_template(folder, f"{TEMPLATE}/body.html").render(context)
     text = get_template(folder, f"{TEMPLATE}/body.txt").render(context)
     return RenderedVariant(
@@ -125,8 +126,22 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         "story_count": selection.story_count,
         "sections": sections,
         "preheader": _preheader(titles),
+        # The subject's: the first story of the reader's first region.
+        "top_story": sections[0]["stories"][0] if sections else {"title": ""},
         "personal": personal,
     }
+
+
+def headline(text: str, limit: int = SUBJECT_MAX) -> str:
+    """`text` on one line, cut at a word boundary with an ellipsis to at most `limit`
+    characters. A title is data: a control character in it becomes a space."""
+    text = single_line(text)
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    if text[limit - 1] != " " and " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return (cut.rstrip(" ,;:.-–—") or text[:limit - 1]) + "…"
 
 
 def _as_block(summary_html: str) -> str:

@@ -63,19 +63,18 @@ def encoded_words(text: str) -> list[str]:
 
 
 def _text_tokens(text: str) -> list[str]:
-    """Words as they are where they can be; each run of the others (with the spaces inside
-    it: a reader drops white space between encoded-words) as encoded-words."""
-    tokens: list[str] = []
-    run: list[str] = []
-    for word in text.split():
-        if _literal(word) and len(word) < 900:
-            if run:
-                tokens += encoded_words(" ".join(run))
-                run = []
-            tokens.append(word)
-        else:
-            run.append(word)
-    return tokens + encoded_words(" ".join(run)) if run else tokens
+    """Words as they are when every word can be; otherwise the whole text as encoded-words.
+
+    A mix of plain words and encoded-words decodes differently from one reader to the
+    next once the line is folded next to an encoded-word: the folding white space between
+    a word and an encoded-word is kept by some ("Jan  –") and dropped by others
+    ("Jan–"). White space between two encoded-words is dropped by all of them, and the
+    spaces of the text then travel inside the encoded-words, so the text decodes the same
+    everywhere, wherever it is folded."""
+    words = text.split()
+    if all(_literal(word) and len(word) < 900 for word in words):
+        return words
+    return encoded_words(" ".join(words))
 
 
 def _phrase_tokens(name: str) -> list[str]:
