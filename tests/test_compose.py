@@ -587,3 +587,51 @@ def test_postgres_healthcheck_waits_for_tcp_not_the_init_servers_socket():
         if proc is not None:
             _stop(proc, signal.SIGINT)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- liveness healthchecks and the optional Flower ------------------------------------------------
+
+
+def test_worker_and_beat_healthchecks_run_the_health_commands():
+    services = _compose()["services"]
+    for name in ("worker", "beat"):
+        check = services[name]["healthcheck"]
+        assert check["test"][0] == "CMD", name
+        args = check["test"][1:]
+        assert args[:3] == ["newsletter", "health", name], name
+        _resolve_newsletter(args[1:])
+        assert check["start_period"] and check["retries"] >= 2, name
+    # beat's check reads the schedule file beat writes beside.
+    beat = services["beat"]
+    check = beat["healthcheck"]["test"]
+    assert check[check.index("--schedule") + 1] == beat["command"][beat["command"].index("--schedule") + 1]
+
+
+def _sh_command(service: dict) -> str:
+    args = service["command"]
+    assert args[:2] == ["sh", "-c"]
+    return args[2].replace("$$", "$")  # compose's escape for a literal $
+
+
+def test_flower_is_optional_on_loopback_and_needs_a_password():
+    services = _compose()["services"]
+    flower = services["flower"]
+    # A service with a profile is started only when the profile is asked for; every other one
+    # has none, so a plain `docker compose up` starts no Flower.
+    assert flower["profiles"] == ["flower"]
+    assert [name for name, s in services.items() if "profiles" in s] == ["flower"]
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert flower["environment"]["CELERY_BROKER_URL"] == services["worker"]["environment"]["NEWSLETTER_BROKER_URL"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    assert flower["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    script = _sh_command(flower)
+    assert script.endswith("exec celery flower --address=0.0.0.0 --port=5555")
+    # Without a password the container stops with the reason instead of serving Flower open.
+    refused = subprocess.run(["sh", "-c", script.replace("exec celery", "exec echo celery")],
+                             env={"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": ""},
+                             capture_output=True, text=True, timeout=10)
+    assert refused.returncode == 2 and "set FLOWER_BASIC_AUTH=user:password" in refused.stderr
+    allowed = subprocess.run(["sh", "-c", script.replace("exec celery", "exec echo celery")],
+                             env={"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": "ops:long-password"},
+                             capture_output=True, text=True, timeout=10)
+    assert allowed.returncode == 0 and allowed.stdout.startswith("celery flower")

@@ -10,6 +10,7 @@ from celery.beat import PersistentScheduler
 from celery.schedules import crontab
 from kombu import Queue
 
+from worker.health import touch_beat
 from worker.settings import Settings, load_settings
 
 SEND_QUEUE = "send"
@@ -18,11 +19,19 @@ BEAT_SCHEDULE_FILE = Path("var") / "celerybeat-schedule"
 
 
 class Scheduler(PersistentScheduler):
-    """Celery's file-backed scheduler, creating the file's folder first."""
+    """Celery's file-backed scheduler, creating the file's folder first, and saying it is
+    alive (worker/health.py) each time it hands a task to the broker."""
 
     def setup_schedule(self):
         Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
         super().setup_schedule()
+
+    def apply_async(self, entry, producer=None, advance=True, **kwargs):
+        result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        # Reached only once the broker took the message: `newsletter health beat` reads this.
+        touch_beat(self.schedule_filename)
+        return result
+
 
 DAY_NUMBERS = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
 
