@@ -27,10 +27,13 @@ from worker.render.personalise import PersonalDigest
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 # The headers RFC 8058 and the bulk-sender rules need covered by the signature;
-# dkimpy's default list leaves out List-Unsubscribe-Post.
+# dkimpy's default list leaves out List-Unsubscribe-Post. A name listed twice is
+# oversigned (RFC 6376 5.4.2): it also signs the absence of a second such field, so a
+# From, Subject or List-Unsubscribe added in transit breaks the signature.
+OVERSIGNED = [b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post"]
 DKIM_HEADERS = [
-    b"from", b"to", b"subject", b"date", b"message-id", b"list-id",
-    b"list-unsubscribe", b"list-unsubscribe-post", b"mime-version", b"content-type",
+    *OVERSIGNED, *OVERSIGNED,
+    b"to", b"date", b"message-id", b"list-id", b"mime-version", b"content-type",
 ]
 
 
