@@ -69,6 +69,51 @@ def test_a_small_fifo_is_read_whole(tmp_path):
     assert read_source(str(fifo)) == b"[]"
 
 
+def test_a_fifo_nobody_writes_to_is_refused_after_the_read_timeout(tmp_path):
+    # open() of a FIFO blocks until a writer comes; this one never does.
+    fifo = tmp_path / "silent.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match=r"^no data from the file for 0.5 s$"):
+        read_source(str(fifo), timeout=0.5, deadline=30)
+
+
+@pytest.mark.slow
+def test_a_fifo_nobody_writes_to_is_refused_at_the_default_read_timeout(tmp_path):
+    fifo = tmp_path / "silent.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match=rf"^no data from the file for {FETCH_TIMEOUT:g} s$"):
+        read_source(str(fifo))
+
+
+def test_a_fifo_dripping_bytes_is_cut_off_by_the_deadline(tmp_path):
+    fifo = tmp_path / "drip.fifo"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def writer():
+        with open(fifo, "wb", buffering=0) as pipe:
+            try:
+                while not stop.is_set():
+                    pipe.write(b" ")
+                    stop.wait(0.05)
+            except BrokenPipeError:
+                pass
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SourceError, match=r"^file not read whole within 1 s$"):
+            read_source(str(fifo), timeout=0.5, deadline=1)
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_a_directory_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(SourceError, match=r"^cannot read file: Is a directory$"):
+        read_source(str(tmp_path))
+
+
 @pytest.mark.slow
 def test_a_server_dripping_bytes_is_cut_off_by_the_overall_deadline():
     server, served = serve()

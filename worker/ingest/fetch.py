@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import select
+import time
 from dataclasses import dataclass
 from email.utils import formatdate
 
 import httpcore
 import httpx
 
-from worker.ingest.network import DeadlinePassed, GuardedTransport, RefusedAddress
+from worker.ingest.network import DeadlinePassed, GuardedTransport, RefusedAddress, ResolveTimeout
 
 # A week of a busy site's feed is well under 1 MB; 10 MB leaves room and still
 # stops a runaway or hostile response before it eats memory.
@@ -84,10 +86,12 @@ def fetch_source(
                           deadline=deadline, conditional=conditional)
     if len(scheme) > 1:
         raise SourceError(f"unsupported URL scheme {scheme!r}: only http(s) URLs and file paths")
-    return _read_file_if_changed(source, max_bytes=max_bytes, last_modified=last_modified)
+    return _read_file_if_changed(source, max_bytes=max_bytes, last_modified=last_modified, timeout=timeout,
+                                 deadline=deadline)
 
 
-def _read_file_if_changed(path: str, *, max_bytes: int, last_modified: str | None) -> Fetched:
+def _read_file_if_changed(path: str, *, max_bytes: int, last_modified: str | None, timeout: float,
+                          deadline: float) -> Fetched:
     # A file's validator is its modification time and size: a stat instead of a read.
     try:
         stat = os.stat(path)
@@ -96,7 +100,7 @@ def _read_file_if_changed(path: str, *, max_bytes: int, last_modified: str | Non
         stamp = None  # _read_file says why
     if stamp is not None and stamp == last_modified:
         return Fetched(None, None, stamp)
-    return Fetched(_read_file(path, max_bytes=max_bytes), None, stamp)
+    return Fetched(_read_file(path, max_bytes=max_bytes, timeout=timeout, deadline=deadline), None, stamp)
 
 
 def _scheme(text: str) -> str:
@@ -104,19 +108,49 @@ def _scheme(text: str) -> str:
     return match[1].lower() if match else ""
 
 
-def _read_file(path: str, *, max_bytes: int) -> bytes:
+def _read_file(path: str, *, max_bytes: int, timeout: float, deadline: float) -> bytes:
     # Not stat(): it says 0 bytes for /dev/zero, a FIFO or a /proc file. One byte past
-    # the cap is enough to know it is over.
+    # the cap is enough to know it is over. Non-blocking, waiting in poll(): a FIFO that
+    # nobody writes to would block open() itself, and a slow writer each read, holding an
+    # import, or the reconcile tick's poll of a source, for ever. The bounds are a URL's.
     try:
-        with open(path, "rb") as file:
-            data = file.read(max_bytes + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise SourceError(f"cannot read file: {exc.strerror or exc}") from None
     except ValueError as exc:  # a NUL in the path
         raise SourceError(f"cannot read file: {exc}") from None
-    if len(data) > max_bytes:
-        raise SourceError(f"file is over the {max_bytes} byte limit")
-    return data
+    try:
+        return _read_fd(fd, max_bytes=max_bytes, timeout=timeout, deadline=deadline)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, *, max_bytes: int, timeout: float, deadline: float) -> bytes:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    end = time.monotonic() + deadline
+    chunks: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise SourceError(f"file not read whole within {deadline:g} s")
+        wait = min(timeout, left)
+        if not poller.poll(wait * 1000):
+            if wait < timeout:
+                raise SourceError(f"file not read whole within {deadline:g} s")
+            raise SourceError(f"no data from the file for {timeout:g} s")
+        try:
+            chunk = os.read(fd, min(1 << 16, max_bytes + 1 - size))
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise SourceError(f"cannot read file: {exc.strerror or exc}") from None
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    raise SourceError(f"file is over the {max_bytes} byte limit")
 
 
 def _fetch_url(url: str, *, allow_private: bool, max_bytes: int, timeout: float, deadline: float,
@@ -145,6 +179,8 @@ def _fetch_url(url: str, *, allow_private: bool, max_bytes: int, timeout: float,
                     response.close()
         except (RefusedAddress, DeadlinePassed) as exc:
             raise SourceError(str(exc)) from None
+        except ResolveTimeout as exc:
+            raise SourceError(f"fetch failed: {exc}") from None
         except httpcore.TimeoutException:
             raise SourceError(f"no data for {timeout:g} s") from None
         except (httpx.HTTPError, httpx.InvalidURL, ValueError,  # a redirect's Location may be any of these

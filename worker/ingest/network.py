@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -28,6 +29,10 @@ class RefusedAddress(Exception):
 
 class DeadlinePassed(Exception):
     """The fetch as a whole, redirects included, took longer than allowed."""
+
+
+class ResolveTimeout(httpcore.ConnectTimeout):
+    """No DNS answer within the read timeout."""
 
 
 def is_public(address: str) -> bool:
@@ -89,10 +94,7 @@ class GuardedBackend(httpcore.SyncBackend):
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None, socket_options: Any = None) -> httpcore.NetworkStream:
-        try:
-            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as exc:  # UnicodeError: the idna codec's, for an empty or long label
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+        found = self._deadline.run(timeout, lambda t: _resolve(host, port, t))
         addresses = list(dict.fromkeys(info[4][0] for info in found))
         if not self._allow_private:
             # One inward answer refuses the name: a name pointing both out and in is a rebinding setup.
@@ -114,6 +116,28 @@ class GuardedBackend(httpcore.SyncBackend):
                 continue
             return _Stream(stream, self._deadline)
         raise error
+
+
+def _resolve(host: str, port: int, timeout: float) -> list:
+    """getaddrinfo, given up after `timeout`. The C resolver has no timeout of its own to
+    pass; resolv.conf's can add up to minutes. A lookup given up on goes on in its daemon
+    thread until the resolver ends it, and its answer is dropped."""
+    answer: list = []
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as exc:  # UnicodeError: the idna codec's, for an empty or long label
+            answer.append(exc)
+
+    thread = threading.Thread(target=lookup, name="resolve", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not answer:
+        raise ResolveTimeout(f"cannot resolve {host}: no answer within {timeout:g} s")
+    if isinstance(answer[0], Exception):
+        raise httpcore.ConnectError(f"cannot resolve {host}: {answer[0]}")
+    return answer[0]
 
 
 class _Body(httpx.SyncByteStream):
