@@ -5,12 +5,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from sqlalchemy import select
 
 from tests.support.data import add_subscribers, load_stories
 from worker.celery_app import create_app
 from worker.delivery.plan import find_edition
 from worker.delivery.schedule import ensure_weekly_edition, latest_slot, reconcile, week_for_slot
 from worker.settings import Settings
+from worker.store.db import session_scope
+from worker.store.models import Delivery
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -98,15 +101,25 @@ def test_beat_back_within_the_catch_up_window_sends_and_after_it_skips(engine, t
 
 def test_reconcile_plans_the_due_week_and_hands_out_its_rows(engine, tmp_path):
     load_stories(engine, tmp_path)
-    add_subscribers(engine, 10)
+    readers = add_subscribers(engine, 10)
     settings = _settings(batch_size=4)
     published = []
     now = datetime(2025, 2, 3, 6, 1, tzinfo=UTC)
     result = reconcile(engine, settings, lambda e, ids: published.append(ids), now)
     assert result.due.action == "planned"
-    assert sum(len(b) for b in published) == 10 - 1  # JP is skipped at planning
-    assert [len(b) for b in published] == [4, 4, 1]
+    # JP is skipped at planning; the US reader waits for 07:00 in New York (12:00 UTC).
+    assert sum(len(b) for b in published) == 10 - 2
+    assert [len(b) for b in published] == [4, 4]
     again = reconcile(engine, settings, lambda e, ids: published.append(ids), now + timedelta(minutes=1))
     assert again.batches == 0  # handed out a minute ago and still in the broker
     later = reconcile(engine, settings, lambda e, ids: published.append(ids), now + timedelta(minutes=11))
-    assert later.batches == 3  # never picked up: handed out again (the claim dedupes)
+    assert later.batches == 2  # never picked up: handed out again (the claim dedupes)
+    published.clear()
+    assert reconcile(engine, settings, lambda e, ids: published.append(ids),
+                     datetime(2025, 2, 3, 11, 59, tzinfo=UTC)).batches == 2  # the same rows, not the US one
+    published.clear()
+    noon = reconcile(engine, settings, lambda e, ids: published.append(ids), datetime(2025, 2, 3, 12, 0, tzinfo=UTC))
+    us = next(reader for reader, _, regions in readers if regions == "US")
+    with session_scope(engine) as session:
+        row = session.scalar(select(Delivery.id).where(Delivery.subscriber_id == us))
+    assert noon.finished == [] and published == [[row]]

@@ -97,6 +97,11 @@ def _print_whereabouts(data: dict, *, tz: ZoneInfo | None, now: datetime | None)
         else:
             end = f"lease until {when(until)}"
         click.echo(f"  held by worker {lease['worker']} ({state}): {lease['rows']} rows{sending}; {end}")
+    hour = data.get("awaiting_hour") or {"rows": 0}
+    if hour["rows"]:
+        later = "" if hour["next_rows"] == hour["rows"] else f"; the last at {when(hour['last_due'])}"
+        click.echo(f"  {hour['rows']} rows wait for the send time in their reader's zone: the next "
+                   f"{hour['next_rows']} at {when(hour['next_due'])}{later}")
     waiting = data["awaiting_broker"]
     if waiting["rows"]:
         again = _between(waiting["redispatch_from"], waiting["redispatch_until"], tz=tz, now=now)

@@ -10,6 +10,7 @@ import click
 from sqlalchemy import func, select
 
 from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
+from worker.delivery.local_time import reader_zone
 from worker.errors import UsageError
 from worker.regions import region_name
 from worker.store.db import session_scope
@@ -25,7 +26,7 @@ def subscribers() -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @pass_ctx
 def import_(ctx: Context, file: Path) -> None:
-    """Import a CSV with header email,name,regions."""
+    """Import a CSV with header email,name,regions and optionally timezone."""
     from worker.ingest.subscribers import import_csv
 
     require_readable(file)
@@ -45,13 +46,16 @@ def import_(ctx: Context, file: Path) -> None:
 @click.option("--regions", required=True, help="Codes in order, e.g. RU,UA.")
 @click.option("--name", help="Name shown in the greeting and the To header.")
 @click.option("--resubscribe", is_flag=True, help="Reactivate an unsubscribed or bounced address.")
+@click.option("--timezone", help="IANA zone the weekly send time is read in, e.g. Europe/Berlin; "
+              "'' for the first region's zone. Not given: unchanged.")
 @pass_ctx
-def add(ctx: Context, email: str, regions: str, name: str | None, resubscribe: bool) -> None:
+def add(ctx: Context, email: str, regions: str, name: str | None, resubscribe: bool, timezone: str | None) -> None:
     """Add or update one subscriber."""
+    from worker.ingest.history import KEEP
     from worker.ingest.subscribers import InvalidSubscriber, add_subscriber, make_input
 
     try:
-        item = make_input(email, name, regions)
+        item = make_input(email, name, regions, KEEP if timezone is None else timezone)
     except InvalidSubscriber as exc:
         raise UsageError(str(exc)) from None
     outcome = add_subscriber(ctx.engine, item, resubscribe=resubscribe)
@@ -160,6 +164,10 @@ def show(ctx: Context, email: str, as_json: bool, limit: int) -> None:
     click.echo(f"  name:     {record['name'] or '-'}")
     click.echo(f"  status:   {status}")
     click.echo(f"  regions:  {' '.join(record['regions'])}")
+    zone = record["send_zone"]
+    click.echo(f"  zone:     {record['timezone'] or '-'}"
+               + ("" if zone["from"] == "own" else f" (sent by {zone['zone']}, the "
+                  + ("first region's zone)" if zone["from"] == "region" else "NEWSLETTER_TIMEZONE)")))
     click.echo(f"  added:    {_short(record['created_at'])}")
     confirmation = record["confirmation"]
     if confirmation:
@@ -214,6 +222,12 @@ def _record(ctx: Context, email: str, *, deliveries: int | None) -> dict:
     if record is None:
         click.echo(f"error: no subscriber {email.strip()!r}", err=True)
         raise click.exceptions.Exit(1)
+    with session_scope(ctx.engine) as session:
+        stored = session.scalar(select(Subscriber.timezone).where(Subscriber.email_key == key))
+    zone, source = reader_zone(stored, record["regions"], region_zones=ctx.settings.region_timezones,
+                               default=ctx.settings.timezone)
+    record["timezone"] = stored
+    record["send_zone"] = {"zone": zone, "from": source}
     return record
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from worker.delivery.ledger import has_open_rows
+from worker.delivery.local_time import LocalSend, due_times
 from worker.digest import Window
 from worker.digest.queries import fetch_window_stories
 from worker.errors import UsageError
@@ -32,13 +33,15 @@ def region_sets_with_stories(session, window: Window, region_sets: list[str]) ->
 
 
 def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: datetime,
-                 note: str | None = None, hold: str | None = None) -> Planned:
+                 note: str | None = None, hold: str | None = None, local: LocalSend | None = None) -> Planned:
     """Create the edition and its ledger rows in one transaction; idempotent by key.
 
     The recipient set is fixed here: every active subscriber gets a row with
     their region set as it is now. Rows for region sets without stories are
     `skipped` with reason `no-stories` straight away. With `hold` (the reasons), the
-    edition is planned `held`: nothing is handed out until approve_edition.
+    edition is planned `held`: nothing is handed out until approve_edition. With
+    `local`, each row is due at the send time in its reader's zone
+    (worker/delivery/local_time.py); without, every row is due at once.
     """
     try:
         with session_scope(engine) as session:
@@ -47,11 +50,12 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
                               state=(EditionState.HELD if hold else EditionState.SENDING).value, reason=hold)
             session.add(edition)
             session.flush()
+            due_at = due_times(session, local).column() if local else literal(None, D.c.due_at.type)
             # INSERT ... SELECT: a million subscribers never pass through Python.
             session.execute(insert(D).from_select(
-                ["edition_id", "subscriber_id", "regions", "state", "attempts", "updated_at"],
+                ["edition_id", "subscriber_id", "regions", "state", "attempts", "updated_at", "due_at"],
                 select(literal(edition.id), Subscriber.id, Subscriber.regions,
-                       literal(DeliveryState.PENDING.value), literal(0), literal(now, D.c.updated_at.type))
+                       literal(DeliveryState.PENDING.value), literal(0), literal(now, D.c.updated_at.type), due_at)
                 .where(Subscriber.status == SubscriberStatus.ACTIVE.value)
                 # Rows of one region set get neighbouring ids, so a batch mostly needs one variant.
                 .order_by(Subscriber.regions, Subscriber.id),

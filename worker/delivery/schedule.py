@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 
 from worker.delivery import ledger, liveness
 from worker.delivery.guard import check_week
+from worker.delivery.local_time import LocalSend, due_times
 from worker.delivery.plan import finish_if_done, plan_edition, record_skipped_edition
 from worker.digest import week_of, week_window, weekly_edition_key
 from worker.ingest.sources import PollResult, poll_all_sources, poll_due_sources
@@ -50,14 +51,45 @@ class Due:
     action: str  # 'planned', 'held', 'exists', 'skipped', 'skipped-before'
 
 
+def next_slot(slot: datetime) -> datetime:
+    """The weekly slot after `slot`: the same wall time a week later (whatever DST did)."""
+    return datetime.combine(slot.date() + timedelta(days=7), slot.time(), tzinfo=slot.tzinfo)
+
+
+def local_send(slot: datetime, settings: Settings) -> LocalSend:
+    return LocalSend.of(slot.date(), settings)
+
+
+def first_morning(engine: Engine, slot: datetime, settings: Settings, now: datetime) -> datetime | None:
+    """When the slot's edition must be planned, if that is at or before `now`: the send
+    time in the earliest zone a reader is in, which is the slot itself for readers in
+    NEWSLETTER_TIMEZONE and earlier for readers east of it. None while it is still ahead
+    (without reading the zones before the send time has come anywhere on Earth)."""
+    send = local_send(slot, settings)
+    if now < send.earliest_possible:
+        return None
+    with session_scope(engine) as session:
+        earliest = due_times(session, send).earliest
+    return earliest if now >= earliest else None
+
+
 def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> Due:
     """Create the edition for the latest slot if it is missing, or record it skipped
-    when the slot passed more than NEWSLETTER_CATCH_UP_HOURS ago."""
+    when the slot passed more than NEWSLETTER_CATCH_UP_HOURS ago.
+
+    The latest slot is the one whose first reader's morning has come: the next slot's
+    edition is planned as soon as the send time comes in the earliest zone a reader is
+    in (its rows for readers further west wait for their own hour), so a reader in
+    Auckland gets Monday's edition on Monday morning in Auckland.
+    """
     slot = latest_slot(now, settings)
+    upcoming = next_slot(slot)
+    if _edition_id(engine, weekly_edition_key(week_for_slot(upcoming, settings))) is not None \
+            or first_morning(engine, upcoming, settings, now) is not None:
+        slot = upcoming
     week = week_for_slot(slot, settings)
     key = weekly_edition_key(week)
-    with session_scope(engine) as session:
-        existing = session.scalar(select(Edition.id).where(Edition.key == key))
+    existing = _edition_id(engine, key)
     if existing is not None:
         return Due(key, week, slot, existing, "exists")
     window = week_window(week, settings.tz)
@@ -72,11 +104,17 @@ def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> 
     # One last look at every feed, so the edition has the stories of the week's last hours.
     _log_polls(poll_all_sources(engine, settings, now))
     hold = check_week(engine, settings, window).hold
-    planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now, hold=hold)
+    planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now, hold=hold,
+                           local=local_send(slot, settings))
     if hold and planned.created:
         log.warning("%s held: %s", key, hold)
     return Due(key, week, slot, planned.edition_id,
                ("held" if hold else "planned") if planned.created else "exists")
+
+
+def _edition_id(engine: Engine, key: str) -> int | None:
+    with session_scope(engine) as session:
+        return session.scalar(select(Edition.id).where(Edition.key == key))
 
 
 @dataclass

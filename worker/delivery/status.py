@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, func, or_, select
 
+from worker.delivery.ledger.rows import waiting
 from worker.delivery.liveness import alive
 from worker.store.db import session_scope
 from worker.store.models import Delivery, DeliveryState, Edition, Subscriber
@@ -69,13 +70,27 @@ def edition_whereabouts(engine: Engine, edition_id: int, *, now: datetime, redis
       in an SMTP transaction), whether that worker's heartbeat is fresh, and when its
       leases end;
     - `awaiting_broker`: due rows handed to the broker that no worker has taken yet,
-      and when the reconciler hands them out again (NEWSLETTER_REDISPATCH_SECONDS).
+      and when the reconciler hands them out again (NEWSLETTER_REDISPATCH_SECONDS);
+    - `awaiting_hour`: pending rows whose send time in their reader's zone has not come.
     """
     return {
         "failures": _failures(engine, edition_id),
         "leases": _leases(engine, edition_id, now=now, timeout=liveness_timeout),
         "awaiting_broker": _awaiting_broker(engine, edition_id, now=now, redispatch_after=redispatch_after),
+        "awaiting_hour": _awaiting_hour(engine, edition_id, now=now),
     }
+
+
+def _awaiting_hour(engine: Engine, edition_id: int, *, now: datetime) -> dict:
+    """Rows waiting for the send time in their reader's zone: how many, and the next group
+    to fall due (its instant and size) and the last."""
+    with session_scope(engine) as session:
+        n, last = session.execute(select(func.count(), func.max(D.c.due_at))
+                                  .where(D.c.edition_id == edition_id, waiting(now))).one()
+        nxt = session.execute(select(D.c.due_at, func.count()).where(D.c.edition_id == edition_id, waiting(now))
+                              .group_by(D.c.due_at).order_by(D.c.due_at).limit(1)).first()
+    return {"rows": n or 0, "next_due": _iso(nxt[0]) if nxt else None, "next_rows": nxt[1] if nxt else 0,
+            "last_due": _iso(last)}
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -7,6 +7,7 @@ import io
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Engine, select
@@ -15,6 +16,7 @@ from worker.errors import UsageError
 from worker.ingest.history import KEEP, apply_change
 from worker.ingest.history import record as record_event
 from worker.regions import RegionError, parse_regions
+from worker.zones import ZoneError, optional_zone
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
 from worker.text import contains_control
@@ -36,6 +38,8 @@ class SubscriberInput:
     email_key: str
     name: str | None
     regions: tuple[str, ...]
+    # An IANA name, None for the region's zone, or KEEP: not given, the stored one stays.
+    timezone: Any = KEEP
 
 
 @dataclass
@@ -87,9 +91,26 @@ def check_regions(raw: str | list[str]) -> tuple[str, ...]:
     return tuple(codes)
 
 
-def make_input(email: str, name: str | None, regions: str | list[str]) -> SubscriberInput:
+def check_timezone(raw: str | None) -> str | None:
+    """An IANA zone, stored as IANA spells it; empty is none (the region's zone)."""
+    try:
+        return optional_zone(raw)
+    except ZoneError as exc:
+        raise InvalidSubscriber(str(exc)) from None
+
+
+def make_input(email: str, name: str | None, regions: str | list[str], timezone: Any = KEEP) -> SubscriberInput:
     address, key = check_address(email)
-    return SubscriberInput(address, key, check_name(name), check_regions(regions))
+    zone = timezone if timezone is KEEP else check_timezone(timezone)
+    return SubscriberInput(address, key, check_name(name), check_regions(regions), zone)
+
+
+def _set_zone(row: Subscriber, item: SubscriberInput) -> bool:
+    """The zone as given (a CSV without the column, or a command without --timezone, keeps it)."""
+    if item.timezone is KEEP or item.timezone == row.timezone:
+        return False
+    row.timezone = item.timezone
+    return True
 
 
 def import_csv(engine: Engine, path: Path) -> SubscriberReport:
@@ -112,7 +133,8 @@ def import_csv(engine: Engine, path: Path) -> SubscriberReport:
             report.rejected.append((start, "too many fields (quote names that contain commas)"))
             continue
         try:
-            row = make_input(record.get("email") or "", record.get("name"), record.get("regions") or "")
+            row = make_input(record.get("email") or "", record.get("name"), record.get("regions") or "",
+                             record.get("timezone") or "" if "timezone" in header else KEEP)
         except InvalidSubscriber as exc:
             report.rejected.append((start, str(exc)))
             continue
@@ -142,11 +164,12 @@ def _upsert(engine: Engine, items: list[SubscriberInput], report: SubscriberRepo
             elif row.status == SubscriberStatus.PENDING:
                 # Signed up on the web and not confirmed: the operator's list says they agreed.
                 _confirm_by_operator(session, row, item, via=ChangeVia.IMPORT, at=now)
+                _set_zone(row, item)
                 report.updated += 1
             elif row.status != SubscriberStatus.ACTIVE:
                 report.suppressed += 1
-            elif _respell(row, item) | bool(apply_change(session, row, via=ChangeVia.IMPORT, at=now,
-                                                         regions=item.regions, name=item.name)):
+            elif _respell(row, item) | _set_zone(row, item) | bool(apply_change(
+                    session, row, via=ChangeVia.IMPORT, at=now, regions=item.regions, name=item.name)):
                 report.updated += 1
             else:
                 report.unchanged += 1
@@ -160,7 +183,7 @@ def _upsert(engine: Engine, items: list[SubscriberInput], report: SubscriberRepo
 def _new(item: SubscriberInput) -> Subscriber:
     return Subscriber(
         email=item.email, email_key=item.email_key, name=item.name, regions=" ".join(item.regions),
-        status=SubscriberStatus.ACTIVE.value,
+        status=SubscriberStatus.ACTIVE.value, timezone=None if item.timezone is KEEP else item.timezone,
     )
 
 
@@ -200,6 +223,7 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
         name = KEEP if item.name is None else item.name
         if row.status == SubscriberStatus.PENDING:
             _confirm_by_operator(session, row, item, via=ChangeVia.CLI, at=now)
+            _set_zone(row, item)
             return "updated"
         if row.status != SubscriberStatus.ACTIVE:
             if not resubscribe:
@@ -208,9 +232,10 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
                 )
             apply_change(session, row, via=ChangeVia.CLI, at=now, status=SubscriberStatus.ACTIVE,
                          regions=item.regions, name=name)
+            _set_zone(row, item)
             return "updated"
-        changed = _respell(row, item) | bool(apply_change(session, row, via=ChangeVia.CLI, at=now,
-                                                         regions=item.regions, name=name))
+        changed = _respell(row, item) | _set_zone(row, item) | bool(apply_change(
+            session, row, via=ChangeVia.CLI, at=now, regions=item.regions, name=name))
         return "updated" if changed else "unchanged"
 
 

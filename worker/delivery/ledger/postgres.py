@@ -26,7 +26,8 @@ from worker.delivery.ledger.rows import FAILED, PENDING, SENDING, D
 from worker.store.models import EditionState
 
 # The portable ledger's conditions (rows.due, rows.edition_sending), as this statement spells them.
-_DUE = f"(d.state = '{PENDING}' OR d.state = '{FAILED}' AND d.next_attempt_at <= %(now)s::timestamp)"
+_DUE = (f"(d.state = '{PENDING}' AND (d.due_at IS NULL OR d.due_at <= %(now)s::timestamp)"
+        f" OR d.state = '{FAILED}' AND d.next_attempt_at <= %(now)s::timestamp)")
 _EDITION_SENDING = f"(SELECT e.state FROM editions AS e WHERE e.id = d.edition_id) = '{EditionState.SENDING.value}'"
 
 # The results come as one JSON object keyed by delivery id, read per row: no join for

@@ -20,9 +20,16 @@ PENDING, SENDING, FAILED = DeliveryState.PENDING.value, DeliveryState.SENDING.va
 
 
 def due(now):
-    """Rows that may be sent now: pending, or failed with a retry time that has come.
-    `now` is a datetime or a bound parameter."""
-    return or_(D.c.state == PENDING, and_(D.c.state == FAILED, D.c.next_attempt_at <= now))
+    """Rows that may be sent now: pending whose hour has come (the send time in the
+    reader's zone; NULL is at once), or failed with a retry time that has come. A failed
+    row's hour came before its first attempt. `now` is a datetime or a bound parameter."""
+    return or_(and_(D.c.state == PENDING, or_(D.c.due_at.is_(None), D.c.due_at <= now)),
+               and_(D.c.state == FAILED, D.c.next_attempt_at <= now))
+
+
+def waiting(now):
+    """Pending rows whose hour has not come: open, but not handed out yet."""
+    return and_(D.c.state == PENDING, D.c.due_at > now)
 
 
 def edition_sending(edition_id=D.c.edition_id):
