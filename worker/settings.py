@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 from worker import PROJECT_ROOT
 from worker.errors import ConfigError
 from worker.text import contains_control
+from worker.zones import ZoneError, normalise_zone
 
 ENV_PREFIX = "NEWSLETTER_"
 DEFAULT_CONFIG = Path("config/newsletter.toml")
@@ -97,6 +98,9 @@ class Settings(BaseModel):
     unsubscribe_mailto: str = ""
     list_id: str = ""
     region_names: dict[str, str] = Field(default_factory=dict)
+    # A region's main zone where the tz tables' choice (worker/zones.py) is not this list's,
+    # e.g. {"US": "America/Los_Angeles"}: the send time of readers who gave no zone.
+    region_timezones: dict[str, str] = Field(default_factory=dict)
 
     # premailer, or css-inline (Rust, ~40x faster) for lists with very many region sets.
     css_inliner: Literal["premailer", "css-inline"] = "premailer"
@@ -322,6 +326,25 @@ class Settings(BaseModel):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @field_validator("region_timezones", mode="before")
+    @classmethod
+    def _region_timezones(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON object such as {"RU": "Europe/Moscow"}') from None
+        if not isinstance(value, dict):
+            return value
+        from worker.regions import RegionError, normalise_region  # as in _sources above
+        out = {}
+        for region, zone in value.items():
+            try:
+                out[normalise_region(str(region))] = normalise_zone(str(zone))
+            except (RegionError, ZoneError) as exc:
+                raise ValueError(f"{region}: {exc}") from None
+        return out
 
     @property
     def sender(self) -> Address:
