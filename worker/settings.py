@@ -289,6 +289,25 @@ class Settings(BaseModel):
             value = {str(k).upper(): v for k, v in value.items()}
         return value
 
+    @field_validator("region_timezones", mode="before")
+    @classmethod
+    def _region_timezones(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError('must be a JSON object such as {"RU": "Europe/Moscow"}') from None
+        if not isinstance(value, dict):
+            return value
+        from worker.regions import RegionError, normalise_region  # as in _sources above
+        out = {}
+        for region, zone in value.items():
+            try:
+                out[normalise_region(str(region))] = normalise_zone(str(zone))
+            except (RegionError, ZoneError) as exc:
+                raise ValueError(f"{region}: {exc}") from None
+        return out
+
     @property
     def batch_lease(self) -> timedelta:
         return timedelta(seconds=self.batch_lease_seconds)
@@ -326,25 +345,6 @@ class Settings(BaseModel):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
-
-    @field_validator("region_timezones", mode="before")
-    @classmethod
-    def _region_timezones(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError:
-                raise ValueError('must be a JSON object such as {"RU": "Europe/Moscow"}') from None
-        if not isinstance(value, dict):
-            return value
-        from worker.regions import RegionError, normalise_region  # as in _sources above
-        out = {}
-        for region, zone in value.items():
-            try:
-                out[normalise_region(str(region))] = normalise_zone(str(zone))
-            except (RegionError, ZoneError) as exc:
-                raise ValueError(f"{region}: {exc}") from None
-        return out
 
     @property
     def sender(self) -> Address:
