@@ -8,9 +8,11 @@ password and the signing key) come only from the environment and are kept as
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -39,6 +41,9 @@ _NOT_SETTINGS_PREFIXES = ("test_", "bench_")
 _URL_CHARS = re.compile(r"[!-~]+")
 _MAILTO = re.compile(r"[A-Za-z0-9.!#$%&'*+/^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _LIST_ID = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+# A fully qualified host name: two or more letter-digit-hyphen labels, the last not all digits.
+_FQDN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                   r"(?![0-9]+$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _RATE = re.compile(r"\d+ *(?:/|per) *(?:\d+ *)?(?:second|minute|hour|day|month|year)s?", re.IGNORECASE)
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?")
 
@@ -90,6 +95,9 @@ class Settings(BaseModel):
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key_file: str = ""
+    # The name EHLO gives: a fully qualified host name or an address literal ([192.0.2.1]).
+    # Unset: this host's name when it is fully qualified, else the From address's domain.
+    ehlo_name: str = ""
 
     # Presentation, so templates carry no brand.
     newsletter_name: str = "Melange News Weekly"
@@ -197,6 +205,14 @@ class Settings(BaseModel):
     def _mailto(cls, value: str) -> str:
         if value and not _MAILTO.fullmatch(value):
             raise ValueError("must be a plain ASCII address such as unsubscribe@example.org")
+        return value
+
+    @field_validator("ehlo_name")
+    @classmethod
+    def _ehlo_name(cls, value: str) -> str:
+        if value and not is_ehlo_name(value):
+            raise ValueError("must be a fully qualified host name such as mail.example.org, "
+                             "or an address literal such as [192.0.2.1]")
         return value
 
     @field_validator("list_id")
@@ -352,6 +368,20 @@ class Settings(BaseModel):
         return _parsed_address(self.from_address)
 
     @property
+    def helo_name(self) -> str:
+        """What EHLO says (a strict relay refuses a name that is not fully qualified, and a
+        container's host name is a random id)."""
+        if self.ehlo_name:
+            return self.ehlo_name
+        host = socket.gethostname()
+        if _FQDN.fullmatch(host):
+            return host
+        try:
+            return self.sender.domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return self.sender.domain if self.sender.domain.isascii() else "localhost"
+
+    @property
     def effective_list_id(self) -> str:
         return self.list_id or f"weekly.{self.sender.domain}"
 
@@ -391,6 +421,21 @@ def parse_address(value: str) -> Address:
     if any(contains_control(part) for part in (address.display_name, address.username, address.domain)):
         raise ValueError("must not contain control characters or line breaks, encoded or not")
     return address
+
+
+def is_ehlo_name(value: str) -> bool:
+    """A fully qualified host name, or an address literal of RFC 5321 4.1.3."""
+    if _FQDN.fullmatch(value):
+        return True
+    if not (value.startswith("[") and value.endswith("]")):
+        return False
+    literal = value[1:-1]
+    try:
+        if literal[:5].lower() == "ipv6:":
+            return ipaddress.ip_address(literal[5:]).version == 6
+        return ipaddress.ip_address(literal).version == 4 and literal.count(".") == 3
+    except ValueError:
+        return False
 
 
 def env_name(field: str) -> str:

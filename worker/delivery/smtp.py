@@ -84,10 +84,10 @@ class SmtpSender:
         try:
             if s.smtp_security == "tls":
                 conn: smtplib.SMTP = _SMTPS(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
-                                                      context=context, local_hostname=_helo())
+                                                      context=context, local_hostname=_helo(s))
             else:
                 conn = _SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
-                                    local_hostname=_helo())
+                                    local_hostname=_helo(s))
         except smtplib.SMTPConnectError as exc:  # a 4xx/5xx greeting
             code = exc.smtp_code
             outcome = Outcome.SENDER if code >= 500 else Outcome.TEMPORARY
@@ -280,9 +280,10 @@ class SmtpSender:
             self._drop()
 
 
-def _helo() -> str:
-    # gethostname needs no DNS lookup (getfqdn may stall on a resolver).
-    return socket.gethostname() or "localhost"
+def _helo(settings: Settings) -> str:
+    # Settings decide (NEWSLETTER_EHLO_NAME, else a fully qualified host name, else the
+    # From domain); gethostname needs no DNS lookup, where getfqdn may stall on a resolver.
+    return settings.helo_name
 
 
 def _text(value: bytes | str) -> str:
