@@ -125,9 +125,28 @@ def _xml_char(match: re.Match[bytes]) -> bytes:
     return match[0] if valid else b"&#xFFFD;"
 
 
+# feedparser's time is quadratic in the attributes of one element (a 10 MB tag of them
+# would take hours); real feeds have a handful. Only a tag long enough to hold more than
+# the limit is counted, with its quoted values taken out.
+MAX_ATTRIBUTES = 256
+_LONG_TAG = re.compile(rb"<[^<>]{%d,}" % (2 * MAX_ATTRIBUTES))
+_QUOTED = re.compile(rb"\"[^\"]*\"|'[^']*'")
+_VALUE = re.compile(rb"=\s*[^\s>]*")
+_NAME = re.compile(rb"[^\s/>]+")
+
+
+def _check_attributes(data: bytes) -> None:
+    for tag in _LONG_TAG.finditer(data):
+        names = _NAME.findall(_VALUE.sub(b"", _QUOTED.sub(b"v", tag[0][1:])))
+        if len(names) - 1 > MAX_ATTRIBUTES:  # the first is the element's own name
+            raise SourceError(f"an element with more than {MAX_ATTRIBUTES} attributes "
+                              f"(at byte {tag.start()}): not a feed")
+
+
 def _feed(data: bytes) -> list[RawItem]:
     # Bytes, never a string: given a string that looks like a URL or a path,
     # feedparser would fetch or open it itself.
+    _check_attributes(data)
     data = _CHARREF.sub(_xml_char, data)
     parsed = feedparser.parse(data, sanitize_html=False, resolve_relative_uris=False)
     if parsed.bozo and not parsed.entries:
