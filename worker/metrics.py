@@ -15,6 +15,9 @@ Exposed (prometheus-client), name {labels}: what.
   MAIL FROM to the final reply.
 - newsletter_smtp_connections_opened_total: SMTP connections opened (secured, authenticated).
 - newsletter_variants_inlined_total {inliner}: region sets rendered and CSS-inlined.
+- newsletter_late_reports_total {kind, source}: bounces and complaints heard after the relay
+  accepted a message (worker/bounces/apply.py); kind permanent, transient or complaint,
+  source dsn, arf, ses or json. Counted where they are processed (beat, CLI, web app).
 
 Read from the database at each scrape, by the web app (gauges; `LedgerCollector`). Editions
 listed: the 20 created last plus every one not finished (sending, paused, held), so a scrape
@@ -92,6 +95,8 @@ class Metrics:
         self.connections = Counter("newsletter_smtp_connections_opened", "SMTP connections opened.", registry=r)
         self.inlined = Counter("newsletter_variants_inlined", "Region sets rendered and CSS-inlined.",
                                ["inliner"], registry=r)
+        self.late_reports = Counter("newsletter_late_reports", "Bounces and complaints heard after the relay "
+                                    "accepted a message.", ["kind", "source"], registry=r)
         # Label lookups take a lock and build a tuple: the hot path finds its children here.
         self._stages = {stage: self.stage_cpu.labels(stage=stage) for stage in STAGES}
         self._messages: dict[tuple[str, int | None], Counter] = {}
@@ -181,6 +186,10 @@ def count_connection() -> None:
 
 def count_inlined(inliner: str) -> None:
     current().inlined.labels(inliner=inliner).inc()
+
+
+def count_late_report(kind: str, source: str) -> None:
+    current().late_reports.labels(kind=kind, source=source).inc()
 
 
 def sample(name: str, **labels: str) -> float:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from worker import metrics
+from worker.bounces.verp import ReturnPath
 from worker.delivery import ledger
 from worker.delivery.ledger import ClaimState
 from worker.delivery.outcome import Outcome, SendResult
@@ -176,6 +177,8 @@ class _Batch:
         self.renderer = renderer_for(engine, settings, edition)
         self.secret = settings.require_secret_key()
         self.envelope_from = settings.sender.addr_spec
+        # VERP: each message's envelope sender names its delivery (worker/bounces/verp.py).
+        self.return_path = ReturnPath.parse(settings.bounce_address, self.secret) if settings.bounce_address else None
         self.send_lease = settings.send_lease
         # Stop taking new rows well inside the lease: the rest are released, not cut mid-transaction.
         self.deadline = clock() + settings.batch_lease * 0.8
@@ -312,7 +315,8 @@ def _send(batch: _Batch, sender: Sender, item: _Prepared) -> SendResult:
         result = SendResult(Outcome.REJECTED, None, f"cannot build message: {item.problem}")
     else:
         c = item.composed
-        result = sender.send(Outgoing(sender=batch.envelope_from, recipient=c.envelope_to, data=c.data,
+        envelope_from = batch.return_path.for_delivery(item.row.id) if batch.return_path else batch.envelope_from
+        result = sender.send(Outgoing(sender=envelope_from, recipient=c.envelope_to, data=c.data,
                                       message_id=c.message_id, smtputf8=c.smtputf8))
     if batch.throttle is not None:
         batch.throttle.feedback(result.code, result.reply, result.outcome is Outcome.SENT)

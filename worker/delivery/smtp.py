@@ -10,6 +10,7 @@ message) and must never be retried.
 from __future__ import annotations
 
 import functools
+import re
 import smtplib
 import socket
 import ssl
@@ -22,8 +23,15 @@ from worker.settings import Settings
 PLAIN_AUTH_REFUSED = ("refusing to send the SMTP password over a connection without TLS: set "
                       "NEWSLETTER_SMTP_SECURITY=starttls or tls (or NEWSLETTER_SMTP_ALLOW_PLAIN_AUTH=true "
                       "for a relay on this host)")
-# The envelope sender is the same for every message; quoteaddr parses it each time.
-_quote_sender = functools.lru_cache(maxsize=16)(smtplib.quoteaddr)
+# quoteaddr parses the address each time. A fixed sender is cached; a VERP sender differs
+# per message, and one that is a plain addr-spec (all that worker/bounces/verp.py makes)
+# needs no parsing to be quoted the same way.
+_quote_fixed_sender = functools.lru_cache(maxsize=16)(smtplib.quoteaddr)
+_PLAIN_ADDR_SPEC = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}").fullmatch
+
+
+def _quote_sender(sender: str) -> str:
+    return f"<{sender}>" if _PLAIN_ADDR_SPEC(sender) else _quote_fixed_sender(sender)
 
 
 class _ReplyDeadline:

@@ -5,9 +5,10 @@ Sign-up. A request never changes what someone receives: a new address becomes a
 and regions. Either way one confirmation link is live per address, and a new one is
 mailed at most once an hour (`RESEND_AFTER`), decided by a compare-and-set on
 `confirm_sent_at` so that concurrent requests from several web processes send one mail.
-Only confirming makes anyone active, and brings back an unsubscribed, bounced or
-complained address. A link is refused when its nonce is not the live one: used,
-replaced by a newer one, or cleared by an operator's import. Sign-ups nobody confirmed
+Only confirming makes anyone active, and brings back an unsubscribed or bounced
+address; a complained one (worker/bounces) is mailed nothing, not even a link. A link
+is refused when its nonce is not the live one: used, replaced by a newer one, or
+cleared by an operator's import. Sign-ups nobody confirmed
 are deleted after NEWSLETTER_PENDING_EXPIRY_DAYS (`expire_pending`).
 
 Changes. Regions change from the next edition on: an edition fixes each reader's
@@ -59,6 +60,10 @@ def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVi
     try:
         with session_scope(engine) as session:
             row = session.scalar(select(Subscriber).where(Subscriber.email_key == item.email_key))
+            if row is not None and row.status == SubscriberStatus.COMPLAINED:
+                # Marked our mail as spam: no mail at all, not even a confirmation (the form
+                # must not be a way to mail them); an operator can add them back on request.
+                return None
             if row is None:
                 # The name waits with the request: nothing anyone typed is used before confirming.
                 row = Subscriber(email=item.email, email_key=item.email_key, name=None, regions=regions,

@@ -1,0 +1,151 @@
+"""What a report does: the one function every input (mailbox, provider event) ends in.
+
+- permanent: the delivery becomes `bounced` (the code and diagnostic in its last reply)
+  and an active subscriber `bounced`, with a `bounced` event;
+- transient: counted once per edition in `subscribers.transient_bounces`, the run of
+  consecutive editions sent to them that each drew a temporary failure; an edition
+  sent to them without one breaks the run (the count starts again from the next
+  report). At NEWSLETTER_BOUNCE_TRANSIENT_LIMIT the subscriber is `bounced`;
+- complaint: the subscriber `complained` (also from unsubscribed or bounced: the
+  strongest suppression, which no import and no sign-up undoes; docs/bounces.md).
+
+Each report is one `bounce_events` row, unique by its fingerprint, written in the same
+transaction as what it changes: the same report twice changes nothing (a concurrent
+second insert waits for the first, then fails on the unique key). A report that
+matches no delivery of ours changes nothing and is not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from worker import metrics
+from worker.bounces.reports import Report
+from worker.ingest.history import apply_change
+from worker.ingest.subscribers import InvalidSubscriber, check_address
+from worker.store.db import session_scope
+from worker.store.models import (
+    BounceEvent,
+    BounceKind,
+    ChangeVia,
+    Delivery,
+    DeliveryState,
+    Edition,
+    Subscriber,
+    SubscriberStatus,
+)
+
+log = logging.getLogger(__name__)
+
+# Without our VERP tag a report is matched by Message-ID or address among the latest
+# editions only: each is an index range, and a report about an older edition is stale.
+RECENT_EDITIONS = 8
+# Rows a relay accepted: what a late report can be about.
+ACCEPTED = (DeliveryState.SENT.value, DeliveryState.UNKNOWN.value, DeliveryState.BOUNCED.value)
+
+
+class Applied(StrEnum):
+    APPLIED = "applied"       # recorded, and acted on
+    DUPLICATE = "duplicate"   # processed before: nothing changed
+    UNMATCHED = "unmatched"   # about no delivery of ours: logged and ignored
+
+
+def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: datetime) -> Applied:
+    try:
+        with session_scope(engine) as session:
+            delivery = _match(session, report)
+            if delivery is None:
+                log.info("%s report (%s) matches no delivery of ours; ignored", report.kind, report.source)
+                return Applied.UNMATCHED
+            subscriber = session.get(Subscriber, delivery.subscriber_id, with_for_update=True)
+            first_for_delivery = not _has_event(session, delivery.id, report.kind)
+            session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
+                                    delivery_id=delivery.id, edition_id=delivery.edition_id,
+                                    subscriber_id=delivery.subscriber_id, recipient=report.recipient,
+                                    code=report.code, diagnostic=report.diagnostic, received_at=now))
+            session.flush()
+            if report.kind is BounceKind.PERMANENT:
+                _bounce(session, delivery, subscriber, report, now)
+            elif report.kind is BounceKind.TRANSIENT:
+                if first_for_delivery:
+                    _count_transient(session, delivery, subscriber, limit=transient_limit, now=now)
+            elif subscriber.status != SubscriberStatus.COMPLAINED:
+                apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.COMPLAINED,
+                             note=f"complaint ({report.source})")
+    except IntegrityError:
+        return Applied.DUPLICATE
+    metrics.count_late_report(report.kind.value, report.source)
+    return Applied.APPLIED
+
+
+def _match(session: Session, report: Report) -> Delivery | None:
+    if report.delivery_id is not None:
+        # A verified tag: ours, whatever address the report names (forwarding, aliases).
+        return session.get(Delivery, report.delivery_id, with_for_update=True)
+    subscriber_id = _subscriber_id(session, report.recipient)
+    recent = select(Edition.id).order_by(Edition.id.desc()).limit(RECENT_EDITIONS).scalar_subquery()
+    rows = (select(Delivery).where(Delivery.edition_id.in_(recent), Delivery.state.in_(ACCEPTED))
+            .order_by(Delivery.edition_id.desc()).limit(1).with_for_update())
+    if subscriber_id is not None:
+        rows = rows.where(Delivery.subscriber_id == subscriber_id)
+    if report.message_id:
+        found = session.scalars(rows.where(Delivery.message_id == report.message_id)).first()
+        if found is not None:
+            return found
+    # The address alone: their latest delivery a relay accepted.
+    return session.scalars(rows).first() if subscriber_id is not None else None
+
+
+def _subscriber_id(session: Session, address: str | None) -> int | None:
+    if not address:
+        return None
+    try:
+        _, key = check_address(address)
+    except InvalidSubscriber:
+        return None
+    return session.scalar(select(Subscriber.id).where(Subscriber.email_key == key))
+
+
+def _has_event(session: Session, delivery_id: int, kind: BounceKind) -> bool:
+    return session.scalar(select(BounceEvent.id).where(BounceEvent.delivery_id == delivery_id,
+                                                       BounceEvent.kind == kind.value).limit(1)) is not None
+
+
+def _bounce(session: Session, delivery: Delivery, subscriber: Subscriber, report: Report, now: datetime) -> None:
+    if delivery.state in (DeliveryState.SENT, DeliveryState.UNKNOWN):
+        delivery.state = DeliveryState.BOUNCED.value
+        delivery.last_code = report.smtp_code
+        delivery.last_reply = f"late bounce ({report.source}): {report.diagnostic or report.code or 'no reason given'}"
+    if subscriber.status == SubscriberStatus.ACTIVE:
+        subscriber.transient_bounces = 0
+        # The note carries the code, never the diagnostic (it quotes the address).
+        apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.BOUNCED,
+                     note=f"late bounce {report.code or ''} ({report.source})".replace("  ", " "))
+
+
+def _count_transient(session: Session, delivery: Delivery, subscriber: Subscriber, *, limit: int,
+                     now: datetime) -> None:
+    """The run of editions, from this one back, whose delivery to them drew a temporary failure."""
+    editions = (select(Edition.id).where(Edition.id <= delivery.edition_id).order_by(Edition.id.desc())
+                .limit(limit * 4).scalar_subquery())
+    recent = session.scalars(
+        select(Delivery.id).where(Delivery.subscriber_id == subscriber.id, Delivery.edition_id.in_(editions),
+                                  Delivery.sent_at.is_not(None))
+        .order_by(Delivery.edition_id.desc()).limit(limit)).all()
+    failed = set(session.scalars(select(BounceEvent.delivery_id).where(
+        BounceEvent.delivery_id.in_(recent), BounceEvent.kind == BounceKind.TRANSIENT.value)))
+    run = 0
+    for delivery_id in recent:
+        if delivery_id not in failed:
+            break
+        run += 1
+    subscriber.transient_bounces = run
+    if run >= limit and subscriber.status == SubscriberStatus.ACTIVE:
+        apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.BOUNCED,
+                     note=f"temporary failures in {run} editions in a row")
