@@ -8,9 +8,11 @@ password and the signing key) come only from the environment and are kept as
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -39,6 +41,9 @@ _NOT_SETTINGS_PREFIXES = ("test_", "bench_")
 _URL_CHARS = re.compile(r"[!-~]+")
 _MAILTO = re.compile(r"[A-Za-z0-9.!#$%&'*+/^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _LIST_ID = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+# A fully qualified host name: two or more letter-digit-hyphen labels, the last not all digits.
+_FQDN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                   r"(?![0-9]+$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _RATE = re.compile(r"\d+ *(?:/|per) *(?:\d+ *)?(?:second|minute|hour|day|month|year)s?", re.IGNORECASE)
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?")
 
@@ -90,6 +95,9 @@ class Settings(BaseModel):
     dkim_selector: str = ""
     dkim_domain: str = ""
     dkim_key_file: str = ""
+    # The name EHLO gives: a fully qualified host name or an address literal ([192.0.2.1]).
+    # Unset: this host's name when it is fully qualified, else the From address's domain.
+    ehlo_name: str = ""
 
     # Presentation, so templates carry no brand.
     newsletter_name: str = "Melange News Weekly"
@@ -116,10 +124,6 @@ class Settings(BaseModel):
     # `celery worker` serves its metrics (worker/metrics.py) on this port of 127.0.0.1; 0: off.
     metrics_port: int = Field(9808, ge=0, le=65535)
 
-    # Readers' side of the web app (docs/readers.md). A confirmation link works this long;
-    # a sign-up nobody confirmed is deleted after pending_expiry_days.
-    confirm_link_hours: int = Field(48, ge=1, le=24 * 14)
-    pending_expiry_days: int = Field(7, ge=1, le=365)
     # Bounces and complaints heard after the relay accepted a message (docs/bounces.md).
     # The envelope sender becomes bounce_address with each delivery's signed tag
     # (bounces+<tag>@bounce.example.org); unset: the From address, as before.
@@ -132,6 +136,10 @@ class Settings(BaseModel):
     # Amazon SES: the SNS topic whose signed notifications POST /events/ses accepts; unset: off.
     ses_topic_arn: str = Field("", pattern=r"^(arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256})?$")
 
+    # Readers' side of the web app (docs/readers.md). A confirmation link works this long;
+    # a sign-up nobody confirmed is deleted after pending_expiry_days.
+    confirm_link_hours: int = Field(48, ge=1, le=24 * 14)
+    pending_expiry_days: int = Field(7, ge=1, le=365)
     # POST /subscribe, in `limits` notation ("5/minute;20/hour"): per client address (an
     # IPv6 client by its /64) and for all clients together. Counted in Redis, so every web
     # process shares them; ratelimit_url empty means the broker's Redis.
@@ -211,10 +219,6 @@ class Settings(BaseModel):
             raise ValueError("must be a plain ASCII address such as unsubscribe@example.org")
         return value
 
-    @field_validator("list_id")
-    @classmethod
-    def _list_id(cls, value: str) -> str:
-        if value and not _LIST_ID.fullmatch(value):
     @field_validator("bounce_address")
     @classmethod
     def _bounce_address(cls, value: str) -> str:
@@ -223,6 +227,18 @@ class Settings(BaseModel):
                              "the delivery's tag goes after one)")
         return value
 
+    @field_validator("ehlo_name")
+    @classmethod
+    def _ehlo_name(cls, value: str) -> str:
+        if value and not is_ehlo_name(value):
+            raise ValueError("must be a fully qualified host name such as mail.example.org, "
+                             "or an address literal such as [192.0.2.1]")
+        return value
+
+    @field_validator("list_id")
+    @classmethod
+    def _list_id(cls, value: str) -> str:
+        if value and not _LIST_ID.fullmatch(value):
             raise ValueError("must be dot-separated letters, digits, '-' and '_', such as weekly.example.org")
         return value
 
@@ -372,6 +388,20 @@ class Settings(BaseModel):
         return _parsed_address(self.from_address)
 
     @property
+    def helo_name(self) -> str:
+        """What EHLO says (a strict relay refuses a name that is not fully qualified, and a
+        container's host name is a random id)."""
+        if self.ehlo_name:
+            return self.ehlo_name
+        host = socket.gethostname()
+        if _FQDN.fullmatch(host):
+            return host
+        try:
+            return self.sender.domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return self.sender.domain if self.sender.domain.isascii() else "localhost"
+
+    @property
     def effective_list_id(self) -> str:
         return self.list_id or f"weekly.{self.sender.domain}"
 
@@ -411,6 +441,21 @@ def parse_address(value: str) -> Address:
     if any(contains_control(part) for part in (address.display_name, address.username, address.domain)):
         raise ValueError("must not contain control characters or line breaks, encoded or not")
     return address
+
+
+def is_ehlo_name(value: str) -> bool:
+    """A fully qualified host name, or an address literal of RFC 5321 4.1.3."""
+    if _FQDN.fullmatch(value):
+        return True
+    if not (value.startswith("[") and value.endswith("]")):
+        return False
+    literal = value[1:-1]
+    try:
+        if literal[:5].lower() == "ipv6:":
+            return ipaddress.ip_address(literal[5:]).version == 6
+        return ipaddress.ip_address(literal).version == 4 and literal.count(".") == 3
+    except ValueError:
+        return False
 
 
 def env_name(field: str) -> str:
