@@ -166,8 +166,8 @@ def show(ctx: Context, email: str, as_json: bool, limit: int) -> None:
     click.echo(f"  regions:  {' '.join(record['regions'])}")
     zone = record["send_zone"]
     click.echo(f"  zone:     {record['timezone'] or '-'}"
-               + ("" if zone["from"] == "own" else f" (sent by {zone['zone']}, the "
-                  + ("first region's zone)" if zone["from"] == "region" else "NEWSLETTER_TIMEZONE)")))
+               + ("" if zone["from"] == "own" else f" (sent by {zone['zone']}, "
+                  + ("the first region's zone)" if zone["from"] == "region" else "NEWSLETTER_TIMEZONE)")))
     click.echo(f"  added:    {_short(record['created_at'])}")
     confirmation = record["confirmation"]
     if confirmation:
