@@ -115,12 +115,23 @@ class _Ident:
     def report(self, kind: BounceKind, source: str, recipient: str | None, *, code: str | None = None,
                smtp_code: int | None = None, diagnostic: str | None = None,
                delivery_id: int | None = None) -> Report:
-        recipient = _address(recipient)
-        delivery_id = delivery_id if delivery_id is not None else self.delivery_id
-        key = "\x00".join((source, self.report_key, kind.value, recipient or str(delivery_id)))
-        return Report(kind=kind, source=source, recipient=recipient, delivery_id=delivery_id,
-                      message_id=self.message_id, code=code, smtp_code=smtp_code,
-                      diagnostic=_clean(diagnostic), fingerprint=hashlib.sha256(key.encode()).hexdigest())
+        return build_report(kind, source, report_key=self.report_key, recipient=recipient,
+                            delivery_id=delivery_id if delivery_id is not None else self.delivery_id,
+                            message_id=self.message_id, code=code, smtp_code=smtp_code, diagnostic=diagnostic)
+
+
+def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: str | None,
+                 delivery_id: int | None, message_id: str | None, code: str | None = None,
+                 smtp_code: int | None = None, diagnostic: str | None = None) -> Report:
+    """A Report with its values bounded and cleaned, and its fingerprint: the report's own
+    id (its Message-ID, a provider's event id, else a hash of its content) with the kind
+    and the address (or delivery) it is about."""
+    recipient = _address(recipient)
+    key = "\x00".join((source, report_key[:1000], kind.value, recipient or str(delivery_id)))
+    found = _ENHANCED.search(code or "")
+    return Report(kind=kind, source=source, recipient=recipient, delivery_id=delivery_id,
+                  message_id=message_id, code=".".join(found.groups()) if found else None, smtp_code=smtp_code,
+                  diagnostic=_clean(diagnostic), fingerprint=hashlib.sha256(key.encode()).hexdigest())
 
 
 def _read_arf(msg: Message, feedback: Message, ident: _Ident) -> Reading:
@@ -157,7 +168,7 @@ def _read_dsn(statuses: list[Message], ident: _Ident) -> Reading:
                 not_failed.add(action or "no action")
                 continue
             match = _SMTP_CODE.match(diagnostic or "")
-            reports.append(ident.report(_kind_of(code), "dsn", recipient, code=code,
+            reports.append(ident.report(kind_of(code), "dsn", recipient, code=code,
                                         smtp_code=int(match[1]) if match else None, diagnostic=diagnostic))
     if reports:
         return Reading(reports)
@@ -197,7 +208,7 @@ def _all_failures(msg: Message) -> tuple[frozenset[bytes], frozenset[bytes]]:
     return frozenset(), frozenset()
 
 
-def _kind_of(code: str | None) -> BounceKind:
+def kind_of(code: str | None) -> BounceKind:
     """Failed, by its status: the mailbox or domain is gone (5.1.x, 5.2.1, 5.4.4, other
     5.x.x, or no code at all): permanent. A full mailbox (5.2.2), a message too big
     (5.2.3, 5.3.4), our sender refused (5.1.7, 5.1.8) or a policy refusal (5.7.x: our

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from worker.bounces.providers import CertificateFetcher, fetch_sns_certificate
 from worker.delivery.plan import find_edition
 from worker.delivery.variants import VariantStore
 from worker.digest import RegionSet, select_sections
@@ -33,6 +34,7 @@ from worker.store.db import create_db_engine, current_revision, head_revision, s
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
 from worker.tokens import read_unsubscribe_token
 from worker.web.mailer import ConfirmationMailer
+from worker.web.events import register_events
 from worker.web.public import public
 from worker.web.ratelimit import SubscribeLimiter
 from worker.web.readers import register_readers
@@ -53,7 +55,8 @@ MAX_FORM_PARTS = 100
 
 
 def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer | None = None,
-               limiter: SubscribeLimiter | None = None) -> Flask:
+               limiter: SubscribeLimiter | None = None,
+               sns_certificates: CertificateFetcher = fetch_sns_certificate) -> Flask:
     app = Flask(__name__)
     app.config["NEWSLETTER_SETTINGS"] = settings
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, MAX_FORM_MEMORY_SIZE=MAX_BODY, MAX_FORM_PARTS=MAX_FORM_PARTS)
@@ -97,6 +100,8 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
                                message="That was more than any of our forms sends."), 413
 
     register_readers(app, settings, engine, mailer=mailer, limiter=limiter or SubscribeLimiter(settings))
+    # Bounces and complaints posted by relays (worker/web/events.py).
+    register_events(app, settings, engine, fetch_certificate=sns_certificates)
 
     # Readers
 
