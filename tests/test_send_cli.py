@@ -1,11 +1,14 @@
 """`newsletter send`, `status`, `pause`, `resume` as an operator uses them."""
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
 from tests.support.data import add_subscribers, ledger, load_stories
 from worker.delivery import pipeline
+from worker.delivery.plan import plan_edition
+from worker.digest import week_window
 
 KEY = "weekly-2025-W05"
 
@@ -128,3 +131,119 @@ def test_an_unreachable_broker_is_one_line_and_leaves_rows_pending(cli, engine):
     assert result.code == 2
     assert result.err.startswith("error: cannot reach the broker at redis://127.0.0.1:1/0")
     assert {s for s, _ in ledger(engine, KEY).values()} == {"pending", "skipped"}
+
+
+# --- manual sends show what the guard sees and ask ---------------------------------------------
+
+
+@pytest.fixture
+def terminal(engine, db_url, smtp_server, tmp_path, monkeypatch):
+    """`newsletter send` as typed at a terminal: click's CliRunner feeds the answer; only
+    the one question "is stdin a terminal?" is answered yes (the pty test below asks a real one)."""
+    from click.testing import CliRunner
+
+    from worker.cli import cli as group
+    from worker.cli import send as send_module
+
+    monkeypatch.setattr(send_module, "_interactive", lambda: True)
+    env = {"NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "2",
+           "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_FROM": "News <digest@news.example>",
+           "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0"}
+
+    def run(*args, answer=None):
+        return CliRunner().invoke(group, list(args), input=answer, env=env)
+
+    return run
+
+
+def _quiet_week(engine, tmp_path):
+    """Stories only on the week's Monday: 6.6 days without a new one when it ends (held)."""
+    load_stories(engine, tmp_path, week_days=("2025-01-27",))
+    add_subscribers(engine, 16)
+
+
+def test_at_a_terminal_send_shows_the_guard_and_no_sends_nothing(terminal, engine, smtp_server, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 16)
+    refused = terminal("send", "--week", "2025-W05", "--inline", answer="n\n")
+    assert refused.exit_code == 1  # click's Abort
+    assert "the guard's view of 2025-W05 (what a scheduled send would check):" in refused.stderr
+    assert "  RU: 2 stories (usual 0, median of the last 4 weeks)" in refused.stderr
+    assert "  newest story: 2025-01-30 10:00 UTC, 3.6 days before the window ended" in refused.stderr
+    assert "  nothing to hold" in refused.stderr
+    assert "Send to 14 subscribers? [y/N]: " in refused.stderr
+    assert ledger(engine, KEY) == {} and smtp_server.received == []
+
+    sent = terminal("send", "--week", "2025-W05", "--inline", answer="y\n")
+    assert sent.exit_code == 0, sent.output
+    assert f"{KEY}: planned 16 deliveries" in sent.stdout and len(smtp_server.received) == 14
+
+
+def test_at_a_terminal_yes_skips_the_question(terminal, engine, smtp_server, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 16)
+    sent = terminal("send", "--week", "2025-W05", "--inline", "--yes")  # no input at all
+    assert sent.exit_code == 0, sent.output
+    assert "the guard's view of 2025-W05" in sent.stderr and "Send to" not in sent.output
+    assert len(smtp_server.received) == 14
+
+
+def test_at_a_terminal_a_week_the_guard_would_hold_is_said_and_may_be_sent(terminal, engine, smtp_server, tmp_path):
+    _quiet_week(engine, tmp_path)
+    sent = terminal("send", "--week", "2025-W05", "--inline", answer="y\n")
+    assert sent.exit_code == 0, sent.output
+    assert "  would hold: no new story for 6.6 days before the week ended" in sent.stderr
+    assert "warning: a scheduled send of this week would be held" in sent.stderr
+    assert len(smtp_server.received) == 14
+
+
+def test_without_a_terminal_a_week_the_guard_would_hold_is_refused_unless_yes(run_cli, engine, smtp_server,
+                                                                              tmp_path):
+    _quiet_week(engine, tmp_path)
+    env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SECRET_KEY": "cli-secret"}
+
+    def cli(*args):
+        return run_cli(*args, env=env)
+
+    refused = cli("send", "--week", "2025-W05", "--inline")
+    assert refused.code == 1 and refused.out == ""
+    assert "error: not sent: the guard would hold 2025-W05 (no new story for 6.6 days" in refused.err
+    assert "--yes to send it anyway" in refused.err
+    assert ledger(engine, KEY) == {} and smtp_server.received == [] and cli("status").out == "no editions yet\n"
+
+    sent = cli("send", "--week", "2025-W05", "--inline", "--yes")
+    assert sent.code == 0, sent.err
+    assert "warning: sending 2025-W05 although the guard would hold it (--yes)" in sent.err
+    assert len(smtp_server.received) == 14
+
+
+def test_without_a_terminal_a_normal_week_is_sent_as_before_without_a_word_more(cli, engine, smtp_server):
+    result = cli("send", "--week", "2025-W05", "--inline")
+    assert result.code == 0 and result.err == ""
+    assert len(smtp_server.received) == 14
+
+
+def test_at_a_terminal_approve_and_retry_ask_first(terminal, engine, smtp_server, tmp_path, settings):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 16)
+    plan_edition(engine, key=KEY, kind="weekly", window=week_window("2025-W05", settings.tz),
+                 now=datetime(2025, 2, 3, 7, tzinfo=UTC),
+                 hold="review mode (NEWSLETTER_REVIEW=true): every scheduled edition waits for approval")
+    kept = terminal("send", "--week", "2025-W05", "--approve", "--inline", answer="n\n")
+    assert kept.exit_code == 1
+    assert f"{KEY} is held: review mode" in kept.stderr and "Send to 14 subscribers? [y/N]" in kept.stderr
+    assert {s for s, _ in ledger(engine, KEY).values()} == {"pending", "skipped"} and smtp_server.received == []
+
+    smtp_server.plan.rcpt["reader0@example.org"] = "451 4.3.0 busy"
+    approved = terminal("send", "--week", "2025-W05", "--approve", "--inline", answer="y\n")
+    assert approved.exit_code == 1  # one row failed (busy), the rest sent
+    assert len(smtp_server.received) == 13 and ledger(engine, KEY)["reader0@example.org"][0] == "failed"
+
+    del smtp_server.plan.rcpt["reader0@example.org"]
+    asked = terminal("send", "--week", "2025-W05", "--retry-failed", "--inline", answer="n\n")
+    assert asked.exit_code == 1 and "Send again to 1 subscribers whose delivery failed? [y/N]" in asked.stderr
+    retried = terminal("send", "--week", "2025-W05", "--retry-failed", "--inline", answer="y\n")
+    assert retried.exit_code == 0, retried.output
+    assert len(smtp_server.received) == 14

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -26,14 +27,22 @@ from worker.errors import UsageError
 @click.option("--inline", is_flag=True, help="Run in this process, without a broker.")
 @click.option("--approve", is_flag=True, help="Release a held edition: it is sent (once).")
 @click.option("--discard", is_flag=True, help="Drop a held edition: it is never sent.")
+@click.option("--yes", "-y", is_flag=True,
+              help="Send without asking, even a week the guard would hold (for scripts and cron).")
 @pass_ctx
 def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, force, retry_failed, wait,
-         inline, approve, discard) -> None:
+         inline, approve, discard, yes) -> None:
     """Plan an edition and deliver it (manual trigger).
 
     An edition that exists is only reported, unless --retry-failed, --force, or (while
     it is still sending) --inline or --wait, which continue it. A held edition (a week
     that looked wrong, or review mode) is sent with --approve or dropped with --discard.
+
+    Before anything goes to subscribers it prints what the guard sees (stories per region
+    against their usual count, the newest story's age, reasons to hold) and, on a terminal,
+    asks "Send to N subscribers?"; --yes skips the question. Not on a terminal (cron, a
+    script), a week the guard would hold is refused with its reasons (exit 1) unless --yes,
+    and any other is sent as before.
     """
     from worker.cli import sending
 
@@ -59,6 +68,7 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
             raise UsageError("--approve and --discard take only --week or --edition (and --inline or --wait)")
         if approve:
             settings.require_secret_key()
+            _confirm_approval(ctx.engine, settings, key, yes=yes)
         edition_id = sending.release_held(ctx.engine, key, approve=approve)
         if edition_id is None:
             return
@@ -71,6 +81,7 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
         code = sending.dry_run(ctx.engine, settings, window, key, codes, force=force, retry=retry_failed)
         raise click.exceptions.Exit(code)
     settings.require_secret_key()
+    _confirm_send(ctx.engine, settings, key=key, window=window, force=force, retry=retry_failed, yes=yes)
     edition_id = sending.plan_or_reuse(ctx.engine, settings, key=key, kind=kind, window=window, force=force,
                                        retry=retry_failed, continue_open=inline or wait)
     if edition_id is None:
@@ -80,6 +91,122 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
         raise click.exceptions.Exit(empty)
     code = sending.deliver(ctx.engine, settings, edition_id, inline=inline, wait=wait)
     raise click.exceptions.Exit(code)
+
+
+def _interactive() -> bool:
+    """Someone at a terminal can answer a question; a pipe or cron cannot."""
+    return sys.stdin.isatty()
+
+
+def _confirm_send(engine, settings, *, key: str, window, force: bool, retry: bool, yes: bool) -> None:
+    """Show the guard's view of what is about to go out and ask, or refuse a held-looking
+    week when nobody can be asked. Returns when sending may go ahead. The view and the
+    question go to stderr: stdout stays what scripts read (the planned line first)."""
+    from worker.cli.sending import count_failed
+    from worker.delivery.plan import find_edition
+
+    existing = find_edition(engine, key)
+    if retry:
+        if existing is None:
+            return  # plan_or_reuse says there is nothing to retry
+        count = count_failed(engine, existing.id)
+        if count and not yes and _interactive():
+            click.confirm(f"Send again to {count} subscribers whose delivery failed?", default=False, abort=True,
+                          err=True)
+        return
+    if existing is not None and not force:
+        return  # reported, or continued: nothing new is planned
+    count = _recipients(engine, window)
+    if not count:
+        return  # nobody would get it: plan_or_reuse records and says so
+    check = _guard(engine, settings, window)
+    if _interactive():
+        _show_guard(check, window)
+        if check.hold:
+            click.echo("warning: a scheduled send of this week would be held", err=True)
+        if not yes:
+            click.confirm(f"Send to {count} subscribers?", default=False, abort=True, err=True)
+        return
+    if not check.hold:
+        return  # a script or cron job: sent as before, without a word more
+    _show_guard(check, window)
+    if yes:
+        click.echo(f"warning: sending {window.label} although the guard would hold it (--yes)", err=True)
+        return
+    click.echo(f"error: not sent: the guard would hold {window.label} ({check.hold}); nothing was planned. "
+               "Check the stories (`newsletter sources list`, `newsletter preview`), then run it again with "
+               "--yes to send it anyway", err=True)
+    raise click.exceptions.Exit(1)
+
+
+def _confirm_approval(engine, settings, key: str, *, yes: bool) -> None:
+    """--approve on a terminal: the hold, what the guard sees now, and the question. Not on
+    a terminal, --approve is itself the decision and goes ahead as before."""
+    from worker.cli.sending import resolve_edition
+    from worker.delivery.plan import find_edition
+    from worker.store.models import EditionState
+
+    edition = find_edition(engine, key)
+    if edition is None or edition.state != EditionState.HELD.value:
+        return  # release_held says why there is nothing to approve
+    if not _interactive():
+        return
+    window = resolve_edition(engine, settings, key)[0]
+    click.echo(f"{key} is held: {edition.reason}", err=True)
+    _show_guard(_guard(engine, settings, window), window)
+    count = _open_rows(engine, edition.id)
+    if count and not yes:
+        click.confirm(f"Send to {count} subscribers?", default=False, abort=True, err=True)
+
+
+def _guard(engine, settings, window):
+    """What worker/delivery/guard.py sees for the window, as a scheduled send would check it
+    (review mode aside: a person sending by hand is the review)."""
+    from worker.delivery.guard import check_week
+
+    return check_week(engine, settings.model_copy(update={"review": False}), window)
+
+
+def _show_guard(check, window) -> None:
+    from datetime import UTC, datetime
+
+    from worker.delivery.guard import HISTORY_WEEKS
+
+    click.echo(f"the guard's view of {window.label} (what a scheduled send would check):", err=True)
+    if not check.counts:
+        click.echo("  no active subscribers", err=True)
+    for region, count in check.counts.items():
+        click.echo(f"  {region}: {count} {'story' if count == 1 else 'stories'} "
+                   f"(usual {check.usual[region]:g}, median of the last {HISTORY_WEEKS} weeks)", err=True)
+    if check.newest is not None:
+        end = min(window.end, datetime.now(UTC))
+        age = (end - check.newest).total_seconds() / 86400
+        click.echo(f"  newest story: {check.newest:%Y-%m-%d %H:%M} UTC, {max(age, 0):.1f} days before "
+                   f"{'the window ended' if end == window.end else 'now'}", err=True)
+    click.echo(f"  would hold: {check.hold}" if check.hold else "  nothing to hold", err=True)
+
+
+def _recipients(engine, window) -> int:
+    """Active subscribers with at least one story in their regions: who a plan would send to."""
+    from worker.cli.sending import _active_sets
+    from worker.delivery.plan import region_sets_with_stories
+    from worker.store.db import session_scope
+
+    sets = _active_sets(engine)
+    with session_scope(engine) as session:
+        with_stories = region_sets_with_stories(session, window, [regions for regions, _ in sets])
+    return sum(count for regions, count in sets if regions in with_stories)
+
+
+def _open_rows(engine, edition_id: int) -> int:
+    from sqlalchemy import func, select
+
+    from worker.store.db import session_scope
+    from worker.store.models import Delivery, DeliveryState
+
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count()).where(
+            Delivery.edition_id == edition_id, Delivery.state == DeliveryState.PENDING.value)) or 0
 
 
 @cli.command()
