@@ -1,7 +1,8 @@
 """Thin task shells: ids in, one plain function each.
 
 `send_batch` delivers one batch; `reconcile` is the tick (beat runs it every minute,
-and at the weekly send time so the edition is planned on the minute).
+and at the weekly send time so the edition is planned on the minute); `process_bounces`
+reads the bounce mailbox (docs/bounces.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import metrics
+from worker.bounces.mailboxes import process_configured
 from worker.celery_app import get_app
 from worker.delivery.liveness import Heartbeat
 from worker.delivery.pipeline import deliver_batch, utcnow, worker_name
@@ -136,3 +138,16 @@ def reconcile() -> str:
         f"{result.expired} expired, {result.batches} batches, finished {result.finished}"
     log.info("reconcile: %s", summary)
     return summary
+
+
+# Its own schedule entry (worker/celery_app.py, only with NEWSLETTER_BOUNCE_MAILBOX set):
+# reading a mailbox must never delay the reconcile tick.
+@shared_task(name="worker.tasks.process_bounces")
+def process_bounces() -> str:
+    settings, engine, *_ = _runtime()
+    summary = process_configured(engine, settings, now=utcnow())
+    text = "no mailbox set" if summary is None else summary.describe()
+    log.info("bounces: %s", text)
+    for kept in summary.kept if summary else ():
+        log.warning("bounces: kept for a human: %s", kept)
+    return text
