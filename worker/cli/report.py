@@ -47,6 +47,27 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
                    "tries them again")
     for row in data["unknown"]:
         click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
+    for line in late_lines(data):
+        click.echo(f"  {line}")
+
+
+def late_lines(data: dict) -> list[str]:
+    """Late bounces and complaints (docs/bounces.md), and a warning past the bulk senders'
+    complaint limits."""
+    late = data.get("late")
+    if not late or not (late["permanent"] or late["transient"] or late["complaint"]):
+        return []
+    rates = late["rates"]
+    lines = [f"late reports over {late['accepted']} sent: {late['permanent']} bounced "
+             f"({rates['permanent']:.2%}), {late['transient']} temporary failures ({rates['transient']:.2%}), "
+             f"{late['complaint']} complaints ({rates['complaint']:.3%})"]
+    if late["complaint_alert"] == "alarm":
+        lines.append(f"ALARM: complaint rate {rates['complaint']:.3%} is at or over 0.3 %: Gmail and Yahoo "
+                     "reject or junk bulk mail from senders this high; find out why readers complain")
+    elif late["complaint_alert"] == "warn":
+        lines.append(f"WARNING: complaint rate {rates['complaint']:.3%} is over 0.1 % (Gmail and Yahoo ask "
+                     "bulk senders to stay below it; 0.3 % is their limit)")
+    return lines
 
 
 def held_hint(key: str) -> str:
