@@ -24,6 +24,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -55,7 +56,9 @@ def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVi
     """Record a sign-up; the mail to send, or None when one went out within the hour."""
     nonce = secrets.token_urlsafe(12)
     regions = " ".join(item.regions)
-    ask = {"confirm_nonce": nonce, "confirm_sent_at": now, "confirm_regions": regions, "confirm_name": item.name}
+    # The zone, like the name, waits for the confirmation: a form must not retime someone else's mail.
+    ask = {"confirm_nonce": nonce, "confirm_sent_at": now, "confirm_regions": regions, "confirm_name": item.name,
+           "confirm_timezone": None if item.timezone is KEEP else item.timezone}
     note = f"asked for {regions}"
     try:
         with session_scope(engine) as session:
@@ -140,6 +143,8 @@ def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now:
             return Confirmation(ConfirmOutcome.USED, row.id)
         regions = tuple((row.confirm_regions or row.regions).split())
         name = row.confirm_name if row.confirm_name is not None else KEEP
+        if row.confirm_timezone is not None:
+            row.timezone = row.confirm_timezone
         clear_confirmation(row)
         apply_change(session, row, via=ChangeVia.CONFIRM_LINK, at=now, status=ACTIVE, regions=regions, name=name)
         return Confirmation(ConfirmOutcome.CONFIRMED, row.id, regions)
@@ -157,13 +162,15 @@ def expire_pending(engine: Engine, *, now: datetime, after: timedelta) -> int:
 
 
 def change_subscription(engine: Engine, subscriber_id: int, *, regions: tuple[str, ...], name: str | None,
-                        via: ChangeVia, now: datetime) -> list[EventKind]:
-    """New regions (in the reader's order) and name for an active subscriber; what changed.
-    No regions at all is leaving."""
+                        via: ChangeVia, now: datetime, timezone: Any = KEEP) -> list[EventKind]:
+    """New regions (in the reader's order), name and zone (None: the region's) for an
+    active subscriber; what changed. No regions at all is leaving."""
     with session_scope(engine) as session:
         row = session.get(Subscriber, subscriber_id, with_for_update=True)
         if row is None or row.status != ACTIVE:
             return []
+        if timezone is not KEEP:
+            row.timezone = timezone
         if not regions:
             return apply_change(session, row, via=via, at=now, status=SubscriberStatus.UNSUBSCRIBED, name=name,
                                 note="removed every region")

@@ -203,7 +203,7 @@ def _respell(row: Subscriber, item: SubscriberInput) -> bool:
 
 
 def clear_confirmation(row: Subscriber) -> None:
-    row.confirm_nonce = row.confirm_sent_at = row.confirm_regions = row.confirm_name = None
+    row.confirm_nonce = row.confirm_sent_at = row.confirm_regions = row.confirm_name = row.confirm_timezone = None
 
 
 def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool = False) -> str:

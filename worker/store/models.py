@@ -140,6 +140,8 @@ class Subscriber(Base):
     confirm_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # An IANA zone name; NULL: the first region's main zone, then NEWSLETTER_TIMEZONE.
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The zone a sign-up asked for, applied with its confirmation; NULL: it asked for none.
+    confirm_timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Temporary delivery failures reported in a row across editions (worker/bounces).
     transient_bounces: Mapped[int] = mapped_column(default=0, server_default="0")
 

@@ -29,6 +29,8 @@ import pycountry
 from flask import Flask, Response, jsonify, redirect, render_template, request
 from sqlalchemy import Engine
 
+from worker.delivery.local_time import reader_zone
+from worker.ingest.history import KEEP
 from worker.ingest.readers import (
     ConfirmOutcome,
     LeaveOutcome,
@@ -46,6 +48,7 @@ from worker.ingest.subscribers import (
     check_address,
     check_name,
     check_regions,
+    check_timezone,
 )
 from worker.regions import RegionError, normalise_region, region_name
 from worker.settings import Settings
@@ -62,6 +65,7 @@ from worker.tokens import (
 from worker.web.mailer import ConfirmationMailer
 from worker.web.public import public
 from worker.web.ratelimit import LimitsUnavailable, SubscribeLimiter, client_address
+from worker.zones import MAX_ZONE, zone_choices
 
 # A readers' form stays usable this long after the page was shown.
 FORM_MAX_AGE = 6 * 3600
@@ -105,8 +109,8 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             return _preflight()
         if request.method == "GET":
             wanted = _codes_or_none(request.args.get("regions", ""))
-            return page("subscribe.html", form={"email": "", "name": ""}, wanted=names(wanted or ()),
-                        choices=region_choices(settings), errors={})
+            return page("subscribe.html", form={"email": "", "name": "", "timezone": ""}, wanted=names(wanted or ()),
+                        choices=region_choices(settings), zones=zone_choices(), errors={})
         as_json = request.is_json
         origin = _request_origin()
         if origin is not None and origin not in origins:
@@ -125,12 +129,14 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
         if errors:
             if as_json:
                 return _cors(jsonify(error="; ".join(errors.values()), errors=errors), 400)
-            form = {"email": str(fields.get("email") or "")[:400], "name": str(fields.get("name") or "")[:400]}
+            form = {"email": str(fields.get("email") or "")[:400], "name": str(fields.get("name") or "")[:400],
+                    "timezone": str(fields.get("timezone_text") or "")[:MAX_ZONE * 2]}
             return page("subscribe.html", 400, form=form, wanted=names(fields.get("regions") or ()),
-                        choices=region_choices(settings), errors=errors)
+                        choices=region_choices(settings), zones=zone_choices(), errors=errors)
         now = datetime.now(UTC)
         _housekeeping(now)
-        item = SubscriberInput(fields["email"], fields["key"], fields["name"], fields["regions"])
+        item = SubscriberInput(fields["email"], fields["key"], fields["name"], fields["regions"],
+                               fields["timezone"] or KEEP)
         due = request_subscription(engine, item, via=ChangeVia.FORM, now=now)
         if due is not None:
             mailer.submit(due)
@@ -144,10 +150,11 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             data = _json_body()
             if not isinstance(data, dict):
                 return {}, {"body": "the body must be a JSON object with email, name and regions"}
-            raw = {"email": data.get("email"), "name": data.get("name"), "regions": data.get("regions")}
+            raw = {"email": data.get("email"), "name": data.get("name"), "regions": data.get("regions"),
+                   "timezone": data.get("timezone")}
         else:
             raw = {"email": request.form.get("email"), "name": request.form.get("name"),
-                   "regions": ",".join(request.form.getlist("regions"))}
+                   "regions": ",".join(request.form.getlist("regions")), "timezone": request.form.get("timezone")}
         fields: dict = {}
         errors: dict[str, str] = {}
         email, name, regions = raw["email"], raw["name"], raw["regions"]
@@ -175,6 +182,15 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             fields["regions"] = check_regions(regions)
         except InvalidSubscriber as exc:
             errors["regions"] = _sentence(str(exc))
+        zone = raw["timezone"]
+        fields["timezone_text"] = zone if isinstance(zone, str) else ""
+        try:
+            if zone is not None and not isinstance(zone, str):
+                raise InvalidSubscriber("the time zone must be text such as Europe/Berlin")
+            # Empty: none given (a new reader gets their region's zone, a known one keeps theirs).
+            fields["timezone"] = check_timezone(zone)
+        except InvalidSubscriber as exc:
+            errors["timezone"] = _sentence(str(exc))
         return fields, errors
 
     def _housekeeping(now: datetime) -> None:
@@ -282,11 +298,14 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
         return _manage(token, found, saved=request.args.get("saved") == "1")
 
     def _manage(token: str, row: Subscriber, *, status: int = 200, errors: dict | None = None,
-                saved: bool = False, name: str | None = None):
+                saved: bool = False, name: str | None = None, timezone: str | None = None):
         current = names(row.region_list)
         followed = {r.code for r in current}
         return page("manage.html", status, token=token, subscriber=row, regions=current,
                     name=row.name if name is None else name, saved=saved, errors=errors or {},
+                    timezone=row.timezone or "" if timezone is None else timezone, zones=zone_choices(),
+                    send_zone=reader_zone(row.timezone, row.region_list, region_zones=settings.region_timezones,
+                                          default=settings.timezone)[0],
                     choices=[r for r in region_choices(settings) if r.code not in followed],
                     csrf=form_token(secret, subscriber_id=row.id, purpose="manage"), max_name=MAX_NAME,
                     active=row.status == SubscriberStatus.ACTIVE)
@@ -315,10 +334,17 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             leave(engine, row.id, None, via=ChangeVia.MANAGE_PAGE, now=now)
             return page("left.html", region=None, remaining=[], manage_url=f"/manage/{token}")
         regions, name, errors = _edited_regions(row)
+        zone = KEEP
+        if "timezone" in request.form:  # a page from before the field keeps the zone
+            try:
+                zone = check_timezone(request.form["timezone"])
+            except InvalidSubscriber as exc:
+                errors["timezone"] = _sentence(str(exc))
         if errors:
-            return _manage(token, row, status=400, errors=errors, name=request.form.get("name", "")[:MAX_NAME * 2])
+            return _manage(token, row, status=400, errors=errors, name=request.form.get("name", "")[:MAX_NAME * 2],
+                           timezone=request.form.get("timezone", "")[:MAX_ZONE * 2])
         changed = change_subscription(engine, row.id, regions=regions, name=name, via=ChangeVia.MANAGE_PAGE,
-                                      now=now)
+                                      now=now, timezone=zone)
         if EventKind.UNSUBSCRIBED in changed:
             return page("left.html", region=None, remaining=[], manage_url=f"/manage/{token}")
         return redirect(f"/manage/{token}?saved=1", code=303)

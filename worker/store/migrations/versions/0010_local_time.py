@@ -2,6 +2,8 @@
 
 - subscribers.timezone: an IANA zone name, or NULL for the region's main zone and then
   NEWSLETTER_TIMEZONE.
+- subscribers.confirm_timezone: the zone a web sign-up asked for, applied when it is
+  confirmed (like confirm_name); NULL: the sign-up gave none.
 - deliveries.due_at: when the row may be handed out (the send time in the reader's
   zone); NULL means at once.
 
@@ -18,13 +20,14 @@ branch_labels = None
 depends_on = None
 
 
-COLUMNS = (("subscribers", "timezone"), ("deliveries", "due_at"))
+COLUMNS = (("subscribers", "timezone"), ("subscribers", "confirm_timezone"), ("deliveries", "due_at"))
 
 
 def upgrade() -> None:
     # ADD COLUMN: SQLite adds these in place, no rebuild.
     with op.batch_alter_table("subscribers", schema=None) as batch_op:
         batch_op.add_column(sa.Column("timezone", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("confirm_timezone", sa.String(length=64), nullable=True))
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.add_column(sa.Column("due_at", sa.DateTime(), nullable=True))
 
