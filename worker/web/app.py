@@ -34,6 +34,7 @@ from worker.store.db import create_db_engine, current_revision, head_revision, s
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
 from worker.tokens import read_unsubscribe_token
 from worker.web.mailer import ConfirmationMailer
+from worker.web.operator import register_operator
 from worker.web.events import register_events
 from worker.web.public import public
 from worker.web.ratelimit import SubscribeLimiter
@@ -180,6 +181,9 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
     @app.get("/metrics")
     def metrics():
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+    # Editions, held editions to approve or discard, sources' health (worker/web/operator.py).
+    register_operator(app, settings, engine)
 
     @app.get("/preview/<week>/<variant>")
     def preview_page(week: str, variant: str):

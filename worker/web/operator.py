@@ -1,0 +1,197 @@
+"""The operator's page, /operator: editions in flight and recent ones with their counts,
+held editions to approve or discard, and the sources' health.
+
+Operator-only like every route not marked public (app.py: NEWSLETTER_OPERATOR_TOKEN, or a
+loopback client while none is set). Its two POSTs change what is sent, and a browser
+sends basic auth (or reaches loopback) for any page that asks it to, so each is also
+refused unless:
+
+- the browser's Origin (or Referer) is this server's own origin, when it says one; and
+- the form carries a token this page signed (NEWSLETTER_SECRET_KEY) for that action on
+  that edition, bound to the operator's credential and valid for FORM_MAX_AGE: another
+  site cannot read the page, so it cannot have the token.
+
+Approve and discard are the CLI's (`newsletter send --approve/--discard`): the same
+compare-and-set in worker/delivery/plan.py, and an approved edition's rows are handed
+to the broker as the CLI does; if the broker is down they stay pending and the
+reconciler hands them out. Every title, reason, error and URL on the page is data,
+escaped by Jinja's autoescape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+from flask import Flask, Response, redirect, render_template, request
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import Engine, select
+
+from worker.celery_app import create_app as create_celery_app
+from worker.delivery.plan import approve_edition, discard_edition, find_edition
+from worker.delivery.schedule import dispatch
+from worker.delivery.status import edition_status, recent_editions
+from worker.ingest.sources import list_sources
+from worker.settings import Settings
+from worker.store.db import session_scope
+from worker.store.models import Edition, EditionState
+from worker.tasks import publisher
+
+log = logging.getLogger(__name__)
+OPERATOR_SALT = "newsletter.operator.v1"
+# The page stays usable this long after it was shown.
+FORM_MAX_AGE = 3600
+RECENT = 20
+_UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
+# A URL is shown whole (the operator configured it) but bounded, and never with its password.
+MAX_URL = 300
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    url: str
+    region: str | None
+    last_success: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    failures: int
+    next_poll: datetime | None
+
+
+def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
+    secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    signer = URLSafeTimedSerializer(secret or "unset", salt=OPERATOR_SALT)
+
+    def token(action: str, key: str) -> str:
+        return signer.dumps([action, key, _credential()])
+
+    def problem(status: int, title: str, message: str) -> Response:
+        body = render_template("problem.html", settings=settings, title=title, message=message,
+                               link=("/operator", "Back to the operator page"))
+        return Response(body, status=status, mimetype="text/html")
+
+    @app.get("/operator")
+    def operator_page():
+        editions = _editions(engine)
+        done = _notice(engine, request.args)
+        return render_template("operator.html", settings=settings, editions=editions, notice=done,
+                               held=[e for e in editions if e["state"] == EditionState.HELD.value],
+                               sources=_sources(engine), token=token, can_send=bool(secret),
+                               now=datetime.now(UTC))
+
+    @app.post("/operator/editions/<key>/<action>")
+    def release(key: str, action: str):
+        if action not in ("approve", "discard"):
+            return problem(404, "Nothing here", "An edition can be approved or discarded, nothing else.")
+        origin = _request_origin()
+        if origin is not None and origin != f"{request.scheme}://{request.host}".lower():
+            return problem(403, "Not from here", "This form can only be sent from the operator page itself.")
+        if not secret:
+            return problem(503, "Not set up", "NEWSLETTER_SECRET_KEY is not set: nothing can be approved or "
+                           "discarded from this page.")
+        if not _valid(signer, request.form.get("csrf", ""), [action, key, _credential()]):
+            return problem(400, "Please try again", "The form did not come from the operator page, or the page "
+                           "was open too long. Nothing was changed: open the page again.")
+        edition = find_edition(engine, key)
+        if edition is None:
+            return problem(404, "No such edition", "There is no edition by that key.")
+        if edition.state != EditionState.HELD.value:
+            return problem(409, "Not held", f"{edition.key} is {edition.state}, not held: nothing was changed.")
+        now, who = datetime.now(UTC), _who()
+        moved = (approve_edition if action == "approve" else discard_edition)(engine, edition.id, now=now, who=who)
+        if not moved:
+            return problem(409, "Not held", f"{edition.key} was released by someone else just now: nothing was "
+                           "changed.")
+        outcome = "discarded"
+        if action == "approve":
+            outcome = "approved" if _hand_out(engine, settings, edition.id, now) else "approved-queued"
+        return redirect(f"/operator?{outcome}={edition.id}", code=303)
+
+
+def _hand_out(engine: Engine, settings: Settings, edition_id: int, now: datetime) -> bool:
+    """The approved edition's rows to the broker, as the CLI's send does; False when the
+    broker cannot be reached (the rows stay pending for the reconciler)."""
+    try:
+        dispatch(engine, settings, edition_id, publisher(create_celery_app(settings)), now)
+    except Exception as exc:  # noqa: BLE001 - kombu raises OperationalError and friends
+        log.warning("operator: approved edition %s, but the broker is unreachable (%s): the reconciler "
+                    "hands its rows out", edition_id, type(exc).__name__)
+        return False
+    return True
+
+
+def _notice(engine: Engine, args) -> dict | None:
+    """What the last POST did, named by edition id (never text from the query string)."""
+    for outcome in ("approved", "approved-queued", "discarded"):
+        value = args.get(outcome, "")
+        if value.isdigit() and len(value) < 12:
+            with session_scope(engine) as session:
+                key = session.scalar(select(Edition.key).where(Edition.id == int(value)))
+            if key is not None:
+                return {"outcome": outcome, "edition": key}
+    return None
+
+
+def _editions(engine: Engine) -> list[dict]:
+    """Every unfinished edition and the ones created last, newest first."""
+    with session_scope(engine) as session:
+        unfinished = list(session.scalars(select(Edition).where(Edition.state.in_(_UNFINISHED))))
+    listed = {e.id: e for e in [*unfinished, *recent_editions(engine, RECENT)]}
+    ordered = sorted(listed.values(), key=lambda e: (e.created_at, e.id), reverse=True)
+    return [edition_status(engine, e, list_unknown=0) for e in ordered]
+
+
+def _sources(engine: Engine) -> list[SourceRow]:
+    return [SourceRow(url=_shown_url(s.url), region=s.region, last_success=s.last_success_at,
+                      last_error=s.last_error, last_error_at=s.last_error_at, failures=s.consecutive_failures,
+                      next_poll=s.next_poll_at) for s in list_sources(engine)]
+
+
+def _shown_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        pass  # not a URL we can take apart (a file path, or odd): shown as it is, escaped
+    return url if len(url) <= MAX_URL else url[:MAX_URL] + "…"
+
+
+def _credential() -> str:
+    """What the operator authenticated with, hashed: a token signed for one credential is
+    worthless with another (a rotated operator token ends every open form)."""
+    auth = request.headers.get("Authorization", "")
+    return hashlib.sha256(auth.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def _who() -> str:
+    auth = request.authorization
+    name = (auth.username or "") if auth is not None and auth.type == "basic" else ""
+    # Any user name passes basic auth: it is kept as a label in the note, bounded, not trusted.
+    label = "".join(ch for ch in name if ch.isprintable())[:40]
+    return f"operator page ({label})" if label else "operator page"
+
+
+def _valid(signer: URLSafeTimedSerializer, value: str, expected: list) -> bool:
+    if not value or len(value) > 400:
+        return False
+    try:
+        return signer.loads(value, max_age=FORM_MAX_AGE) == expected
+    except (BadSignature, ValueError, UnicodeError):
+        return False
+
+
+def _request_origin() -> str | None:
+    """The browser's Origin, else its Referer's origin; None when it says neither."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin.strip().lower()
+    referrer = request.headers.get("Referer")
+    if not referrer:
+        return None
+    parts = urlsplit(referrer)
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else "null"
