@@ -62,13 +62,23 @@ def test_preview_errors_are_one_line(loaded, args, code, err):
     assert (result.code, result.err) == (code, err)
 
 
-def test_an_oversized_digest_is_reported_loudly(loaded, tmp_path):
+def test_an_oversized_digest_is_shortened_under_the_clip(loaded, tmp_path):
     result = loaded("preview", "--week", "2025-W05", "--regions", "RU,UA,DE,FR,GB,US,CN,PL",
                     "--out", str(tmp_path / "p"), env={"NEWSLETTER_STORIES_PER_REGION": "50",
-                                                       "NEWSLETTER_POSTAL_ADDRESS": "x" * 70_000})
-    assert result.code == 0
-    assert result.err.startswith("WARNING: the HTML part is ")
-    assert "over the 102 KB at which Gmail clips" in result.err
+                                                       "NEWSLETTER_POSTAL_ADDRESS": "x" * 60_000})
+    assert result.code == 0, result.err
+    size = result.out.splitlines()[4]
+    assert size.startswith("HTML size: ") and size.endswith("KB of the 102 KB at which Gmail clips")
+    assert float(size.split()[2]) <= 96
+    assert "…\n" in (tmp_path / "p" / "digest.txt").read_text()  # summaries cut at a word
+
+
+def test_a_digest_that_cannot_be_shortened_enough_is_an_error(loaded, tmp_path):
+    result = loaded("preview", "--week", "2025-W05", "--regions", "RU,UA,DE,FR,GB,US,CN,PL",
+                    "--out", str(tmp_path / "p"), env={"NEWSLETTER_POSTAL_ADDRESS": "x" * 120_000})
+    assert result.code == 2
+    assert result.err.startswith("error: ") and "even its shortest form is over 96 KB of HTML" in result.err
+    assert len(result.err.strip().splitlines()) == 1
 
 
 def _chromium():

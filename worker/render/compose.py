@@ -9,11 +9,12 @@ from functools import lru_cache
 
 from worker import metrics
 from worker.render.digest import RenderedVariant
+from worker.render.links import links
 from worker.render.message import Envelope, build_message, dkim_sign, mailbox, message_bytes, needs_smtputf8
 from worker.render.personalise import PersonalDigest, Recipient, personalise
 from worker.render.skeleton import MessageSkeleton
 from worker.settings import Settings, parse_address
-from worker.tokens import manage_token, message_id, unsubscribe_token
+from worker.tokens import message_id
 
 
 @dataclass(frozen=True)
@@ -40,29 +41,6 @@ class Composed:
     def digest(self) -> PersonalDigest:
         """The personalised parts as text (preview and tests; the hot path never needs them)."""
         return personalise(self.variant, self.recipient)
-
-
-@dataclass(frozen=True)
-class Links:
-    unsubscribe: str
-    view_online: str
-    manage: str
-
-    def leave(self, regions: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-        """Each region's "Stop <region> news" page: under the manage link, so no more
-        signing per copy. Codes are validated ISO codes, safe in a path as they are."""
-        return tuple((code, f"{self.manage}/leave/{code}") for code in regions)
-
-
-def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str,
-          subscriber_id: int | None) -> Links:
-    """A copy's links. A test send's links unsubscribe and manage nobody (id 0)."""
-    ident = subscriber_id or 0
-    return Links(
-        unsubscribe=f"{settings.public_url}/unsubscribe/{unsubscribe_token(secret, ident)}",
-        view_online=f"{settings.public_url}/archive/{edition_key}/{variant_key}",
-        manage=f"{settings.public_url}/manage/{manage_token(secret, ident)}",
-    )
 
 
 @lru_cache(maxsize=128)

@@ -6,23 +6,24 @@ steps here run once per variant, never once per subscriber.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from worker.digest import RegionSet, Selection, Window
-from worker.errors import HeaderInjectionError
+from worker.errors import HeaderInjectionError, NewsletterError
 from worker.regions import region_name
+from worker.render.clip import FULL, GMAIL_CLIP_BYTES, SEND_LIMIT_BYTES, Trim, fits, sent_html_bytes, trims
 from worker.render.env import get_template
 from worker.render.inline import inline_css
 from worker.render.personalise import leave_key, new_nonce, tokens
 from worker.settings import Settings
 from worker.text import contains_control, single_line
 
-# Gmail clips messages whose HTML is larger than about 102 KB.
-GMAIL_CLIP_BYTES = 102 * 1024
+log = logging.getLogger(__name__)
 TEMPLATE = "weekly_digest"
 # Mail clients show about this much of a subject in a list; the brand is in From.
 SUBJECT_MAX = 70
@@ -38,6 +39,11 @@ class RenderedVariant:
     story_count: int
     # The markers' nonce (see personalise.py): the markers in html and text carry it.
     nonce: str
+    # How it was shortened to pass under Gmail's clip (clip.py); FULL: not at all, or
+    # loaded from the store, which keeps what was sent but not how it was cut.
+    trim: Trim = field(default=FULL, compare=False)
+    # The HTML part of its largest copy as sent, in bytes (clip.py); 0: not measured here.
+    sent_bytes: int = field(default=0, compare=False)
 
     @property
     def tokens(self) -> dict[str, str]:
@@ -49,64 +55,98 @@ class RenderedVariant:
 
     @property
     def html_bytes(self) -> int:
-        return len(self.html.encode("utf-8"))
+        """The HTML part's size as Gmail measures it: of its largest copy as sent when this
+        process measured it (clip.py), else of the variant's HTML itself."""
+        return self.sent_bytes or len(self.html.encode("utf-8"))
 
     @property
     def clipped(self) -> bool:
-        return self.html_bytes > GMAIL_CLIP_BYTES
+        return max(self.html_bytes, self.sent_bytes) > GMAIL_CLIP_BYTES
+
+
+class TooLargeToSend(NewsletterError):
+    """Even the shortest form of a variant would pass Gmail's clip."""
 
 
 def render_variant(
     *, selection: Selection, window: Window, edition_key: str, settings: Settings
 ) -> RenderedVariant:
+    """The variant as every copy of it is sent: whole when its largest copy's HTML part fits
+    under Gmail's clip, else the least shortened form that fits (clip.py)."""
     nonce = new_nonce()
+
+    def render(trim: Trim) -> RenderedVariant:
+        return _render(selection=selection, window=window, edition_key=edition_key, settings=settings,
+                       nonce=nonce, trim=trim)
+
+    whole = render(FULL)
+    if fits(whole.sent_bytes):
+        return whole
+    levels = trims(max(len(section.stories) for section in selection.sections))
+    low, high, found = 0, len(levels) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = render(levels[middle])
+        if fits(candidate.sent_bytes):
+            found, high = candidate, middle - 1
+        else:
+            low = middle + 1
+    if found is None:
+        raise TooLargeToSend(f"{edition_key} {'-'.join(selection.regions)}: even its shortest form is over "
+                             f"{SEND_LIMIT_BYTES // 1024} KB of HTML")
+    log.warning("%s %s: %.1f KB of HTML as sent, over the %d KB limit under Gmail's clip; shortened to %.1f KB "
+                "(%s stories a section, summaries cut to %s characters)", edition_key, "-".join(selection.regions),
+                whole.sent_bytes / 1024, SEND_LIMIT_BYTES // 1024, found.sent_bytes / 1024,
+                "all" if found.trim.stories is None else found.trim.stories, found.trim.summary)
+    return found
+
+
+def _render(*, selection: Selection, window: Window, edition_key: str, settings: Settings, nonce: str,
+            trim: Trim) -> RenderedVariant:
     context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings,
-                            nonce=nonce)
+                            nonce=nonce, trim=trim)
     folder = settings.templates_dir
     subject = check_header_text("subject", headline(get_template(folder, f"{TEMPLATE}/subject.txt").render(context)))
-    html = get_template(folder, f"{TEMPLATE}/body.html").render(context)
+    html = inline_css(get_template(folder, f"{TEMPLATE}/body.html").render(context), inliner=settings.css_inliner)
     text = get_template(folder, f"{TEMPLATE}/body.txt").render(context)
+    key = RegionSet(selection.regions).key
     return RenderedVariant(
         edition_key=edition_key,
         regions=selection.regions,
         subject=subject,
-        html=inline_css(html, inliner=settings.css_inliner),
+        html=html,
         text=text.strip() + "\n",
         story_count=selection.story_count,
         nonce=nonce,
+        trim=trim,
+        sent_bytes=sent_html_bytes(html, nonce=nonce, regions=selection.regions, edition_key=edition_key,
+                                   variant_key=key, settings=settings),
     )
 
 
 def build_context(*, selection: Selection, window: Window, edition_key: str, settings: Settings,
-                  nonce: str) -> dict:
+                  nonce: str, trim: Trim = FULL) -> dict:
     tz = settings.tz
     names = {code: region_name(code, settings.region_names) for code in selection.regions}
     personal = tokens(nonce, selection.regions)
-    sections = [
-        {
+    sections = []
+    for section in selection.sections:
+        shown = section.stories if trim.stories is None else section.stories[:trim.stories]
+        # Codes are ISO 3166 alpha-2, validated at import: nothing else goes into the URL.
+        more_url = settings.region_url.replace("{region}", section.region) or None
+        sections.append({
             "region": section.region,
             "region_name": names[section.region],
-            # Codes are ISO 3166 alpha-2, validated at import: nothing else goes into the URL.
-            "more_url": settings.region_url.replace("{region}", section.region) or None,
+            "more_url": more_url,
+            # A shortened section's stories left out, and where they are: the region's page
+            # on the site, else the edition online (a marker, as every copy's link differs).
+            "hidden": len(section.stories) - len(shown),
+            "hidden_url": more_url or personal["view_online_url"],
             # A marker: this reader's "Stop <region> news" link (personalise.py).
             "leave_url": personal[leave_key(section.region)],
-            "stories": [
-                {
-                    "title": story.title,
-                    "url": story.url,
-                    "date_label": _day(story.published_at, tz),
-                    "source": story.source,
-                    # Sanitised with nh3 at ingestion; the only Markup in the context.
-                    "summary_html": Markup(_as_block(story.summary_html)),
-                    "summary_text": story.summary_text,
-                    "image_url": story.image_url,
-                }
-                for story in section.stories
-            ],
-        }
-        for section in selection.sections
-    ]
-    titles = [story["title"] for section in sections for story in section["stories"]]
+            "stories": [_story(story, tz, trim.summary) for story in shown],
+        })
+    titles = [story.title for section in selection.sections for story in section.stories]
     return {
         "lang": "en",
         "newsletter": {
@@ -127,8 +167,26 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         "sections": sections,
         "preheader": _preheader(titles),
         # The subject's: the first story of the reader's first region.
-        "top_story": sections[0]["stories"][0] if sections else {"title": ""},
+        "top_story": {"title": titles[0] if titles else ""},
         "personal": personal,
+    }
+
+
+def _story(story, tz: ZoneInfo, summary_cut: int | None) -> dict:
+    summary_html, summary_text = story.summary_html, story.summary_text
+    if summary_cut is not None and len(" ".join(summary_text.split())) > summary_cut:
+        # Cut as text at a word: a cut through sanitised markup could leave it unbalanced.
+        summary_text = headline(summary_text, summary_cut) if summary_cut else ""
+        summary_html = f"<p>{escape(summary_text)}</p>" if summary_text else ""
+    return {
+        "title": story.title,
+        "url": story.url,
+        "date_label": _day(story.published_at, tz),
+        "source": story.source,
+        # Sanitised with nh3 at ingestion, or our own escaped cut: the only Markup in the context.
+        "summary_html": Markup(_as_block(summary_html)),
+        "summary_text": summary_text,
+        "image_url": story.image_url,
     }
 
 

@@ -7,9 +7,7 @@ header parsing and quoted-printable encoder; this one spends well under 1 ms.
 
 from __future__ import annotations
 
-import binascii
 import hashlib
-import re
 from dataclasses import dataclass
 from email.headerregistry import Address
 
@@ -17,54 +15,13 @@ from worker.errors import HeaderInjectionError
 from worker.render.digest import RenderedVariant, check_header_text
 from worker.render.headers import DIGEST_FIELDS, check_fields, mailbox_header, unstructured
 from worker.render.message import ONE_CLICK
-from worker.render.personalise import Recipient, for_place
+from worker.render.personalise import Recipient
+from worker.render.qp import EncodedBody
 
-
-def _qp(text: str) -> bytes:
-    # binascii's encoder is C; istext keeps line breaks as line breaks, then CRLF.
-    body = text.replace("\r\n", "\n").replace("\r", "\n")
-    return binascii.b2a_qp(body.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
-
-
-_SOFT = b"=\r\n"
 # A copy's header block is From, To, Subject, Date, Message-ID, List-Id, List-Unsubscribe and
 # the MIME fields (DIGEST_FIELDS): the per-copy ones and the rest, checked apart.
 _PERSONAL_FIELDS = ("To", "Date", "Message-ID", "List-Unsubscribe")
 _STATIC_FIELDS = tuple(f for f in DIGEST_FIELDS if f not in _PERSONAL_FIELDS)
-
-
-@dataclass(frozen=True)
-class EncodedBody:
-    """A part quoted-printable encoded once, with holes where the personal values go.
-
-    Each piece is encoded on its own and the pieces are joined with soft line
-    breaks, so no line exceeds 76 characters and a value never shifts the
-    encoding of the rest: per message only the few short values are encoded.
-    """
-
-    pieces: tuple[bytes | str, ...]  # encoded bytes, or the key of a personal value
-    escape: bool
-
-    @classmethod
-    def build(cls, text: str, *, tokens: dict[str, str], escape: bool) -> EncodedBody:
-        body = text if text.endswith("\n") else text + "\n"
-        key_of = {token: key for key, token in tokens.items()}
-        pieces: list[bytes | str] = []
-        for chunk in re.split("(" + "|".join(map(re.escape, key_of)) + ")", body):
-            if chunk in key_of:
-                pieces.append(key_of[chunk])
-            elif chunk:
-                pieces.append(_qp(chunk))
-        return cls(tuple(pieces), escape)
-
-    def render(self, values: dict[str, str]) -> bytes:
-        out: list[bytes] = []
-        for piece in self.pieces:
-            if isinstance(piece, str):
-                out.extend((_SOFT, _qp(for_place(values[piece], escape=self.escape)), _SOFT))
-            else:
-                out.append(piece)
-        return b"".join(out)
 
 
 @dataclass(frozen=True)
