@@ -247,3 +247,38 @@ def test_at_a_terminal_approve_and_retry_ask_first(terminal, engine, smtp_server
     retried = terminal("send", "--week", "2025-W05", "--retry-failed", "--inline", answer="y\n")
     assert retried.exit_code == 0, retried.output
     assert len(smtp_server.received) == 14
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_at_a_real_terminal_the_question_is_asked_and_answered(sample_engine, db_url, tmp_path):
+    """The CLI as a subprocess on a pseudo-terminal: stdin really is a terminal here."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    outbox = tmp_path / "outbox"
+    env = {**os.environ, "NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_EMAIL_BACKEND": "file",
+           "NEWSLETTER_OUTBOX_DIR": str(outbox), "NEWSLETTER_SECRET_KEY": "pty-secret"}
+    master, slave = pty.openpty()
+    newsletter = Path(sys.executable).with_name("newsletter")
+    proc = subprocess.Popen([str(newsletter), "send", "--week", "2025-W05", "--inline"], stdin=slave,
+                            stdout=slave, stderr=slave, env=env, cwd=tmp_path)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[y/N]: " not in seen and time.monotonic() < deadline:
+        seen += os.read(master, 4096)
+    os.write(master, b"y\n")
+    try:
+        while chunk := os.read(master, 4096):
+            seen += chunk
+    except OSError:  # the terminal closed with the process
+        pass
+    assert proc.wait(timeout=60) == 0, seen.decode()
+    text = seen.decode()
+    assert "the guard's view of 2025-W05" in text and "Send to 25 subscribers? [y/N]: " in text
+    assert len(list(outbox.glob("*.eml"))) == 25
