@@ -33,9 +33,9 @@ from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision, session_scope
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
 from worker.tokens import read_unsubscribe_token
+from worker.web.events import register_events
 from worker.web.mailer import ConfirmationMailer
 from worker.web.operator import register_operator
-from worker.web.events import register_events
 from worker.web.public import public
 from worker.web.ratelimit import SubscribeLimiter
 from worker.web.readers import register_readers
