@@ -2,16 +2,17 @@
 which goes to that address, says which delivery failed even when its body says nothing
 useful. `bounces@bounce.example.org` becomes `bounces+<tag>@bounce.example.org`.
 
-The tag is `<delivery id in base32>` + `<MAC in base32>`, lower case and without padding:
-relays may change the case of a local part, and base32's alphabet survives that. The MAC
-(keyed BLAKE2b, 64 bits, a salt of its own) makes a forged report for someone else's
-delivery worthless: guessing one means mailing us about 2**63 times. It runs once per
-message on the hot path: one hash call and a base32 of ten bytes.
+The tag is the delivery id's bytes and a MAC, in lower-case hex: relays may change the
+case of a local part, and hex means the same in either case. (base32 would be four
+characters shorter, but CPython's b32encode is written in Python and cost 1.9 us of the
+2.6 per message, where bytes.hex is C.) The MAC (keyed BLAKE2b, 64 bits, a salt of its
+own) makes a forged report for someone else's delivery worthless: guessing one means
+mailing us about 2**63 times. It runs once per message on the hot path: one copy of a
+keyed hash state, one update, one hex.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import hmac
@@ -20,24 +21,28 @@ from dataclasses import dataclass
 
 VERP_SALT = b"newsletter.verp.v1"
 MAC_BYTES = 8
-# A delivery id fits 8 bytes; with the MAC, 16 bytes at most: 26 characters.
-MAX_TAG = 26
-_TAG = re.compile(r"[a-z2-7]{2,26}")
+# A delivery id fits 8 bytes; with the MAC, 9 to 16 bytes: 18 to 32 hex digits.
+MAX_TAG = 32
+_TAG = re.compile(r"(?:[0-9a-f]{2}){9,16}")
 
 
 @functools.lru_cache(maxsize=8)
-def _key(secret: str) -> bytes:
-    # BLAKE2b takes a key of at most 64 bytes; the secret key may be longer.
-    return hashlib.sha256(VERP_SALT + b"\x00" + secret.encode()).digest()
+def _keyed(secret: str):
+    # BLAKE2b takes a key of at most 64 bytes; the secret key may be longer. The keyed state
+    # is made once per key and copied per message.
+    key = hashlib.sha256(VERP_SALT + b"\x00" + secret.encode()).digest()
+    return hashlib.blake2b(key=key, digest_size=MAC_BYTES, person=b"verp")
 
 
-def _mac(key: bytes, raw_id: bytes) -> bytes:
-    return hashlib.blake2b(raw_id, key=key, digest_size=MAC_BYTES, person=b"verp").digest()
+def _mac(secret: str, raw_id: bytes) -> bytes:
+    state = _keyed(secret).copy()
+    state.update(raw_id)
+    return state.digest()
 
 
 def make_tag(secret: str, delivery_id: int) -> str:
     raw_id = delivery_id.to_bytes((delivery_id.bit_length() + 7) // 8 or 1, "big")
-    return base64.b32encode(raw_id + _mac(_key(secret), raw_id)).decode().rstrip("=").lower()
+    return (raw_id + _mac(secret, raw_id)).hex()
 
 
 def read_tag(secret: str, tag: str) -> int | None:
@@ -45,12 +50,9 @@ def read_tag(secret: str, tag: str) -> int | None:
     tag = tag.lower()
     if not _TAG.fullmatch(tag):
         return None
-    try:
-        raw = base64.b32decode(tag.upper() + "=" * (-len(tag) % 8))
-    except ValueError:
-        return None
+    raw = bytes.fromhex(tag)
     raw_id, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-    if not raw_id or not hmac.compare_digest(mac, _mac(_key(secret), raw_id)):
+    if not hmac.compare_digest(mac, _mac(secret, raw_id)):
         return None
     return int.from_bytes(raw_id, "big")
 
