@@ -16,10 +16,10 @@ from worker.errors import UsageError
 from worker.ingest.history import KEEP, apply_change
 from worker.ingest.history import record as record_event
 from worker.regions import RegionError, parse_regions
-from worker.zones import ZoneError, optional_zone
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
 from worker.text import contains_control
+from worker.zones import ZoneError, optional_zone
 
 MAX_NAME = 200
 MAX_REGIONS = 20
