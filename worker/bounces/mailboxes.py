@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
 from sqlalchemy import Engine
 
 from worker.bounces.apply import Applied, apply_report
@@ -157,6 +158,16 @@ class ImapLocation:
 
 def process_imap(engine: Engine, settings: Settings, location: ImapLocation, *, now: datetime,
                  ssl_context=None) -> RunSummary:
+    try:
+        return _process_imap(engine, settings, location, now=now, ssl_context=ssl_context)
+    except (OSError, IMAPClientError) as exc:
+        # Named by host and user, never by the URL (it holds the password).
+        raise ConfigError(f"bounce mailbox {location.username} at {location.host}:{location.port}: "
+                          f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _process_imap(engine: Engine, settings: Settings, location: ImapLocation, *, now: datetime,
+                  ssl_context=None) -> RunSummary:
     work = _Processor(engine, settings, now)
     with IMAPClient(location.host, port=location.port, ssl=True, ssl_context=ssl_context,
                     timeout=IMAP_TIMEOUT) as client:
