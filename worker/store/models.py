@@ -320,7 +320,8 @@ class BounceEvent(Base):
     diagnostic: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    __table_args__ = (Index("ix_bounce_events_edition_id", "edition_id", "kind"),)
+    __table_args__ = (Index("ix_bounce_events_edition_id", "edition_id", "kind"),
+                      Index("ix_bounce_events_delivery_id", "delivery_id", "kind"))
 
 
 class Worker(Base):

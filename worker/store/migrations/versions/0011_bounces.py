@@ -43,6 +43,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("bounce_events", schema=None) as batch_op:
         batch_op.create_index("ix_bounce_events_edition_id", ["edition_id", "kind"], unique=False)
+        # A report looks for earlier ones about its delivery, and deleting a delivery (a
+        # purged subscriber) must find the rows that point at it without a scan.
+        batch_op.create_index("ix_bounce_events_delivery_id", ["delivery_id", "kind"], unique=False)
     with op.batch_alter_table("subscribers", schema=None) as batch_op:
         batch_op.add_column(sa.Column("transient_bounces", sa.Integer(), server_default="0", nullable=False))
 
@@ -54,5 +57,6 @@ def downgrade() -> None:
     else:
         op.drop_column("subscribers", "transient_bounces")
     with op.batch_alter_table("bounce_events", schema=None) as batch_op:
+        batch_op.drop_index("ix_bounce_events_delivery_id")
         batch_op.drop_index("ix_bounce_events_edition_id")
     op.drop_table("bounce_events")
