@@ -178,9 +178,22 @@ def test_without_a_tag_our_message_id_then_the_address_find_the_delivery(engine)
     _apply(engine, dsn(A, to="postmaster@example.org", quoted_message_id=week2.message_id))
     assert delivery(engine, ids[(2, A)]).state == "bounced"
     assert delivery(engine, ids[(3, A)]).state == "sent"
-    # The address alone: their latest delivery.
-    _apply(engine, dsn(B, to="postmaster@example.org", report_id="<other@mx>"))
+    # The address alone, with VERP off (no tag could be there): their latest delivery.
+    report = dsn(B, to="postmaster@example.org", report_id="<other@mx>")
+    (unverified,) = read_report(report, return_path=None, message_id_domain="localhost").reports
+    assert apply_report(engine, unverified, transient_limit=5, now=NOW) is Applied.APPLIED
     assert delivery(engine, ids[(3, B)]).state == "bounced"
+
+
+def test_with_verp_on_an_address_alone_is_not_believed(engine):
+    """Anyone can mail us a DSN naming a reader; only we can make a tag or a Message-ID."""
+    ids = sent_editions(engine, [A])
+    forged = dsn(A, to=BOUNCE_ADDRESS, report_id="<forged@attacker>")
+    assert _apply(engine, forged) == [Applied.UNVERIFIED]
+    forged_arf = arf(A, report_id="<forged-arf@attacker>")
+    assert _apply(engine, forged_arf) == [Applied.UNVERIFIED]
+    assert subscriber(engine, A).status == "active" and delivery(engine, ids[(1, A)]).state == "sent"
+    assert bounce_events(engine) == []
 
 
 def test_a_report_for_an_address_we_never_sent_to_is_ignored(engine):
@@ -249,21 +262,22 @@ def _maildir(tmp_path: Path, messages: dict[str, bytes]) -> Path:
 
 
 def test_a_maildir_is_processed_once_and_a_bad_message_is_kept(engine, settings):
-    settings = settings.model_copy(update={"bounce_address": BOUNCE_ADDRESS, "database_url": str(engine.url)})
+    settings = settings.model_copy(update={"bounce_address": BOUNCE_ADDRESS})
     ids = sent_editions(engine, [A, B])
     box = _maildir(Path.cwd(), {
         "1.a": dsn(A, to=RETURN_PATH.for_delivery(ids[(1, A)])),
-        "2.b": arf(B, report_id="<c@fbl>"),
+        "2.b": arf(B, report_id="<c@fbl>", mail_from=RETURN_PATH.for_delivery(ids[(1, B)])),
+        "6.forged": dsn(B, to=BOUNCE_ADDRESS, report_id="<f@attacker>"),
         "3.big": b"Subject: x\r\n\r\n" + b"x" * (MAX_REPORT_BYTES + 10),
         "4.reply": b"Subject: Out of office\r\n\r\naway\r\n",
         "5.stranger": dsn("stranger@example.net", to="x@example.org", report_id="<s@mx>"),
     })
     summary = process_maildir(engine, settings, box, now=NOW)
-    assert summary.messages == 5 and dict(summary.applied) == {"permanent": 1, "complaint": 1}
-    assert summary.unmatched == 1 and sum(summary.ignored.values()) == 1
+    assert summary.messages == 6 and dict(summary.applied) == {"permanent": 1, "complaint": 1}
+    assert summary.unmatched == 1 and summary.unverified == 1 and sum(summary.ignored.values()) == 1
     assert summary.kept == [f"new/3.big: {MAX_REPORT_BYTES + 24} bytes, over the {MAX_REPORT_BYTES} read"]
     assert sorted(p.name for p in (box / "cur").iterdir()) == [
-        "1.a:2,S", "2.b:2,S", "3.big:2,F", "4.reply:2,S", "5.stranger:2,S"]
+        "1.a:2,S", "2.b:2,S", "3.big:2,F", "4.reply:2,S", "5.stranger:2,S", "6.forged:2,S"]
     assert (box / "cur" / "3.big:2,F").stat().st_size == MAX_REPORT_BYTES + 24  # kept whole
     assert subscriber(engine, A).status == "bounced" and subscriber(engine, B).status == "complained"
     # A second run reads nothing.
@@ -275,7 +289,7 @@ def test_an_mbox_is_only_read_and_reading_it_twice_changes_nothing(engine, setti
     path = Path("bounces.mbox")
     box = mailbox.mbox(path)
     box.add(dsn(A, to=RETURN_PATH.for_delivery(ids[(1, A)])))
-    box.add(dsn(B, status="4.2.2", report_id="<t@mx>", to="postmaster@example.org"))
+    box.add(dsn(B, status="4.2.2", report_id="<t@mx>", to=RETURN_PATH.for_delivery(ids[(1, B)])))
     box.close()
     settings = settings.model_copy(update={"bounce_address": BOUNCE_ADDRESS})
     content = path.read_bytes()

@@ -80,6 +80,7 @@ def test_each_sample_matches_the_tagged_delivery(engine, name):
 def test_without_a_tag_a_sample_matches_by_its_address(engine, name):
     address = EXPECTED[name]["recipients"][0]
     ids = sent_editions(engine, [address, "other@example.org"], editions=2)
-    reading = read_report((SAMPLES / name).read_bytes(), return_path=RETURN_PATH, message_id_domain="localhost")
+    # VERP off: the address is all a report can name.
+    reading = read_report((SAMPLES / name).read_bytes(), return_path=None, message_id_domain="localhost")
     assert [apply_report(engine, r, transient_limit=5, now=NOW) for r in reading.reports] == [Applied.APPLIED]
     assert {e.delivery_id for e in bounce_events(engine)} == {ids[(2, address)]}  # their latest

@@ -48,12 +48,14 @@ log = logging.getLogger(__name__)
 RECENT_EDITIONS = 8
 # Rows a relay accepted: what a late report can be about.
 ACCEPTED = (DeliveryState.SENT.value, DeliveryState.UNKNOWN.value, DeliveryState.BOUNCED.value)
+_UNVERIFIED = object()  # _match's answer for an address it may not go by
 
 
 class Applied(StrEnum):
     APPLIED = "applied"       # recorded, and acted on
     DUPLICATE = "duplicate"   # processed before: nothing changed
     UNMATCHED = "unmatched"   # about no delivery of ours: logged and ignored
+    UNVERIFIED = "unverified"  # only an address, in mail while VERP is on: not believed
 
 
 def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: datetime) -> Applied:
@@ -63,6 +65,10 @@ def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: d
             if delivery is None:
                 log.info("%s report (%s) matches no delivery of ours; ignored", report.kind, report.source)
                 return Applied.UNMATCHED
+            if delivery is _UNVERIFIED:
+                log.info("%s report (%s) names an address but no tag or Message-ID of ours; not believed",
+                         report.kind, report.source)
+                return Applied.UNVERIFIED
             subscriber = session.get(Subscriber, delivery.subscriber_id, with_for_update=True)
             first_for_delivery = not _has_event(session, delivery.id, report.kind)
             session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
@@ -84,7 +90,9 @@ def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: d
     return Applied.APPLIED
 
 
-def _match(session: Session, report: Report) -> Delivery | None:
+def _match(session: Session, report: Report) -> Delivery | object | None:
+    """The delivery a report is about: by tag, by our Message-ID, then (where the address
+    may be believed) the reader's latest accepted delivery; None for none of ours."""
     if report.delivery_id is not None:
         # A verified tag: ours, whatever address the report names (forwarding, aliases).
         return session.get(Delivery, report.delivery_id, with_for_update=True)
@@ -98,8 +106,12 @@ def _match(session: Session, report: Report) -> Delivery | None:
         found = session.scalars(rows.where(Delivery.message_id == report.message_id)).first()
         if found is not None:
             return found
+    if subscriber_id is None:
+        return None
+    if not report.address_trusted:
+        return _UNVERIFIED
     # The address alone: their latest delivery a relay accepted.
-    return session.scalars(rows).first() if subscriber_id is not None else None
+    return session.scalars(rows).first()
 
 
 def _subscriber_id(session: Session, address: str | None) -> int | None:

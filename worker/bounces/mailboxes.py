@@ -43,6 +43,7 @@ class RunSummary:
     applied: Counter = field(default_factory=Counter)   # by kind
     duplicates: int = 0
     unmatched: int = 0
+    unverified: int = 0                                  # an address alone while VERP is on
     ignored: Counter = field(default_factory=Counter)   # by reason
     kept: list[str] = field(default_factory=list)       # "name: why"
     more: bool = False                                  # MAX_PER_RUN reached
@@ -50,7 +51,8 @@ class RunSummary:
     def describe(self) -> str:
         applied = ", ".join(f"{n} {k}" for k, n in sorted(self.applied.items())) or "none"
         text = (f"{self.messages} messages read; applied: {applied}; {self.duplicates} already processed; "
-                f"{self.unmatched} for no delivery of ours; {sum(self.ignored.values())} ignored; "
+                f"{self.unmatched} for no delivery of ours; {self.unverified} naming only an address "
+                f"(not believed with VERP on); {sum(self.ignored.values())} ignored; "
                 f"{len(self.kept)} kept for a human")
         return text + ("; more remain for the next run" if self.more else "")
 
@@ -94,6 +96,8 @@ class _Processor:
                 self.summary.applied[report.kind.value] += 1
             elif result is Applied.DUPLICATE:
                 self.summary.duplicates += 1
+            elif result is Applied.UNVERIFIED:
+                self.summary.unverified += 1
             else:
                 self.summary.unmatched += 1
 

@@ -9,8 +9,10 @@ complaint), to which address, and what names our delivery.
 
 What names the delivery, strongest first: the VERP tag of the address the report was
 sent to (verp.py: signed, so only our own tags count), then our Message-ID quoted in
-the report, then the failed address itself (apply.py matches the last two to a delivery
-of ours). Everything in a report is data: bounded, decoded, never trusted to be well formed.
+the report (an HMAC too), then the failed address itself (apply.py matches the last two
+to a delivery of ours). The address alone is believed only where no tag could be there:
+while VERP is on, a mailed report naming a reader's address and nothing of ours could
+have come from anyone. Everything in a report is data: bounded, decoded, never trusted to be well formed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class Report:
     smtp_code: int | None
     diagnostic: str | None
     fingerprint: str
+    # Whether the address alone may name the delivery: not for mail while VERP is on (anyone
+    # can mail us a report naming a reader's address; only we can make a tag or a Message-ID).
+    address_trusted: bool = True
 
 
 @dataclass
@@ -117,12 +122,14 @@ class _Ident:
                delivery_id: int | None = None) -> Report:
         return build_report(kind, source, report_key=self.report_key, recipient=recipient,
                             delivery_id=delivery_id if delivery_id is not None else self.delivery_id,
-                            message_id=self.message_id, code=code, smtp_code=smtp_code, diagnostic=diagnostic)
+                            message_id=self.message_id, code=code, smtp_code=smtp_code, diagnostic=diagnostic,
+                            address_trusted=self.return_path is None)
 
 
 def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: str | None,
                  delivery_id: int | None, message_id: str | None, code: str | None = None,
-                 smtp_code: int | None = None, diagnostic: str | None = None) -> Report:
+                 smtp_code: int | None = None, diagnostic: str | None = None,
+                 address_trusted: bool = True) -> Report:
     """A Report with its values bounded and cleaned, and its fingerprint: the report's own
     id (its Message-ID, a provider's event id, else a hash of its content) with the kind
     and the address (or delivery) it is about."""
@@ -131,7 +138,8 @@ def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: s
     found = _ENHANCED.search(code or "")
     return Report(kind=kind, source=source, recipient=recipient, delivery_id=delivery_id,
                   message_id=message_id, code=".".join(found.groups()) if found else None, smtp_code=smtp_code,
-                  diagnostic=_clean(diagnostic), fingerprint=hashlib.sha256(key.encode()).hexdigest())
+                  diagnostic=_clean(diagnostic), fingerprint=hashlib.sha256(key.encode()).hexdigest(),
+                  address_trusted=address_trusted)
 
 
 def _read_arf(msg: Message, feedback: Message, ident: _Ident) -> Reading:
