@@ -454,6 +454,13 @@ def test_app_services_run_as_the_image_user_writing_only_var(image_user, pg_url,
                 return False
 
         _wait(healthy, 60, "web /healthz", procs["web"], logs["web"])
+        # The worker's and beat's healthchecks, as the image user: the worker's processes beat
+        # in the database; beat has published nothing yet (its first tick is a minute away).
+        _wait(lambda: image_user.run(services["worker"]["healthcheck"]["test"][1:], env).returncode == 0, 30,
+              "worker healthcheck", procs["worker"], logs["worker"])
+        beat_check = image_user.run(_in_sim(services["beat"]["healthcheck"]["test"][1:], image_user), env)
+        assert beat_check.returncode == 1, beat_check.stdout + beat_check.stderr
+        assert "beat has handed no task to the broker yet" in beat_check.stderr
         time.sleep(2)  # past start-up: nothing crash-loops
         for name, proc in procs.items():
             assert proc.poll() is None, f"{name} exited {proc.returncode}:\n{logs[name].read_text()[-3000:]}"
