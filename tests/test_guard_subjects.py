@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tests.test_headers import SETTINGS, NOW, _variant
+from tests.test_headers import NOW, SETTINGS, _variant
 from worker.digest import select_sections, week_window
 from worker.digest.queries import fetch_window_stories
 from worker.render.compose import Addressee, compose
