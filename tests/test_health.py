@@ -105,3 +105,35 @@ def test_health_worker_on_the_command_line(run_cli, engine):
     assert stale.code == 1 and "the newest heartbeat of" in stale.err
     assert longer.code == 0
     assert other.code == 1 and "no worker process of nowhere" in other.err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # beat never opens the database
+def test_a_real_beat_becomes_healthy_once_its_first_tick_reached_the_broker(tmp_path, worker_env, redis_url, run_cli):
+    """`celery -A worker beat` as compose runs it: unhealthy (no mark) until the reconcile
+    tick, a minute after start, is in Redis; then healthy."""
+    import subprocess
+    import sys
+    import time
+
+    import redis
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env.update(worker_env, PYTHONPATH=str(REPO))
+    schedule = tmp_path / "var" / "celerybeat-schedule"
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "beat", "-l", "INFO", "--schedule",
+                             str(schedule)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        before = run_cli("health", "beat", "--schedule", str(schedule))
+        assert before.code == 1 and "handed no task to the broker yet" in before.err
+        deadline = time.monotonic() + 100
+        while not beat_alive_path(schedule).exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        after = run_cli("health", "beat", "--schedule", str(schedule))
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode(errors="replace")
+    assert after.code == 0, out[-3000:]
+    assert redis.Redis.from_url(redis_url).llen("celery") >= 1  # the tick it published
