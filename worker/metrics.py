@@ -20,8 +20,8 @@ Exposed (prometheus-client), name {labels}: what.
   source dsn, arf, ses or json. Counted where they are processed (beat, CLI, web app).
 
 Read from the database at each scrape, by the web app (gauges; `LedgerCollector`). Editions
-listed: the 20 created last plus every one not finished (sending, paused, held), so a scrape
-costs the same in year five as in week one:
+listed: the 20 created last plus every one not finished (sending, paused, held; the 200
+newest of those), so a scrape costs the same in year five as in week one:
 
 - newsletter_ledger_rows {edition, state}: ledger rows of each listed edition, every state,
   zeros included.
@@ -286,6 +286,7 @@ def stop_worker() -> None:
 # Editions listed per scrape besides the unfinished ones, and sources at most: a bound on
 # series and on the work of one scrape.
 RECENT_EDITIONS = 20
+MAX_UNFINISHED = 200
 MAX_SOURCES = 500
 _UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
 _BOUNCE_KINDS = frozenset(kind.value for kind in BounceKind)
@@ -352,7 +353,8 @@ class LedgerCollector(Collector):
         recent = conn.execute(select(Edition.id, Edition.key, Edition.state)
                               .order_by(Edition.created_at.desc(), Edition.id.desc()).limit(self._recent)).all()
         unfinished = conn.execute(select(Edition.id, Edition.key, Edition.state)
-                                  .where(Edition.state.in_(_UNFINISHED))).all()
+                                  .where(Edition.state.in_(_UNFINISHED))
+                                  .order_by(Edition.created_at.desc(), Edition.id.desc()).limit(MAX_UNFINISHED)).all()
         return {row.id: row for row in [*recent, *unfinished]}
 
     @staticmethod

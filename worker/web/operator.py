@@ -45,6 +45,8 @@ OPERATOR_SALT = "newsletter.operator.v1"
 # The page stays usable this long after it was shown.
 FORM_MAX_AGE = 3600
 RECENT = 20
+# Unfinished editions are a handful; a page of them is still bounded if something piles them up.
+MAX_UNFINISHED = 200
 _UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
 # A URL is shown whole (the operator configured it) but bounded, and never with its password.
 MAX_URL = 300
@@ -138,7 +140,9 @@ def _notice(engine: Engine, args) -> dict | None:
 def _editions(engine: Engine) -> list[dict]:
     """Every unfinished edition and the ones created last, newest first."""
     with session_scope(engine) as session:
-        unfinished = list(session.scalars(select(Edition).where(Edition.state.in_(_UNFINISHED))))
+        unfinished = list(session.scalars(select(Edition).where(Edition.state.in_(_UNFINISHED))
+                                          .order_by(Edition.created_at.desc(), Edition.id.desc())
+                                          .limit(MAX_UNFINISHED)))
     listed = {e.id: e for e in [*unfinished, *recent_editions(engine, RECENT)]}
     ordered = sorted(listed.values(), key=lambda e: (e.created_at, e.id), reverse=True)
     return [edition_status(engine, e, list_unknown=0) for e in ordered]
