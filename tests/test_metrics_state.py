@@ -108,15 +108,21 @@ def test_sources_are_labelled_by_id_with_failures_and_last_success(engine, setti
         session.execute(sa.update(Source).where(Source.id == good.id).values(last_success_at=success))
         session.execute(sa.update(Source).where(Source.id == bad.id).values(consecutive_failures=3,
                                                                            last_error="HTTP 401"))
+    long = add_source(engine, "https://feeds.example/" + "a" * 300 + "\n\t.xml#frag")
     scraped = _scrape(engine, settings)
-    assert _by(scraped["newsletter_source_consecutive_failures"], "source") == {str(good.id): 0, str(bad.id): 3}
+    feeds = {str(good.id): "https://feeds.example/ru.xml", str(bad.id): "https://feeds.example/private.xml",
+             str(long.id): "https://feeds.example/" + "a" * 77 + "…"}
+    failures = scraped["newsletter_source_consecutive_failures"]
+    assert failures == {(("feed", feeds[str(good.id)]), ("source", str(good.id))): 0,
+                        (("feed", feeds[str(bad.id)]), ("source", str(bad.id))): 3,
+                        (("feed", feeds[str(long.id)]), ("source", str(long.id))): 0}
     assert _by(scraped["newsletter_source_last_success_timestamp_seconds"], "source") == \
-        {str(good.id): success.timestamp(), str(bad.id): 0}
+        {str(good.id): success.timestamp(), str(bad.id): 0, str(long.id): 0}
     assert scraped["newsletter_sources_up"][()] == 1
     app = create_app(settings, engine)
     app.testing = True
     text = app.test_client().get("/metrics", environ_base=LOOPBACK).text
-    assert "secret" not in text and "feeds.example" not in text
+    assert "secret" not in text and "user" not in text and "key=" not in text
 
 
 def test_late_bounces_are_counted_per_edition_and_kind(engine, settings, tmp_path):
@@ -162,3 +168,12 @@ def test_a_missing_bounces_table_is_its_own_zero(engine, settings):
     scraped = _scrape(engine, settings)
     assert scraped["newsletter_bounces_up"][()] == 0
     assert scraped["newsletter_ledger_up"][()] == 1 and scraped["newsletter_sources_up"][()] == 1
+
+
+def test_a_feed_label_keeps_no_credentials_and_no_control_characters():
+    from worker.metrics import feed_label
+
+    assert feed_label("https://u:p@feeds.example:8443/x.xml?token=t#f") == "https://feeds.example:8443/x.xml"
+    assert feed_label("https://feeds.example/a\nb\x1b[31m") == "https://feeds.example/ab[31m"
+    assert feed_label("http://feeds.example:99999/x") == "unparsable"
+    assert feed_label("/srv/feeds/world.json") == "/srv/feeds/world.json"

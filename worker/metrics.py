@@ -29,10 +29,11 @@ newest of those), so a scrape costs the same in year five as in week one:
 - newsletter_editions {state}: every edition by state (one row per send: a small table).
 - newsletter_editions_held: editions waiting for approve or discard;
   newsletter_edition_held {edition}: 1 for each of them, labelled with its key.
-- newsletter_source_consecutive_failures {source}: failed polls in a row, per source id
-  (`newsletter sources list` maps ids to URLs; a URL may carry credentials and is no label).
-- newsletter_source_last_success_timestamp_seconds {source}: Unix time of the source's last
-  successful poll, 0 if it never had one (so `time() - x` alerts on it too).
+- newsletter_source_consecutive_failures {source, feed}: failed polls in a row, per source
+  id; `feed` is its URL without user name, password, query or fragment, at most 100
+  characters (a URL may carry credentials: only what is left of it is a label).
+- newsletter_source_last_success_timestamp_seconds {source, feed}: Unix time of the
+  source's last successful poll, 0 if it never had one (so `time() - x` alerts on it too).
 - newsletter_late_bounces {edition, kind}: bounce reports heard after the relay accepted the
   message (the `bounce_events` table), per listed edition and kind (permanent, transient,
   complaint, other).
@@ -57,6 +58,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily
@@ -396,7 +398,8 @@ class LedgerCollector(Collector):
         up = GaugeMetricFamily("newsletter_sources_up", "1 if the sources could be read at this scrape.")
         try:
             with self._engine.connect() as conn:
-                sources = conn.execute(select(Source.id, Source.consecutive_failures, Source.last_success_at)
+                sources = conn.execute(select(Source.id, Source.url, Source.consecutive_failures,
+                                              Source.last_success_at)
                                        .order_by(Source.id).limit(MAX_SOURCES)).all()
         except SQLAlchemyError as exc:
             log.warning("metrics: cannot read the sources: %s", type(exc).__name__)
@@ -404,15 +407,33 @@ class LedgerCollector(Collector):
             yield up
             return
         failures = GaugeMetricFamily("newsletter_source_consecutive_failures", "Failed polls in a row, by source "
-                                     "id (`newsletter sources list`).", labels=["source"])
+                                     "id.", labels=["source", "feed"])
         success = GaugeMetricFamily("newsletter_source_last_success_timestamp_seconds", "Unix time of the last "
-                                    "successful poll, by source id; 0 if none yet.", labels=["source"])
-        for source_id, failed, last_success in sources:
-            failures.add_metric([str(source_id)], failed or 0)
-            success.add_metric([str(source_id)], last_success.timestamp() if last_success else 0)
+                                    "successful poll, by source id; 0 if none yet.", labels=["source", "feed"])
+        for source_id, url, failed, last_success in sources:
+            labels = [str(source_id), feed_label(url)]
+            failures.add_metric(labels, failed or 0)
+            success.add_metric(labels, last_success.timestamp() if last_success else 0)
         up.add_metric([], 1)
         yield from (failures, success, up)
 
 
 def _label(text: str) -> str:
     return text[:MAX_LABEL]
+
+
+MAX_FEED_LABEL = 100
+
+
+def feed_label(url: str) -> str:
+    """A source's URL as a label: scheme, host, port and path only (no user name, password,
+    query or fragment: where credentials ride), bounded. A file source is its path."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # an unparsable port or bracket: keep nothing of the address
+        return "unparsable"
+    text = f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme and parts.netloc else parts.path
+    text = "".join(ch for ch in text if ch.isprintable())
+    return text if len(text) <= MAX_FEED_LABEL else text[:MAX_FEED_LABEL - 1] + "…"
