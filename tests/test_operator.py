@@ -158,7 +158,8 @@ def test_sources_health_is_shown_escaped_and_without_passwords(engine, settings)
     html = _client(engine, settings).get("/operator", environ_base=LOOPBACK).text
     assert HOSTILE not in html and "<script" not in html
     assert "hunter2" not in html
-    assert "https://editor:***@feeds.example/x.xml?q=&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
+    assert (f'<td>{bad.id}</td><td class="url">https://editor:***@feeds.example/x.xml?q=&lt;script&gt;'
+            'alert(&#34;x&#34;)&lt;/script&gt;</td>') in html
     assert "HTTP 500 &lt;script&gt;" in html and '<td class="failing">4</td>' in html
     assert '<time datetime="2025-02-02T12:30:00+00:00">2025-02-02 12:30 UTC</time>' in html
     assert "2025-02-02 20:00 UTC" in html  # next poll of the failing one

@@ -54,6 +54,7 @@ MAX_URL = 300
 
 @dataclass(frozen=True)
 class SourceRow:
+    id: int   # the `source` label of the metrics
     url: str
     region: str | None
     last_success: datetime | None
@@ -149,7 +150,7 @@ def _editions(engine: Engine) -> list[dict]:
 
 
 def _sources(engine: Engine) -> list[SourceRow]:
-    return [SourceRow(url=_shown_url(s.url), region=s.region, last_success=s.last_success_at,
+    return [SourceRow(id=s.id, url=_shown_url(s.url), region=s.region, last_success=s.last_success_at,
                       last_error=s.last_error, last_error_at=s.last_error_at, failures=s.consecutive_failures,
                       next_poll=s.next_poll_at) for s in list_sources(engine)]
 
