@@ -76,3 +76,23 @@ def test_a_refused_login_names_the_mailbox_not_the_password(engine, settings, im
 def test_the_mailbox_certificate_is_verified(engine, settings, imap):
     with pytest.raises(ConfigError, match="SSLCertVerificationError|CERTIFICATE_VERIFY_FAILED"):
         process_imap(engine, settings, ImapLocation.parse(imap.url()), now=NOW, ssl_context=None)
+
+
+def test_the_beat_task_reads_the_mailbox_in_a_real_worker(engine, imap, start_worker, worker_env):
+    """worker.tasks.process_bounces, as beat sends it, run by a real `celery worker`."""
+    from tests.support.worker import wait_for
+    from worker.celery_app import create_app
+    from worker.settings import load_settings
+
+    ids = sent_editions(engine, [A])
+    imap.add("1.dsn", dsn(A, to=RETURN_PATH.for_delivery(ids[(1, A)])))
+    env = {"NEWSLETTER_SECRET_KEY": "test-secret-key", "NEWSLETTER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
+           "NEWSLETTER_BOUNCE_MAILBOX": imap.url(), "SSL_CERT_FILE": str(imap.certs["ca"].cert)}
+    worker = start_worker(concurrency=1, **env)
+    app = create_app(load_settings({**worker_env, **{k: v for k, v in env.items() if k.startswith("NEWSLETTER_")}}))
+    assert "bounces" in app.conf.beat_schedule
+    app.send_task(app.conf.beat_schedule["bounces"]["task"])
+    wait_for(lambda: subscriber(engine, A).status == "bounced", timeout=60, what="the bounce applied")
+    wait_for(lambda: "bounces: 1 messages read; applied: 1 permanent" in worker.output(), timeout=30,
+             what="the task's log line")
+    assert "imap-test-password" not in worker.output()
