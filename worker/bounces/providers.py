@@ -180,11 +180,11 @@ def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str) 
             found = BounceKind.PERMANENT if permanent else BounceKind.TRANSIENT
             if permanent and code and kind_of(code) is BounceKind.TRANSIENT:
                 found = BounceKind.TRANSIENT
+            reason = _str(item.get("diagnosticCode")) or f"SES {bounce.get('bounceType')}/{bounce.get('bounceSubType')}"
             reports.append(build_report(
-                found, "ses", report_key=str(bounce.get("feedbackId") or sns_id), recipient=_str(item.get("emailAddress")),
-                delivery_id=delivery_id, message_id=message_id, code=code,
-                diagnostic=_str(item.get("diagnosticCode")) or f"SES {bounce.get('bounceType')}"
-                                                                f"/{bounce.get('bounceSubType')}"))
+                found, "ses", report_key=str(bounce.get("feedbackId") or sns_id),
+                recipient=_str(item.get("emailAddress")), delivery_id=delivery_id, message_id=message_id,
+                code=code, diagnostic=reason))
         return Reading(reports) if reports else Reading(ignored="SES bounce without recipients")
     if kind == "Complaint":
         complaint = _dict(notification.get("complaint"))
