@@ -315,3 +315,20 @@ def test_the_cli_processes_a_maildir_and_says_what_it_kept(engine, run_cli, db_u
     none = run_cli("bounces", "process", env=env)
     assert none.code == 2 and "set NEWSLETTER_BOUNCE_MAILBOX" in none.err
     assert run_cli("bounces", "process", "--mbox", "missing.mbox", env=env).code == 2
+
+
+SAMPLE_BYTES = [p.read_bytes() for p in sorted((Path(__file__).parent / "samples" / "bounces").glob("*.eml"))]
+
+
+@given(st.sampled_from(SAMPLE_BYTES), st.integers(min_value=0, max_value=20_000), st.binary(max_size=64))
+def test_a_cut_or_garbled_report_reads_or_is_kept_never_crashes(data, cut, junk):
+    """Real reports cut anywhere and with bytes spliced in: a reading, or UnreadableReport."""
+    mangled = data[:cut] + junk + data[cut + len(junk):]
+    try:
+        reading = _read(mangled)
+    except UnreadableReport:
+        return
+    for report in reading.reports:
+        assert report.kind in BounceKind and len(report.fingerprint) == 64
+        assert report.diagnostic is None or (len(report.diagnostic) <= 500 and "\n" not in report.diagnostic)
+        assert report.recipient is None or (len(report.recipient) <= 320 and "\n" not in report.recipient)
