@@ -28,6 +28,7 @@ from worker.bounces.apply import Applied, apply_report
 from worker.bounces.mailboxes import process_maildir, process_mbox
 from worker.bounces.reports import MAX_REPORT_BYTES, UnreadableReport, read_report
 from worker.bounces.verp import ReturnPath, make_tag, read_tag
+from worker.ingest.history import subscriber_record
 from worker.ingest.readers import request_subscription
 from worker.ingest.subscribers import import_csv, make_input
 from worker.store.models import BounceKind, ChangeVia
@@ -153,6 +154,10 @@ def test_a_permanent_bounce_marks_the_delivery_and_the_subscriber(engine):
     (event,) = bounce_events(engine)
     assert (event.kind, event.code, event.delivery_id, event.subscriber_id) == (
         "permanent", "5.1.1", ids[(1, A)], subscriber(engine, A).id)
+    # `subscribers show` tells it once.
+    history = subscriber_record(engine, A)["history"]
+    assert [(e["kind"], e["note"]) for e in history if e["kind"] == "bounced"] == [
+        ("bounced", "late bounce 5.1.1 (dsn)")]
     assert metrics.sample("newsletter_late_reports_total", kind="permanent", source="dsn") == before + 1
 
 
