@@ -58,9 +58,9 @@ def late_lines(data: dict) -> list[str]:
     if not late or not (late["permanent"] or late["transient"] or late["complaint"]):
         return []
     rates = late["rates"]
-    lines = [f"late reports over {late['accepted']} sent: {late['permanent']} bounced "
-             f"({rates['permanent']:.2%}), {late['transient']} temporary failures ({rates['transient']:.2%}), "
-             f"{late['complaint']} complaints ({rates['complaint']:.3%})"]
+    lines = [f"late reports over {late['accepted']} sent: bounced {late['permanent']} "
+             f"({rates['permanent']:.2%}), temporary failures {late['transient']} ({rates['transient']:.2%}), "
+             f"complaints {late['complaint']} ({rates['complaint']:.3%})"]
     if late["complaint_alert"] == "alarm":
         lines.append(f"ALARM: complaint rate {rates['complaint']:.3%} is at or over 0.3 %: Gmail and Yahoo "
                      "reject or junk bulk mail from senders this high; find out why readers complain")
