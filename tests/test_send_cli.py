@@ -142,6 +142,7 @@ def terminal(engine, db_url, smtp_server, tmp_path, monkeypatch):
     the one question "is stdin a terminal?" is answered yes (the pty test below asks a real one)."""
     from click.testing import CliRunner
 
+    from worker.cli import Context
     from worker.cli import cli as group
     from worker.cli import send as send_module
 
@@ -152,7 +153,13 @@ def terminal(engine, db_url, smtp_server, tmp_path, monkeypatch):
            "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0"}
 
     def run(*args, answer=None):
-        return CliRunner().invoke(group, list(args), input=answer, env=env)
+        context = Context()
+        try:
+            return CliRunner().invoke(group, list(args), input=answer, env=env, obj=context)
+        finally:
+            for name in ("engine", "raw_engine"):  # its pool's connections, now rather than at GC
+                if name in context.__dict__:
+                    context.__dict__[name].dispose()
 
     return run
 
