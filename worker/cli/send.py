@@ -38,9 +38,9 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
     it is still sending) --inline or --wait, which continue it. A held edition (a week
     that looked wrong, or review mode) is sent with --approve or dropped with --discard.
 
-    Before anything goes to subscribers it prints what the guard sees (stories per region
-    against their usual count, the newest story's age, reasons to hold) and, on a terminal,
-    asks "Send to N subscribers?"; --yes skips the question. Not on a terminal (cron, a
+    On a terminal, before anything goes to subscribers, it prints what the guard sees
+    (stories per region against their usual count, the newest story's age, reasons to
+    hold) and asks "Send to N subscribers?"; --yes skips the question. Not on a terminal (cron, a
     script), a week the guard would hold is refused with its reasons (exit 1) unless --yes,
     and any other is sent as before.
     """
