@@ -172,3 +172,25 @@ def test_editions_in_flight_and_recent_are_listed_with_their_counts(engine, sett
     html = _client(engine, settings).get("/operator", environ_base=LOOPBACK).text
     assert "manual-&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
     assert '<td class="state state-sending">sending</td>' in html and "No edition is held." in html
+
+
+def test_without_a_token_the_page_answers_only_to_a_loopback_name(world, redis_url):
+    """DNS rebinding: evil.example resolving to 127.0.0.1 would make its page same-origin with ours."""
+    engine, settings, _ = world
+    local = _client(engine, settings)
+    token = _csrf(local.get("/operator", environ_base=LOOPBACK).text, "approve")
+    rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+    assert local.get("/operator", environ_base=LOOPBACK, headers={"Host": "evil.example:8000"}).status_code == 403
+    refused = local.post(f"/operator/editions/{KEY}/approve", data={"csrf": token}, environ_base=LOOPBACK,
+                         headers=rebound)
+    assert refused.status_code == 403 and find_edition(engine, KEY).state == "held"
+    for host in ("127.0.0.1:8000", "[::1]:8000", "localhost"):
+        assert local.get("/operator", environ_base=LOOPBACK, headers={"Host": host}).status_code == 200, host
+    # With a token, the token is the proof, whatever name the server is reached by.
+    guarded = _client(engine, settings, TOKEN)
+    page = guarded.get("/operator", environ_base=REMOTE, headers={"Host": "ops.example", **_bearer()})
+    assert page.status_code == 200
+
+
+def _bearer():
+    return {"Authorization": f"Bearer {TOKEN}"}
