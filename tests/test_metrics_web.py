@@ -41,6 +41,9 @@ def test_metrics_is_an_operator_page(sample_engine, settings):
     assert client.get("/metrics", environ_base=REMOTE).status_code == 403
     assert client.get("/metrics", environ_base=LOOPBACK, headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 403
     assert client.get("/metrics", environ_base=LOOPBACK).status_code == 200
+    # DNS rebinding: another site's name resolved to 127.0.0.1 is not a loopback name.
+    assert client.get("/metrics", environ_base=LOOPBACK, headers={"Host": "evil.example:8000"}).status_code == 403
+    assert client.get("/metrics", environ_base=LOOPBACK, headers={"Host": "127.0.0.1:8000"}).status_code == 200
 
     guarded = _client(sample_engine, settings, TOKEN)
     for environ in (REMOTE, LOOPBACK):

@@ -76,11 +76,11 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
                 return None
             return Response("This page needs the operator token.\n", status=401, mimetype="text/plain",
                             headers={"WWW-Authenticate": REALM})
-        if _is_local():
+        if _is_local() and _loopback_name(request.host):
             return None
-        return Response("Operator pages are served only to loopback clients while no operator token is set: "
-                        "set NEWSLETTER_OPERATOR_TOKEN to reach them from elsewhere.\n",
-                        status=403, mimetype="text/plain")
+        return Response("Operator pages are served only to loopback clients, asking for localhost, 127.0.0.1 or "
+                        "[::1], while no operator token is set: set NEWSLETTER_OPERATOR_TOKEN to reach them from "
+                        "elsewhere.\n", status=403, mimetype="text/plain")
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -268,6 +268,23 @@ def _is_local() -> bool:
         return False  # a unix socket, or nothing: not known to be local
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped  # a dual-stack listener reports 127.0.0.1 as ::ffff:127.0.0.1
+    return address.is_loopback
+
+
+def _loopback_name(host: str) -> bool:
+    """The Host the client asked for is a loopback name. A site whose own name is rebound to
+    127.0.0.1 (DNS rebinding) reaches us from the browser's loopback, under its name: it
+    would be same-origin with the operator pages, able to read them and their forms' tokens."""
+    name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+    name = name.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
     return address.is_loopback
 
 

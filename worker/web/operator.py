@@ -6,10 +6,9 @@ loopback client while none is set). Its two POSTs change what is sent, and a bro
 sends basic auth (or reaches loopback) for any page that asks it to, so each is also
 refused unless:
 
-- the browser's Origin (or Referer) is this server's own origin, when it says one;
-- with no operator token set (loopback clients only), the Host the browser asked for is a
-  loopback name: a site that rebinds its own name to 127.0.0.1 would otherwise be "same
-  origin" with this page (DNS rebinding), for the page too; and
+- the browser's Origin (or Referer) is this server's own origin, when it says one (with no
+  operator token set, app.py serves operator pages only under a loopback name, so a site
+  rebinding its own name to 127.0.0.1 is never that origin); and
 - the form carries a token this page signed (NEWSLETTER_SECRET_KEY) for that action on
   that edition, bound to the operator's credential and valid for FORM_MAX_AGE: another
   site cannot read the page, so it cannot have the token.
@@ -24,7 +23,6 @@ escaped by Jinja's autoescape.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,17 +78,8 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
                                link=("/operator", "Back to the operator page"))
         return Response(body, status=status, mimetype="text/html")
 
-    def rebound() -> Response | None:
-        if settings.operator_token or _loopback_host(request.host):
-            return None
-        return problem(403, "Not by that name", "Without NEWSLETTER_OPERATOR_TOKEN this page answers only when "
-                       "asked for as localhost, 127.0.0.1 or [::1].")
-
     @app.get("/operator")
     def operator_page():
-        refused = rebound()
-        if refused is not None:
-            return refused
         editions = _editions(engine)
         done = _notice(engine, request.args)
         return render_template("operator.html", settings=settings, editions=editions, notice=done,
@@ -102,9 +91,6 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
     def release(key: str, action: str):
         if action not in ("approve", "discard"):
             return problem(404, "Nothing here", "An edition can be approved or discarded, nothing else.")
-        refused = rebound()
-        if refused is not None:
-            return refused
         origin = _request_origin()
         if origin is not None and origin != f"{request.scheme}://{request.host}".lower():
             return problem(403, "Not from here", "This form can only be sent from the operator page itself.")
@@ -204,18 +190,6 @@ def _valid(signer: URLSafeTimedSerializer, value: str, expected: list) -> bool:
         return signer.loads(value, max_age=FORM_MAX_AGE) == expected
     except (BadSignature, ValueError, UnicodeError):
         return False
-
-
-def _loopback_host(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
 
 
 def _request_origin() -> str | None:
