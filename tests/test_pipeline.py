@@ -203,3 +203,45 @@ def test_a_paused_edition_hands_out_nothing_and_resume_continues_without_duplica
     assert resume_edition(engine, planned.edition_id)
     _run(engine, settings, planned.edition_id)
     assert len(smtp_server.received) == 21 and max(smtp_server.by_recipient().values()) == 1
+
+
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_a_digest_that_cannot_fit_under_the_clip_pauses_the_edition_and_sends_nothing(world, smtp_server, lanes):
+    """Nothing is sent clipped: the edition pauses with the reason before any claim, the
+    render's claim is given up (no lane waits out a render that is not coming), and after
+    the operator's fix `resume` sends everything once."""
+    from worker.delivery.plan import resume_edition
+    from worker.delivery.senders import make_sender_pool
+
+    from worker.delivery import pipeline
+
+    engine, settings, _ = world
+    # Renderers are kept per process by edition; each case plans the same edition anew.
+    pipeline._RENDERERS.clear()
+    fixed = settings.model_copy(update={"smtp_connections": lanes})
+    broken = fixed.model_copy(update={"postal_address": "x" * 120_000})
+    planned = _plan(engine, broken)
+    sender = make_sender_pool(broken)
+    try:
+        run_inline(engine, broken, planned.edition_id, sender)
+    finally:
+        sender.close()
+    edition = get_edition(engine, planned.edition_id)
+    assert edition.state == "paused"
+    assert edition.reason.startswith(f"paused: {KEY} ")
+    assert "even its shortest form is over 96 KB of HTML; shorten NEWSLETTER_POSTAL_ADDRESS" in edition.reason
+    assert smtp_server.received == []
+    assert {s for s, _ in ledger(engine, KEY).values()} == {"pending", "skipped"}
+    with session_scope(engine) as session:
+        assert session.scalar(sa.text("SELECT count(*) FROM variants WHERE html IS NULL")) == 0
+        assert set(session.scalars(sa.text("SELECT attempts FROM deliveries"))) == {0}
+    assert resume_edition(engine, planned.edition_id)
+    # The operator's fix reaches the workers by a restart; this process forgets its renderer.
+    pipeline._RENDERERS.clear()
+    sender = make_sender_pool(fixed)
+    try:
+        run_inline(engine, fixed, planned.edition_id, sender)
+    finally:
+        sender.close()
+    assert get_edition(engine, planned.edition_id).state == "done"
+    assert len(smtp_server.received) == 21 and max(smtp_server.by_recipient().values()) == 1

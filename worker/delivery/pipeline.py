@@ -33,7 +33,7 @@ from worker.digest.queries import fetch_window_stories
 from worker.errors import HeaderInjectionError
 from worker.render.cache import VariantRenderer
 from worker.render.compose import Addressee, Composed, compose
-from worker.render.digest import RenderedVariant
+from worker.render.digest import RenderedVariant, TooLargeToSend
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import EditionState
@@ -255,6 +255,8 @@ class _Prepared:
     variant: RenderedVariant | None  # None: no stories for the row's regions
     composed: Composed | None
     problem: str | None = None       # why the message could not be built
+    # Why nothing of this edition can be sent until an operator acts (the edition pauses).
+    blocked: str | None = None
 
 
 def _run_lane(batch: _Batch, sender: Sender) -> None:
@@ -275,6 +277,11 @@ def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender,
     The message is composed before the claim, so the claim-to-record window holds only
     the SMTP transaction."""
     item = _prepare(batch, row)
+    if item.blocked is not None:
+        # Before any claim: the row stays pending, and resume renders the variant again.
+        reason = f"paused: {item.blocked}"
+        pause_edition(batch.engine, batch.edition_id, reason)
+        return NotSent("not-sendable"), reason
     if batch.throttle is not None and item.composed is not None:
         batch.throttle.acquire()
     # Thread CPU by stage (newsletter_stage_cpu_seconds_total).
@@ -298,8 +305,12 @@ def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender,
 
 def _prepare(batch: _Batch, row: ledger.Leased) -> _Prepared:
     """Compose before claiming: the claim-to-record window holds only the SMTP transaction."""
-    with metrics.stage_cpu("render"):
-        variant = batch.renderer.variant(row.regions)
+    try:
+        with metrics.stage_cpu("render"):
+            variant = batch.renderer.variant(row.regions)
+    except TooLargeToSend as exc:
+        return _Prepared(row, None, None, blocked=f"{exc}; shorten NEWSLETTER_POSTAL_ADDRESS or the "
+                                                   "templates, then `newsletter resume`")
     if variant is None:
         return _Prepared(row, None, None)
     try:

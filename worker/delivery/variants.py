@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine, and_, delete, select, update
 
 from worker.digest import RegionSet
 from worker.render.cache import Stored
@@ -84,6 +84,11 @@ class VariantStore:
             if time.monotonic() > deadline:
                 return Stored.MISSING
             time.sleep(0.05)
+
+    def release(self, regions: tuple[str, ...]) -> None:
+        """Give up a claim whose render failed: the next to ask claims it again."""
+        with self._connect() as conn:
+            conn.execute(delete(V).where(self._row(regions), V.c.html.is_(None)))
 
     def save(self, regions: tuple[str, ...], variant: RenderedVariant | None) -> None:
         with self._connect() as conn:

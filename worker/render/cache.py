@@ -75,7 +75,12 @@ class VariantRenderer:
         store = self._store
         if store.claim(key):
             started = time.perf_counter()
-            variant = self._render(key)
+            try:
+                variant = self._render(key)
+            except BaseException:
+                # Others would wait out their whole wait for a render that is not coming.
+                store.release(key)
+                raise
             store.save(key, variant)
             log.info("rendered variant %s of %s in %.0f ms", "-".join(key), self._edition_key,
                      (time.perf_counter() - started) * 1000)
