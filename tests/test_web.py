@@ -104,6 +104,25 @@ def test_view_online_serves_the_stored_variant_without_personal_data(sample_engi
     assert page.headers["Cache-Control"].startswith("public")
 
 
+def test_view_online_shows_the_whole_edition_when_the_mail_was_shortened_under_the_clip(sample_engine, settings):
+    # The mailed copy is cut to pass under Gmail's clip; its "N more stories online" and
+    # "view online" links lead here, which keeps every word.
+    long = "Negotiators met again on Tuesday and agreed on the outline of a deal. " * 300
+    with session_scope(sample_engine) as session:
+        for story in session.scalars(sa.select(Story)):
+            story.summary_html, story.summary_text = f"<p>{long}</p>", long
+    _send_week(sample_engine, settings)
+    link = _view_online_link(settings, "anna.petrova@example.org")
+    for path in settings.outbox_dir.glob("*.eml"):
+        message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+        if message["To"].addresses[0].addr_spec == "anna.petrova@example.org":
+            mailed = message.get_body(("html",)).get_content()
+    assert long.strip() not in mailed and "…" in mailed
+    page = _client(sample_engine, settings).get(link)
+    assert page.status_code == 200
+    assert long.strip() in page.text and "Anna" not in page.text and "%%NL" not in page.text
+
+
 def test_view_online_never_renders_an_unsent_week(sample_engine, settings):
     client = _client(sample_engine, settings)
     page = client.get("/archive/weekly-2025-W05/RU-UA")  # stories exist, nothing was sent

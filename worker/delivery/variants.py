@@ -47,8 +47,8 @@ class VariantStore:
 
     def get(self, regions: tuple[str, ...]) -> RenderedVariant | Stored:
         with self._connect() as conn:
-            row = conn.execute(select(V.c.subject, V.c.html, V.c.text, V.c.story_count, V.c.marker)
-                               .where(self._row(regions))).first()
+            row = conn.execute(select(V.c.subject, V.c.html, V.c.text, V.c.story_count, V.c.marker,
+                                      V.c.online_html).where(self._row(regions))).first()
         if row is None:
             return Stored.MISSING
         if row.html is None:
@@ -58,7 +58,7 @@ class VariantStore:
         return RenderedVariant(edition_key=self.edition_key, regions=regions, subject=row.subject,
                                html=row.html, text=row.text, story_count=row.story_count,
                                # NULL: stored by a version whose markers had no nonce.
-                               nonce=row.marker or "")
+                               nonce=row.marker or "", online_html=row.online_html)
 
     def claim(self, regions: tuple[str, ...]) -> bool:
         """True if this process is now the one to render it."""
@@ -96,5 +96,6 @@ class VariantStore:
                 update(V).where(self._row(regions))
                 .values(subject=variant.subject if variant else "", html=variant.html if variant else "",
                         text=variant.text if variant else "", story_count=variant.story_count if variant else 0,
-                        marker=variant.nonce if variant else "")
+                        marker=variant.nonce if variant else "",
+                        online_html=variant.online_html if variant else None)
             )

@@ -7,7 +7,7 @@ steps here run once per variant, never once per subscriber.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -44,6 +44,13 @@ class RenderedVariant:
     trim: Trim = field(default=FULL, compare=False)
     # The HTML part of its largest copy as sent, in bytes (clip.py); 0: not measured here.
     sent_bytes: int = field(default=0, compare=False)
+    # When html was shortened: the whole edition, same markers, for the archive page the
+    # "N more stories online" links lead to. None: html is the whole edition.
+    online_html: str | None = field(default=None, compare=False)
+
+    @property
+    def whole_html(self) -> str:
+        return self.online_html or self.html
 
     @property
     def tokens(self) -> dict[str, str]:
@@ -98,7 +105,7 @@ def render_variant(
                 "(%s stories a section, summaries cut to %s characters)", edition_key, "-".join(selection.regions),
                 whole.sent_bytes / 1024, SEND_LIMIT_BYTES // 1024, found.sent_bytes / 1024,
                 "all" if found.trim.stories is None else found.trim.stories, found.trim.summary)
-    return found
+    return replace(found, online_html=whole.html)
 
 
 def _render(*, selection: Selection, window: Window, edition_key: str, settings: Settings, nonce: str,

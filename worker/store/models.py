@@ -350,6 +350,9 @@ class Variant(Base):
     story_count: Mapped[int] = mapped_column(default=0)
     # The nonce of the personal-value markers in html and text (worker.render.personalise).
     marker: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The whole edition for the archive page when the mailed html was shortened to pass
+    # under Gmail's clip (worker/render/clip.py); NULL: html is the whole edition.
+    online_html: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("edition_id", "regions", name="uq_variants_edition_regions"),)

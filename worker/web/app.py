@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from flask import Flask, Response, abort, render_template, request
@@ -203,7 +204,9 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
         here = f"{settings.public_url}/archive/{edition}/{variant}"
         anonymous = Recipient(email="you", name=None, unsubscribe_url=here, view_online_url=here, manage_url=here,
                               leave_urls=tuple((code, here) for code in rendered.regions))
-        return Response(personalise(rendered, anonymous).html, mimetype="text/html",
+        # The whole edition, also when the mailed copy was shortened under Gmail's clip.
+        whole = replace(rendered, html=rendered.whole_html)
+        return Response(personalise(whole, anonymous).html, mimetype="text/html",
                         headers={"Content-Security-Policy": SANDBOX_CSP})
 
     def _window(week: str | None):
