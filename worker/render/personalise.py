@@ -22,6 +22,11 @@ from dataclasses import dataclass
 KEYS = ("greeting", "email", "unsubscribe_url", "view_online_url", "manage_url")
 # One more marker per region of the variant: its section's "Stop <region> news" link.
 LEAVE_PREFIX = "leave_"
+# Anything shaped like a marker of any render. Precompiled once: a pattern of one render's
+# own markers would be compiled anew for every variant (its nonce is new), which cost more
+# than the rest of building the variant's skeleton. Whether a match is one of this
+# render's markers is a dictionary lookup.
+MARKER = re.compile(r"%%NL[0-9a-f]*_[A-Z0-9_]+%%")
 
 
 def new_nonce() -> str:
@@ -88,8 +93,12 @@ def fill(template: str, values: dict[str, str], *, nonce: str, escape: bool) -> 
     """Every marker of `values`' keys replaced by its value. One pass: a value that
     happens to contain a marker is never filled in turn."""
     key_of = {token: key for key, token in markers(nonce, tuple(values)).items()}
-    return re.sub("|".join(map(re.escape, key_of)), lambda m: for_place(values[key_of[m[0]]], escape=escape),
-                  template)
+
+    def value(match: re.Match[str]) -> str:
+        key = key_of.get(match[0])
+        return match[0] if key is None else for_place(values[key], escape=escape)
+
+    return MARKER.sub(value, template)
 
 
 def markers(nonce: str, keys: tuple[str, ...]) -> dict[str, str]:

@@ -4,10 +4,9 @@ filled per copy (the skeleton's bodies, and the size a variant's HTML part has a
 from __future__ import annotations
 
 import binascii
-import re
 from dataclasses import dataclass
 
-from worker.render.personalise import for_place
+from worker.render.personalise import MARKER, for_place
 
 
 def _qp(text: str) -> bytes:
@@ -36,11 +35,17 @@ class EncodedBody:
         body = text if text.endswith("\n") else text + "\n"
         key_of = {token: key for key, token in tokens.items()}
         pieces: list[bytes | str] = []
-        for chunk in re.split("(" + "|".join(map(re.escape, key_of)) + ")", body):
-            if chunk in key_of:
-                pieces.append(key_of[chunk])
-            elif chunk:
-                pieces.append(_qp(chunk))
+        start = 0
+        for match in MARKER.finditer(body):
+            key = key_of.get(match[0])
+            if key is None:  # shaped like a marker, not one of this render's: text
+                continue
+            if match.start() > start:
+                pieces.append(_qp(body[start:match.start()]))
+            pieces.append(key)
+            start = match.end()
+        if start < len(body):
+            pieces.append(_qp(body[start:]))
         return cls(tuple(pieces), escape)
 
     def render(self, values: dict[str, str]) -> bytes:
