@@ -2,6 +2,7 @@
 readers' pages never do."""
 
 import base64
+import re
 
 import pytest
 from pydantic import SecretStr
@@ -10,7 +11,7 @@ from worker.tokens import unsubscribe_token
 from worker.web import create_app
 
 OPERATOR_PATHS = ["/", "/?week=2025-W05", "/preview/2025-W05/RU-UA", "/preview/2025-W05/RU-UA/html",
-                  "/preview/bogus/RU"]
+                  "/preview/bogus/RU", "/operator", "/metrics"]
 REMOTE = {"REMOTE_ADDR": "203.0.113.5"}
 LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
 TOKEN = "s3cret-operator=token"
@@ -104,3 +105,33 @@ def test_readers_pages_stay_public_whatever_the_token(sample_engine, settings):
 def test_operator_pages_are_never_cached(sample_engine, settings):
     page = _client(sample_engine, settings).get("/?week=2025-W05", environ_base=LOOPBACK)
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+
+
+def test_every_route_not_marked_public_is_the_operators(sample_engine, settings):
+    """The whole route map, so a route added later cannot be public by accident: each
+    unmarked one refuses a remote client without a token (403) and with a wrong one (401),
+    whatever its method."""
+    settings = settings.model_copy(update={"ses_topic_arn": "arn:aws:sns:eu-west-1:123456789012:bounces"})
+    apps = {None: create_app(settings, sample_engine),
+            TOKEN: create_app(settings.model_copy(update={"operator_token": SecretStr(TOKEN)}), sample_engine)}
+    public, checked = set(), set()
+    for rule in apps[None].url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = apps[None].view_functions[rule.endpoint]
+        if getattr(view, "public", False):
+            public.add(rule.rule)
+            continue
+        path = rule.rule
+        for name in rule.arguments:
+            path = path.replace(f"<{name}>", "x").replace(f"<path:{name}>", "x")
+        path = re.sub(r"<[^>]+>", "x", path)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            for token, expected, headers in ((None, 403, {}), (TOKEN, 401, _bearer("wrong"))):
+                client = apps[token].test_client()
+                answer = client.open(path, method=method, environ_base=REMOTE, headers=headers)
+                assert answer.status_code == expected, (method, rule.rule, token)
+            checked.add((method, rule.rule))
+    assert {("GET", "/operator"), ("POST", "/operator/editions/<key>/<action>"), ("POST", "/events/bounces"),
+            ("GET", "/metrics"), ("GET", "/")} <= checked
+    assert "/events/ses" in public and "/healthz" in public and "/archive/<edition>/<variant>" in public
