@@ -210,10 +210,9 @@ def test_a_digest_that_cannot_fit_under_the_clip_pauses_the_edition_and_sends_no
     """Nothing is sent clipped: the edition pauses with the reason before any claim, the
     render's claim is given up (no lane waits out a render that is not coming), and after
     the operator's fix `resume` sends everything once."""
+    from worker.delivery import pipeline
     from worker.delivery.plan import resume_edition
     from worker.delivery.senders import make_sender_pool
-
-    from worker.delivery import pipeline
 
     engine, settings, _ = world
     # Renderers are kept per process by edition; each case plans the same edition anew.
