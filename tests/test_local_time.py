@@ -224,3 +224,26 @@ def test_status_says_how_many_rows_wait_for_their_hour_and_when(engine, berlin, 
     out = capsys.readouterr().out
     assert ("  3 rows wait for the send time in their reader's zone: the next 2 at 2025-02-03 07:00:00 CET, "
             "in 60 min; the last at 2025-02-03 16:00:00 CET, in 10.0 h\n") in out
+
+
+def test_wait_stops_following_when_only_rows_waiting_for_their_hour_are_left(engine, berlin, tmp_path, run_cli,
+                                                                             worker_env):
+    """`--wait` follows what can go out now; rows hours away are the reconciler's, and the
+    final report says when they fall due (it would otherwise hold the terminal for hours)."""
+    import sqlalchemy as sa
+
+    load_stories(engine, tmp_path)
+    add_readers(engine)
+    now = datetime.now(UTC)
+    planned = plan_edition(engine, key=KEY, kind="weekly", window=week_window("2025-W05", berlin.tz), now=now)
+    later = (now + timedelta(hours=5)).replace(tzinfo=None)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE deliveries SET state = 'sent', sent_at = :t WHERE edition_id = :e "
+                             "AND state = 'pending' AND id % 2 = 0"), {"t": now.replace(tzinfo=None), "e": planned.edition_id})
+        waiting = conn.execute(sa.text("UPDATE deliveries SET due_at = :later WHERE edition_id = :e "
+                                       "AND state = 'pending'"), {"later": later, "e": planned.edition_id}).rowcount
+    assert waiting > 0
+    result = run_cli("resume", KEY, "--wait", env=worker_env)
+    assert result.code == 0, result.err
+    assert f"{waiting} rows wait for the send time in their reader's zone" in result.out
+    assert find_edition(engine, KEY).state == "sending"

@@ -23,7 +23,7 @@ from worker.delivery.plan import (
 )
 from worker.delivery.schedule import dispatch
 from worker.delivery.senders import Outgoing, make_sender, make_sender_pool
-from worker.delivery.status import edition_status
+from worker.delivery.status import edition_status, waiting_for_hour
 from worker.digest import Window, custom_window
 from worker.digest.queries import fetch_window_stories
 from worker.errors import ConfigError, UsageError
@@ -308,6 +308,10 @@ def _follow(engine: Engine, edition_id: int, redispatch) -> None:
             open_now = data["counts"]["pending"] + data["counts"]["sending"] + data["retry_scheduled"]
             progress.update(task, completed=data["total"] - open_now)
             if data["state"] != EditionState.SENDING.value or open_now == 0:
+                break
+            # Rows waiting for their reader's morning may be hours away: following stops when
+            # only they are left (the final report says when they fall due).
+            if open_now == waiting_for_hour(engine, edition_id, now=utcnow()):
                 break
             time.sleep(0.5)
             if time.monotonic() - last_dispatch > 2:

@@ -101,6 +101,12 @@ def edition_whereabouts(engine: Engine, edition_id: int, *, now: datetime, redis
     }
 
 
+def waiting_for_hour(engine: Engine, edition_id: int, *, now: datetime) -> int:
+    """Pending rows whose send time in their reader's zone has not come."""
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count()).where(D.c.edition_id == edition_id, waiting(now)))
+
+
 def _awaiting_hour(engine: Engine, edition_id: int, *, now: datetime) -> dict:
     """Rows waiting for the send time in their reader's zone: how many, and the next group
     to fall due (its instant and size) and the last."""
