@@ -94,8 +94,10 @@ def test_a_dsn_reads_as_permanent_with_its_code_and_tag():
 
 @pytest.mark.parametrize(("status", "kind"), [
     ("5.1.1", BounceKind.PERMANENT), ("5.2.1", BounceKind.PERMANENT), ("5.4.4", BounceKind.PERMANENT),
-    ("5.2.2", BounceKind.TRANSIENT), ("5.7.1", BounceKind.TRANSIENT), ("4.4.7", BounceKind.TRANSIENT),
-    ("5.1.8", BounceKind.TRANSIENT),
+    ("5.2.2", BounceKind.TRANSIENT), ("4.4.7", BounceKind.TRANSIENT), ("5.3.4", BounceKind.TRANSIENT),
+    # Our side, never the reader's: policy and authentication (x.7.x), our sender refused.
+    ("5.7.1", BounceKind.SENDER), ("5.7.26", BounceKind.SENDER), ("4.7.0", BounceKind.SENDER),
+    ("5.1.8", BounceKind.SENDER), ("5.1.7", BounceKind.SENDER),
 ])
 def test_a_failed_status_is_permanent_only_when_it_is_about_the_mailbox(status, kind):
     (report,) = _read(dsn(A, status=status, diagnostic=f"smtp; 550 {status} refused")).reports
@@ -228,6 +230,29 @@ def test_transient_failures_bounce_after_the_limit_in_a_row(engine):
     assert subscriber(engine, B).status == "active"
     # Week 4 was also clean for Bob (only weeks 5 and 6 failed in a row).
     assert subscriber(engine, B).transient_bounces == 2
+
+
+def test_refusals_for_our_side_are_shown_and_never_held_against_the_reader(engine, settings):
+    """Six editions refused late with 5.7.26 (DMARC) or 4.7.0 (reputation): our fault, not
+    the reader's. Recorded, shown by status with a warning, the reader stays active with
+    no temporary failure counted (at RCPT the same codes pause the edition)."""
+    from worker.cli.report import late_lines
+    from worker.delivery.plan import find_edition
+    from worker.delivery.status import edition_status
+
+    ids = sent_editions(engine, [A], editions=6)
+    for week in range(1, 7):
+        status = "5.7.26" if week % 2 else "4.7.0"
+        assert _apply(engine, dsn(A, status=status, to=RETURN_PATH.for_delivery(ids[(week, A)]),
+                                  report_id=f"<p{week}@mx>"), limit=4) == [Applied.APPLIED]
+    assert subscriber(engine, A).status == "active" and subscriber(engine, A).transient_bounces == 0
+    assert events(engine, A) == []  # sent_editions adds them with no event: none since
+    assert delivery(engine, ids[(6, A)]).state == "sent"
+    with engine.connect() as conn:
+        key = conn.exec_driver_sql("SELECT key FROM editions ORDER BY id DESC LIMIT 1").scalar()
+    data = edition_status(engine, find_edition(engine, key))
+    assert data["late"]["sender"] == 1 and data["late"]["transient"] == 0
+    assert late_lines(data)[1].startswith("WARNING: 1 refused for our side after the relay accepted them (x.7.x")
 
 
 def test_a_complaint_suppresses_for_good(engine, settings):

@@ -47,8 +47,8 @@ def test_status_counts_late_reports_and_sounds_the_alarm(engine, run_cli):
     listing = run_cli("status")
     assert "ALARM: complaint rate" in listing.out
     data = json.loads(run_cli("status", "weekly-2025-W01", "--json").out)
-    assert data["late"] == {"accepted": 10, "permanent": 1, "transient": 1, "complaint": 1,
-                            "rates": {"permanent": 0.1, "transient": 0.1, "complaint": 0.1},
+    assert data["late"] == {"accepted": 10, "permanent": 1, "transient": 1, "complaint": 1, "sender": 0,
+                            "rates": {"permanent": 0.1, "transient": 0.1, "complaint": 0.1, "sender": 0.0},
                             "complaint_alert": "alarm"}
 
 

@@ -7,7 +7,9 @@
   sent to them without one breaks the run (the count starts again from the next
   report). At NEWSLETTER_BOUNCE_TRANSIENT_LIMIT the subscriber is `bounced`;
 - complaint: the subscriber `complained` (also from unsubscribed or bounced: the
-  strongest suppression, which no import and no sign-up undoes; docs/bounces.md).
+  strongest suppression, which no import and no sign-up undoes; docs/bounces.md);
+- sender (refused for our side: x.7.x, 5.1.7, 5.1.8): recorded and shown by `status`,
+  nothing else: the reader is not to blame, and the edition was sent already.
 
 Each report is one `bounce_events` row, unique by its fingerprint, written in the same
 transaction as what it changes: the same report twice changes nothing (a concurrent
@@ -81,6 +83,9 @@ def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: d
             elif report.kind is BounceKind.TRANSIENT:
                 if first_for_delivery:
                     _count_transient(session, delivery, subscriber, limit=transient_limit, now=now)
+            elif report.kind is BounceKind.SENDER:
+                log.warning("delivery %s refused for our side after the relay accepted it: %s", delivery.id,
+                            report.code)
             elif subscriber.status != SubscriberStatus.COMPLAINED:
                 apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.COMPLAINED,
                              note=f"complaint ({report.source})")

@@ -178,8 +178,9 @@ def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str) 
             code = item.get("status") if isinstance(item.get("status"), str) else None
             # An SES "Permanent" is final; its status code may still say whose fault it was.
             found = BounceKind.PERMANENT if permanent else BounceKind.TRANSIENT
-            if permanent and code and kind_of(code) is BounceKind.TRANSIENT:
-                found = BounceKind.TRANSIENT
+            by_code = kind_of(code) if code else None
+            if by_code is BounceKind.SENDER or (permanent and by_code is BounceKind.TRANSIENT):
+                found = by_code
             reason = _str(item.get("diagnosticCode")) or f"SES {bounce.get('bounceType')}/{bounce.get('bounceSubType')}"
             reports.append(build_report(
                 found, "ses", report_key=str(bounce.get("feedbackId") or sns_id),

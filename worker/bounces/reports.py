@@ -45,7 +45,9 @@ ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-
 # Feedback types that are a reader's complaint (RFC 5965 3.1); not-spam, auth-failure and
 # the like are not.
 COMPLAINT_TYPES = frozenset({"abuse", "fraud"})
-NOT_THE_MAILBOX = frozenset({"5.1.7", "5.1.8", "5.2.2", "5.2.3", "5.3.4"})
+NOT_THE_MAILBOX = frozenset({"5.2.2", "5.2.3", "5.3.4"})
+# Our sender's address refused (bad syntax, bad domain): our side, as x.7.x is.
+OUR_SENDER = frozenset({"5.1.7", "5.1.8"})
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _SMTP_CODE = re.compile(r"^\s*(?:smtp\s*;\s*)?([245]\d\d)\b", re.IGNORECASE)
 
@@ -218,13 +220,16 @@ def _all_failures(msg: Message) -> tuple[frozenset[bytes], frozenset[bytes]]:
 
 def kind_of(code: str | None) -> BounceKind:
     """Failed, by its status: the mailbox or domain is gone (5.1.x, 5.2.1, 5.4.4, other
-    5.x.x, or no code at all): permanent. A full mailbox (5.2.2), a message too big
-    (5.2.3, 5.3.4), our sender refused (5.1.7, 5.1.8) or a policy refusal (5.7.x: our
-    content or reputation, not the reader's address), and every 4.x.x the relay gave up
-    on: transient, counted (apply.py)."""
+    5.x.x, or no code at all): permanent. A policy or authentication refusal (x.7.x: our
+    content, reputation, SPF, DKIM or DMARC) or our sender refused (5.1.7, 5.1.8): our
+    side, never the reader's (as at RCPT, where it pauses the edition). A full mailbox
+    (5.2.2), a message too big (5.2.3, 5.3.4) and every other 4.x.x the relay gave up on:
+    transient, counted (apply.py)."""
     if code is None:
         return BounceKind.PERMANENT
-    if code.startswith("4.") or code in NOT_THE_MAILBOX or code.startswith("5.7."):
+    if code[2:4] == "7." or code in OUR_SENDER:
+        return BounceKind.SENDER
+    if code.startswith("4.") or code in NOT_THE_MAILBOX:
         return BounceKind.TRANSIENT
     return BounceKind.PERMANENT
 

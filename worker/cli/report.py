@@ -55,12 +55,16 @@ def late_lines(data: dict) -> list[str]:
     """Late bounces and complaints (docs/bounces.md), and a warning past the bulk senders'
     complaint limits."""
     late = data.get("late")
-    if not late or not (late["permanent"] or late["transient"] or late["complaint"]):
+    if not late or not (late["permanent"] or late["transient"] or late["complaint"] or late["sender"]):
         return []
     rates = late["rates"]
     lines = [f"late reports over {late['accepted']} sent: bounced {late['permanent']} "
              f"({rates['permanent']:.2%}), temporary failures {late['transient']} ({rates['transient']:.2%}), "
              f"complaints {late['complaint']} ({rates['complaint']:.3%})"]
+    if late["sender"]:
+        lines.append(f"WARNING: {late['sender']} refused for our side after the relay accepted them (x.7.x: "
+                     "policy, SPF, DKIM or DMARC; or our sender address), not counted against readers: "
+                     "docs/bounces.md says what to check")
     if late["complaint_alert"] == "alarm":
         lines.append(f"ALARM: complaint rate {rates['complaint']:.3%} is at or over 0.3 %: Gmail and Yahoo "
                      "reject or junk bulk mail from senders this high; find out why readers complain")

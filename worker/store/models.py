@@ -294,6 +294,9 @@ class BounceKind(StrEnum):
     PERMANENT = "permanent"   # the mailbox does not exist or refuses for good
     TRANSIENT = "transient"   # full mailbox, greylisting that gave up, ...
     COMPLAINT = "complaint"   # the reader marked it as spam (feedback loop)
+    # Refused for our side after the relay accepted it (x.7.x policy or authentication,
+    # 5.1.7/5.1.8 our sender): recorded and shown, never counted against the reader.
+    SENDER = "sender"
 
 
 class BounceEvent(Base):
