@@ -16,7 +16,8 @@ Exposed (prometheus-client), name {labels}: what.
 - newsletter_smtp_connections_opened_total: SMTP connections opened (secured, authenticated).
 - newsletter_variants_inlined_total {inliner}: region sets rendered and CSS-inlined.
 - newsletter_late_reports_total {kind, source}: bounces and complaints heard after the relay
-  accepted a message (worker/bounces/apply.py); kind permanent, transient or complaint,
+  accepted a message (worker/bounces/apply.py); kind permanent, transient, complaint or
+  sender (refused for our side),
   source dsn, arf, ses or json. Counted where they are processed (beat, CLI, web app).
 
 Read from the database at each scrape, by the web app (gauges; `LedgerCollector`). Editions
@@ -36,7 +37,7 @@ newest of those), so a scrape costs the same in year five as in week one:
   source's last successful poll, 0 if it never had one (so `time() - x` alerts on it too).
 - newsletter_late_bounces {edition, kind}: bounce reports heard after the relay accepted the
   message (the `bounce_events` table), per listed edition and kind (permanent, transient,
-  complaint, other).
+  complaint, sender, other).
 - newsletter_ledger_up: 1 if the ledger and editions could be read at this scrape;
   newsletter_sources_up, newsletter_bounces_up: the same for sources and bounce reports (each
   read on its own, so one failing leaves the others).
