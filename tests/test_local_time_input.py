@@ -104,3 +104,34 @@ def test_the_cli_sets_and_shows_a_zone(engine, run_cli):
     assert record["timezone"] is None and record["send_zone"] == {"zone": "Europe/Moscow", "from": "region"}
     run_cli("subscribers", "add", "b@example.org", "--regions", "BV")
     assert "  zone:     - (sent by UTC, NEWSLETTER_TIMEZONE)\n" in run_cli("subscribers", "show", "b@example.org").out
+
+
+def test_a_zone_change_is_kept_in_the_readers_history(engine, run_cli, tmp_path):
+    """Every change is kept with when and how: a zone change by the CLI, an import or the
+    manage page is one `zone-changed` event (the zone itself is on the row); a change that
+    changes nothing records nothing."""
+    from datetime import UTC, datetime
+
+    from worker.ingest.readers import change_subscription
+    from worker.store.models import ChangeVia
+
+    def history():
+        record = json.loads(run_cli("subscribers", "show", "a@example.org", "--json").out)
+        return [(e["kind"], e["via"]) for e in record["history"]]
+
+    run_cli("subscribers", "add", "a@example.org", "--regions", "RU", "--timezone", "Asia/Tokyo")
+    assert history() == [("subscribed", "cli")]
+    run_cli("subscribers", "add", "a@example.org", "--regions", "RU", "--timezone", "asia/tokyo")
+    run_cli("subscribers", "add", "a@example.org", "--regions", "RU")
+    assert history() == [("subscribed", "cli")]
+    run_cli("subscribers", "add", "a@example.org", "--regions", "RU", "--timezone", "Europe/Berlin")
+    path = tmp_path / "readers.csv"
+    path.write_text("email,name,regions,timezone\na@example.org,,RU,\n")
+    import_csv(engine, path)
+    with session_scope(engine) as session:
+        subscriber_id = session.scalar(select(Subscriber.id))
+    change_subscription(engine, subscriber_id, regions=("RU", "UA"), name=None, via=ChangeVia.MANAGE_PAGE,
+                        now=datetime.now(UTC), timezone="America/New_York")
+    assert history() == [("subscribed", "cli"), ("zone-changed", "cli"), ("zone-changed", "import"),
+                         ("regions-changed", "manage-page"), ("zone-changed", "manage-page")]
+    assert zones(engine) == {"a@example.org": "America/New_York"}

@@ -55,10 +55,12 @@ def record(session: Session, row: Subscriber, kind: EventKind, via: ChangeVia, *
 
 def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datetime,
                  status: SubscriberStatus | None = None, regions: tuple[str, ...] | None = None,
-                 name: str | None = KEEP, note: str | None = None) -> list[EventKind]:
+                 name: str | None = KEEP, timezone: str | None = KEEP,
+                 note: str | None = None) -> list[EventKind]:
     """Change what differs and record it: a status change as one event that also shows the
-    new regions, else a regions change; then a name change (without the name), except the
-    name a sign-up brings when it is confirmed."""
+    new regions, else a regions change; then a name change (without the name) and a zone
+    change (the zone is on the row), except the name and zone a sign-up brings when it is
+    confirmed."""
     kinds: list[EventKind] = []
     was_pending = row.status == SubscriberStatus.PENDING
     regions_changed = regions is not None and " ".join(regions) != row.regions
@@ -74,6 +76,10 @@ def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datet
         row.name = name
         if not was_pending:  # a sign-up's name arrives with its confirmation
             kinds.append(EventKind.NAME_CHANGED)
+    if timezone is not KEEP and timezone != row.timezone:
+        row.timezone = timezone
+        if not was_pending:
+            kinds.append(EventKind.ZONE_CHANGED)
     for kind in kinds:
         record(session, row, kind, via, at=at, note=note)
     return kinds

@@ -143,10 +143,10 @@ def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now:
             return Confirmation(ConfirmOutcome.USED, row.id)
         regions = tuple((row.confirm_regions or row.regions).split())
         name = row.confirm_name if row.confirm_name is not None else KEEP
-        if row.confirm_timezone is not None:
-            row.timezone = row.confirm_timezone
+        zone = row.confirm_timezone if row.confirm_timezone is not None else KEEP
         clear_confirmation(row)
-        apply_change(session, row, via=ChangeVia.CONFIRM_LINK, at=now, status=ACTIVE, regions=regions, name=name)
+        apply_change(session, row, via=ChangeVia.CONFIRM_LINK, at=now, status=ACTIVE, regions=regions, name=name,
+                     timezone=zone)
         return Confirmation(ConfirmOutcome.CONFIRMED, row.id, regions)
 
 
@@ -169,12 +169,10 @@ def change_subscription(engine: Engine, subscriber_id: int, *, regions: tuple[st
         row = session.get(Subscriber, subscriber_id, with_for_update=True)
         if row is None or row.status != ACTIVE:
             return []
-        if timezone is not KEEP:
-            row.timezone = timezone
         if not regions:
             return apply_change(session, row, via=via, at=now, status=SubscriberStatus.UNSUBSCRIBED, name=name,
-                                note="removed every region")
-        return apply_change(session, row, via=via, at=now, regions=regions, name=name)
+                                timezone=timezone, note="removed every region")
+        return apply_change(session, row, via=via, at=now, regions=regions, name=name, timezone=timezone)
 
 
 class LeaveOutcome(StrEnum):

@@ -168,8 +168,9 @@ def _upsert(engine: Engine, items: list[SubscriberInput], report: SubscriberRepo
                 report.updated += 1
             elif row.status != SubscriberStatus.ACTIVE:
                 report.suppressed += 1
-            elif _respell(row, item) | _set_zone(row, item) | bool(apply_change(
-                    session, row, via=ChangeVia.IMPORT, at=now, regions=item.regions, name=item.name)):
+            elif _respell(row, item) | bool(apply_change(
+                    session, row, via=ChangeVia.IMPORT, at=now, regions=item.regions, name=item.name,
+                    timezone=item.timezone)):
                 report.updated += 1
             else:
                 report.unchanged += 1
@@ -231,11 +232,10 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
                     f"{row.email} is {row.status}; pass --resubscribe if they asked to come back"
                 )
             apply_change(session, row, via=ChangeVia.CLI, at=now, status=SubscriberStatus.ACTIVE,
-                         regions=item.regions, name=name)
-            _set_zone(row, item)
+                         regions=item.regions, name=name, timezone=item.timezone)
             return "updated"
-        changed = _respell(row, item) | _set_zone(row, item) | bool(apply_change(
-            session, row, via=ChangeVia.CLI, at=now, regions=item.regions, name=name))
+        changed = _respell(row, item) | bool(apply_change(
+            session, row, via=ChangeVia.CLI, at=now, regions=item.regions, name=name, timezone=item.timezone))
         return "updated" if changed else "unchanged"
 
 

@@ -165,6 +165,7 @@ class EventKind(StrEnum):
     REACTIVATED = "reactivated"          # unsubscribed/bounced/complained -> active
     REGIONS_CHANGED = "regions-changed"
     NAME_CHANGED = "name-changed"        # the name itself is on the row, not in the history
+    ZONE_CHANGED = "zone-changed"        # the time zone the mail is timed by; the zone is on the row
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
