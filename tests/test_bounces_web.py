@@ -127,6 +127,10 @@ def test_an_ses_complaint_and_a_transient_bounce(engine, web):
     ({"SigningCertURL": "https://evil.example/sns.eu-west-1.amazonaws.com/cert.pem"}, "SigningCertURL"),
     ({"SigningCertURL": "https://sns.eu-west-1.amazonaws.com:8443/cert.pem"}, "SigningCertURL"),
     ({"SigningCertURL": "https://user@sns.eu-west-1.amazonaws.com/cert.pem"}, "SigningCertURL"),
+    # S3 buckets called "sns": hosts under amazonaws.com that anyone could own.
+    ({"SigningCertURL": "https://sns.s3.amazonaws.com/cert.pem"}, "SigningCertURL"),
+    ({"SigningCertURL": "https://sns.s3-website-us-east-1.amazonaws.com/cert.pem"}, "SigningCertURL"),
+    ({"SigningCertURL": "https://sns.s3-eu-west-1.amazonaws.com/cert.pem"}, "SigningCertURL"),
     ({"SignatureVersion": "3"}, "SignatureVersion"),
     ({"Signature": "not base64!"}, "unreadable"),
     ({"Type": "Bogus"}, "not an SNS message"),

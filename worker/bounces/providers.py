@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 MAX_EVENTS = 100
 MAX_RECIPIENTS = 50
 MAX_CERTIFICATE = 16 * 1024
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]{1,30}\.amazonaws\.com(\.cn)?")
+# A region's name, not any label: `sns.s3.amazonaws.com` or `sns.s3-website-us-east-1...`
+# would be an S3 bucket called "sns", whose owner could serve a certificate of their own.
+SNS_HOST = re.compile(r"sns\.[a-z]{2}(-[a-z]+)+-\d{1,2}\.amazonaws\.com(\.cn)?")
 # The fields each message type signs, in this order (AWS: "Verifying the signatures of
 # Amazon SNS messages"); Subject only when present.
 SIGNED_FIELDS = {
