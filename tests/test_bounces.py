@@ -185,20 +185,29 @@ def test_without_a_tag_our_message_id_then_the_address_find_the_delivery(engine)
     _apply(engine, dsn(A, to="postmaster@example.org", quoted_message_id=week2.message_id))
     assert delivery(engine, ids[(2, A)]).state == "bounced"
     assert delivery(engine, ids[(3, A)]).state == "sent"
-    # The address alone, with VERP off (no tag could be there): their latest delivery.
+    # The address alone, even with VERP off: anyone could have written it.
     report = dsn(B, to="postmaster@example.org", report_id="<other@mx>")
     (unverified,) = read_report(report, return_path=None, message_id_domain="localhost").reports
-    assert apply_report(engine, unverified, transient_limit=5, now=NOW) is Applied.APPLIED
-    assert delivery(engine, ids[(3, B)]).state == "bounced"
+    assert apply_report(engine, unverified, transient_limit=5, now=NOW) is Applied.UNVERIFIED
+    assert delivery(engine, ids[(3, B)]).state == "sent" and subscriber(engine, B).status == "active"
 
 
-def test_with_verp_on_an_address_alone_is_not_believed(engine):
-    """Anyone can mail us a DSN naming a reader; only we can make a tag or a Message-ID."""
+@pytest.mark.parametrize("verp", [True, False])
+def test_a_mailed_report_naming_only_an_address_is_not_believed(engine, verp):
+    """Anyone can mail us a DSN or a complaint naming a reader (a forged complaint would
+    suppress them for good); only we can make a tag or a Message-ID. With VERP off too:
+    the bounce mailbox is then the From address, which every reader knows."""
     ids = sent_editions(engine, [A])
+    return_path = RETURN_PATH if verp else None
+
+    def apply(data):
+        return [apply_report(engine, r, transient_limit=5, now=NOW)
+                for r in read_report(data, return_path=return_path, message_id_domain="localhost").reports]
+
     forged = dsn(A, to=BOUNCE_ADDRESS, report_id="<forged@attacker>")
-    assert _apply(engine, forged) == [Applied.UNVERIFIED]
+    assert apply(forged) == [Applied.UNVERIFIED]
     forged_arf = arf(A, report_id="<forged-arf@attacker>")
-    assert _apply(engine, forged_arf) == [Applied.UNVERIFIED]
+    assert apply(forged_arf) == [Applied.UNVERIFIED]
     assert subscriber(engine, A).status == "active" and delivery(engine, ids[(1, A)]).state == "sent"
     assert bounce_events(engine) == []
 

@@ -52,7 +52,7 @@ class RunSummary:
         applied = ", ".join(f"{n} {k}" for k, n in sorted(self.applied.items())) or "none"
         text = (f"{self.messages} messages read; applied: {applied}; {self.duplicates} already processed; "
                 f"{self.unmatched} for no delivery of ours; {self.unverified} naming only an address "
-                f"(not believed with VERP on); {sum(self.ignored.values())} ignored; "
+                f"(not believed); {sum(self.ignored.values())} ignored; "
                 f"{len(self.kept)} kept for a human")
         return text + ("; more remain for the next run" if self.more else "")
 

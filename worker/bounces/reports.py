@@ -67,8 +67,9 @@ class Report:
     smtp_code: int | None
     diagnostic: str | None
     fingerprint: str
-    # Whether the address alone may name the delivery: not for mail while VERP is on (anyone
-    # can mail us a report naming a reader's address; only we can make a tag or a Message-ID).
+    # Whether the address alone may name the delivery: never for mail (anyone can mail us a
+    # report naming a reader's address, and a forged complaint would suppress them for
+    # good; only we can make a tag or a Message-ID), only for the authenticated inputs.
     address_trusted: bool = True
 
 
@@ -125,7 +126,7 @@ class _Ident:
         return build_report(kind, source, report_key=self.report_key, recipient=recipient,
                             delivery_id=delivery_id if delivery_id is not None else self.delivery_id,
                             message_id=self.message_id, code=code, smtp_code=smtp_code, diagnostic=diagnostic,
-                            address_trusted=self.return_path is None)
+                            address_trusted=False)
 
 
 def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: str | None,
