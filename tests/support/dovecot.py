@@ -12,10 +12,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from tests.support.certs import make_certs
+from tests.support.net import wait_listening
 
 DOVECOT = "/usr/sbin/dovecot"
 USER, PASSWORD = "bouncer", "imap-test-password"
@@ -95,14 +95,8 @@ service imap-login {{
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"dovecot failed ({done.returncode}): {self.log()}")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"dovecot did not listen on {self.port}: {self.log()}")
+        wait_listening(self.port, what="dovecot", log=self.log)
+        return self
 
     def log(self) -> str:
         path = self.root / "dovecot.log"

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.net import wait_listening
+
 POSTFIX = "/usr/sbin/postfix"
 
 
@@ -99,14 +101,8 @@ maillog_file_prefixes = {root}
         done = self._postfix("start")
         if done.returncode != 0:
             raise RuntimeError(f"postfix start failed: {done.stderr or done.stdout}\n{self.read_log()}")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"postfix did not listen on {self.port}\n{self.read_log()}")
+        wait_listening(self.port, what="postfix", log=self.read_log)
+        return self
 
     def stop(self) -> None:
         try:
