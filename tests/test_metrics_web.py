@@ -5,25 +5,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
 
+from tests.support.web import LOOPBACK, REMOTE, web_client
 from worker.delivery.plan import plan_edition
 from worker.digest import week_window
 from worker.store.db import session_scope
 from worker.store.models import Delivery, DeliveryState, Edition
 from worker.web import create_app
 
-REMOTE = {"REMOTE_ADDR": "203.0.113.5"}
-LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
 TOKEN = "metrics-operator-token"
 
 
-def _client(engine, settings, token=None):
-    if token is not None:
-        settings = settings.model_copy(update={"operator_token": SecretStr(token)})
-    app = create_app(settings, engine)
-    app.testing = True
-    return app.test_client()
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -37,7 +29,7 @@ def _rows(samples, edition):
 
 
 def test_metrics_is_an_operator_page(sample_engine, settings):
-    client = _client(sample_engine, settings)
+    client = web_client(sample_engine, settings)
     assert client.get("/metrics", environ_base=REMOTE).status_code == 403
     assert client.get("/metrics", environ_base=LOOPBACK, headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 403
     assert client.get("/metrics", environ_base=LOOPBACK).status_code == 200
@@ -45,7 +37,7 @@ def test_metrics_is_an_operator_page(sample_engine, settings):
     assert client.get("/metrics", environ_base=LOOPBACK, headers={"Host": "evil.example:8000"}).status_code == 403
     assert client.get("/metrics", environ_base=LOOPBACK, headers={"Host": "127.0.0.1:8000"}).status_code == 200
 
-    guarded = _client(sample_engine, settings, TOKEN)
+    guarded = web_client(sample_engine, settings, TOKEN)
     for environ in (REMOTE, LOOPBACK):
         assert guarded.get("/metrics", environ_base=environ).status_code == 401
         assert guarded.get("/metrics", environ_base=environ, headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -62,7 +54,7 @@ def test_ledger_rows_by_state_are_counted_when_scraped(sample_engine, settings):
                        now=now - timedelta(days=30))
     with session_scope(sample_engine) as session:
         session.execute(sa.update(Edition).where(Edition.id == old.edition_id).values(state="done"))
-    client = _client(sample_engine, settings)
+    client = web_client(sample_engine, settings)
 
     with session_scope(sample_engine) as session:
         counts = dict(session.execute(sa.select(Delivery.state, sa.func.count()).where(

@@ -9,20 +9,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 import sqlalchemy as sa
-from pydantic import SecretStr
 
 from tests.support.data import add_subscribers, ledger, load_stories
+from tests.support.web import LOOPBACK, REMOTE, web_client
 from worker.delivery.plan import find_edition, plan_edition
 from worker.digest import week_window
 from worker.ingest.sources import add_source
 from worker.store.db import session_scope
 from worker.store.models import Source
-from worker.web import create_app
 
 KEY = "weekly-2025-W05"
 NOW = datetime(2025, 2, 3, 7, 0, tzinfo=UTC)
-LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
-REMOTE = {"REMOTE_ADDR": "203.0.113.5"}
 TOKEN = "operator-page-token"
 HOSTILE = '<script>alert("x")</script>'
 
@@ -37,12 +34,6 @@ def world(engine, settings, tmp_path, redis_url):
     return engine, settings, held.edition_id
 
 
-def _client(engine, settings, token=None):
-    if token is not None:
-        settings = settings.model_copy(update={"operator_token": SecretStr(token)})
-    app = create_app(settings, engine)
-    app.testing = True
-    return app.test_client()
 
 
 def _csrf(page: str, action: str) -> str:
@@ -58,7 +49,7 @@ def _queued(redis_url) -> int:
 
 def test_the_page_shows_a_held_edition_with_its_reason_counts_and_buttons(world):
     engine, settings, _ = world
-    page = _client(engine, settings).get("/operator", environ_base=LOOPBACK)
+    page = web_client(engine, settings).get("/operator", environ_base=LOOPBACK)
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
     html = page.text
     assert "Held editions" in html and f"<td>{KEY}</td>" in html
@@ -72,7 +63,7 @@ def test_the_page_shows_a_held_edition_with_its_reason_counts_and_buttons(world)
 
 def test_approve_releases_it_and_a_second_post_is_harmless(world, redis_url):
     engine, settings, edition_id = world
-    client = _client(engine, settings)
+    client = web_client(engine, settings)
     page = client.get("/operator", environ_base=LOOPBACK).text
     form = {"csrf": _csrf(page, "approve")}
     done = client.post(f"/operator/editions/{KEY}/approve", data=form, environ_base=LOOPBACK,
@@ -92,7 +83,7 @@ def test_approve_releases_it_and_a_second_post_is_harmless(world, redis_url):
 
 def test_discard_drops_it(world, redis_url):
     engine, settings, edition_id = world
-    client = _client(engine, settings)
+    client = web_client(engine, settings)
     page = client.get("/operator", environ_base=LOOPBACK).text
     done = client.post(f"/operator/editions/{KEY}/discard", data={"csrf": _csrf(page, "discard")},
                        environ_base=LOOPBACK)
@@ -110,7 +101,7 @@ def test_discard_drops_it(world, redis_url):
 def test_posts_without_the_token_or_the_credential_are_refused(world, redis_url):
     engine, settings, _ = world
     url = f"/operator/editions/{KEY}/approve"
-    local = _client(engine, settings)
+    local = web_client(engine, settings)
     page = local.get("/operator", environ_base=LOOPBACK).text
     token = _csrf(page, "approve")
     assert local.post(url, data={}, environ_base=LOOPBACK).status_code == 400
@@ -122,7 +113,7 @@ def test_posts_without_the_token_or_the_credential_are_refused(world, redis_url)
     assert local.post(url, data={"csrf": token}, environ_base=REMOTE).status_code == 403  # no token set: loopback only
     assert local.post(f"/operator/editions/{KEY}/publish", data={"csrf": token}, environ_base=LOOPBACK).status_code == 404
 
-    guarded = _client(engine, settings, TOKEN)
+    guarded = web_client(engine, settings, TOKEN)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert guarded.get("/operator", environ_base=REMOTE).status_code == 401
     assert guarded.post(url, data={"csrf": token}, environ_base=REMOTE).status_code == 401
@@ -137,7 +128,7 @@ def test_posts_without_the_token_or_the_credential_are_refused(world, redis_url)
 
 def test_without_a_secret_key_nothing_is_released(world):
     engine, settings, _ = world
-    client = _client(engine, settings.model_copy(update={"secret_key": None}))
+    client = web_client(engine, settings.model_copy(update={"secret_key": None}))
     page = client.get("/operator", environ_base=LOOPBACK).text
     assert "NEWSLETTER_SECRET_KEY is not set" in page and "disabled" in page
     refused = client.post(f"/operator/editions/{KEY}/approve", data={"csrf": "x"}, environ_base=LOOPBACK)
@@ -155,7 +146,7 @@ def test_sources_health_is_shown_escaped_and_without_passwords(engine, settings)
             consecutive_failures=4, last_error=f"HTTP 500 {HOSTILE}",
             last_error_at=datetime(2025, 2, 2, 12, 0, tzinfo=UTC),
             next_poll_at=datetime(2025, 2, 2, 16, 0, tzinfo=UTC) + timedelta(hours=4)))
-    html = _client(engine, settings).get("/operator", environ_base=LOOPBACK).text
+    html = web_client(engine, settings).get("/operator", environ_base=LOOPBACK).text
     assert HOSTILE not in html and "<script" not in html
     assert "hunter2" not in html
     assert (f'<td>{bad.id}</td><td class="url">https://editor:***@feeds.example/x.xml?q=&lt;script&gt;'
@@ -169,7 +160,7 @@ def test_editions_in_flight_and_recent_are_listed_with_their_counts(engine, sett
     load_stories(engine, tmp_path)
     add_subscribers(engine, 8)
     plan_edition(engine, key="manual-<b>x</b>", kind="manual", window=week_window("2025-W05", settings.tz), now=NOW)
-    html = _client(engine, settings).get("/operator", environ_base=LOOPBACK).text
+    html = web_client(engine, settings).get("/operator", environ_base=LOOPBACK).text
     assert "manual-&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
     assert '<td class="state state-sending">sending</td>' in html and "No edition is held." in html
 
@@ -177,7 +168,7 @@ def test_editions_in_flight_and_recent_are_listed_with_their_counts(engine, sett
 def test_without_a_token_the_page_answers_only_to_a_loopback_name(world, redis_url):
     """DNS rebinding: evil.example resolving to 127.0.0.1 would make its page same-origin with ours."""
     engine, settings, _ = world
-    local = _client(engine, settings)
+    local = web_client(engine, settings)
     token = _csrf(local.get("/operator", environ_base=LOOPBACK).text, "approve")
     rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
     assert local.get("/operator", environ_base=LOOPBACK, headers={"Host": "evil.example:8000"}).status_code == 403
@@ -187,7 +178,7 @@ def test_without_a_token_the_page_answers_only_to_a_loopback_name(world, redis_u
     for host in ("127.0.0.1:8000", "[::1]:8000", "localhost"):
         assert local.get("/operator", environ_base=LOOPBACK, headers={"Host": host}).status_code == 200, host
     # With a token, the token is the proof, whatever name the server is reached by.
-    guarded = _client(engine, settings, TOKEN)
+    guarded = web_client(engine, settings, TOKEN)
     page = guarded.get("/operator", environ_base=REMOTE, headers={"Host": "ops.example", **_bearer()})
     assert page.status_code == 200
 

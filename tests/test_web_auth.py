@@ -7,22 +7,15 @@ import re
 import pytest
 from pydantic import SecretStr
 
+from tests.support.web import LOOPBACK, REMOTE, web_client
 from worker.tokens import unsubscribe_token
 from worker.web import create_app
 
 OPERATOR_PATHS = ["/", "/?week=2025-W05", "/preview/2025-W05/RU-UA", "/preview/2025-W05/RU-UA/html",
                   "/preview/bogus/RU", "/operator", "/metrics"]
-REMOTE = {"REMOTE_ADDR": "203.0.113.5"}
-LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
 TOKEN = "s3cret-operator=token"
 
 
-def _client(engine, settings, token=None):
-    if token is not None:
-        settings = settings.model_copy(update={"operator_token": SecretStr(token)})
-    app = create_app(settings, engine)
-    app.testing = True
-    return app.test_client()
 
 
 def _basic(user, password):
@@ -35,7 +28,7 @@ def _bearer(token):
 
 @pytest.mark.parametrize("path", OPERATOR_PATHS)
 def test_without_a_token_set_only_loopback_clients_reach_operator_pages(sample_engine, settings, path):
-    client = _client(sample_engine, settings)
+    client = web_client(sample_engine, settings)
     refused = client.get(path, environ_base=REMOTE)
     assert refused.status_code == 403 and "NEWSLETTER_OPERATOR_TOKEN" in refused.text
     assert "Russian Federation" not in refused.text
@@ -47,7 +40,7 @@ def test_without_a_token_set_only_loopback_clients_reach_operator_pages(sample_e
 
 
 def test_the_loopback_rule_believes_the_socket_never_forwarded_headers(sample_engine, settings):
-    client = _client(sample_engine, settings)
+    client = web_client(sample_engine, settings)
     spoofed = {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1", "Forwarded": "for=127.0.0.1"}
     assert client.get("/", environ_base=REMOTE, headers=spoofed).status_code == 403
     # A reverse proxy on this host connects from loopback on behalf of anyone: refused too.
@@ -60,7 +53,7 @@ def test_the_loopback_rule_believes_the_socket_never_forwarded_headers(sample_en
 
 @pytest.mark.parametrize("path", OPERATOR_PATHS)
 def test_with_a_token_set_every_client_needs_it(sample_engine, settings, path):
-    client = _client(sample_engine, settings, TOKEN)
+    client = web_client(sample_engine, settings, TOKEN)
     for environ in (REMOTE, LOOPBACK):
         for headers in ({}, _bearer("wrong"), _basic("operator", "wrong"), _bearer(TOKEN[:-1]),
                         _bearer(TOKEN + "x"), _basic(TOKEN, ""), {"Authorization": TOKEN},
@@ -73,7 +66,7 @@ def test_with_a_token_set_every_client_needs_it(sample_engine, settings, path):
 
 @pytest.mark.parametrize("path", OPERATOR_PATHS)
 def test_the_token_opens_operator_pages_as_bearer_or_basic_password(sample_engine, settings, path):
-    client = _client(sample_engine, settings, TOKEN)
+    client = web_client(sample_engine, settings, TOKEN)
     expected = 404 if "bogus" in path else 200
     for headers in (_bearer(TOKEN), {"Authorization": f"bearer   {TOKEN}"}, _basic("operator", TOKEN),
                     _basic("", TOKEN)):
@@ -81,7 +74,7 @@ def test_the_token_opens_operator_pages_as_bearer_or_basic_password(sample_engin
 
 
 def test_an_empty_token_setting_counts_as_none(sample_engine, settings):
-    client = _client(sample_engine, settings, "")
+    client = web_client(sample_engine, settings, "")
     assert client.get("/", environ_base=REMOTE, headers=_basic("x", "")).status_code == 403
     assert client.get("/", environ_base=LOOPBACK).status_code == 200
 
@@ -91,7 +84,7 @@ def test_readers_pages_stay_public_whatever_the_token(sample_engine, settings):
 
     _send_week(sample_engine, settings)
     token = unsubscribe_token("test-secret-key", _anna(sample_engine).id)
-    for client in (_client(sample_engine, settings, TOKEN), _client(sample_engine, settings)):
+    for client in (web_client(sample_engine, settings, TOKEN), web_client(sample_engine, settings)):
         assert client.get("/healthz", environ_base=REMOTE).status_code == 200
         assert client.get("/archive/weekly-2025-W05/RU-UA", environ_base=REMOTE).status_code == 200
         assert client.get("/archive/weekly-2025-W06/RU-UA", environ_base=REMOTE).status_code == 404
@@ -103,7 +96,7 @@ def test_readers_pages_stay_public_whatever_the_token(sample_engine, settings):
 
 
 def test_operator_pages_are_never_cached(sample_engine, settings):
-    page = _client(sample_engine, settings).get("/?week=2025-W05", environ_base=LOOPBACK)
+    page = web_client(sample_engine, settings).get("/?week=2025-W05", environ_base=LOOPBACK)
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
 
 
