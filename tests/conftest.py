@@ -64,6 +64,36 @@ def pg_url() -> Iterator[str]:
     engine.dispose()
 
 
+
+@pytest.fixture(autouse=True)
+def _fresh_renders():
+    """The pipeline keeps its renderers per process, keyed by database, edition id, key and
+    creation time; tests repeat all four (ids restart in each test database, clocks are
+    frozen), so a renderer of another test's database must neither be used nor be left."""
+    from worker.delivery import pipeline
+
+    pipeline._RENDERERS.clear()
+    yield
+    pipeline._RENDERERS.clear()
+
+
+@pytest.fixture
+def cli(run_cli, engine, smtp_server, tmp_path):
+    """`newsletter ARGS` against the test database, the sample week's stories and 16
+    subscribers, delivering to the test SMTP server; keyword arguments add settings."""
+    from tests.support.data import add_subscribers, load_stories
+
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 16)
+    env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "2",
+           "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_FROM": "News <digest@news.example>"}
+
+    def run(*args, **extra):
+        return run_cli(*args, env={**env, **extra})
+
+    return run
+
 def _truncate(engine: sa.Engine) -> None:
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:

@@ -18,7 +18,6 @@ from tests.conftest import IN_CI
 from tests.support import postfix
 from tests.support.data import add_subscribers, delivery_rows, load_stories
 from worker.bounces.verp import ReturnPath
-from worker.delivery import pipeline
 
 pytestmark = pytest.mark.slow
 SECRET = "postfix-secret"
@@ -37,13 +36,6 @@ def relay(smtp_server):
         yield instance.start()
     finally:
         instance.stop()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_renders():
-    pipeline._RENDERERS.clear()
-    yield
-    pipeline._RENDERERS.clear()
 
 
 def test_a_refusal_behind_postfix_comes_back_as_a_dsn_and_bounces_the_reader(engine, run_cli, tmp_path,

@@ -9,18 +9,10 @@ from tests.support.data import add_subscribers, delivery_rows, load_stories
 from worker.bounces.mailboxes import ImapLocation
 from worker.bounces.verp import ReturnPath
 from worker.celery_app import create_app
-from worker.delivery import pipeline
 from worker.errors import ConfigError
 from worker.settings import Settings, load_settings
 
 NO_BROKER = "redis://127.0.0.1:1/0"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_renders():
-    pipeline._RENDERERS.clear()
-    yield
-    pipeline._RENDERERS.clear()
 
 
 def _send(run_cli, engine, tmp_path, smtp_server, **extra):

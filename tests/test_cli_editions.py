@@ -7,36 +7,17 @@ import time
 import pytest
 
 from tests.support.data import add_subscribers, ledger, load_stories
-from worker.delivery import pipeline
 from worker.delivery.plan import find_edition
 
 KEY = "weekly-2025-W05"
 NO_BROKER = "redis://127.0.0.1:1/0"  # nothing listens there: a command that needs no broker must not ask
 
 
-@pytest.fixture(autouse=True)
-def _fresh_renders():
-    """The pipeline keeps renders per process by edition id, and every test database starts
-    again at id 1: a render kept from another test's database must not be used, nor leave
-    ours to the next test (test_web does the same)."""
-    pipeline._RENDERERS.clear()
-    yield
-    pipeline._RENDERERS.clear()
-
-
 @pytest.fixture
-def cli(run_cli, engine, smtp_server, tmp_path):
-    load_stories(engine, tmp_path)
-    add_subscribers(engine, 16)
-    env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "2",
-           "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_FROM": "News <digest@news.example>",
-           "NEWSLETTER_RETRY_BASE_SECONDS": "0.001", "NEWSLETTER_BROKER_URL": NO_BROKER}
-
-    def run(*args, **extra):
-        return run_cli(*args, env={**env, **extra})
-
-    return run
+def cli(cli):
+    """The shared `cli`, with retries due at once and no broker to ask."""
+    return lambda *args, **extra: cli(*args, **{"NEWSLETTER_RETRY_BASE_SECONDS": "0.001",
+                                                "NEWSLETTER_BROKER_URL": NO_BROKER, **extra})
 
 
 # --- any edition key: --retry-failed and resume ---------------------------------------------

@@ -24,17 +24,6 @@ W05 = datetime(2025, 1, 27, tzinfo=UTC)
 KEY = "weekly-2025-W05"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_renders():
-    # Per-process renders are keyed by edition id and creation time: both repeat here, in
-    # a PostgreSQL database whose ids restart per test and editions planned at the same SLOT.
-    from worker.delivery import pipeline
-
-    pipeline._RENDERERS.clear()
-    yield
-    pipeline._RENDERERS.clear()
-
-
 def _add_stories(engine, region: str, monday: datetime, count: int, *, last_day: int = 6) -> None:
     with session_scope(engine) as session:
         for n in range(count):

@@ -24,15 +24,6 @@ LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
 NOW = datetime(2025, 2, 3, 7, 0, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_renders():
-    from worker.delivery import pipeline
-
-    pipeline._RENDERERS.clear()
-    yield
-    pipeline._RENDERERS.clear()
-
-
 def _scrape(engine, settings) -> dict[str, dict[tuple, float]]:
     """name -> {sorted label items: value}, parsed by prometheus-client's own parser."""
     app = create_app(settings, engine)

@@ -215,8 +215,6 @@ def test_a_digest_that_cannot_fit_under_the_clip_pauses_the_edition_and_sends_no
     from worker.delivery.senders import make_sender_pool
 
     engine, settings, _ = world
-    # Renderers are kept per process by edition; each case plans the same edition anew.
-    pipeline._RENDERERS.clear()
     fixed = settings.model_copy(update={"smtp_connections": lanes})
     broken = fixed.model_copy(update={"postal_address": "x" * 120_000})
     planned = _plan(engine, broken)

@@ -6,36 +6,16 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.support.data import add_subscribers, ledger, load_stories
-from worker.delivery import pipeline
 from worker.delivery.plan import plan_edition
 from worker.digest import week_window
 
 KEY = "weekly-2025-W05"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_renders():
-    """The pipeline keeps renders per process by edition id, and every test database starts
-    again at id 1: a render kept from another test's database must not be used, nor leave
-    ours to the next test (test_web does the same)."""
-    pipeline._RENDERERS.clear()
-    yield
-    pipeline._RENDERERS.clear()
-
-
 @pytest.fixture
-def cli(run_cli, engine, smtp_server, tmp_path):
-    load_stories(engine, tmp_path)
-    add_subscribers(engine, 16)
-    env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "2",
-           "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_FROM": "News <digest@news.example>",
-           "NEWSLETTER_RETRY_BASE_SECONDS": "0.001"}
-
-    def run(*args, **extra):
-        return run_cli(*args, env={**env, **extra})
-
-    return run
+def cli(cli):
+    """The shared `cli`, with retries due at once."""
+    return lambda *args, **extra: cli(*args, NEWSLETTER_RETRY_BASE_SECONDS="0.001", **extra)
 
 
 def test_inline_send_then_status(cli, smtp_server, engine):

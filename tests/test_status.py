@@ -4,11 +4,10 @@ which worker holds which rows and whether it is alive, what waits for the broker
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import sqlalchemy as sa
 
-from tests.support.data import add_subscribers, delivery_rows, load_stories
-from worker.delivery import ledger, liveness, pipeline
+from tests.support.data import delivery_rows
+from worker.delivery import ledger, liveness
 from worker.delivery.plan import find_edition
 from worker.store.db import session_scope
 from worker.store.models import Delivery
@@ -16,30 +15,6 @@ from worker.store.models import Delivery
 KEY = "weekly-2025-W05"
 BUSY = "451 4.3.0 mailbox busy"
 GONE = "550 5.1.1 no such user"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_renders():
-    """The pipeline keeps renders per process by edition id, and every test database starts
-    again at id 1: a render kept from another test's database must not be used, nor leave
-    ours to the next test (test_web does the same)."""
-    pipeline._RENDERERS.clear()
-    yield
-    pipeline._RENDERERS.clear()
-
-
-@pytest.fixture
-def cli(run_cli, engine, smtp_server, tmp_path):
-    load_stories(engine, tmp_path)
-    add_subscribers(engine, 16)
-    env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "2",
-           "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_FROM": "News <digest@news.example>"}
-
-    def run(*args, **extra):
-        return run_cli(*args, env={**env, **extra})
-
-    return run
 
 
 def _make_due(engine, email):
