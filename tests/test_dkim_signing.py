@@ -21,6 +21,8 @@ from worker.render.digest import RenderedVariant
 NOW = datetime(2025, 2, 3, 7, tzinfo=UTC)
 SIGNED_ONCE = ["to", "date", "message-id", "list-id", "mime-version", "content-type"]
 OVERSIGNED = ["from", "subject", "list-unsubscribe", "list-unsubscribe-post"]
+# Never written, listed once: the signature covers their absence.
+ABSENT = ["reply-to", "cc", "sender"]
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +82,19 @@ def test_the_signature_verifies_and_oversigns_from_subject_and_list_unsubscribe(
     signed = _signed_headers(data)
     for name in OVERSIGNED:
         assert signed.count(name) == 2, name
-    for name in SIGNED_ONCE:
+    for name in SIGNED_ONCE + ABSENT:
         assert signed.count(name) == 1, name
+
+
+@pytest.mark.parametrize("field", [b"Cc: everyone@evil.example", b"Reply-To: <reply@evil.example>",
+                                   b"Sender: Bank <security@bank.example>"])
+@pytest.mark.parametrize("first", [True, False], ids=["prepended", "appended"])
+def test_a_cc_reply_to_or_sender_added_after_signing_breaks_the_signature(settings, key, field, first):
+    path, dns = key
+    data = compose(_variant(), Addressee("anna@example.org", "Anna", 7), settings=_signed_settings(settings, path),
+                   secret="k", now=NOW).data
+    assert dkim.verify(data, dnsfunc=dns)
+    assert not dkim.verify(_with_field(data, field, first=first), dnsfunc=dns)
 
 
 @pytest.mark.parametrize("field", [b"Subject: You won a prize", b"From: Bank <security@bank.example>",

@@ -31,9 +31,13 @@ ONE_CLICK = "List-Unsubscribe=One-Click"
 # oversigned (RFC 6376 5.4.2): it also signs the absence of a second such field, so a
 # From, Subject or List-Unsubscribe added in transit breaks the signature.
 OVERSIGNED = [b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post"]
+# Fields we never write, listed in h= all the same: a name listed for a field that is absent
+# signs its absence, so a Reply-To, Cc or Sender added in transit (a reply-to hijack, a copy
+# to someone else, a "sent on behalf of" line) breaks the signature too.
+ABSENT = [b"reply-to", b"cc", b"sender"]
 DKIM_HEADERS = [
     *OVERSIGNED, *OVERSIGNED,
-    b"to", b"date", b"message-id", b"list-id", b"mime-version", b"content-type",
+    b"to", b"date", b"message-id", b"list-id", b"mime-version", b"content-type", *ABSENT,
 ]
 
 
