@@ -115,3 +115,17 @@ def test_each_value_knows_where_it_came_from(tmp_path):
     assert sources["smtp_port"] == "NEWSLETTER_SMTP_PORT"
     assert sources["timezone"] == "default"
     assert set(sources) == set(type(settings).model_fields)
+
+
+@pytest.mark.parametrize(("color", "shown"), [("#777777", "4.47:1"), ("#ffcc00", "1.51:1"), ("#FFFFFF", "1.00:1")])
+def test_a_brand_colour_the_white_header_text_cannot_be_read_on_is_refused_with_its_ratio(run_cli, color, shown):
+    # WCAG 2's relative luminance: #777777 on white is 4.48:1, just under AA's 4.5:1.
+    result = run_cli("config", env={"NEWSLETTER_BRAND_COLOR": color})
+    assert result.code == 2
+    [line] = result.err.strip().splitlines()
+    assert line.startswith("error: setting NEWSLETTER_BRAND_COLOR: contrast ") and shown in line and "4.5:1" in line
+
+
+@pytest.mark.parametrize("color", ["#767676", "#b3261e", "#000000", "#1a73e8"])
+def test_a_brand_colour_with_enough_contrast_is_kept(color):
+    assert load_settings({"NEWSLETTER_BRAND_COLOR": color}).brand_color == color

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from email.headerregistry import Address
 from functools import lru_cache
+from math import floor
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -39,6 +40,8 @@ _NOT_SETTINGS_PREFIXES = ("test_", "bench_")
 
 
 _URL_CHARS = re.compile(r"[!-~]+")
+# WCAG 2 AA contrast for normal text, against the header's white text.
+MIN_CONTRAST = 4.5
 _MAILTO = re.compile(r"[A-Za-z0-9.!#$%&'*+/^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _LIST_ID = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
 # A fully qualified host name: two or more letter-digit-hyphen labels, the last not all digits.
@@ -211,6 +214,16 @@ class Settings(BaseModel):
         if not value.startswith(("http://", "https://")) or not _URL_CHARS.fullmatch(value):
             raise ValueError("must be an http:// or https:// URL in ASCII (an IDN host in punycode), no spaces")
         return value.rstrip("/")
+
+    @field_validator("brand_color")
+    @classmethod
+    def _brand_color(cls, value: str) -> str:
+        # The header's name and dates are white on this colour: WCAG 2's AA minimum for text.
+        ratio = contrast_ratio(value, "#ffffff")
+        if ratio < MIN_CONTRAST:
+            raise ValueError(f"contrast {floor(ratio * 100) / 100:.2f}:1 with the header's white text, under "
+                             f"the {MIN_CONTRAST}:1 WCAG minimum; choose a darker colour")
+        return value
 
     @field_validator("unsubscribe_mailto")
     @classmethod
@@ -423,6 +436,19 @@ def _origin_of(url: str) -> str:
 @lru_cache(maxsize=16)
 def _parsed_address(value: str) -> Address:
     return parse_address(value)
+
+
+def _luminance(color: str) -> float:
+    """WCAG 2 relative luminance of a #rrggbb colour (sRGB)."""
+    channels = [int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(first: str, second: str) -> float:
+    """WCAG 2 contrast ratio of two #rrggbb colours, 1 to 21."""
+    light, dark = sorted((_luminance(first), _luminance(second)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
 
 
 def parse_address(value: str) -> Address:
