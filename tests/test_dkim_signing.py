@@ -1,6 +1,6 @@
 """DKIM on the bytes that go to SMTP: the production (skeleton) path is signed and verifies,
-From, Subject and the List-Unsubscribe pair are oversigned, and a second such field added
-after signing breaks the signature."""
+From, Subject and the List-Unsubscribe pair are oversigned, Reply-To, Cc and Sender signed as
+absent, and a second such field (or any of those three) added after signing breaks the signature."""
 
 import base64
 from datetime import UTC, datetime
@@ -86,22 +86,14 @@ def test_the_signature_verifies_and_oversigns_from_subject_and_list_unsubscribe(
         assert signed.count(name) == 1, name
 
 
-@pytest.mark.parametrize("field", [b"Cc: everyone@evil.example", b"Reply-To: <reply@evil.example>",
-                                   b"Sender: Bank <security@bank.example>"])
-@pytest.mark.parametrize("first", [True, False], ids=["prepended", "appended"])
-def test_a_cc_reply_to_or_sender_added_after_signing_breaks_the_signature(settings, key, field, first):
-    path, dns = key
-    data = compose(_variant(), Addressee("anna@example.org", "Anna", 7), settings=_signed_settings(settings, path),
-                   secret="k", now=NOW).data
-    assert dkim.verify(data, dnsfunc=dns)
-    assert not dkim.verify(_with_field(data, field, first=first), dnsfunc=dns)
-
-
 @pytest.mark.parametrize("field", [b"Subject: You won a prize", b"From: Bank <security@bank.example>",
                                    b"List-Unsubscribe: <https://evil.example/u>",
-                                   b"List-Unsubscribe-Post: List-Unsubscribe=One-Click"])
+                                   b"List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+                                   # Absent from the message, signed as absent.
+                                   b"Cc: everyone@evil.example", b"Reply-To: <reply@evil.example>",
+                                   b"Sender: Bank <security@bank.example>"])
 @pytest.mark.parametrize("first", [True, False], ids=["prepended", "appended"])
-def test_a_second_signed_field_added_after_signing_breaks_the_signature(settings, key, field, first):
+def test_a_signed_field_added_after_signing_breaks_the_signature(settings, key, field, first):
     path, dns = key
     data = compose(_variant(), Addressee("anna@example.org", "Anna", 7), settings=_signed_settings(settings, path),
                    secret="k", now=NOW).data

@@ -10,6 +10,7 @@ from html import escape, unescape
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tests.conftest import REPO
 from tests.test_preview import SCREENSHOTS, _chromium, _headless
@@ -18,6 +19,7 @@ from worker.digest.queries import fetch_window_stories
 from worker.render.compose import Addressee, compose
 from worker.render.digest import render_variant
 from worker.store.db import session_scope
+from worker.store.models import Story
 
 NOW = datetime(2025, 2, 3, 7, tzinfo=UTC)
 # Headless Chromium will not make a window narrower than 500 px: the digest is laid out in
@@ -31,14 +33,14 @@ window.addEventListener('load', function () {{
   var container = doc.querySelector('.container');
   document.documentElement.setAttribute('data-measure', JSON.stringify({{
     scroll: doc.documentElement.scrollWidth, view: frame.contentWindow.innerWidth,
-    container: container ? container.getBoundingClientRect().width : -1}}));
+    container: container ? container.getBoundingClientRect().width : -1,
+    images: Array.prototype.map.call(doc.images, function (i) {{ return i.getBoundingClientRect().width; }})}}));
 }});
 </script></body></html>"""
 
 
-def _digest_html(engine, settings) -> str:
+def _digest_html(engine, settings, regions=("RU", "UA", "DE")) -> str:
     window = week_window("2025-W05", settings.tz)
-    regions = ("RU", "UA", "DE")
     with session_scope(engine) as session:
         stories = fetch_window_stories(session, window, regions)
     variant = render_variant(selection=select_sections(stories, regions, per_region=5), window=window,
@@ -118,3 +120,60 @@ def test_the_digest_fits_375_px_with_styles_stripped_where_the_fixed_layout_did_
     # The brand header (below the wrapper's top padding) runs to the right edge: the container fills the width.
     right = image.getpixel((370, 40))
     assert right[0] > 150 and right[1] < 80, right
+
+
+# France, Poland and China each have a story with an image in the sample week.
+IMAGE_REGIONS = ("FR", "PL", "CN")
+# The image as it was: fluid only by max-width, which a table cell's automatic layout
+# ignores when the image is blocked or missing (the width attribute then sizes the box).
+_OLD_IMAGE_STYLE = 'style="display:block;max-width:100%;height:auto;'
+
+
+def _with_images(engine, image_url: str) -> None:
+    with session_scope(engine) as session:
+        for story in session.scalars(sa.select(Story).where(Story.image_url.is_not(None))):
+            story.image_url = image_url
+
+
+def _old_image_layout(tmp_path: Path) -> Path:
+    folder = tmp_path / "templates-old-image"
+    shutil.copytree(REPO / "templates" / "email", folder)
+    body = folder / "weekly_digest" / "body.html"
+    text = body.read_text()
+    now = re.search(r'<img class="story-image"[^>]*>', text)[0]
+    body.write_text(text.replace(now, re.sub(r'style="[^"]*"', _OLD_IMAGE_STYLE + 'border:0;"', now)))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("shown", ["blocked", "loaded"])
+def test_stories_with_images_fit_375_px_with_styles_stripped(sample_engine, settings, tmp_path, shown):
+    """Images blocked (Gmail and most clients until the reader allows them; here an address
+    that does not resolve) or loaded (a 1200 px photo, wider than the container)."""
+    from PIL import Image
+
+    binary = _chromium()
+    if shown == "loaded":
+        photo = tmp_path / "photo.png"
+        Image.new("RGB", (1200, 675), (30, 90, 160)).save(photo)
+        _with_images(sample_engine, photo.resolve().as_uri())
+    else:
+        _with_images(sample_engine, "https://img.invalid/photo.jpg")
+    html = _digest_html(sample_engine, settings, IMAGE_REGIONS)
+    assert html.count("<img ") == 3
+    bare = _without_styles(html)
+
+    narrow = _measure(binary, tmp_path, bare, 375, f"img-{shown}-375")
+    assert narrow["scroll"] <= 375 and narrow["container"] <= 375, narrow
+    assert len(narrow["images"]) == 3 and max(narrow["images"]) <= 375 - 2 * 20, narrow
+    wide = _measure(binary, tmp_path, bare, 900, f"img-{shown}-900")
+    assert wide["container"] == 600 and wide["images"] == [560, 560, 560], wide
+    assert _measure(binary, tmp_path, html, 375, f"img-{shown}-styled-375")["scroll"] <= 375
+
+    if shown == "blocked":
+        # The measurement catches the image as it was: 600 px wide on a 375 px phone.
+        old = _digest_html(sample_engine, settings.model_copy(update={"templates_dir": _old_image_layout(tmp_path)}),
+                           IMAGE_REGIONS)
+        before = _measure(binary, tmp_path, _without_styles(old), 375, "img-old-375")
+        assert before["scroll"] >= 600 and before["container"] == 600, before

@@ -1,9 +1,11 @@
 """Templates, the rendered digest, personalisation and the one-inline-per-variant rule."""
 
 import json
+import re
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from tests.conftest import REPO
 from worker import metrics
 from worker.digest import select_sections, week_window
 from worker.digest.queries import fetch_window_stories
+from worker.digest.select import StoryItem
 from worker.ingest import import_sources
 from worker.render.cache import VariantRenderer
 from worker.render.compose import Addressee, compose
@@ -236,3 +239,43 @@ def test_region_links_and_the_masthead_link_only_where_configured(sample_engine,
         "site_url": "https://site.example", "region_url": "https://site.example/world/{region}/"}))
     assert 'href="https://site.example"' in linked.html
     assert 'href="https://site.example/world/RU/"' in linked.html and "https://site.example/world/UA/" in linked.text
+
+
+def _preheader(html: str) -> str:
+    return re.search(r'<div class="preheader"[^>]*>([^<\n]*)', html)[1]
+
+
+def test_the_preheader_says_what_follows_the_subject_not_the_subject_again(sample_engine, settings):
+    variant = _variant(sample_engine, settings)
+    text = variant.text
+    titles = re.findall(r"^\d+\. (.+)$", text, re.MULTILINE)
+    assert titles[0] == variant.subject and len(titles) > 3
+    preheader = unescape(_preheader(variant.html))
+    assert variant.subject not in preheader
+    assert preheader == f"{titles[1]} · {titles[2]} and {len(titles) - 3} more"
+
+
+def test_a_one_story_mail_has_its_regions_as_preheader(settings):
+    one = [StoryItem(id=1, guid="g1", url="https://news.example/a", title="Only story", summary_html="<p>s</p>",
+                     summary_text="s", published_at=datetime(2025, 1, 30, tzinfo=UTC), source="wire",
+                     image_url=None, regions=("UA",))]
+    window = week_window("2025-W05", settings.tz)
+    variant = render_variant(selection=select_sections(one, ("UA",), per_region=5), window=window,
+                             edition_key="weekly-2025-W05", settings=settings)
+    assert variant.subject == "Only story"
+    assert _preheader(variant.html) == "This week from Ukraine"
+
+
+def test_every_image_is_fluid_in_its_own_style_and_decorative_beside_its_title(sample_engine, settings):
+    # France, Poland and China each have a story with an image that week.
+    html = _variant(sample_engine, settings, regions=("FR", "PL", "CN")).html
+    images = re.findall(r"<img\b[^>]*>", html)
+    assert len(images) == 3
+    for image in images:
+        style = re.search(r'style="([^"]*)"', image)[1].replace(" ", "")
+        assert "max-width:100%" in style and "height:auto" in style and "width:100%" in style.split(";")
+        assert int(re.search(r'width="(\d+)"', image)[1]) <= 560  # the container's 600 px less its padding
+        # The title links the same story right above: the image repeats nothing to a screen reader.
+        assert ' alt=""' in image
+    links = re.findall(r'<a class="story-image-link"[^>]*>', html)
+    assert len(links) == 3 and all('aria-hidden="true"' in a and 'tabindex="-1"' in a for a in links)

@@ -154,6 +154,9 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
             "stories": [_story(story, tz, trim.summary) for story in shown],
         })
     titles = [story.title for section in selection.sections for story in section.stories]
+    # What this mail shows, once shortened under Gmail's clip (the rest is online).
+    shown = [story["title"] for section in sections for story in section["stories"]]
+    region_names = prose_list([names[s["region"]] for s in sections] or list(names.values()))
     return {
         "lang": "en",
         "newsletter": {
@@ -169,10 +172,11 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
             "date_range": date_range(window.first_day, window.last_day),
         },
         "regions": [{"code": code, "name": names[code]} for code in selection.regions],
-        "region_names": prose_list([names[s["region"]] for s in sections] or list(names.values())),
+        "region_names": region_names,
         "story_count": selection.story_count,
+        "shown_count": len(shown),
         "sections": sections,
-        "preheader": _preheader(titles),
+        "preheader": _preheader(shown, region_names),
         # The subject's: the first story of the reader's first region.
         "top_story": {"title": titles[0] if titles else ""},
         "personal": personal,
@@ -238,10 +242,14 @@ def prose_list(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _preheader(titles: list[str]) -> str:
-    shown = " · ".join(titles[:2])
-    rest = len(titles) - 2
-    return f"{shown} and {rest} more" if rest > 0 else shown
+def _preheader(titles: list[str], region_names: str) -> str:
+    """What the inbox shows after the subject: the stories after the subject's own (the
+    subject is the first title), else where this week's news is from."""
+    after = titles[1:]
+    if not after:
+        return f"This week from {region_names}"
+    rest = len(after) - 2
+    return " · ".join(after[:2]) + (f" and {rest} more" if rest > 0 else "")
 
 
 def check_header_text(what: str, value: str) -> str:
