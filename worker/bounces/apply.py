@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from worker import metrics
 from worker.bounces.reports import Report
 from worker.ingest.history import apply_change
+from worker.ingest.readers import confirmation_returned
 from worker.ingest.subscribers import InvalidSubscriber, check_address
 from worker.store.db import session_scope
 from worker.store.models import (
@@ -61,6 +62,8 @@ class Applied(StrEnum):
 
 
 def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: datetime) -> Applied:
+    if report.delivery_id is None and report.signup is not None:
+        return apply_signup_report(engine, report, now=now)
     try:
         with session_scope(engine) as session:
             delivery = _match(session, report)
@@ -169,3 +172,33 @@ def _count_transient(session: Session, delivery: Delivery, subscriber: Subscribe
     if run >= limit and subscriber.status == SubscriberStatus.ACTIVE:
         apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.BOUNCED,
                      note=f"temporary failures in {run} editions in a row")
+
+
+def apply_signup_report(engine: Engine, report: Report, *, now: datetime) -> Applied:
+    """A report about a sign-up's confirmation mail (its own VERP tag): recorded like any
+    report, then the sign-up's answer to it (ingest/readers.py `confirmation_returned`).
+    Only while the tagged link is the live one: a report about a link since confirmed,
+    replaced or cancelled is about a request that is over."""
+    assert report.signup is not None
+    try:
+        with session_scope(engine) as session:
+            subscriber = session.get(Subscriber, report.signup.subscriber_id, with_for_update=True)
+            if subscriber is None or not report.signup.names(subscriber.confirm_nonce):
+                log.info("%s report (%s) about a confirmation link no longer live; ignored", report.kind,
+                         report.source)
+                return Applied.UNMATCHED
+            session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
+                                    subscriber_id=subscriber.id, recipient=report.recipient, code=report.code,
+                                    diagnostic=report.diagnostic, received_at=now))
+            session.flush()
+            confirmation_returned(session, subscriber, report.kind, now=now,
+                                  note=f"confirmation mail {_SAID[report.kind]} {report.code or ''} "
+                                       f"({report.source})".replace("  ", " "))
+    except IntegrityError:
+        return Applied.DUPLICATE
+    metrics.count_late_report(report.kind.value, report.source)
+    return Applied.APPLIED
+
+
+_SAID = {BounceKind.PERMANENT: "bounced", BounceKind.TRANSIENT: "failed for now",
+         BounceKind.SENDER: "refused for our side", BounceKind.COMPLAINT: "reported as spam"}

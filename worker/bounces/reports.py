@@ -29,7 +29,7 @@ from email.utils import getaddresses, parseaddr
 
 from flufl.bounce import _scan
 
-from worker.bounces.verp import ReturnPath
+from worker.bounces.verp import ReturnPath, SignupTag
 from worker.store.models import BounceKind
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class Report:
     # report naming a reader's address, and a forged complaint would suppress them for
     # good; only we can make a tag or a Message-ID), only for the authenticated inputs.
     address_trusted: bool = True
+    # A sign-up's confirmation mail, from a verified tag of that kind (verp.py).
+    signup: SignupTag | None = None
 
 
 @dataclass
@@ -108,8 +110,16 @@ class _Ident:
                  envelope_to: tuple[str, ...]) -> None:
         self.return_path = return_path
         self.report_key = _header(msg, "Message-ID") or hashlib.sha256(data).hexdigest()
-        self.delivery_id = self.tagged([*envelope_to, *_addresses(msg, ENVELOPE_HEADERS)])
+        addresses = [*envelope_to, *_addresses(msg, ENVELOPE_HEADERS)]
+        self.delivery_id = self.tagged(addresses)
         self.message_id = _our_message_id(msg, domain)
+        self.signup = self._signup(addresses)
+
+    def _signup(self, addresses: list[str]) -> SignupTag | None:
+        if self.return_path is None:
+            return None
+        found = (self.return_path.signup_of(a) for a in addresses[:MAX_VALUES * len(ENVELOPE_HEADERS)])
+        return next((tag for tag in found if tag is not None), None)
 
     def tagged(self, addresses: list[str]) -> int | None:
         if self.return_path is None:
@@ -126,13 +136,13 @@ class _Ident:
         return build_report(kind, source, report_key=self.report_key, recipient=recipient,
                             delivery_id=delivery_id if delivery_id is not None else self.delivery_id,
                             message_id=self.message_id, code=code, smtp_code=smtp_code, diagnostic=diagnostic,
-                            address_trusted=False)
+                            address_trusted=False, signup=self.signup)
 
 
 def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: str | None,
                  delivery_id: int | None, message_id: str | None, code: str | None = None,
                  smtp_code: int | None = None, diagnostic: str | None = None,
-                 address_trusted: bool = True) -> Report:
+                 address_trusted: bool = True, signup: SignupTag | None = None) -> Report:
     """A Report with its values bounded and cleaned, and its fingerprint: the report's own
     id (its Message-ID, a provider's event id, else a hash of its content) with the kind
     and the address (or delivery) it is about."""
@@ -142,7 +152,7 @@ def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: s
     return Report(kind=kind, source=source, recipient=recipient, delivery_id=delivery_id,
                   message_id=message_id, code=".".join(found.groups()) if found else None, smtp_code=smtp_code,
                   diagnostic=_clean(diagnostic), fingerprint=hashlib.sha256(key.encode()).hexdigest(),
-                  address_trusted=address_trusted)
+                  address_trusted=address_trusted, signup=signup)
 
 
 def _read_arf(msg: Message, feedback: Message, ident: _Ident) -> Reading:

@@ -9,6 +9,11 @@ characters shorter, but CPython's b32encode is written in Python and cost 1.9 us
 own) makes a forged report for someone else's delivery worthless: guessing one means
 mailing us about 2**63 times. It runs once per message on the hot path: one copy of a
 keyed hash state, one update, one hex.
+
+A sign-up's confirmation mail has a tag of its own kind: `s` (never a hex digit, so it is
+never read as a delivery's) before the subscriber id, four bytes naming the link's nonce
+and a MAC under another personalisation, so that neither kind of tag can stand for the
+other. A bounce of it ends that sign-up (apply.py), and only while that link is the live one.
 """
 
 from __future__ import annotations
@@ -24,18 +29,22 @@ MAC_BYTES = 8
 # A delivery id fits 8 bytes; with the MAC, 9 to 16 bytes: 18 to 32 hex digits.
 MAX_TAG = 32
 _TAG = re.compile(r"(?:[0-9a-f]{2}){9,16}")
+SIGNUP_KIND = "s"
+NONCE_REF_BYTES = 4
+# Subscriber id (1 to 8 bytes), nonce reference and MAC: 13 to 20 bytes.
+_SIGNUP_TAG = re.compile(SIGNUP_KIND + r"(?:[0-9a-f]{2}){13,20}")
 
 
 @functools.lru_cache(maxsize=8)
-def _keyed(secret: str):
+def _keyed(secret: str, person: bytes = b"verp"):
     # BLAKE2b takes a key of at most 64 bytes; the secret key may be longer. The keyed state
     # is made once per key and copied per message.
     key = hashlib.sha256(VERP_SALT + b"\x00" + secret.encode()).digest()
-    return hashlib.blake2b(key=key, digest_size=MAC_BYTES, person=b"verp")
+    return hashlib.blake2b(key=key, digest_size=MAC_BYTES, person=person)
 
 
-def _mac(secret: str, raw_id: bytes) -> bytes:
-    state = _keyed(secret).copy()
+def _mac(secret: str, raw_id: bytes, person: bytes = b"verp") -> bytes:
+    state = _keyed(secret, person).copy()
     state.update(raw_id)
     return state.digest()
 
@@ -58,6 +67,39 @@ def read_tag(secret: str, tag: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class SignupTag:
+    """What a confirmation mail's return path names: the sign-up, and which of its links."""
+
+    subscriber_id: int
+    nonce_ref: bytes
+
+    def names(self, nonce: str | None) -> bool:
+        """True when `nonce` is the link this tag was made for."""
+        return nonce is not None and hmac.compare_digest(self.nonce_ref, nonce_ref(nonce))
+
+
+def nonce_ref(nonce: str) -> bytes:
+    return hashlib.blake2b(nonce.encode(), digest_size=NONCE_REF_BYTES, person=b"signup-nonce").digest()
+
+
+def make_signup_tag(secret: str, subscriber_id: int, nonce: str) -> str:
+    raw = subscriber_id.to_bytes((subscriber_id.bit_length() + 7) // 8 or 1, "big") + nonce_ref(nonce)
+    return SIGNUP_KIND + (raw + _mac(secret, raw, b"verp-signup")).hex()
+
+
+def read_signup_tag(secret: str, tag: str) -> SignupTag | None:
+    """The sign-up a tag names, or None for anything we did not make as one (any case)."""
+    tag = tag.lower()
+    if not _SIGNUP_TAG.fullmatch(tag):
+        return None
+    raw = bytes.fromhex(tag[len(SIGNUP_KIND):])
+    payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+    if not hmac.compare_digest(mac, _mac(secret, payload, b"verp-signup")):
+        return None
+    return SignupTag(int.from_bytes(payload[:-NONCE_REF_BYTES], "big"), payload[-NONCE_REF_BYTES:])
+
+
+@dataclass(frozen=True)
 class ReturnPath:
     """NEWSLETTER_BOUNCE_ADDRESS split once; `for_delivery` per message."""
 
@@ -73,12 +115,26 @@ class ReturnPath:
     def for_delivery(self, delivery_id: int) -> str:
         return f"{self.local}+{make_tag(self.secret, delivery_id)}@{self.domain}"
 
+    def for_signup(self, subscriber_id: int, nonce: str) -> str:
+        return f"{self.local}+{make_signup_tag(self.secret, subscriber_id, nonce)}@{self.domain}"
+
     def delivery_of(self, address: str) -> int | None:
         """The delivery an address names, if it is ours (`bounces+<tag>@domain`, any case)."""
+        tag = self._tag_of(address)
+        if tag is None or len(tag) > MAX_TAG:
+            return None
+        return read_tag(self.secret, tag)
+
+    def signup_of(self, address: str) -> SignupTag | None:
+        """The sign-up a confirmation mail's return path names, if it is ours."""
+        tag = self._tag_of(address)
+        return read_signup_tag(self.secret, tag) if tag is not None else None
+
+    def _tag_of(self, address: str) -> str | None:
         local, at, domain = address.strip().strip("<>").rpartition("@")
         if not at or domain.lower().rstrip(".") != self.domain:
             return None
         base, plus, tag = local.rpartition("+")
-        if not plus or base.lower() != self.local.lower() or len(tag) > MAX_TAG:
+        if not plus or base.lower() != self.local.lower():
             return None
-        return read_tag(self.secret, tag)
+        return tag

@@ -9,7 +9,8 @@ Only confirming makes anyone active, and brings back an unsubscribed or bounced
 address; a complained one (worker/bounces) is mailed nothing, not even a link. A link
 is refused when its nonce is not the live one: used, replaced by a newer one, or
 cleared by an operator's import. Sign-ups nobody confirmed
-are deleted after NEWSLETTER_PENDING_EXPIRY_DAYS (`expire_pending`).
+are deleted after NEWSLETTER_PENDING_EXPIRY_DAYS (`expire_pending`); one whose
+confirmation mail bounced ends at once (`confirmation_returned`).
 
 Changes. Regions change from the next edition on: an edition fixes each reader's
 region set when it is planned (the ledger row keeps it). Leaving, by the manage page,
@@ -28,11 +29,12 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from worker.ingest.history import KEEP, apply_change, record
 from worker.ingest.subscribers import SubscriberInput, clear_confirmation
 from worker.store.db import session_scope
-from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
+from worker.store.models import BounceKind, ChangeVia, EventKind, Subscriber, SubscriberStatus
 
 RESEND_AFTER = timedelta(hours=1)
 ACTIVE = SubscriberStatus.ACTIVE
@@ -104,6 +106,29 @@ def release_confirmation(engine: Engine, due: ConfirmationDue, *, reason: str, n
         if row.confirm_nonce == due.nonce:
             row.confirm_sent_at = None
         record(session, row, EventKind.CONFIRM_FAILED, due.via, at=now, note=reason)
+
+
+def confirmation_returned(session: Session, row: Subscriber, kind: BounceKind, *, now: datetime, note: str) -> None:
+    """A report came back about the live confirmation mail (worker/bounces, by its own VERP
+    tag). Bounced for good: the link dies, and a sign-up nobody confirmed ends `bounced`
+    (a later sign-up may still ask again and confirm). Marked as spam: `complained`, as
+    from a digest, so the form mails that address nothing more. Otherwise (a temporary
+    failure, a refusal about us) the hour's hold is released, so asking again sends one."""
+    if kind is BounceKind.COMPLAINT:
+        clear_confirmation(row)
+        if row.status != SubscriberStatus.COMPLAINED:
+            apply_change(session, row, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.COMPLAINED, note=note)
+            return
+    elif kind is BounceKind.PERMANENT:
+        clear_confirmation(row)
+        if row.status == SubscriberStatus.PENDING:
+            # An active (or former) reader asking for other regions keeps their status: the
+            # bounces of their digests speak for their mailbox.
+            apply_change(session, row, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.BOUNCED, note=note)
+            return
+    else:
+        row.confirm_sent_at = None
+    record(session, row, EventKind.CONFIRM_FAILED, ChangeVia.BOUNCE, at=now, note=note)
 
 
 class ConfirmOutcome(StrEnum):

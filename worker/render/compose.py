@@ -10,7 +10,7 @@ from functools import lru_cache
 from worker import metrics
 from worker.render.digest import RenderedVariant
 from worker.render.links import links
-from worker.render.message import Envelope, build_message, dkim_sign, mailbox, message_bytes, needs_smtputf8
+from worker.render.message import Envelope, build_message, mailbox, message_bytes, needs_smtputf8, sign
 from worker.render.personalise import PersonalDigest, Recipient, personalise
 from worker.render.skeleton import MessageSkeleton
 from worker.settings import Settings, parse_address
@@ -88,17 +88,10 @@ def compose(
     data = _skeleton(variant, settings.from_address, settings.effective_list_id, test_send).render(
         to=to, recipient=recipient, message_id=mid, date=date, unsubscribe_header=unsubscribe_header,
     )
-    data = _sign(data, settings)
+    data = sign(data, settings)
     clock.lap("mime")
     return Composed(variant=variant, recipient=recipient, envelope_to=to.addr_spec, data=data,
                     message_id=mid, smtputf8=False)
-
-
-def _sign(data: bytes, settings: Settings) -> bytes:
-    if settings.dkim_selector and settings.dkim_domain and settings.dkim_key_file:
-        return dkim_sign(data, selector=settings.dkim_selector, domain=settings.dkim_domain,
-                         key_file=settings.dkim_key_file)
-    return data
 
 
 def _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe_url, test_send, now) -> Composed:
@@ -117,4 +110,4 @@ def _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe
         ),
     )
     return Composed(variant=variant, recipient=recipient, envelope_to=message["To"].addresses[0].addr_spec,
-                    data=_sign(message_bytes(message), settings), message_id=mid, smtputf8=needs_smtputf8(message))
+                    data=sign(message_bytes(message), settings), message_id=mid, smtputf8=needs_smtputf8(message))

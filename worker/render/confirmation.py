@@ -25,7 +25,7 @@ from worker.render.digest import check_header_text, prose_list
 from worker.render.env import get_template
 from worker.render.headers import check_header_block, mailbox_header, unstructured
 from worker.render.inline import inline_css
-from worker.render.message import mailbox, needs_smtputf8
+from worker.render.message import mailbox, needs_smtputf8, sign
 from worker.render.personalise import fill, markers, new_nonce
 from worker.settings import Settings
 
@@ -52,8 +52,10 @@ class _Rendered:
 
 
 def build_confirmation(settings: Settings, *, email: str, regions: tuple[str, ...], confirm_url: str,
-                       already_active: bool, message_id: str, now: datetime | None = None) -> ConfirmationMail:
-    """The whole message for one confirmation link, as bytes for the wire."""
+                       already_active: bool, message_id: str, now: datetime | None = None,
+                       return_path: str | None = None) -> ConfirmationMail:
+    """The whole message for one confirmation link, as bytes for the wire: DKIM-signed as a
+    digest is, and sent from `return_path` (the sign-up's VERP address) when given."""
     rendered = _render(settings.templates_dir, settings.css_inliner, _newsletter(settings),
                        tuple(region_name(code, settings.region_names) for code in regions),
                        already_active, settings.confirm_link_hours)
@@ -76,8 +78,8 @@ def build_confirmation(settings: Settings, *, email: str, regions: tuple[str, ..
     smtputf8 = needs_smtputf8(msg)
     data = msg.as_bytes(policy=policy.SMTPUTF8 if smtputf8 else policy.SMTP)
     check_header_block(data.split(b"\r\n\r\n", 1)[0], FIELDS)
-    return ConfirmationMail(envelope_from=settings.sender.addr_spec, envelope_to=to.addr_spec, data=data,
-                            message_id=message_id, smtputf8=smtputf8)
+    return ConfirmationMail(envelope_from=return_path or settings.sender.addr_spec, envelope_to=to.addr_spec,
+                            data=sign(data, settings), message_id=message_id, smtputf8=smtputf8)
 
 
 def _newsletter(settings: Settings) -> tuple[tuple[str, str | None], ...]:

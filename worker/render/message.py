@@ -24,6 +24,7 @@ from worker.errors import ConfigError, HeaderInjectionError
 from worker.render.digest import check_header_text
 from worker.render.headers import DIGEST_FIELDS, check_header_block, mailbox_header, unstructured
 from worker.render.personalise import PersonalDigest
+from worker.settings import Settings
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 # The headers RFC 8058 and the bulk-sender rules need covered by the signature;
@@ -138,6 +139,15 @@ def _dkim_key(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"setting NEWSLETTER_DKIM_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+
+
+def sign(data: bytes, settings: Settings) -> bytes:
+    """`data` DKIM-signed when NEWSLETTER_DKIM_SELECTOR, _DOMAIN and _KEY_FILE are all set:
+    every mail we send (digests, confirmations) goes through here."""
+    if settings.dkim_selector and settings.dkim_domain and settings.dkim_key_file:
+        return dkim_sign(data, selector=settings.dkim_selector, domain=settings.dkim_domain,
+                         key_file=settings.dkim_key_file)
+    return data
 
 
 def dkim_sign(data: bytes, *, selector: str, domain: str, key_file: str) -> bytes:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
+from worker.bounces.verp import ReturnPath
 from worker.delivery.outcome import Outcome, Outgoing, Sender
 from worker.delivery.senders import make_sender
 from worker.ingest.readers import ConfirmationDue, release_confirmation
@@ -47,6 +48,9 @@ def send_confirmation(engine: Engine, settings: Settings, due: ConfirmationDue, 
             already_active=due.already_active, now=now,
             message_id=message_id(secret, edition_key="confirm", subscriber=f"{due.subscriber_id}:{due.nonce}",
                                   domain=settings.sender.domain),
+            # Its bounce comes back to a tag naming this sign-up's link, and ends it (worker/bounces).
+            return_path=(ReturnPath.parse(settings.bounce_address, secret).for_signup(due.subscriber_id, due.nonce)
+                         if settings.bounce_address else None),
         )
         result = sender.send(Outgoing(mail.envelope_from, mail.envelope_to, mail.data, mail.message_id,
                                       mail.smtputf8))
