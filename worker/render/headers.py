@@ -62,6 +62,27 @@ def encoded_words(text: str) -> list[str]:
     return [f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words]
 
 
+def encoded_words_at_spaces(text: str) -> list[str]:
+    """`text` as encoded-words that each end at a space, which travels inside the word
+    before it (RFC 2047 6.2: readers drop the white space between two encoded-words). A
+    word is split only when it alone is longer than one encoded-word holds. Readers that
+    keep that white space (this Python's address parser, gh-128110) then show at most a
+    doubled space between two words, never a space inside one."""
+    words = text.split(" ")
+    chunks, chunk = [], ""
+    for word in (w + " " for w in words[:-1]):
+        if chunk and len((chunk + word).encode("utf-8")) > _CHUNK:
+            chunks.append(chunk)
+            chunk = ""
+        chunk += word
+    last = words[-1]
+    if chunk and len((chunk + last).encode("utf-8")) > _CHUNK:
+        chunks.append(chunk)
+        chunk = ""
+    chunks.append(chunk + last)
+    return [word for chunk in chunks for word in encoded_words(chunk)]
+
+
 def _text_tokens(text: str) -> list[str]:
     """Words as they are when every word can be; otherwise the whole text as encoded-words.
 
@@ -74,7 +95,7 @@ def _text_tokens(text: str) -> list[str]:
     words = text.split()
     if all(_literal(word) and len(word) < 900 for word in words):
         return words
-    return encoded_words(" ".join(words))
+    return encoded_words_at_spaces(" ".join(words))
 
 
 def _phrase_tokens(name: str) -> list[str]:
@@ -83,7 +104,7 @@ def _phrase_tokens(name: str) -> list[str]:
     quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if _literal(name) and len(quoted) <= 900:
         return [quoted]
-    return encoded_words(name)
+    return encoded_words_at_spaces(name)
 
 
 def _fold(name: str, tokens: list[str]) -> str:
