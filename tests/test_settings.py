@@ -1,5 +1,6 @@
 """Settings: defaults, file, environment, secrets and one-line errors."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,34 @@ def test_a_brand_colour_the_white_header_text_cannot_be_read_on_is_refused_with_
 @pytest.mark.parametrize("color", ["#767676", "#b3261e", "#000000", "#1a73e8"])
 def test_a_brand_colour_with_enough_contrast_is_kept(color):
     assert load_settings({"NEWSLETTER_BRAND_COLOR": color}).brand_color == color
+
+
+HTTP_WARNING = "warning: NEWSLETTER_PUBLIC_URL is http:// with the smtp backend: Gmail and Yahoo ignore a " \
+               "List-Unsubscribe that is not https (RFC 8058 one-click); set an https:// URL"
+
+
+def test_config_warns_that_an_http_public_url_leaves_real_mail_without_one_click_unsubscribe(run_cli):
+    smtp = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_PUBLIC_URL": "http://news.example"}
+    # A loopback URL is this machine's own test setup (the default; a local relay): no mail to Gmail.
+    assert "warning:" not in run_cli("config", env={"NEWSLETTER_EMAIL_BACKEND": "smtp"}).err
+    result = run_cli("config", env=smtp)
+    assert result.code == 0 and HTTP_WARNING in result.err.splitlines()
+    listed = run_cli("config", "--json", env=smtp)
+    assert json.loads(listed.out)["warnings"] == [HTTP_WARNING.removeprefix("warning: ")]
+    # https, or mail that never leaves this machine (the file outbox): nothing to warn about.
+    assert "warning:" not in run_cli("config", env={**smtp, "NEWSLETTER_PUBLIC_URL": "https://news.example"}).err
+    assert "warning:" not in run_cli("config", env={**smtp, "NEWSLETTER_EMAIL_BACKEND": "file"}).err
+
+
+def test_a_send_over_smtp_with_an_http_public_url_warns_and_still_sends(run_cli, engine, tmp_path, smtp_server):
+    from tests.support.data import add_subscribers, load_stories
+
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 2)
+    env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
+           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SECRET_KEY": "a-secret-key-for-this-test",
+           "NEWSLETTER_PUBLIC_URL": "http://news.example", "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0"}
+    result = run_cli("send", "--week", "2025-W05", "--inline", env=env)
+    assert result.code == 0 and HTTP_WARNING in result.err.splitlines()
+    assert len(smtp_server.received) == 2
+    assert smtp_server.received[0].message["List-Unsubscribe"].strip().startswith("<http://news.example/unsubscribe/")

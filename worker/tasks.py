@@ -31,6 +31,7 @@ from worker.delivery.schedule import dispatch_recovered
 from worker.delivery.schedule import reconcile as reconcile_now
 from worker.delivery.senders import make_sender_pool
 from worker.errors import ConfigError
+from worker.render.links import one_click_warning
 from worker.settings import load_settings, unknown_env_vars
 from worker.store.db import create_db_engine, current_revision, describe_database, head_revision
 
@@ -66,6 +67,9 @@ def _runtime():
     settings = load_settings()
     for name, close in unknown_env_vars():
         log.warning("%s is not a setting and is ignored%s", name, f"; did you mean {close}?" if close else "")
+    warning = one_click_warning(settings)
+    if warning:
+        log.warning("%s", warning)
     # create=False: a worker started in the wrong directory must not leave an empty database there.
     engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2, create=False)
     _check_schema(settings, engine)

@@ -11,6 +11,7 @@ import click
 from pydantic import SecretStr
 
 from worker.cli.app import cli, warn_unknown_env
+from worker.render.links import one_click_warning
 from worker.settings import DEFAULT_CONFIG, ENV_PREFIX, SECRETS, Settings, env_name, load_settings_with_sources
 from worker.store.db import describe_database, sqlite_path
 
@@ -31,9 +32,12 @@ def config(as_json: bool) -> None:
              "source": sources[field]} for field in Settings.model_fields]
     file = _config_file()
     database = _database(settings)
+    warnings = [w for w in (one_click_warning(settings),) if w]
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
-        click.echo(json.dumps({"config_file": file, "database": database, "settings": rows}, indent=2,
-                              ensure_ascii=False))
+        click.echo(json.dumps({"config_file": file, "database": database, "settings": rows, "warnings": warnings},
+                              indent=2, ensure_ascii=False))
         return
     click.echo(f"config file: {file['path']} ({file['status']})")
     click.echo(f"database: {database['description']}"

@@ -10,6 +10,7 @@ import click
 from worker.cli.app import Context, cli, pass_ctx
 from worker.cli.report import held_hint
 from worker.errors import UsageError
+from worker.render.links import one_click_warning
 
 
 @cli.command()
@@ -55,6 +56,9 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
     if force and retry_failed:
         raise UsageError("--force and --retry-failed exclude each other")
     settings = ctx.settings
+    warning = one_click_warning(settings)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if edition_key:
         window, key, kind = sending.resolve_edition(ctx.engine, settings, edition_key)
         if force:  # a forced copy of a forced copy is one more copy of the original

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from worker.settings import Settings
 from worker.tokens import manage_token, unsubscribe_token
@@ -29,3 +31,23 @@ def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str
         view_online=f"{settings.public_url}/archive/{edition_key}/{variant_key}",
         manage=f"{settings.public_url}/manage/{manage_token(secret, ident)}",
     )
+
+
+def one_click_warning(settings: Settings) -> str | None:
+    """Why real mail would go out without a working one-click unsubscribe, if it would.
+    RFC 8058 requires an https List-Unsubscribe URL for one-click, and Gmail and Yahoo
+    require one-click of bulk senders: an http:// NEWSLETTER_PUBLIC_URL still sends, but
+    their "Unsubscribe" button is gone and the mail looks less like a list's. A loopback
+    host is a machine's own test setup (a local relay such as mailpit), not mail to them."""
+    if settings.email_backend == "smtp" and settings.public_url.startswith("http://") \
+            and not _loopback(urlsplit(settings.public_url).hostname or ""):
+        return ("NEWSLETTER_PUBLIC_URL is http:// with the smtp backend: Gmail and Yahoo ignore a "
+                "List-Unsubscribe that is not https (RFC 8058 one-click); set an https:// URL")
+    return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
