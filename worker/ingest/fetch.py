@@ -12,6 +12,7 @@ from email.utils import formatdate
 import httpcore
 import httpx
 
+from worker.ingest.decoding import ACCEPT_ENCODING, BodyRefused, read_body
 from worker.ingest.network import DeadlinePassed, GuardedTransport, RefusedAddress, ResolveTimeout
 
 # A week of a busy site's feed is well under 1 MB; 10 MB leaves room and still
@@ -160,7 +161,7 @@ def _fetch_url(url: str, *, allow_private: bool, max_bytes: int, timeout: float,
     with httpx.Client(
         transport=GuardedTransport(allow_private=allow_private, deadline=deadline),
         timeout=timeout, trust_env=False, event_hooks={"response": [_refuse_other_schemes]},
-        headers={"User-Agent": "newsletter-worker/0.1 (+feed import)"},
+        headers={"User-Agent": "newsletter-worker/0.1 (+feed import)", "Accept-Encoding": ACCEPT_ENCODING},
     ) as client:
         try:
             request = client.build_request("GET", url, headers=conditional or None)
@@ -177,7 +178,7 @@ def _fetch_url(url: str, *, allow_private: bool, max_bytes: int, timeout: float,
                     request = response.next_request
                 finally:
                     response.close()
-        except (RefusedAddress, DeadlinePassed) as exc:
+        except (RefusedAddress, DeadlinePassed, BodyRefused) as exc:
             raise SourceError(str(exc)) from None
         except ResolveTimeout as exc:
             raise SourceError(f"fetch failed: {exc}") from None
@@ -207,17 +208,7 @@ def _read_body(response: httpx.Response, *, max_bytes: int, conditional: bool = 
         return Fetched(None, etag, last_modified)
     if response.status_code >= 400:
         raise SourceError(f"HTTP {response.status_code} {response.reason_phrase}")
-    declared = response.headers.get("content-length", "")
-    if declared.isdecimal() and int(declared) > max_bytes:
-        raise SourceError(f"response is {declared} bytes, over the {max_bytes} byte limit")
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in response.iter_bytes():
-        total += len(chunk)
-        if total > max_bytes:
-            raise SourceError(f"response is over the {max_bytes} byte limit")
-        chunks.append(chunk)
-    return Fetched(b"".join(chunks), etag, last_modified)
+    return Fetched(read_body(response, max_bytes=max_bytes), etag, last_modified)
 
 
 def _validator(value: str | None) -> str | None:
