@@ -13,7 +13,7 @@ import httpcore
 import httpx
 
 from worker.ingest.decoding import ACCEPT_ENCODING, BodyRefused, read_body
-from worker.ingest.network import DeadlinePassed, GuardedTransport, RefusedAddress, ResolveTimeout
+from worker.ingest.network import DeadlinePassed, GuardedTransport, RefusedAddress, ResolveTimeout, check_host
 
 # A week of a busy site's feed is well under 1 MB; 10 MB leaves room and still
 # stops a runaway or hostile response before it eats memory.
@@ -89,6 +89,29 @@ def fetch_source(
         raise SourceError(f"unsupported URL scheme {scheme!r}: only http(s) URLs and file paths")
     return _read_file_if_changed(source, max_bytes=max_bytes, last_modified=last_modified, timeout=timeout,
                                  deadline=deadline)
+
+
+def check_url_destination(url: str, *, allow_private: bool, timeout: float = FETCH_TIMEOUT) -> str | None:
+    """For `sources add`: SourceError when every fetch of this http(s) URL would be refused
+    (an invalid URL, or a host that resolves to an address that is not public), so it is
+    said once, at once, instead of by a poller backing the source off. A host that does not
+    resolve now may later: that is a warning, returned."""
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA's, as in _fetch_url
+        raise SourceError(f"invalid URL: {exc}") from None
+    if not host:
+        raise SourceError("invalid URL: no host")
+    if allow_private:
+        return None
+    try:
+        check_host(host, parsed.port or (443 if parsed.scheme == "https" else 80), timeout=timeout)
+    except RefusedAddress as exc:
+        raise SourceError(str(exc)) from None
+    except httpcore.ConnectError as exc:  # ResolveTimeout is one too
+        return f"{exc}; added anyway, the worker will try it"
+    return None
 
 
 def _read_file_if_changed(path: str, *, max_bytes: int, last_modified: str | None, timeout: float,

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import httpcore
 import httpx
 
+from worker.redact import mask_httpx_log
+
 T = TypeVar("T")
 
 
@@ -204,6 +206,7 @@ class GuardedTransport(httpx.BaseTransport):
     """
 
     def __init__(self, *, allow_private: bool, deadline: float) -> None:
+        mask_httpx_log()  # every fetch comes through here: no URL it logs shows credentials
         # httpx's context: certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR when set.
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(),
