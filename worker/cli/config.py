@@ -15,7 +15,6 @@ from worker.redact import mask_url
 from worker.store.db import describe_database, sqlite_path
 
 MASK = "********"
-_URL_FIELDS = frozenset({"database_url", "broker_url", "ratelimit_url"})
 
 
 @cli.command()
@@ -72,7 +71,7 @@ def _shown(field: str, value):
         return f"{MASK} (set)" if secret else "(not set)"
     if value is None:
         return "(auto)"
-    if field in _URL_FIELDS:
+    if isinstance(value, str) and "://" in value:  # the database's, the broker's, or any other URL
         return mask_url(value)
     if field == "sources":
         return [{**entry, "url": mask_url(entry["url"])} for entry in value]
