@@ -135,8 +135,10 @@ def test_sources_add_refuses_a_url_every_poll_would_refuse(run_cli, feeds):
         assert refused.err.startswith(f"error: not added: {mask_url(url)}: refused to connect to "), refused.err
         assert "not a public address (set NEWSLETTER_FETCH_ALLOW_PRIVATE=true" in refused.err
         _no_secret(refused.err)
-    bad = run_cli("sources", "add", "http://[::1/feed")
-    assert bad.code == 2 and "invalid URL" in bad.err
+    for bad_url in ("http://[::1/feed", "https://editor:hunter2@xn--/feed"):
+        bad = run_cli("sources", "add", bad_url)
+        assert bad.code == 2 and f"not added: {mask_url(bad_url)}: invalid URL" in bad.err
+        _no_secret(bad.err)
     assert feeds.hits == []  # nothing was fetched to decide
     assert run_cli("sources", "list").out.startswith("no sources yet")
     allowed = run_cli("sources", "add", f"http://127.0.0.1:{port}/feed.json", env=ALLOW)

@@ -97,7 +97,7 @@ def check_url_destination(url: str, *, allow_private: bool, timeout: float = FET
     said once, at once, instead of by a poller backing the source off. A host that does not
     resolve now may later: that is a warning, returned."""
     try:
-        parsed = httpx.URL(url)
+        parsed = httpx.Request("GET", url).url  # as _fetch_url's request parses it (its Host header too)
         host = parsed.raw_host.decode("ascii")
     except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA's, as in _fetch_url
         raise SourceError(f"invalid URL: {exc}") from None
