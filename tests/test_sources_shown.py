@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from tests.support.http import serve
 from worker.delivery.schedule import reconcile
-from worker.ingest.sources import add_source, list_sources
+from worker.ingest.sources import add_source
 from worker.redact import mask_url
 from worker.store.db import session_scope
 from worker.store.models import Source
@@ -166,3 +166,40 @@ def test_sources_list_times_carry_their_offset_in_the_table_and_the_json(run_cli
     assert "2025-01-29 13:00+01:00" in table and "2025-07-01 14:30+02:00" in table
     [listed] = json.loads(run_cli("sources", "list", "--json", env=env).out)
     assert (listed["last_success"], listed["next_poll"]) == ("2025-01-29T12:00:00+00:00", "2025-07-01T12:30:00+00:00")
+
+
+@pytest.mark.slow  # a real Celery worker process
+def test_a_real_worker_polls_a_bomb_and_a_feed_with_credentials_logs_no_secret_and_lives(
+        engine, feeds, start_worker, worker_env):
+    from tests.support.worker import wait_for
+    from tests.test_ingest_compression import GIB, _gzip_of_zeros
+    from worker.celery_app import create_app
+    from worker.settings import load_settings
+
+    bomb = feeds.add("/bomb.xml" + QUERY, _gzip_of_zeros(GIB), headers={"Content-Encoding": "gzip"})
+    add_source(engine, bomb.replace("://", "://editor:hunter2@"))
+    add_source(engine, _secret_url(feeds))
+    env = {"NEWSLETTER_FETCH_ALLOW_PRIVATE": "true"}
+    worker = start_worker(**env)
+    app = create_app(load_settings({**worker_env, **env}))
+
+    def polled() -> list[Source]:
+        with session_scope(engine) as session:
+            rows = list(session.scalars(select(Source).order_by(Source.id)))
+        return rows if all(r.last_polled_at for r in rows) else []
+
+    app.send_task("worker.tasks.reconcile")
+    bombed, good = wait_for(polled, what="both sources polled by the worker", timeout=90)
+    assert (bombed.consecutive_failures, bombed.last_error) == (
+        1, "response decodes to over the 10485760 byte limit (gzip)")
+    assert (good.consecutive_failures, good.items_added) == (0, 1)
+    wait_for(lambda: "reconcile: " in worker.output(), what="the reconcile task's summary line")
+    log = worker.output()
+    assert f"source {mask_url(_secret_url(feeds))}: 1 added" in log
+    assert "HTTP Request: GET http://editor:***@127.0.0.1" in log  # httpx's own line, masked
+    _no_secret(log)
+    assert "MemoryError" not in log and "Traceback" not in log
+    # The worker is still there and still takes tasks.
+    app.send_task("worker.tasks.reconcile")
+    wait_for(lambda: worker.output().count("reconcile: ") == 2, what="a second reconcile")
+    assert worker.proc.poll() is None

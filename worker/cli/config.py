@@ -10,8 +10,8 @@ import click
 from pydantic import SecretStr
 
 from worker.cli.app import cli, warn_unknown_env
-from worker.settings import DEFAULT_CONFIG, ENV_PREFIX, SECRETS, Settings, env_name, load_settings_with_sources
 from worker.redact import mask_url
+from worker.settings import DEFAULT_CONFIG, ENV_PREFIX, SECRETS, Settings, env_name, load_settings_with_sources
 from worker.store.db import describe_database, sqlite_path
 
 MASK = "********"
