@@ -66,11 +66,10 @@ def is_public(address: str) -> bool:
     """True for a globally routable address; loopback, private, link-local, reserved and the
     like are not, nor an IPv6 address that embeds an IPv4 address that is not."""
     ip = ipaddress.ip_address(address)
-    inner = embedded_ipv4(ip)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         # ::ffff:a.b.c.d is the IPv4 host a.b.c.d itself (is_global says no to the whole prefix).
         return ip.ipv4_mapped.is_global
-    return ip.is_global and all(v4.is_global for v4 in inner)
+    return ip.is_global and all(v4.is_global for v4 in embedded_ipv4(ip))
 
 
 def refusal(host: str, address: str) -> str | None:
