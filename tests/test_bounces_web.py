@@ -231,7 +231,7 @@ def test_the_certificate_is_fetched_once_for_many_messages(engine, web):
     assert certificates.fetched == [CERT_URL]
 
 
-def test_a_failed_certificate_fetch_is_remembered_too(engine, web):
+def test_a_failed_certificate_fetch_is_remembered_too(engine, web, caplog):
     client, certificates = web
     missing = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-gone.pem"
     message = _bounce_for(engine)
@@ -240,6 +240,7 @@ def test_a_failed_certificate_fetch_is_remembered_too(engine, web):
         assert response.status_code == 503 and response.text == "certificate unavailable, try again\n"
     assert certificates.fetched == [missing]
     assert subscriber(engine, A).status == "active"
+    assert caplog.text.count("SES event: certificate unavailable: ValueError: HTTP 404 for the certificate") == 4
 
 
 def test_the_certificate_cache_is_bounded_in_size_and_time(certificates):

@@ -31,6 +31,7 @@ from worker.bounces.providers import (
 from worker.bounces.reports import Reading
 from worker.bounces.verp import ReturnPath
 from worker.settings import Settings
+from worker.text import single_line
 from worker.web.public import public
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def register_events(app: Flask, settings: Settings, engine: Engine, *,
             log.warning("SES event refused: %s", exc)
             return Response(f"{exc}\n", status=403, mimetype="text/plain")
         except Exception as exc:  # noqa: BLE001 - the certificate could not be fetched: SNS retries
-            log.warning("SES event: certificate unavailable: %s", type(exc).__name__)
+            log.warning("SES event: certificate unavailable: %s", single_line(str(exc))[:300] or type(exc).__name__)
             return Response("certificate unavailable, try again\n", status=503, mimetype="text/plain")
         if message["Type"] != "Notification":
             # Subscribing is the operator's act: the link is logged, never followed from here.
