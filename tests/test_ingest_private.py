@@ -32,6 +32,7 @@ NOT_PUBLIC = [
 EMBEDDING_PRIVATE = [
     "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::10.0.0.1",      # NAT64 well-known prefix
     "64:ff9b:1::c0a8:1", "64:ff9b:1::127.0.0.1",                        # NAT64 local-use prefix
+    "64:ff9b:1::8.8.8.8", "64:ff9b:1:7f00:1:0:808:808",                 # ... never public: not global
     "2002:7f00:1::1", "2002:a9fe:a9fe::", "2002:c0a8:101:1::1",         # 6to4
     "::127.0.0.1", "::7f00:1", "::10.1.2.3", "::169.254.169.254",       # IPv4-compatible
     "::ffff:0:127.0.0.1", "::ffff:0:a9fe:a9fe",                         # IPv4-translated (SIIT)
@@ -39,7 +40,7 @@ EMBEDDING_PRIVATE = [
     "2001:0:4136:e378:8000:63bf:80ff:fffe", "2001:0:a00:1:8000:63bf:f7f7:f7f7",
 ]
 PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700:4700::1111", "2a00:1450:4001::1", "::ffff:8.8.8.8",
-          "64:ff9b::808:808", "64:ff9b:1::8.8.8.8", "2002:808:808::1", "::8.8.8.8"]
+          "64:ff9b::808:808", "2002:808:808::1", "::8.8.8.8"]
 
 
 @pytest.mark.parametrize("address", NOT_PUBLIC + EMBEDDING_PRIVATE)

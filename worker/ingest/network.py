@@ -41,6 +41,10 @@ class ResolveTimeout(httpcore.ConnectTimeout):
 # `is_global` judges the IPv6 prefix, not the IPv4 host behind it. NAT64's well-known and
 # local-use prefixes (RFC 6052, RFC 8215) carry it in the last 32 bits, as DNS64 writes it.
 _NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# The local-use one is not globally reachable (IANA's special-purpose registry; Python 3.11's
+# is_global says it is, later ones say it is not), and where its IPv4 sits depends on the
+# site's prefix length: never public, whatever its last 32 bits say.
+_NAT64_LOCAL = _NAT64[1]
 # IPv4-compatible (::a.b.c.d, deprecated) and IPv4-translated (::ffff:0:a.b.c.d, SIIT).
 _LAST_32 = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("::ffff:0:0:0/96"))
 
@@ -69,6 +73,8 @@ def is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         # ::ffff:a.b.c.d is the IPv4 host a.b.c.d itself (is_global says no to the whole prefix).
         return ip.ipv4_mapped.is_global
+    if ip in _NAT64_LOCAL:
+        return False
     return ip.is_global and all(v4.is_global for v4 in embedded_ipv4(ip))
 
 
