@@ -58,6 +58,7 @@ def _peak_while(call):
         tracemalloc.stop()
 
 
+@pytest.mark.slow  # inflates the whole GiB to check the test's own bomb
 def test_the_bomb_is_what_it_claims(bombs):
     assert len(bombs["stacked"]) < 5_000 and len(bombs["single"]) < 1_100_000
     inner = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(bombs["stacked"])
