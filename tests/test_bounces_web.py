@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import ssl
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 from cryptography import x509
@@ -15,12 +18,17 @@ from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from tests.bounce_support import BOUNCE_ADDRESS, RETURN_PATH, SECRET, bounce_events, delivery, sent_editions, subscriber
-from worker.bounces.providers import SIGNED_FIELDS
+from tests.support.certs import make_certs
+from tests.support.http import serve
+from worker.bounces.providers import SIGNED_FIELDS, CertificateCache, CertificateUnavailable, fetch_sns_certificate
+from worker.ingest.decoding import BodyRefused
+from worker.ingest.network import RefusedAddress
 from worker.tokens import message_id
 from worker.web import create_app
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-bounces"
-CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem"
+CERT_PATH = "/SimpleNotificationService-abc.pem"
+CERT_URL = "https://sns.eu-west-1.amazonaws.com" + CERT_PATH
 TOKEN = "operator-token"
 A, B = "alice@example.net", "bob@example.net"
 
@@ -40,20 +48,43 @@ OTHER_KEY, _ = _key_and_cert()
 
 
 class Certificates:
-    """What the app fetches: served from here, and counted (the only outbound request)."""
+    """What the app fetches: SNS's URLs answered by a real HTTPS server on 127.0.0.1 (same
+    path, TLS verified against a test CA), through the real fetch; `fetched` is what that
+    server was asked for, the only outbound requests."""
 
-    def __init__(self):
-        self.fetched: list[str] = []
+    def __init__(self, served):
+        self.served = served
+        served.add(CERT_PATH, CERT, "application/x-pem-file")
 
     def __call__(self, url: str) -> bytes:
-        self.fetched.append(url)
-        return CERT
+        return fetch_sns_certificate(self.served.base + urlsplit(url).path, allow_private=True)
+
+    @property
+    def fetched(self) -> list[str]:
+        return ["https://sns.eu-west-1.amazonaws.com" + path for path in self.served.hits]
+
+
+@pytest.fixture
+def certificates(tmp_path, monkeypatch):
+    pairs = make_certs(tmp_path)
+    # The fetch's TLS context trusts the CA named by SSL_CERT_FILE, as the feed fetch does.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pairs["ca"].cert))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pairs["good"].cert, pairs["good"].key)
+    server, served = serve(tls=context)
+    yield Certificates(served)
+    server.shutdown()
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _sns(kind: str, message: dict | str, *, version="1", key=KEY, topic=TOPIC, url=CERT_URL, **extra) -> dict:
     body = {"Type": kind, "MessageId": extra.pop("MessageId", "6e9c8a0b-0000-4000-8000-000000000001"),
             "TopicArn": topic, "Message": message if isinstance(message, str) else json.dumps(message),
-            "Timestamp": "2025-03-03T12:00:00.000Z", "SignatureVersion": version, "SigningCertURL": url, **extra}
+            "Timestamp": extra.pop("Timestamp", None) or _now(), "SignatureVersion": version, "SigningCertURL": url,
+            **extra}
     if kind != "Notification":
         body.setdefault("Token", "2336412f37fb687f5d51e6e2425ba1f2")
         body.setdefault("SubscribeURL", "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=x")
@@ -73,8 +104,7 @@ def _ses_bounce(source: str, recipient: str, *, bounce_type="Permanent", status=
 
 
 @pytest.fixture
-def web(engine, settings):
-    certificates = Certificates()
+def web(engine, settings, certificates):
     settings = settings.model_copy(update={"bounce_address": BOUNCE_ADDRESS, "ses_topic_arn": TOPIC,
                                            "operator_token": SecretStr(TOKEN)})
     app = create_app(settings, engine, sns_certificates=certificates)
@@ -166,17 +196,122 @@ def test_a_subscription_confirmation_is_verified_and_logged_not_followed(engine,
     assert _post_ses(client, forged).status_code == 403
 
 
-def test_the_ses_route_is_off_without_a_topic_and_bounded(engine, settings):
-    app = create_app(settings, engine, sns_certificates=Certificates())
+def test_the_ses_route_is_off_without_a_topic_and_bounded(engine, settings, certificates):
+    app = create_app(settings, engine, sns_certificates=certificates)
     app.testing = True
     assert app.test_client().post("/events/ses", data="{}").status_code == 404
     settings = settings.model_copy(update={"ses_topic_arn": TOPIC})
-    app = create_app(settings, engine, sns_certificates=Certificates())
+    app = create_app(settings, engine, sns_certificates=certificates)
     app.testing = True
     client = app.test_client()
     assert client.post("/events/ses", data="x" * (256 * 1024 + 1)).status_code == 413
     assert client.post("/events/ses", data="not json").status_code == 400
     assert client.post("/events/ses", data="[1, 2]").status_code == 400
+
+
+def _bounce_for(engine):
+    ids = sent_editions(engine, [A])
+    return _ses_bounce(RETURN_PATH.for_delivery(ids[(1, A)]), A)
+
+
+def test_a_message_for_another_topic_is_refused_before_any_certificate_is_fetched(engine, web):
+    client, certificates = web
+    for n in range(3):
+        response = _post_ses(client, _sns("Notification", "{}", topic=f"{TOPIC}-other-{n}",
+                                          url=f"https://sns.eu-west-1.amazonaws.com/cert-{n}.pem"))
+        assert response.status_code == 403 and response.text == "not the configured topic\n"
+    assert certificates.fetched == []
+
+
+def test_the_certificate_is_fetched_once_for_many_messages(engine, web):
+    client, certificates = web
+    message = _bounce_for(engine)
+    for n in range(5):
+        assert _post_ses(client, _sns("Notification", message, MessageId=f"m-{n}")).status_code == 200
+    assert certificates.fetched == [CERT_URL]
+
+
+def test_a_failed_certificate_fetch_is_remembered_too(engine, web, caplog):
+    client, certificates = web
+    missing = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-gone.pem"
+    message = _bounce_for(engine)
+    for n in range(4):
+        response = _post_ses(client, _sns("Notification", message, MessageId=f"m-{n}", url=missing))
+        assert response.status_code == 503 and response.text == "certificate unavailable, try again\n"
+    assert certificates.fetched == [missing]
+    assert subscriber(engine, A).status == "active"
+    assert caplog.text.count("SES event: certificate unavailable: ValueError: HTTP 404 for the certificate") == 4
+
+
+def test_the_certificate_cache_is_bounded_in_size_and_time(certificates):
+    urls = [f"https://sns.eu-west-1.amazonaws.com/c{n}.pem" for n in range(3)]
+    for url in urls:
+        certificates.served.add(urlsplit(url).path, CERT, "application/x-pem-file")
+    small = CertificateCache(certificates, size=2)
+    for url in [urls[0], urls[1], urls[0], urls[2], urls[1], urls[0]]:
+        assert small(url) == CERT
+    # c0 stays while used; c1 was the least recently used when c2 came, so it is fetched again;
+    # and c0 was pushed out by c1's return.
+    assert certificates.fetched == [urls[0], urls[1], urls[2], urls[1], urls[0]]
+    expiring = CertificateCache(certificates, ttl=0, failure_ttl=0)
+    expiring(urls[2])
+    expiring(urls[2])
+    with pytest.raises(CertificateUnavailable, match="HTTP 404"):
+        expiring(urls[2].replace("c2", "none"))
+    with pytest.raises(CertificateUnavailable, match="HTTP 404"):
+        expiring(urls[2].replace("c2", "none"))
+    assert certificates.fetched[5:] == [urls[2], urls[2], urls[2].replace("c2", "none"), urls[2].replace("c2", "none")]
+
+
+@pytest.mark.parametrize(("age", "why"), [
+    (timedelta(minutes=61), "is more than an hour old: refused as a replay"),
+    (timedelta(days=400), "is more than an hour old: refused as a replay"),
+    (-timedelta(minutes=10), "is in the future"),
+])
+def test_an_old_or_future_message_is_refused_before_any_certificate_is_fetched(engine, web, age, why):
+    client, certificates = web
+    stamp = (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    response = _post_ses(client, _sns("Notification", _bounce_for(engine), Timestamp=stamp))
+    assert response.status_code == 403 and response.text == f"Timestamp {stamp} {why}\n"
+    assert certificates.fetched == [] and subscriber(engine, A).status == "active"
+
+
+@pytest.mark.parametrize("stamp", ["yesterday", "2025-03-03T12:00:00", "x" * 100])
+def test_a_message_without_a_readable_timestamp_is_refused(engine, web, stamp):
+    client, certificates = web
+    response = _post_ses(client, _sns("Notification", _bounce_for(engine), Timestamp=stamp))
+    assert response.status_code == 403 and "Timestamp missing or not an ISO 8601 time" in response.text
+    assert certificates.fetched == []
+
+
+def test_a_message_of_the_last_hour_is_believed(engine, web):
+    client, _ = web
+    stamp = (datetime.now(UTC) - timedelta(minutes=55)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    response = _post_ses(client, _sns("Notification", _bounce_for(engine), Timestamp=stamp))
+    assert response.status_code == 200 and response.json["applied"] == 1
+
+
+def test_a_compressed_certificate_is_decoded_within_its_bound(engine, web):
+    client, certificates = web
+    served = certificates.served
+    served.add("/zipped.pem", gzip.compress(CERT), "application/x-pem-file", headers={"Content-Encoding": "gzip"})
+    served.add("/bomb.pem", gzip.compress(bytes(1 << 24)), headers={"Content-Encoding": "gzip"})
+    served.add("/stacked.pem", gzip.compress(gzip.compress(CERT)), headers={"Content-Encoding": "gzip, gzip"})
+    base = "https://sns.eu-west-1.amazonaws.com"
+    ok = _post_ses(client, _sns("Notification", _bounce_for(engine), url=base + "/zipped.pem"))
+    assert ok.status_code == 200 and ok.json["applied"] == 1
+    for path in ("/bomb.pem", "/stacked.pem"):
+        assert _post_ses(client, _sns("Notification", "{}", url=base + path)).status_code == 503
+    with pytest.raises(BodyRefused, match="decodes to over the 16384 byte limit"):
+        fetch_sns_certificate(served.base + "/bomb.pem", allow_private=True)
+    with pytest.raises(BodyRefused, match="2 content codings"):
+        fetch_sns_certificate(served.base + "/stacked.pem", allow_private=True)
+
+
+def test_the_certificate_is_fetched_only_from_public_addresses(certificates):
+    with pytest.raises(RefusedAddress, match="not a public address"):
+        fetch_sns_certificate(certificates.served.base + CERT_PATH)
+    assert certificates.fetched == []
 
 
 def test_generic_events_need_the_operator_token(engine, web):

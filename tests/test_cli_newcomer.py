@@ -53,7 +53,7 @@ def test_config_shows_each_value_and_where_it_came_from_with_secrets_masked(run_
     assert lines["NEWSLETTER_TIMEZONE"].split(None, 1)[1] == "UTC  [default]"
     assert lines["NEWSLETTER_SMTP_PASSWORD"].split(None, 1)[1] == "******** (set)  [env]"
     assert lines["NEWSLETTER_SECRET_KEY"].split(None, 1)[1] == "(not set)  [default]"
-    assert lines["NEWSLETTER_BROKER_URL"].split(None, 1)[1] == "redis://:********@redis.example:6379/0  [env]"
+    assert lines["NEWSLETTER_BROKER_URL"].split(None, 1)[1] == "redis://:***@redis.example:6379/0  [env]"
     assert "hunter2" not in result.out + result.err and "brokerpw" not in result.out + result.err
     assert f"config file: {config_file} (found in the working directory)" in result.out
     # The relative default database, resolved: where it is, not where it might be.
@@ -71,7 +71,7 @@ def test_config_json_hides_secrets_too(run_cli, elsewhere, monkeypatch):
     settings = {row["env"]: row for row in data["settings"]}
     assert settings["NEWSLETTER_SECRET_KEY"]["value"] == "******** (set)"
     assert settings["NEWSLETTER_DATABASE_URL"] == {
-        "setting": "database_url", "env": "NEWSLETTER_DATABASE_URL", "value": "postgresql://app:********@db.example/news",
+        "setting": "database_url", "env": "NEWSLETTER_DATABASE_URL", "value": "postgresql://app:***@db.example/news",
         "source": "NEWSLETTER_DATABASE_URL"}
     assert data["database"]["path"] is None
     assert "s3cr3t" not in result.out and "dbpw" not in result.out

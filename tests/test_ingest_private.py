@@ -4,6 +4,7 @@ feed is internal. The address checked is the one connected to, after resolution,
 import datetime as dt
 import ipaddress
 import json
+import socket
 import ssl
 
 import pytest
@@ -26,10 +27,23 @@ NOT_PUBLIC = [
     "::1", "::", "fe80::1", "fe80::1%lo", "fc00::1", "fd12:3456::1", "2001:db8::1",
     "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::ffff:192.168.0.1",
 ]
-PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700:4700::1111", "2a00:1450:4001::1", "::ffff:8.8.8.8"]
+# IPv6 addresses that reach an IPv4 host through a translator or a tunnel: `is_global` is true
+# for the prefix, so the IPv4 inside is what is judged.
+EMBEDDING_PRIVATE = [
+    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::10.0.0.1",      # NAT64 well-known prefix
+    "64:ff9b:1::c0a8:1", "64:ff9b:1::127.0.0.1",                        # NAT64 local-use prefix
+    "64:ff9b:1::8.8.8.8", "64:ff9b:1:7f00:1:0:808:808",                 # ... never public: not global
+    "2002:7f00:1::1", "2002:a9fe:a9fe::", "2002:c0a8:101:1::1",         # 6to4
+    "::127.0.0.1", "::7f00:1", "::10.1.2.3", "::169.254.169.254",       # IPv4-compatible
+    "::ffff:0:127.0.0.1", "::ffff:0:a9fe:a9fe",                         # IPv4-translated (SIIT)
+    # Teredo: server 65.54.227.120 with client 127.0.0.1 (obfuscated: 80ff:fffe), and a private server.
+    "2001:0:4136:e378:8000:63bf:80ff:fffe", "2001:0:a00:1:8000:63bf:f7f7:f7f7",
+]
+PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700:4700::1111", "2a00:1450:4001::1", "::ffff:8.8.8.8",
+          "64:ff9b::808:808", "2002:808:808::1", "::8.8.8.8"]
 
 
-@pytest.mark.parametrize("address", NOT_PUBLIC)
+@pytest.mark.parametrize("address", NOT_PUBLIC + EMBEDDING_PRIVATE)
 def test_internal_addresses_fail_the_check(address):
     assert not is_public(address)
 
@@ -80,6 +94,33 @@ def test_the_check_runs_on_the_resolved_address_when_connecting():
     backend = GuardedBackend(allow_private=False, deadline=5)
     with ConnectionLog() as log, pytest.raises(RefusedAddress, match=r"^refused to connect to localhost \(127"):
         backend.connect_tcp("localhost", 9, timeout=1)
+    assert log.addresses == []
+
+
+@pytest.mark.parametrize(("address", "inner"), [
+    ("64:ff9b::7f00:1", "127.0.0.1"), ("64:ff9b:1::a9fe:a9fe", "169.254.169.254"), ("2002:7f00:1::1", "127.0.0.1"),
+    ("::127.0.0.1", "127.0.0.1"), ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1"),
+])
+def test_a_url_naming_an_address_that_embeds_an_internal_ipv4_is_refused(engine, feed_server, address, inner):
+    port, served = feed_server
+    url = f"http://[{address}]:{port}/feed.json"
+    with ConnectionLog() as log:
+        report = import_sources(engine, [url])
+    [rejection] = report.rejected
+    assert rejection.reason.startswith(f"refused to connect to {address}, which embeds {inner}: not a public")
+    assert "NEWSLETTER_FETCH_ALLOW_PRIVATE=true" in rejection.reason
+    assert log.addresses == []
+
+
+def test_a_name_whose_dns_answer_embeds_an_internal_ipv4_is_refused(monkeypatch):
+    # What a DNS64 resolver answers for a name whose only address is 169.254.169.254.
+    answer = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("64:ff9b::a9fe:a9fe", 80, 0, 0))]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: answer)
+    backend = GuardedBackend(allow_private=False, deadline=5)
+    with ConnectionLog() as log, pytest.raises(RefusedAddress) as refused:
+        backend.connect_tcp("metadata.example", 80, timeout=1)
+    assert str(refused.value).startswith(
+        "refused to connect to metadata.example (64:ff9b::a9fe:a9fe), which embeds 169.254.169.254: not a public")
     assert log.addresses == []
 
 

@@ -111,6 +111,11 @@ def test_fetch_sends_the_validators_and_reports_304(feed):
     assert feed.requests[1]["if-modified-since"] == LAST_MODIFIED
 
 
+def test_fetch_asks_only_for_the_content_codings_it_decodes(feed):
+    fetch_source(feed.url, allow_private=True)
+    assert feed.requests[0]["accept-encoding"] == "gzip, deflate"
+
+
 def test_conditional_fetch_keeps_the_address_guard(feed):
     with pytest.raises(SourceError, match="not a public address"):
         fetch_source(feed.url, etag='"x"', last_modified=LAST_MODIFIED)

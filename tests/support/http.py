@@ -19,6 +19,8 @@ class Route:
     # Seconds between bytes of the whole response (status line and headers too): a server
     # that is alive but never done.
     drip: float = 0.0
+    # More header lines, as sent (Content-Encoding for a compressed body, say).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -28,10 +30,10 @@ class Served:
     base: str = ""
 
     def add(self, path: str, body: bytes | str, content_type: str = "application/xml",
-            status: int = 200, *, drip: float = 0.0) -> str:
+            status: int = 200, *, drip: float = 0.0, headers: dict[str, str] | None = None) -> str:
         """For a 3xx status, body is the Location header, sent byte for byte."""
         data = body.encode() if isinstance(body, str) else body
-        self.routes[path] = Route(status, content_type, data, drip)
+        self.routes[path] = Route(status, content_type, data, drip, tuple((headers or {}).items()))
         return self.base + path
 
 
@@ -42,6 +44,7 @@ def _response(route: Route) -> bytes:
     head = (f"HTTP/1.1 {route.status} {HTTPStatus(route.status).phrase}\r\n"
             f"Content-Type: {route.content_type}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n").encode()
+    head += b"".join(f"{name}: {value}\r\n".encode() for name, value in route.headers)
     return head + location + b"\r\n" + body
 
 

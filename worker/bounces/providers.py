@@ -3,19 +3,25 @@ notifications through SNS (docs/bounces.md has both shapes).
 
 SNS signs each message (SignatureVersion 1: RSA with SHA-1, 2: with SHA-256) with a key
 whose certificate it serves at SigningCertURL; the URL must be https on an
-`sns.<region>.amazonaws.com` host, and fetching it (once per URL and process) is the
-only outbound request here. Whoever could post a forged event still needs that key.
+`sns.<region>.amazonaws.com` host, and fetching it is the only outbound request here. It
+is made only for a message from the configured topic and of the last hour, over the
+feeds' hardened fetch (public addresses, deadline, size cap after decoding), and its
+result, a failure too, is kept a while (CertificateCache): posting many messages costs
+few fetches. Whoever could post a forged event still needs that key.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 import logging
 import re
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -28,6 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from worker.bounces.reports import Reading, build_report, kind_of
 from worker.bounces.verp import ReturnPath, read_tag
+from worker.ingest.decoding import ACCEPT_ENCODING, read_body
+from worker.ingest.network import GuardedTransport
 from worker.store.models import BounceKind
 
 log = logging.getLogger(__name__)
@@ -35,6 +43,20 @@ log = logging.getLogger(__name__)
 MAX_EVENTS = 100
 MAX_RECIPIENTS = 50
 MAX_CERTIFICATE = 16 * 1024
+# One certificate fetch: SNS answers in well under a second; the web worker waiting on it
+# is not kept longer than this whatever the peer does.
+CERTIFICATE_TIMEOUT = 10.0
+# SNS keeps a signing certificate for months. An hour bounds how long a certificate stays
+# believed after it changed; a failure (unreachable, not found, too large) is kept a minute,
+# so a flood of posts naming one URL costs a fetch a minute and SNS's own retries still get through.
+CERTIFICATE_TTL = 3600.0
+CERTIFICATE_FAILURE_TTL = 60.0
+# URLs remembered at once: SNS uses one certificate per region at a time.
+MAX_CERTIFICATES = 16
+# SNS delivers within seconds and retries for minutes; a message signed longer ago than
+# this is a replay. A few minutes ahead allows for our clock being behind.
+MAX_MESSAGE_AGE = timedelta(hours=1)
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
 # A region's name, not any label: `sns.s3.amazonaws.com` or `sns.s3-website-us-east-1...`
 # would be an S3 bucket called "sns", whose owner could serve a certificate of their own.
 SNS_HOST = re.compile(r"sns\.[a-z]{2}(-[a-z]+)+-\d{1,2}\.amazonaws\.com(\.cn)?")
@@ -111,11 +133,15 @@ def _delivery_ref(value: str | None, return_path: ReturnPath | None,
 
 # -- Amazon SES through SNS ------------------------------------------------------------------
 
-def verify_sns(message: dict, *, fetch_certificate: CertificateFetcher) -> None:
-    """Raise BadEvent unless the message is signed by SNS."""
+def verify_sns(message: dict, *, topic_arn: str, now: datetime, fetch_certificate: CertificateFetcher) -> None:
+    """Raise BadEvent unless the message is from `topic_arn`, recent, and signed by SNS. The
+    cheap checks come first: the certificate is fetched only for a message that passed them."""
     kind = message.get("Type")
     if kind not in SIGNED_FIELDS:
         raise BadEvent("not an SNS message (Type)")
+    if message.get("TopicArn") != topic_arn:
+        raise BadEvent("not the configured topic")
+    _check_timestamp(message.get("Timestamp"), now)
     version = message.get("SignatureVersion")
     if version not in HASHES:
         raise BadEvent("unsupported SignatureVersion")
@@ -132,8 +158,11 @@ def verify_sns(message: dict, *, fetch_certificate: CertificateFetcher) -> None:
         signed += f"{name}\n{value}\n"
     try:
         signature = base64.b64decode(message.get("Signature") or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadEvent(f"signature or certificate unreadable: {type(exc).__name__}") from None
+    try:
         key = x509.load_pem_x509_certificate(fetch_certificate(url)).public_key()
-    except (binascii.Error, ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise BadEvent(f"signature or certificate unreadable: {type(exc).__name__}") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise BadEvent("the certificate's key is not RSA")
@@ -143,23 +172,77 @@ def verify_sns(message: dict, *, fetch_certificate: CertificateFetcher) -> None:
         raise BadEvent("bad signature") from None
 
 
+def _check_timestamp(value: object, now: datetime) -> None:
+    try:
+        stamp = datetime.fromisoformat(value) if isinstance(value, str) and len(value) <= 40 else None
+    except ValueError:
+        stamp = None
+    if stamp is None or stamp.tzinfo is None:
+        raise BadEvent("Timestamp missing or not an ISO 8601 time with its zone")
+    if stamp < now - MAX_MESSAGE_AGE:
+        raise BadEvent(f"Timestamp {value} is more than an hour old: refused as a replay")
+    if stamp > now + MAX_CLOCK_AHEAD:
+        raise BadEvent(f"Timestamp {value} is in the future")
+
+
 def _is_sns_certificate_url(url: str) -> bool:
     parts = urlsplit(url)
     return (parts.scheme == "https" and parts.hostname is not None and SNS_HOST.fullmatch(parts.hostname) is not None
             and parts.port in (None, 443) and not parts.username and parts.path.endswith(".pem"))
 
 
-@functools.lru_cache(maxsize=16)
-def fetch_sns_certificate(url: str) -> bytes:
-    """The certificate, over verified TLS, bounded; cached per URL (SNS rotates them rarely)."""
-    with httpx.stream("GET", url, timeout=10.0, follow_redirects=False) as response:
-        response.raise_for_status()
-        data = b""
-        for chunk in response.iter_bytes():
-            data += chunk
-            if len(data) > MAX_CERTIFICATE:
-                raise ValueError("certificate too large")
-    return data
+def fetch_sns_certificate(url: str, *, allow_private: bool = False) -> bytes:
+    """The certificate, over verified TLS, through the feeds' guarded transport: public
+    addresses only, a deadline for the whole fetch, no redirect, and at most
+    MAX_CERTIFICATE bytes after decoding."""
+    with httpx.Client(transport=GuardedTransport(allow_private=allow_private, deadline=CERTIFICATE_TIMEOUT),
+                      timeout=CERTIFICATE_TIMEOUT, trust_env=False, follow_redirects=False,
+                      headers={"Accept-Encoding": ACCEPT_ENCODING}) as client:
+        with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise ValueError(f"HTTP {response.status_code} for the certificate")
+            return read_body(response, max_bytes=MAX_CERTIFICATE)
+
+
+class CertificateUnavailable(Exception):
+    """The certificate could not be fetched (now, or a short while ago: the failure is cached)."""
+
+
+class CertificateCache:
+    """A CertificateFetcher that remembers: each URL's certificate for `ttl` seconds, its
+    failure for `failure_ttl`, at most `size` URLs (the least recently used leaves first).
+    Two posts missing at once may both fetch; neither waits on the other's fetch."""
+
+    def __init__(self, fetch: CertificateFetcher, *, size: int = MAX_CERTIFICATES, ttl: float = CERTIFICATE_TTL,
+                 failure_ttl: float = CERTIFICATE_FAILURE_TTL) -> None:
+        self._fetch = fetch
+        self._size, self._ttl, self._failure_ttl = size, ttl, failure_ttl
+        self._entries: OrderedDict[str, tuple[float, bytes | str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str) -> bytes:
+        with self._lock:
+            entry = self._entries.get(url)
+            if entry is not None and entry[0] > time.monotonic():
+                self._entries.move_to_end(url)
+                return _certificate_or_raise(entry[1])
+        try:
+            value: bytes | str = self._fetch(url)
+            ttl = self._ttl
+        except Exception as exc:  # noqa: BLE001 - whatever failed is remembered, and said as unavailable
+            value, ttl = f"{type(exc).__name__}: {exc}"[:300], self._failure_ttl
+        with self._lock:
+            self._entries[url] = (time.monotonic() + ttl, value)
+            self._entries.move_to_end(url)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return _certificate_or_raise(value)
+
+
+def _certificate_or_raise(value: bytes | str) -> bytes:
+    if isinstance(value, str):
+        raise CertificateUnavailable(value)
+    return value
 
 
 def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str) -> Reading:

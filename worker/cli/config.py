@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 from pydantic import SecretStr
 
 from worker.cli.app import cli, warn_unknown_env
+from worker.redact import mask_url
 from worker.render.links import one_click_warning
 from worker.settings import DEFAULT_CONFIG, ENV_PREFIX, SECRETS, Settings, env_name, load_settings_with_sources
 from worker.store.db import describe_database, sqlite_path
 
 MASK = "********"
-_URL_FIELDS = frozenset({"database_url", "broker_url", "ratelimit_url"})
 
 
 @cli.command()
@@ -69,15 +68,17 @@ def _database(settings: Settings) -> dict:
 
 
 def _shown(field: str, value):
-    """JSON-ready, with nothing secret in it: secrets say only whether they are set, and a
-    password inside a URL is replaced."""
+    """JSON-ready, with nothing secret in it: secrets say only whether they are set, and the
+    credentials inside a URL (the database's, the broker's, a feed's) are replaced."""
     if field in SECRETS or isinstance(value, SecretStr):
         secret = value.get_secret_value() if isinstance(value, SecretStr) else value
         return f"{MASK} (set)" if secret else "(not set)"
     if value is None:
         return "(auto)"
-    if field in _URL_FIELDS:
-        return _mask_url(value)
+    if isinstance(value, str) and "://" in value:  # the database's, the broker's, or any other URL
+        return mask_url(value)
+    if field == "sources":
+        return [{**entry, "url": mask_url(entry["url"])} for entry in value]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -92,12 +93,3 @@ def _text(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return '""' if value == "" else str(value)
-
-
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))

@@ -9,6 +9,7 @@ import click
 
 from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
 from worker.errors import UsageError
+from worker.redact import mask_url
 
 
 @cli.group()
@@ -22,21 +23,29 @@ def sources() -> None:
 @pass_ctx
 def add(ctx: Context, url: str, region: str | None) -> None:
     """Poll URL (an http(s) feed or a file path) from now on."""
-    from worker.ingest.fetch import _scheme
+    from worker.ingest.fetch import SourceError, _scheme, check_url_destination
     from worker.ingest.sources import SourceExists, add_source
 
     code = region_option(region)
     url = url.strip()
+    shown = mask_url(url)
     scheme = _scheme(url)
     if scheme not in ("", "http", "https") and len(scheme) > 1:
         raise UsageError(f"unsupported URL scheme {scheme!r}: only http(s) URLs and file paths")
     if scheme not in ("http", "https"):
         require_readable(url)
+    else:
+        try:
+            warning = check_url_destination(url, allow_private=ctx.settings.fetch_allow_private)
+        except SourceError as exc:
+            raise UsageError(f"not added: {shown}: {exc}") from None
+        if warning:
+            click.echo(f"warning: {shown}: {warning}", err=True)
     try:
         add_source(ctx.engine, url, region=code)
     except SourceExists:
-        raise UsageError(f"{url} is already a source (`newsletter sources list`)") from None
-    click.echo(f"added {url}" + (f" (region {code})" if code else "")
+        raise UsageError(f"{shown} is already a source (`newsletter sources list`)") from None
+    click.echo(f"added {shown}" + (f" (region {code})" if code else "")
                + f"; polled every {ctx.settings.sources_poll_minutes} min by the worker, "
                "`newsletter sources poll` polls it now")
 
@@ -45,23 +54,24 @@ def add(ctx: Context, url: str, region: str | None) -> None:
 @click.argument("url")
 @pass_ctx
 def remove(ctx: Context, url: str) -> None:
-    """Stop polling URL. Its stories stay."""
+    """Stop polling URL (as given, or as `sources list` shows it). Its stories stay."""
     from worker.ingest.sources import list_sources, remove_source
 
     url = url.strip()
     if url in {entry["url"] for entry in ctx.settings.sources}:
-        raise UsageError(f"{url} is a [[sources]] entry of the config file: remove it there")
-    if remove_source(ctx.engine, url) is None:
-        known = [row.url for row in list_sources(ctx.engine)]
-        raise UsageError(f"no source {url!r}" + (f"; sources: {', '.join(known)}" if known else ""))
-    click.echo(f"removed {url}; its stories stay")
+        raise UsageError(f"{mask_url(url)} is a [[sources]] entry of the config file: remove it there")
+    removed = remove_source(ctx.engine, url)
+    if removed is None:
+        known = [mask_url(row.url) for row in list_sources(ctx.engine)]
+        raise UsageError(f"no source {mask_url(url)!r}" + (f"; sources: {', '.join(known)}" if known else ""))
+    click.echo(f"removed {mask_url(removed.url)}; its stories stay")
 
 
 @sources.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (times in UTC, with offset).")
 @pass_ctx
 def list_(ctx: Context, as_json: bool) -> None:
-    """Every source and its health."""
+    """Every source and its health (times in NEWSLETTER_TIMEZONE, with their offset)."""
     from worker.ingest.sources import describe, list_sources, sync_config_sources
 
     sync_config_sources(ctx.engine, ctx.settings)
@@ -75,7 +85,8 @@ def list_(ctx: Context, as_json: bool) -> None:
     tz = ctx.settings.tz
 
     def local(iso: str | None) -> str:
-        return datetime.fromisoformat(iso).astimezone(tz).strftime("%Y-%m-%d %H:%M") if iso else "-"
+        # With the offset: the site's zone is not the reader's, nor the JSON's (UTC).
+        return datetime.fromisoformat(iso).astimezone(tz).isoformat(" ", "minutes") if iso else "-"
 
     print_table(["url", "region", "from", "last success", "added", "failures", "next poll", "last error"],
                 [[r["url"], r["region"] or "-", r["origin"], local(r["last_success"]), str(r["items_added"]),

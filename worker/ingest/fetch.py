@@ -12,7 +12,8 @@ from email.utils import formatdate
 import httpcore
 import httpx
 
-from worker.ingest.network import DeadlinePassed, GuardedTransport, RefusedAddress, ResolveTimeout
+from worker.ingest.decoding import ACCEPT_ENCODING, BodyRefused, read_body
+from worker.ingest.network import DeadlinePassed, GuardedTransport, RefusedAddress, ResolveTimeout, check_host
 
 # A week of a busy site's feed is well under 1 MB; 10 MB leaves room and still
 # stops a runaway or hostile response before it eats memory.
@@ -90,6 +91,29 @@ def fetch_source(
                                  deadline=deadline)
 
 
+def check_url_destination(url: str, *, allow_private: bool, timeout: float = FETCH_TIMEOUT) -> str | None:
+    """For `sources add`: SourceError when every fetch of this http(s) URL would be refused
+    (an invalid URL, or a host that resolves to an address that is not public), so it is
+    said once, at once, instead of by a poller backing the source off. A host that does not
+    resolve now may later: that is a warning, returned."""
+    try:
+        parsed = httpx.Request("GET", url).url  # as _fetch_url's request parses it (its Host header too)
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError) as exc:  # ValueError: IDNA's, as in _fetch_url
+        raise SourceError(f"invalid URL: {exc}") from None
+    if not host:
+        raise SourceError("invalid URL: no host")
+    if allow_private:
+        return None
+    try:
+        check_host(host, parsed.port or (443 if parsed.scheme == "https" else 80), timeout=timeout)
+    except RefusedAddress as exc:
+        raise SourceError(str(exc)) from None
+    except httpcore.ConnectError as exc:  # ResolveTimeout is one too
+        return f"{exc}; added anyway, the worker will try it"
+    return None
+
+
 def _read_file_if_changed(path: str, *, max_bytes: int, last_modified: str | None, timeout: float,
                           deadline: float) -> Fetched:
     # A file's validator is its modification time and size: a stat instead of a read.
@@ -160,7 +184,7 @@ def _fetch_url(url: str, *, allow_private: bool, max_bytes: int, timeout: float,
     with httpx.Client(
         transport=GuardedTransport(allow_private=allow_private, deadline=deadline),
         timeout=timeout, trust_env=False, event_hooks={"response": [_refuse_other_schemes]},
-        headers={"User-Agent": "newsletter-worker/0.1 (+feed import)"},
+        headers={"User-Agent": "newsletter-worker/0.1 (+feed import)", "Accept-Encoding": ACCEPT_ENCODING},
     ) as client:
         try:
             request = client.build_request("GET", url, headers=conditional or None)
@@ -177,7 +201,7 @@ def _fetch_url(url: str, *, allow_private: bool, max_bytes: int, timeout: float,
                     request = response.next_request
                 finally:
                     response.close()
-        except (RefusedAddress, DeadlinePassed) as exc:
+        except (RefusedAddress, DeadlinePassed, BodyRefused) as exc:
             raise SourceError(str(exc)) from None
         except ResolveTimeout as exc:
             raise SourceError(f"fetch failed: {exc}") from None
@@ -207,17 +231,7 @@ def _read_body(response: httpx.Response, *, max_bytes: int, conditional: bool = 
         return Fetched(None, etag, last_modified)
     if response.status_code >= 400:
         raise SourceError(f"HTTP {response.status_code} {response.reason_phrase}")
-    declared = response.headers.get("content-length", "")
-    if declared.isdecimal() and int(declared) > max_bytes:
-        raise SourceError(f"response is {declared} bytes, over the {max_bytes} byte limit")
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in response.iter_bytes():
-        total += len(chunk)
-        if total > max_bytes:
-            raise SourceError(f"response is over the {max_bytes} byte limit")
-        chunks.append(chunk)
-    return Fetched(b"".join(chunks), etag, last_modified)
+    return Fetched(read_body(response, max_bytes=max_bytes), etag, last_modified)
 
 
 def _validator(value: str | None) -> str | None:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import object_session
 from worker.ingest.clean import CleanStory, Rejected, clean_item
 from worker.ingest.fetch import SourceError, read_source
 from worker.ingest.parse import parse_items
+from worker.redact import mask_url
 from worker.store.db import session_scope
 from worker.store.models import Story, StoryRegion
 from worker.text import single_line
@@ -34,7 +35,8 @@ class Rejection:
         return cls(source, position, reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…")
 
     def __str__(self) -> str:
-        where = f"{self.source}: {self.position}" if self.position else self.source
+        source = mask_url(self.source)
+        where = f"{source}: {self.position}" if self.position else source
         return f"{where}: {self.reason}"
 
 

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import httpcore
 import httpx
 
+from worker.redact import mask_httpx_log
+
 T = TypeVar("T")
 
 
@@ -35,13 +37,66 @@ class ResolveTimeout(httpcore.ConnectTimeout):
     """No DNS answer within the read timeout."""
 
 
+# Prefixes whose addresses carry an IPv4 address that a translator or tunnel delivers to:
+# `is_global` judges the IPv6 prefix, not the IPv4 host behind it. NAT64's well-known and
+# local-use prefixes (RFC 6052, RFC 8215) carry it in the last 32 bits, as DNS64 writes it.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# The local-use one is not globally reachable (IANA's special-purpose registry; Python 3.11's
+# is_global says it is, later ones say it is not), and where its IPv4 sits depends on the
+# site's prefix length: never public, whatever its last 32 bits say.
+_NAT64_LOCAL = _NAT64[1]
+# IPv4-compatible (::a.b.c.d, deprecated) and IPv4-translated (::ffff:0:a.b.c.d, SIIT).
+_LAST_32 = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("::ffff:0:0:0/96"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches: mapped, compatible, translated, NAT64, 6to4
+    (2002::/16) and Teredo (2001::/32: its server and its client, de-obfuscated)."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return []
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)
+    if any(ip in net for net in (*_NAT64, *_LAST_32)) and ip not in (ipaddress.IPv6Address("::"),
+                                                                       ipaddress.IPv6Address("::1")):
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    return []
+
+
 def is_public(address: str) -> bool:
-    """True for a globally routable address; loopback, private, link-local, reserved and the like are not."""
+    """True for a globally routable address; loopback, private, link-local, reserved and the
+    like are not, nor an IPv6 address that embeds an IPv4 address that is not."""
     ip = ipaddress.ip_address(address)
-    # ::ffff:a.b.c.d reaches the IPv4 host a.b.c.d: judge that one.
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global
+        # ::ffff:a.b.c.d is the IPv4 host a.b.c.d itself (is_global says no to the whole prefix).
+        return ip.ipv4_mapped.is_global
+    if ip in _NAT64_LOCAL:
+        return False
+    return ip.is_global and all(v4.is_global for v4 in embedded_ipv4(ip))
+
+
+def refusal(host: str, address: str) -> str | None:
+    """Why a connection to `address` (what `host` resolved to) is refused, or None if it is public."""
+    if is_public(address):
+        return None
+    where = host if address == host else f"{host} ({address})"
+    inner = [str(v4) for v4 in embedded_ipv4(ipaddress.ip_address(address)) if not v4.is_global]
+    embeds = f", which embeds {', '.join(inner)}" if inner and inner[0] not in (host, address) else ""
+    return (f"refused to connect to {where}{embeds}: not a public address "
+            "(set NEWSLETTER_FETCH_ALLOW_PRIVATE=true to fetch feeds from internal addresses)")
+
+
+def check_host(host: str, port: int, *, timeout: float) -> None:
+    """Raise RefusedAddress if `host` resolves to an address a fetch would refuse (`sources add`
+    says so at once instead of the poller backing the source off). httpcore.ConnectError when
+    it does not resolve."""
+    for address in dict.fromkeys(info[4][0] for info in _resolve(host, port, timeout)):
+        reason = refusal(host, address)
+        if reason:
+            raise RefusedAddress(reason)
 
 
 class _Deadline:
@@ -99,12 +154,9 @@ class GuardedBackend(httpcore.SyncBackend):
         if not self._allow_private:
             # One inward answer refuses the name: a name pointing both out and in is a rebinding setup.
             for address in addresses:
-                if not is_public(address):
-                    where = host if address == host else f"{host} ({address})"
-                    raise RefusedAddress(
-                        f"refused to connect to {where}: not a public address "
-                        "(set NEWSLETTER_FETCH_ALLOW_PRIVATE=true to fetch feeds from internal addresses)"
-                    )
+                reason = refusal(host, address)
+                if reason:
+                    raise RefusedAddress(reason)
         connect = super().connect_tcp
         error = httpcore.ConnectError(f"no address for {host}")
         for address in addresses:
@@ -159,6 +211,7 @@ class GuardedTransport(httpx.BaseTransport):
     """
 
     def __init__(self, *, allow_private: bool, deadline: float) -> None:
+        mask_httpx_log()  # every fetch comes through here: no URL it logs shows credentials
         # httpx's context: certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR when set.
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(),

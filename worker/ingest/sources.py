@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from worker.ingest.fetch import FETCH_DEADLINE, SourceError, fetch_source
 from worker.ingest.importer import MAX_REASON, Rejection, import_data
+from worker.redact import mask_url
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import Source
@@ -46,12 +47,13 @@ class PollResult:
     next_poll_at: datetime | None = None
 
     def __str__(self) -> str:
+        url = mask_url(self.url)  # printed by `sources poll` and logged by the worker
         if self.outcome == "unchanged":
-            return f"{self.url}: not modified"
+            return f"{url}: not modified"
         if self.outcome == "failed":
-            return (f"{self.url}: failed: {self.error} ({self.failures} in a row; "
+            return (f"{url}: failed: {self.error} ({self.failures} in a row; "
                     f"next try {_when(self.next_poll_at)})")
-        return (f"{self.url}: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+        return (f"{url}: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
                 f"{len(self.rejected)} rejected")
 
 
@@ -75,8 +77,13 @@ def add_source(engine: Engine, url: str, *, region: str | None = None, origin: s
 
 
 def remove_source(engine: Engine, url: str) -> Source | None:
+    """The source whose URL is `url`, or whose URL is shown as `url` (masked, as `sources list`
+    prints it) when only one is, removed."""
     with session_scope(engine) as session:
         row = session.scalar(select(Source).where(Source.url == url))
+        if row is None:
+            shown = [r for r in session.scalars(select(Source)) if mask_url(r.url) == url]
+            row = shown[0] if len(shown) == 1 else None
         if row is not None:
             session.delete(row)
         return row
@@ -153,7 +160,7 @@ def poll_source(engine: Engine, settings: Settings, *, source_id: int, url: str,
     except SourceError as exc:
         return _failed(engine, source_id, url, str(exc), now=now, interval=interval)
     except Exception as exc:  # noqa: BLE001 - one source's surprise must not stop the others or the tick
-        log.exception("polling %s", url)
+        log.exception("polling %s", mask_url(url))
         return _failed(engine, source_id, url, f"internal error ({type(exc).__name__}: {exc})", now=now,
                        interval=interval)
     result = PollResult(url, "unchanged" if fetched.not_modified else "read", next_poll_at=now + interval)
@@ -196,11 +203,12 @@ def _failed(engine: Engine, source_id: int, url: str, reason: str, *, now: datet
 
 
 def describe(rows: Iterable[Source]) -> list[dict]:
-    """Sources and their health as JSON-ready dicts (`sources list --json`, status)."""
+    """Sources and their health as JSON-ready dicts (`sources list --json`): URLs as shown
+    (credentials masked), times in UTC with their offset."""
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
 
-    return [{"url": r.url, "region": r.region, "origin": r.origin, "last_success": iso(r.last_success_at),
+    return [{"url": mask_url(r.url), "region": r.region, "origin": r.origin, "last_success": iso(r.last_success_at),
              "last_error": r.last_error, "last_error_at": iso(r.last_error_at), "items_added": r.items_added,
              "last_rejected": r.last_rejected, "consecutive_failures": r.consecutive_failures,
              "next_poll": iso(r.next_poll_at), "etag": r.etag, "last_modified": r.last_modified}

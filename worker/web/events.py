@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from worker.bounces.apply import Applied, apply_report
 from worker.bounces.providers import (
     BadEvent,
+    CertificateCache,
     CertificateFetcher,
     fetch_sns_certificate,
     read_generic,
@@ -30,6 +31,7 @@ from worker.bounces.providers import (
 from worker.bounces.reports import Reading
 from worker.bounces.verp import ReturnPath
 from worker.settings import Settings
+from worker.text import single_line
 from worker.web.public import public
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ MAX_SNS_BODY = 256 * 1024
 
 def register_events(app: Flask, settings: Settings, engine: Engine, *,
                     fetch_certificate: CertificateFetcher = fetch_sns_certificate) -> None:
+    certificates = CertificateCache(fetch_certificate)
+
     def return_path() -> ReturnPath | None:
         if not settings.bounce_address:
             return None
@@ -87,15 +91,14 @@ def register_events(app: Flask, settings: Settings, engine: Engine, *,
         if not isinstance(message, dict):
             return Response("not an SNS message\n", status=400, mimetype="text/plain")
         try:
-            verify_sns(message, fetch_certificate=fetch_certificate)
+            verify_sns(message, topic_arn=settings.ses_topic_arn, now=datetime.now(UTC),
+                       fetch_certificate=certificates)
         except BadEvent as exc:
             log.warning("SES event refused: %s", exc)
             return Response(f"{exc}\n", status=403, mimetype="text/plain")
         except Exception as exc:  # noqa: BLE001 - the certificate could not be fetched: SNS retries
-            log.warning("SES event: certificate unavailable: %s", type(exc).__name__)
+            log.warning("SES event: certificate unavailable: %s", single_line(str(exc))[:300] or type(exc).__name__)
             return Response("certificate unavailable, try again\n", status=503, mimetype="text/plain")
-        if message.get("TopicArn") != settings.ses_topic_arn:
-            return Response("not the configured topic\n", status=403, mimetype="text/plain")
         if message["Type"] != "Notification":
             # Subscribing is the operator's act: the link is logged, never followed from here.
             log.warning("SNS %s for %s: to confirm, open %s", message["Type"], message["TopicArn"],

@@ -26,7 +26,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, redirect, render_template, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -37,6 +37,7 @@ from worker.delivery.plan import approve_edition, discard_edition, find_edition
 from worker.delivery.schedule import dispatch
 from worker.delivery.status import edition_status, recent_editions
 from worker.ingest.sources import list_sources
+from worker.redact import mask_url
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import Edition, EditionState
@@ -50,7 +51,7 @@ RECENT = 20
 # Unfinished editions are a handful; a page of them is still bounded if something piles them up.
 MAX_UNFINISHED = 200
 _UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
-# A URL is shown whole (the operator configured it) but bounded, and never with its password.
+# A URL is shown whole (the operator configured it) but bounded, and never with its credentials.
 MAX_URL = 300
 
 
@@ -158,13 +159,7 @@ def _sources(engine: Engine) -> list[SourceRow]:
 
 
 def _shown_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.password is not None:
-            host = parts.netloc.rpartition("@")[2]
-            url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-    except ValueError:
-        pass  # not a URL we can take apart (a file path, or odd): shown as it is, escaped
+    url = mask_url(url)  # an unparsable one (a file path, or odd) as it is, escaped
     return url if len(url) <= MAX_URL else url[:MAX_URL] + "…"
 
 
