@@ -32,12 +32,15 @@ def expected_kind(entry: dict) -> str:
         return "ignored"
     if kind.value == "permanent" and entry["status"].startswith("4."):
         return "transient"  # a mailbox reason under a temporary status: the server says it may pass
+    if kind.value == "review" and entry["status"].startswith("4."):
+        return "transient"  # a temporary failure the relay gave up on, reason unknown: counted as one
     return kind.value
 
 
 def expected(name: str) -> set[str]:
     if name in DISAGREEMENTS:
-        return {DISAGREEMENTS[name]["kind"]}
+        kind = DISAGREEMENTS[name]["kind"]
+        return set(kind) if isinstance(kind, list) else {kind}
     return {expected_kind(e) for e in LABELS[name]}
 
 

@@ -91,19 +91,27 @@ ORDER = (
 )
 
 # Ours, beside Sisimai's: wordings met in real bounces that its lists lack.
-EXTRA_PHRASES: dict[Reason, tuple[str, ...]] = {
+EXTRA_PHRASES: dict[Reason, tuple[str | tuple[str, ...], ...]] = {
     Reason.USER_UNKNOWN: ("not a valid user", "user unknown", "unknown user", "no such user", "unknown recipient",
                           "user doesn't have a", "account does not exist", "recipient not found",
                           "addressee unknown", "unrouteable address", "mailbox unavailable",
-                          "not listed in domino directory", "no valid recipients",
-                          "no mailbox here by that name"),
+                          "not listed in domino directory", "no valid recipients", "recipient address rejected.",
+                          "no mailbox here by that name", "ディレクトリのリストにありません",
+                          "invalid final delivery userid", "not listed in public name & address book"),
+    Reason.SUSPEND: ("account is disabled", "the recipient account is blocked"),
+    Reason.NOT_ACCEPT: ("indicated no smtp service", "null mx"),
     Reason.HOST_UNKNOWN: ("host or domain name not found", "domain not found", "unrouteable mail domain",
-                          "no mx record"),
+                          "no mx record", "dns lookup failure"),
     Reason.MAILBOX_FULL: ("over quota", "quota exceeded", "mailbox full", "mailbox is full", "insufficient storage",
-                          "too many messages"),
+                          "too many messages", "mailbox exceeds allowed size"),
     Reason.EXPIRED: ("retry timeout exceeded", "could not be delivered for", "delivery time expired",
-                     "has been delayed for too long", "message expired"),
-    Reason.BLOCKED: ("please use the smtp server of your isp", "blocklist", "blacklist", "block list", "spamhaus"),
+                     "has been delayed for too long", "message expired", "envelope expired",
+                     "could not deliver for the last", "did not accept our requests to connect",
+                     "host not reachable", ("delivery failed ", " attempts")),
+    Reason.SYSTEM_ERROR: ("does not support tls", "internal system error"),
+    # Google Groups refusing a post from a non-member (its bounce, in the sender's language).
+    Reason.REJECTED: ("groups.google.com/support", "are not member"),
+    Reason.BLOCKED: ("please use the smtp server of your isp", "my name was rejected", "blocklist", "spamhaus"),
     Reason.SPEEDING: ("receiving mail at a rate that", "frequency limited"),
     Reason.POLICY_VIOLATION: ("policy violation",),
     Reason.AUTH_FAILURE: ("dmarc", "spf check", "dkim", "authentication checks failed"),
@@ -137,7 +145,9 @@ MAX_TEXT = 8000
 
 def _phrases(reason: Reason) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
     index, pairs = PHRASES.get(reason.value, ((), ()))
-    return index + EXTRA_PHRASES.get(reason, ()), pairs
+    extra = EXTRA_PHRASES.get(reason, ())
+    return (index + tuple(p for p in extra if isinstance(p, str)),
+            pairs + tuple(p for p in extra if isinstance(p, tuple)))
 
 
 _TABLE = tuple((reason, *_phrases(reason)) for reason in ORDER)
@@ -165,7 +175,9 @@ def by_text(text: str | None) -> Reason | None:
         return None
     text = " ".join(text[:MAX_TEXT].lower().split())
     for reason, index, pairs in _TABLE:
-        if any(p in text for p in index) or any(_in_order(text, p) for p in pairs):
+        # "Recipient address rejected: <why>" (Postfix) is no refusal of our sender address.
+        words = text.replace("recipient address rejected", "") if reason is Reason.REJECTED else text
+        if any(p in words for p in index) or any(_in_order(words, p) for p in pairs):
             return reason
     return None
 
@@ -178,7 +190,7 @@ def by_code(code: str | None) -> Reason | None:
     if code in CODES:
         return CODES[code]
     klass, subject, detail = code.split(".")
-    if detail == "0":
+    if detail == "0" and subject != "7":  # x.7.0 is still security or policy: never the mailbox
         return None
     if subject == "1" and klass == "4":
         return Reason.USER_UNKNOWN
@@ -196,7 +208,7 @@ def find_code(text: str | None) -> str | None:
 
 
 # Words that say "refused" or "unknown" without saying why: a specific code says more.
-_WEAK_WORDS = frozenset({Reason.REJECTED, Reason.USER_UNKNOWN, Reason.SECURITY_ERROR, Reason.SYNTAX_ERROR})
+_WEAK_WORDS = frozenset({Reason.REJECTED, Reason.SECURITY_ERROR, Reason.SYNTAX_ERROR})
 
 
 def reason_of(code: str | None, *texts: str | None) -> Reason:
@@ -207,7 +219,10 @@ def reason_of(code: str | None, *texts: str | None) -> Reason:
     words = by_text(first)
     coded = by_code(code)
     specific = coded if not is_generic(code) else None
-    if specific is Reason.REJECTED or words in _WEAK_WORDS and specific is not None:
+    # "User unknown" yields only to a code whose meaning is listed (5.7.26 is DMARC whatever the words).
+    listed = specific if code in CODES else None
+    if specific is Reason.REJECTED or words in _WEAK_WORDS and specific is not None \
+            or words is Reason.USER_UNKNOWN and listed is not None:
         return specific
     found = words or specific or next(filter(None, map(by_text, rest)), None) or coded or Reason.UNDEFINED
     if found is Reason.HOST_UNKNOWN and any(_matches(Reason.NETWORK_ERROR, t) for t in texts):

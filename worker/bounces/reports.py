@@ -102,6 +102,11 @@ def read_report(data: bytes, *, return_path: ReturnPath | None, message_id_domai
     feedback = _first_part(msg, "message/feedback-report")
     if feedback is not None:
         return _read_arf(msg, feedback, ident)
+    original = _original_headers(msg)
+    if original is not None and original.get("X-HmXmrOriginalRecipient"):
+        # Microsoft's JMRP: no feedback part, the complained-of message with this header.
+        return Reading([ident.report(BounceKind.COMPLAINT, "arf", str(original["X-HmXmrOriginalRecipient"]),
+                                     diagnostic="feedback-type: abuse (jmrp)", reason=Reason.FEEDBACK.value)])
     statuses = [p for p in _walk(msg) if p.get_content_type() in DSN_TYPES]
     if statuses:
         reading = _read_dsn(statuses, ident, _bounce_text(msg))
@@ -191,10 +196,17 @@ def _read_dsn(statuses: list[Message], ident: _Ident, text: str) -> Reading:
             recipient = _recipient(block)
             diagnostic = _after_type(block.get("diagnostic-code"))
             code = _enhanced(block.get("status"), diagnostic)
+            if action == "expired":
+                action = "failed"  # given up: not standard (RFC 3464 says failed), but final
             if action and action != "failed" or not action and (code or "5")[0] not in "45":
                 not_failed.add(action or "no action")
                 continue
-            reports.append(_failure(ident, "dsn", recipient, code, diagnostic, text))
+            about = _paragraph(text, recipient) if recipient and not diagnostic else ""
+            if about:
+                # No Diagnostic-Code: the human-readable part says why, per recipient.
+                code = code if code and not code.endswith(".0") else find_code(about) or code
+                diagnostic = _line_of(about, code) or " ".join(about.split())[:MAX_DIAGNOSTIC]
+            reports.append(_failure(ident, "dsn", recipient, code, diagnostic, about, text))
     if reports:
         return Reading(reports)
     if not_failed:
@@ -204,9 +216,18 @@ def _read_dsn(statuses: list[Message], ident: _Ident, text: str) -> Reading:
 
 
 def _failure(ident: _Ident, source: str, recipient: str | None, code: str | None, diagnostic: str | None,
-             text: str | None) -> Report:
+             *texts: str | None) -> Report:
     """One failed recipient: its reason from the diagnostic, the code, then the report's words."""
-    reason = reason_of_failure(code, diagnostic, text)
+    relayed = _SES_WORDS.match(diagnostic or "")
+    if relayed:
+        # SES: "5.1.0 - Unknown address error 550-'<the receiving server's words>'": theirs say why.
+        code = find_code(relayed[1]) or code
+        texts = (relayed[1], *texts)
+    reason = reason_of_failure(code, diagnostic if not relayed else relayed[1], *texts)
+    match = _SMTP_CODE.match(diagnostic or "") or _SMTP_REPLY.search(diagnostic or "")
+    if reason is Reason.UNDEFINED and match:
+        reason = REPLY_REASONS.get(int(match[1]), reason)
+    text = next((t for t in texts if t), None)  # the words about this recipient
     if reason is Reason.USER_UNKNOWN and by_code(code) is not Reason.USER_UNKNOWN \
             and _AFTER_DATA.search(f"{diagnostic} {text}"):
         # Refused once the message was seen, the address having been accepted: a filter's verdict.
@@ -214,7 +235,6 @@ def _failure(ident: _Ident, source: str, recipient: str | None, code: str | None
     kind = kind_of_reason(reason, code)
     if kind is BounceKind.REVIEW and code is not None and code.startswith("4."):
         kind = BounceKind.TRANSIENT  # a temporary failure the relay gave up on
-    match = _SMTP_CODE.match(diagnostic or "") or _SMTP_REPLY.search(diagnostic or "")
     return ident.report(kind or BounceKind.REVIEW, source, recipient, code=code,
                         smtp_code=int(match[1]) if match else None, diagnostic=diagnostic or _line_of(text, code),
                         reason=reason.value)
@@ -238,16 +258,42 @@ def _read_other(msg: Message, ident: _Ident) -> Reading:
     temporary, permanent = _all_failures(msg)
     code = find_code(text)
     reason = reason_of_failure(code, text)
-    if reason is Reason.UNDEFINED and (temporary and not permanent or _DELAYED.search(text)):
+    if reason is Reason.UNDEFINED and temporary and not permanent or _DELAYED.search(text) and not permanent:
         # Outside RFC 3464, a temporary failure is a warning that delivery is still tried.
         return Reading(ignored="a delay warning: still being tried")
-    addresses = [a.decode("ascii", "replace") for a in sorted(permanent | temporary)[:MAX_VALUES]]
+    addresses = sorted({a.decode("ascii", "replace").lower() for a in permanent | temporary}
+                       | {(a or b).lower() for a, b in _TRANSCRIPT.findall(text)})[:MAX_VALUES]
     if not addresses and reason is Reason.UNDEFINED and _auto_submitted(msg):
         return Reading(ignored="an auto-reply")
     if not addresses and not ident.ours:
         return Reading(ignored="not a bounce or complaint (an auto-reply, or nothing we can read)")
-    diagnostic = _line_of(text, code) or _header(msg, "Subject")
-    return Reading([_failure(ident, "dsn", address, code, diagnostic, text) for address in addresses or [None]])
+    return Reading([_plain_failure(ident, address, text, msg) for address in addresses] if addresses
+                   else [_plain_failure(ident, None, text, msg)])
+
+
+def _plain_failure(ident: _Ident, address: str | None, text: str, msg: Message) -> Report:
+    """A failure in a bounce without a DSN part: its words are the paragraph naming the
+    address (a bounce for several readers says why for each), else the whole text."""
+    about = _paragraph(text, address) if address else ""
+    code = find_code(about) or find_code(text)
+    diagnostic = _line_of(about, code) or (" ".join(about.split()) if about else None) or _line_of(text, code) \
+        or _header(msg, "Subject")
+    return _failure(ident, "dsn", address, code, diagnostic, about, text)
+
+
+def _paragraph(text: str, address: str) -> str:
+    """The lines from the one naming the address to the next blank line or next address."""
+    lines = text.splitlines()
+    low = address.lower()
+    for number, line in enumerate(lines):
+        if low in line.lower():
+            found = [line]
+            for following in lines[number + 1:number + 12]:
+                if not following.strip() and len(found) > 1 or "@" in following and low not in following.lower():
+                    break
+                found.append(following)
+            return "\n".join(found)
+    return ""
 
 
 def _recipient(block: Message) -> str | None:
@@ -261,15 +307,24 @@ def _recipient(block: Message) -> str | None:
 
 
 _QUOTED = re.compile(
-    r"^\s*(?:-{2,}.*(?:original|copy|returned|headers|below this line|undelivered).*"
+    r"^(?:\s*-{2,}.*(?:original|copy|returned|headers|below this line|undelivered).*"
     r"|(?:return-path|received|message-id|dkim-signature|x-[\w-]+): .*"
     r"|.*(?:original message follows|this is a copy of the message|copy of the message|message header follows"
     r"|below this line is a copy|original message header|the header of the original).*)$",
     re.IGNORECASE | re.MULTILINE)
-_DELAYED = re.compile(r"will (?:continue|keep) (?:to try|trying)|still (?:being )?(?:trying|tried|retried)"
+_DELAYED = re.compile(r"will (?:continue|keep) (?:to try|trying)|will be retried|only a temporary failure report|still (?:being )?(?:trying|tried|retried)"
                       r"|has not yet been delivered|this is (?:only )?a warning|no action is required"
                       r"|delivery (?:has been )?delayed", re.IGNORECASE)
 _AFTER_DATA = re.compile(r"end of data|after data|>>> data\b|data command|in reply to data", re.IGNORECASE)
+# RFC 5321's replies that say what failed without an enhanced code: a command we sent
+# was refused (our side), the mailbox over its storage (transient).
+REPLY_REASONS = {500: Reason.SYNTAX_ERROR, 501: Reason.SYNTAX_ERROR, 502: Reason.SYNTAX_ERROR,
+                 503: Reason.SYNTAX_ERROR, 504: Reason.SYNTAX_ERROR, 552: Reason.MAILBOX_FULL}
+# Sendmail's transcript: "550 <reader@example.org>... User unknown", one line per address.
+# qmail, Postfix and OpenSMTPD: "<reader@example.org>: ..." or "reader@example.org: 550 ...".
+_TRANSCRIPT = re.compile(r"^(?:\d{3}[ -]<([^<>\s@]{1,64}@[^<>\s]{1,255})>\.\.\."
+                         r"|<?([^<>\s@:]{1,64}@[^<>\s:]{1,255}?)>?:(?:\s|$))", re.MULTILINE)
+_SES_WORDS = re.compile(r"^\d\.\d{1,3}\.\d{1,3} - [^']{0,80}'(.{1,500})'")
 _SMTP_REPLY = re.compile(r"(?<![\d.])([45]\d\d)(?:[ -]|$)")
 _AUTO_SUBJECT = re.compile(r"^(?:auto(?:matic)?[ -]?(?:reply|response)|out of (?:the )?office|vacation|absence)",
                            re.IGNORECASE)
@@ -292,9 +347,18 @@ def _bounce_text(msg: Message) -> str:
                 text = raw[:MAX_TEXT].decode("utf-8", "replace")
             if part.get_content_subtype() == "html":
                 text = re.sub(r"<[^>]{0,500}>", " ", text)
-            cut = _QUOTED.search(text)
-            return text[:cut.start()] if cut and cut.start() > 0 else text
+            return _cut(text)
+    # A multipart whose boundaries the parser did not find: its text as it is.
+    for part in _walk(msg):
+        payload = part.get_payload()
+        if part.is_multipart() is False and part.get_content_maintype() == "multipart" and isinstance(payload, str):
+            return _cut(payload[:MAX_TEXT])
     return ""
+
+
+def _cut(text: str) -> str:
+    cut = _QUOTED.search(text)
+    return text[:cut.start()] if cut and cut.start() > 0 else text
 
 
 def _line_of(text: str | None, code: str | None) -> str | None:
@@ -326,10 +390,14 @@ def _ses_notification(msg: Message) -> dict | None:
         return None
     raw = msg.get_payload(decode=True)
     text = raw[:256 * 1024].decode("utf-8", "replace").lstrip() if isinstance(raw, bytes) else ""
-    if not text.startswith("{") or "notificationType" not in text[:2000] and "eventType" not in text[:2000]:
+    # Mailed notifications break long lines with "!" and a space (RFC 5322's 998 limit).
+    text = re.sub(r"!\r?\n ", "", text)
+    if not text.startswith("{") or not re.search(r"notificationType|eventType", text[:4000]):
         return None
     try:
         found, _ = json.JSONDecoder().raw_decode(text)
+        if isinstance(found, dict) and found.get("Type") == "Notification" and isinstance(found.get("Message"), str):
+            found = json.loads(found["Message"][:256 * 1024])  # the SNS envelope around it
     except ValueError:
         return None
     return found if isinstance(found, dict) else None
