@@ -114,6 +114,7 @@ EXTRA_PHRASES: dict[Reason, tuple[str | tuple[str, ...], ...]] = {
     Reason.BLOCKED: ("please use the smtp server of your isp", "my name was rejected", "blocklist", "spamhaus"),
     Reason.SPEEDING: ("receiving mail at a rate that", "frequency limited"),
     Reason.POLICY_VIOLATION: ("policy violation",),
+    Reason.SPAM_DETECTED: ("scored as spam",),
     Reason.AUTH_FAILURE: ("dmarc", "spf check", "dkim", "authentication checks failed"),
 }
 # x.y.z (and the enhanced codes Sisimai uses for its own reasons): what the code alone says.
