@@ -150,7 +150,7 @@ def test_a_permanent_bounce_marks_the_delivery_and_the_subscriber(engine):
     assert (row.state, row.last_code) == ("bounced", 550)
     assert row.last_reply.startswith("late bounce (dsn): 550 5.1.1")
     assert subscriber(engine, A).status == "bounced"
-    assert events(engine, A)[-1] == ("bounced", ChangeVia.BOUNCE.value, "late bounce 5.1.1 (dsn)")
+    assert events(engine, A)[-1] == ("bounced", ChangeVia.BOUNCE.value, "late bounce 5.1.1 userunknown (dsn)")
     # Bob is untouched; the event is kept with its code.
     assert subscriber(engine, B).status == "active" and delivery(engine, ids[(1, B)]).state == "sent"
     (event,) = bounce_events(engine)
@@ -159,7 +159,7 @@ def test_a_permanent_bounce_marks_the_delivery_and_the_subscriber(engine):
     # `subscribers show` tells it once.
     history = subscriber_record(engine, A)["history"]
     assert [(e["kind"], e["note"]) for e in history if e["kind"] == "bounced"] == [
-        ("bounced", "late bounce 5.1.1 (dsn)")]
+        ("bounced", "late bounce 5.1.1 userunknown (dsn)")]
     assert metrics.sample("newsletter_late_reports_total", kind="permanent", source="dsn") == before + 1
 
 

@@ -100,6 +100,8 @@ class Metrics:
                                ["inliner"], registry=r)
         self.late_reports = Counter("newsletter_late_reports", "Bounces and complaints heard after the relay "
                                     "accepted a message.", ["kind", "source"], registry=r)
+        self.late_reasons = Counter("newsletter_late_report_reasons", "Late bounces and complaints by their "
+                                    "reason (worker/bounces/reasons.py).", ["reason"], registry=r)
         # Label lookups take a lock and build a tuple: the hot path finds its children here.
         self._stages = {stage: self.stage_cpu.labels(stage=stage) for stage in STAGES}
         self._messages: dict[tuple[str, int | None], Counter] = {}
@@ -191,8 +193,9 @@ def count_inlined(inliner: str) -> None:
     current().inlined.labels(inliner=inliner).inc()
 
 
-def count_late_report(kind: str, source: str) -> None:
+def count_late_report(kind: str, source: str, reason: str | None = None) -> None:
     current().late_reports.labels(kind=kind, source=source).inc()
+    current().late_reasons.labels(reason=reason or "undefined").inc()
 
 
 def sample(name: str, **labels: str) -> float:
