@@ -88,3 +88,23 @@ def test_the_bounce_rate_warns_from_two_percent_counting_refusals_at_rcpt(engine
     data = json.loads(run_cli("status", "weekly-2025-W01", "--json").out)
     assert data["late"]["bounce_rate"] == {"tried": 100, "at_rcpt": 3, "late": 1, "rate": 0.04, "alert": "warn"}
     assert "WARNING: bounce rate" in run_cli("status").out
+
+
+def test_metrics_have_late_reports_by_reason_the_bounce_rate_and_the_reviews(engine, settings):
+    from tests.test_metrics_state import _scrape
+
+    emails = [f"reader{n}@example.net" for n in range(10)]
+    ids = sent_editions(engine, emails)
+    _report(engine, dsn(emails[0], to=RETURN_PATH.for_delivery(ids[(1, emails[0])])))
+    _report(engine, dsn(emails[1], status="5.0.0", diagnostic="smtp; 550 5.0.0 Blocked by spamhaus",
+                        to=RETURN_PATH.for_delivery(ids[(1, emails[1])]), report_id="<s@mx>"))
+    _report(engine, dsn(emails[2], status="5.0.0", diagnostic="smtp; 550 no",
+                        to=RETURN_PATH.for_delivery(ids[(1, emails[2])]), report_id="<r@mx>"))
+    scraped = _scrape(engine, settings)
+    edition = ("edition", "weekly-2025-W01")
+    assert scraped["newsletter_late_bounce_reasons"] == {
+        (edition, ("reason", "blocked")): 1, (edition, ("reason", "undefined")): 1,
+        (edition, ("reason", "userunknown")): 1}
+    assert scraped["newsletter_bounce_rate"] == {(edition,): 0.1}
+    assert scraped["newsletter_bounce_reports_for_review"] == {(): 1.0}
+    assert scraped["newsletter_late_bounces"][(edition, ("kind", "review"))] == 1
