@@ -164,3 +164,44 @@ def test_beat_reads_a_local_maildir_every_five_minutes(engine, settings, tmp_pat
     assert summary.messages == 1 and dict(summary.applied) == {"permanent": 1}
     assert sorted(p.name for p in (box / "cur").iterdir()) == ["1:2,S"]
     assert subscriber(engine, A).status == "bounced"
+
+
+def _reactivate_token(page: str) -> str:
+    import re
+
+    found = re.search(r'action="/operator/readers/reactivate" class="reactivate">\s*<input type="hidden" '
+                      r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found[1]
+
+
+def test_the_operator_page_reactivates_a_bounced_reader_under_the_forms_rules(engine, settings):
+    from tests.support.web import LOOPBACK, REMOTE, web_client
+
+    ids = sent_editions(engine, [A, B])
+    for data in (dsn(A, to=RETURN_PATH.for_delivery(ids[(1, A)])),
+                 arf(None, mail_from=RETURN_PATH.for_delivery(ids[(1, B)]))):
+        for report in read_report(data, return_path=RETURN_PATH, message_id_domain="localhost").reports:
+            apply_report(engine, report, transient_limit=5, now=NOW)
+    url = "/operator/readers/reactivate"
+    token = "operator-page-token"
+    client = web_client(engine, settings, token)
+    auth = {"Authorization": f"Bearer {token}"}
+    page = client.get("/operator", environ_base=REMOTE, headers=auth)
+    assert page.status_code == 200 and "Undo a bounce" in page.text
+    csrf = _reactivate_token(page.text)
+    form = {"csrf": csrf, "email": A, "reason": "mailbox fixed <b>"}
+    assert client.post(url, data=form, environ_base=REMOTE).status_code == 401
+    assert client.post(url, data={**form, "csrf": csrf + "x"}, environ_base=REMOTE, headers=auth).status_code == 400
+    assert client.post(url, data=form, environ_base=REMOTE,
+                       headers={**auth, "Origin": "https://evil.example"}).status_code == 403
+    assert web_client(engine, settings).post(url, data=form, environ_base=LOOPBACK).status_code == 400
+    assert subscriber(engine, A).status == "bounced"
+    done = client.post(url, data=form, environ_base=REMOTE, headers={**auth, "Origin": "http://localhost"})
+    assert done.status_code == 200 and f"{A} was bounced and is active again" in done.text
+    assert subscriber(engine, A).status == "active"
+    assert events(engine, A)[-1] == ("reactivated", "cli", "reactivated by operator page: mailbox fixed <b>")
+    refused = client.post(url, data={**form, "email": B}, environ_base=REMOTE, headers=auth)
+    assert refused.status_code == 409 and "complained" in refused.text and subscriber(engine, B).status == "complained"
+    forced = client.post(url, data={**form, "email": B, "force": "1"}, environ_base=REMOTE, headers=auth)
+    assert forced.status_code == 200 and subscriber(engine, B).status == "active"
