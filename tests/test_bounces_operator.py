@@ -140,6 +140,7 @@ def test_reactivate_undoes_a_bounce_with_who_and_why_and_a_complaint_only_by_for
     assert note.endswith(": mailbox restored, asked by phone")
     shown = run_cli("subscribers", "show", A)
     assert "mailbox restored, asked by phone" in shown.out and "userunknown" in shown.out
+    assert "late reports (after the relay accepted the message):" in shown.out
     refused = run_cli("subscribers", "reactivate", B, "--reason", "x")
     assert refused.code == 2 and "complained" in refused.err and "--force" in refused.err
     assert subscriber(engine, B).status == "complained"
