@@ -63,7 +63,8 @@ class Reason(StrEnum):
 
 
 _PERMANENT = {Reason.USER_UNKNOWN, Reason.HOST_UNKNOWN, Reason.SUSPEND, Reason.HAS_MOVED, Reason.NOT_ACCEPT}
-_TRANSIENT = {Reason.FILTERED, Reason.MAILBOX_FULL, Reason.EXCEED_LIMIT, Reason.MESG_TOO_BIG, Reason.EXPIRED, Reason.SYSTEM_FULL,
+_TRANSIENT = {Reason.FILTERED, Reason.MAILBOX_FULL, Reason.EXCEED_LIMIT, Reason.MESG_TOO_BIG, Reason.EXPIRED,
+              Reason.SYSTEM_FULL,
               Reason.SYSTEM_ERROR, Reason.NETWORK_ERROR, Reason.MAILER_ERROR}
 _NOT_A_FAILURE = {Reason.VACATION, Reason.DELIVERED, Reason.DELAYED}
 

@@ -312,7 +312,8 @@ _QUOTED = re.compile(
     r"|.*(?:original message follows|this is a copy of the message|copy of the message|message header follows"
     r"|below this line is a copy|original message header|the header of the original).*)$",
     re.IGNORECASE | re.MULTILINE)
-_DELAYED = re.compile(r"will (?:continue|keep) (?:to try|trying)|will be retried|only a temporary failure report|still (?:being )?(?:trying|tried|retried)"
+_DELAYED = re.compile(r"will (?:continue|keep) (?:to try|trying)|will be retried|only a temporary failure report"
+                      r"|still (?:being )?(?:trying|tried|retried)"
                       r"|has not yet been delivered|this is (?:only )?a warning|no action is required"
                       r"|delivery (?:has been )?delayed", re.IGNORECASE)
 _AFTER_DATA = re.compile(r"end of data|after data|>>> data\b|data command|in reply to data", re.IGNORECASE)

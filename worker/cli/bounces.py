@@ -61,7 +61,8 @@ def process(ctx: Context, maildir: Path | None, mbox: Path | None, dry_run: bool
 
 
 @bounces.command("review")
-@click.option("--permanent", "permanent", type=int, metavar="ID", help="Decide: a permanent bounce (the reader is bounced).")
+@click.option("--permanent", "permanent", type=int, metavar="ID",
+              help="Decide: a permanent bounce (the reader is bounced).")
 @click.option("--ignore", "ignore", type=int, metavar="ID", help="Decide: not the reader's; nothing changes.")
 @click.option("--json", "as_json", is_flag=True, help="The list as JSON.")
 @pass_ctx
@@ -89,7 +90,8 @@ def review(ctx: Context, permanent: int | None, ignore: int | None, as_json: boo
         click.echo("no reports waiting for review")
         return
     for row in rows:
-        click.echo(f"{row['id']}  {row['received_at']}  {row['edition'] or '-'}  {row['reader'] or row['recipient'] or '-'}"
+        reader = row["reader"] or row["recipient"] or "-"
+        click.echo(f"{row['id']}  {row['received_at']}  {row['edition'] or '-'}  {reader}"
                    f"  {row['code'] or '-'}  {row['diagnostic'] or '(no diagnostic)'}")
     click.echo(f"{len(rows)} waiting: `newsletter bounces review --permanent ID` bounces the reader, "
                "`--ignore ID` leaves them be")

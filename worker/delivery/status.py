@@ -84,7 +84,8 @@ def _late_reports(engine: Engine, edition_id: int, *, sent: int, bounced: int = 
         for reason, count in by_reason:  # reports stored before reasons were read have none
             reasons[reason or "undefined"] = reasons.get(reason or "undefined", 0) + count
         late_bounced = session.scalar(
-            select(func.count(BounceEvent.delivery_id.distinct())).join(Delivery, Delivery.id == BounceEvent.delivery_id)
+            select(func.count(BounceEvent.delivery_id.distinct()))
+            .join(Delivery, Delivery.id == BounceEvent.delivery_id)
             .where(BounceEvent.edition_id == edition_id, BounceEvent.kind == BounceKind.PERMANENT.value,
                    Delivery.state == BOUNCED)) or 0
     counts = {kind.value: found.get(kind.value, 0) for kind in BounceKind}
