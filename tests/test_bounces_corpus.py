@@ -166,3 +166,23 @@ def test_no_dsn_field_makes_the_reader_raise(diagnostic, status, action):
                diagnostic="smtp; " + " ".join(diagnostic.split()))
     reading = _read(data.decode("utf-8", "replace").encode("utf-8", "replace"))
     assert json.dumps([r.reason for r in reading.reports])
+
+
+def test_formats_that_were_not_read_at_all_are_read():
+    tag = RETURN_PATH.for_delivery(11).encode()
+    # message/xdelivery-status (Exchange), and a DSN part without its per-message block.
+    x = dsn("a@example.net").replace(b"Content-Type: message/delivery-status", b"Content-Type: message/xdelivery-status")
+    assert [(r.reason, r.kind.value) for r in _read(x).reports] == [("userunknown", "permanent")]
+    headless = dsn("a@example.net").replace(b"Reporting-MTA: dns; mx.example.net\n\n", b"")
+    (report,) = _read(headless).reports
+    assert (report.recipient, report.reason) == ("a@example.net", "userunknown")
+    # qmail: "#5.7.17" is a mailbox code, and a bare "not a valid user" text.
+    qmail = (b"Delivered-To: " + tag + b"\r\nFrom: MAILER-DAEMON@mx.example.net\r\nSubject: failure notice\r\n\r\n"
+             b"Hi. This is the qmail-send program at mx.example.net.\r\n"
+             b"I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
+             b"This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
+             b"<a@example.net>:\r\nSorry, this mailbox was disabled by its owner. (#5.7.17)\r\n\r\n"
+             b"<b@example.net>:\r\nb is not a valid user\r\n\r\n--- Below this line is a copy of the message.\r\n")
+    reports = {r.recipient: (r.code, r.reason, r.kind.value) for r in _read(qmail).reports}
+    assert reports == {"a@example.net": ("5.7.17", "hasmoved", "permanent"),
+                       "b@example.net": (None, "userunknown", "permanent")}

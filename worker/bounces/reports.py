@@ -267,15 +267,15 @@ def _read_other(msg: Message, ident: _Ident) -> Reading:
         return Reading(ignored="an auto-reply")
     if not addresses and not ident.ours:
         return Reading(ignored="not a bounce or complaint (an auto-reply, or nothing we can read)")
-    return Reading([_plain_failure(ident, address, text, msg) for address in addresses] if addresses
-                   else [_plain_failure(ident, None, text, msg)])
+    return Reading([_plain_failure(ident, address, text, msg, alone=len(addresses) == 1) for address in addresses]
+                   if addresses else [_plain_failure(ident, None, text, msg)])
 
 
-def _plain_failure(ident: _Ident, address: str | None, text: str, msg: Message) -> Report:
+def _plain_failure(ident: _Ident, address: str | None, text: str, msg: Message, *, alone: bool = True) -> Report:
     """A failure in a bounce without a DSN part: its words are the paragraph naming the
     address (a bounce for several readers says why for each), else the whole text."""
     about = _paragraph(text, address) if address else ""
-    code = find_code(about) or find_code(text)
+    code = find_code(about) or (find_code(text) if alone or not about else None)
     diagnostic = _line_of(about, code) or (" ".join(about.split()) if about else None) or _line_of(text, code) \
         or _header(msg, "Subject")
     return _failure(ident, "dsn", address, code, diagnostic, about, text)
@@ -465,9 +465,19 @@ def _blocks(part: Message) -> list[Message]:
     """A delivery-status part's header blocks, however the parser left them."""
     payload = part.get_payload()
     if isinstance(payload, list):
-        return [p for p in payload if isinstance(p, Message)]
-    text = payload if isinstance(payload, str) else ""
-    return [HeaderParser(policy=compat32).parsestr(b.strip() + "\n") for b in re.split(r"\n\s*\n", text) if b.strip()]
+        found: list[Message] = []
+        for block in (p for p in payload[:MAX_VALUES + 1] if isinstance(p, Message)):
+            found.append(block)
+            # Parsed as a message (message/xdelivery-status): the first block its headers, the rest its body.
+            if isinstance(block.get_payload(), str):
+                found += _split_blocks(block.get_payload())
+        return found
+    return _split_blocks(payload if isinstance(payload, str) else "")
+
+
+def _split_blocks(text: str) -> list[Message]:
+    return [HeaderParser(policy=compat32).parsestr(b.strip() + "\n")
+            for b in re.split(r"\n\s*\n", text[:64 * 1024])[:MAX_VALUES + 1] if b.strip()]
 
 
 def _fields(part: Message) -> dict[str, str]:
