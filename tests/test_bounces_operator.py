@@ -206,3 +206,19 @@ def test_the_operator_page_reactivates_a_bounced_reader_under_the_forms_rules(en
     assert refused.status_code == 409 and "complained" in refused.text and subscriber(engine, B).status == "complained"
     forced = client.post(url, data={**form, "email": B, "force": "1"}, environ_base=REMOTE, headers=auth)
     assert forced.status_code == 200 and subscriber(engine, B).status == "active"
+
+
+def test_one_report_per_delivery_waits_for_review_however_many_are_mailed(engine):
+    """Whoever holds a tag (the reader it was sent to) could mail unreadable reports by the
+    thousand: the list for review holds one per delivery."""
+    from worker.bounces.apply import Applied
+
+    ids = sent_editions(engine, [A])
+    results = []
+    for n in range(20):
+        data = dsn(A, status="5.0.0", diagnostic=UNREADABLE, to=RETURN_PATH.for_delivery(ids[(1, A)]),
+                   report_id=f"<flood{n}@attacker>")
+        for report in read_report(data, return_path=RETURN_PATH, message_id_domain="localhost").reports:
+            results.append(apply_report(engine, report, transient_limit=5, now=NOW))
+    assert results.count(Applied.APPLIED) == 1 and results.count(Applied.DUPLICATE) == 19
+    assert [e.kind for e in bounce_events(engine)] == ["review"]

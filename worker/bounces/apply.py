@@ -76,6 +76,10 @@ def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: d
                 return Applied.UNVERIFIED
             subscriber = session.get(Subscriber, delivery.subscriber_id, with_for_update=True)
             first_for_delivery = not _has_event(session, delivery.id, report.kind)
+            if report.kind is BounceKind.REVIEW and _has_event(session, delivery.id, None):
+                # One report per delivery waits for a human; more (or one after a readable
+                # report) would only lengthen the list, and whoever holds a tag could post many.
+                return Applied.DUPLICATE
             session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
                                     delivery_id=delivery.id, edition_id=delivery.edition_id,
                                     subscriber_id=delivery.subscriber_id, recipient=report.recipient,
@@ -160,9 +164,12 @@ def _subscriber_id(session: Session, address: str | None) -> int | None:
     return session.scalar(select(Subscriber.id).where(Subscriber.email_key == key))
 
 
-def _has_event(session: Session, delivery_id: int, kind: BounceKind) -> bool:
-    return session.scalar(select(BounceEvent.id).where(BounceEvent.delivery_id == delivery_id,
-                                                       BounceEvent.kind == kind.value).limit(1)) is not None
+def _has_event(session: Session, delivery_id: int, kind: BounceKind | None) -> bool:
+    """Whether the delivery has a report of this kind (None: of any kind)."""
+    query = select(BounceEvent.id).where(BounceEvent.delivery_id == delivery_id)
+    if kind is not None:
+        query = query.where(BounceEvent.kind == kind.value)
+    return session.scalar(query.limit(1)) is not None
 
 
 def _bounce(session: Session, delivery: Delivery, subscriber: Subscriber, report: Report, now: datetime,
