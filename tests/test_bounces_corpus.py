@@ -187,3 +187,25 @@ def test_formats_that_were_not_read_at_all_are_read():
     reports = {r.recipient: (r.code, r.reason, r.kind.value) for r in _read(qmail).reports}
     assert reports == {"a@example.net": ("5.7.17", "hasmoved", "permanent"),
                        "b@example.net": (None, "userunknown", "permanent")}
+
+
+def test_the_bounce_detectors_read_the_head_of_a_big_report_only(monkeypatch):
+    """flufl.bounce runs its regular expressions over every line: a report near the 2 MB cap
+    is scanned over its first MAX_SCAN bytes (measured: 2.4 s of CPU before, on one long line)."""
+    from worker.bounces import reports
+
+    seen: list[int] = []
+    original = reports._all_failures
+
+    def spy(msg):
+        seen.append(len(msg.as_bytes()))
+        return original(msg)
+
+    monkeypatch.setattr(reports, "_all_failures", spy)
+    body = "\n".join(f"<r{n}@example.net>:\nSorry, no mailbox here by that name. (#5.1.1)\n" for n in range(3))
+    mail = ("Delivered-To: " + RETURN_PATH.for_delivery(5) + "\nSubject: failure notice\n\n" + body).encode()
+    mail += b"x" * (1_900_000 - len(mail))
+    reading = _read(mail)
+    assert seen and max(seen) <= reports.MAX_SCAN + 200
+    assert {(r.recipient, r.reason) for r in reading.reports} == {
+        (f"r{n}@example.net", "userunknown") for n in range(3)}

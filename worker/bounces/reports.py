@@ -52,6 +52,7 @@ COMPLAINT_TYPES = frozenset({"abuse", "fraud"})
 MAX_PARTS = 200
 # The human-readable text of a bounce read for its reason (the quoted original is cut off).
 MAX_TEXT = 16 * 1024
+MAX_SCAN = 128 * 1024
 DSN_TYPES = ("message/delivery-status", "message/xdelivery-status", "message/global-delivery-status")
 _ENHANCED = ENHANCED
 _SMTP_CODE = re.compile(r"^\s*(?:smtp\s*;\s*)?([245]\d\d)\b", re.IGNORECASE)
@@ -112,7 +113,7 @@ def read_report(data: bytes, *, return_path: ReturnPath | None, message_id_domai
         reading = _read_dsn(statuses, ident, _bounce_text(msg))
         if reading.reports or reading.ignored:
             return reading
-    return _read_other(msg, ident)
+    return _read_other(msg, ident, data)
 
 
 class _Ident:
@@ -240,7 +241,7 @@ def _failure(ident: _Ident, source: str, recipient: str | None, code: str | None
                         reason=reason.value)
 
 
-def _read_other(msg: Message, ident: _Ident) -> Reading:
+def _read_other(msg: Message, ident: _Ident, data: bytes) -> Reading:
     text = _bounce_text(msg)
     if _is_auto_reply(msg, text):
         return Reading(ignored="an auto-reply")
@@ -255,7 +256,10 @@ def _read_other(msg: Message, ident: _Ident) -> Reading:
         reading.reports = [replace(r, delivery_id=r.delivery_id if r.delivery_id is not None else ident.delivery_id,
                                    message_id=r.message_id or ident.message_id) for r in reading.reports]
         return reading
-    temporary, permanent = _all_failures(msg)
+    # flufl.bounce's detectors run regular expressions over every line: over the report's
+    # head only (its own words come first; the returned message, if any, after them).
+    head = msg if len(data) <= MAX_SCAN else email.message_from_bytes(data[:MAX_SCAN], policy=compat32)
+    temporary, permanent = _all_failures(head)
     code = find_code(text)
     reason = reason_of_failure(code, text)
     if reason is Reason.UNDEFINED and temporary and not permanent or _DELAYED.search(text) and not permanent:
