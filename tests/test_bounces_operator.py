@@ -222,3 +222,11 @@ def test_one_report_per_delivery_waits_for_review_however_many_are_mailed(engine
             results.append(apply_report(engine, report, transient_limit=5, now=NOW))
     assert results.count(Applied.APPLIED) == 1 and results.count(Applied.DUPLICATE) == 19
     assert [e.kind for e in bounce_events(engine)] == ["review"]
+
+
+def test_dry_run_text_never_prints_a_control_character_from_a_file_name(engine, run_cli):
+    box = _maildir(Path.cwd() / "Maildir", {"1.\x1b[2Jx": b"Subject: Out of office\r\n\r\naway\r\n"})
+    result = run_cli("bounces", "process", "--maildir", str(box), "--dry-run", env=ENV)
+    assert result.out == "new/1.?[2Jx: ignored an auto-reply\n"
+    assert '"file": "new/1.\\u001b[2Jx"' in run_cli("bounces", "process", "--maildir", str(box), "--dry-run",
+                                                   "--json", env=ENV).out

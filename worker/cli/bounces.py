@@ -47,9 +47,11 @@ def process(ctx: Context, maildir: Path | None, mbox: Path | None, dry_run: bool
                              "or NEWSLETTER_BOUNCE_MAILDIR, or give --maildir DIR or --mbox FILE")
     if dry_run:
         for line in summary.readings:
+            fields = (line["kind"] or "ignored", line["reason"], line["recipient"], line["code"], line["ignored"])
+            text = f"{line['file']}: " + " ".join(str(f) for f in fields if f)
+            # A Maildir file name is anyone's bytes: never a terminal control sequence.
             click.echo(json.dumps(line, ensure_ascii=False) if as_json else
-                       f"{line['file']}: {line['kind'] or 'ignored'} {line['reason'] or ''} "
-                       f"{line['recipient'] or ''} {line['code'] or ''} {line['ignored'] or ''}".rstrip())
+                       "".join(c if c.isprintable() else "?" for c in text))
         return
     click.echo(summary.describe())
     for reason, count in sorted(summary.ignored.items()):
