@@ -49,6 +49,11 @@ def test_the_imap_mailbox_is_read_once_and_a_bad_message_kept(engine, settings, 
     imap.add("4.reply", b"Subject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\naway\r\n")
     context = ssl.create_default_context(cafile=str(imap.certs["ca"].cert))
     settings = settings.model_copy(update={"bounce_address": BOUNCE_ADDRESS})
+    # A dry run reads everything and flags nothing.
+    dry = process_imap(engine, settings, ImapLocation.parse(imap.url()), now=NOW, ssl_context=context, dry_run=True)
+    assert [line["kind"] for line in dry.readings] == ["permanent", "complaint", None, None]
+    assert _flags(imap, context)["seen"] == [] and _flags(imap, context)["flagged"] == []
+    assert subscriber(engine, A).status == "active"
     summary = process_imap(engine, settings, ImapLocation.parse(imap.url()), now=NOW, ssl_context=context)
     assert summary.messages == 4 and dict(summary.applied) == {"permanent": 1, "complaint": 1}
     assert len(summary.kept) == 1 and summary.kept[0].endswith(f"bytes, over the {MAX_REPORT_BYTES} read")

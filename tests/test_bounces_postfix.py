@@ -79,7 +79,7 @@ def test_a_refusal_behind_postfix_comes_back_as_a_dsn_and_bounces_the_reader(eng
     assert (row.state, row.last_code) == ("bounced", 550)
     assert "5.1.1" in row.last_reply
     assert subscriber(engine, GONE).status == "bounced"
-    assert events(engine, GONE)[-1] == ("bounced", "bounce", "late bounce 5.1.1 (dsn)")
+    assert events(engine, GONE)[-1] == ("bounced", "bounce", "late bounce 5.1.1 userunknown (dsn)")
     (event,) = bounce_events(engine)
     assert (event.kind, event.code, event.delivery_id) == ("permanent", "5.1.1", rows[GONE].id)
     assert subscriber(engine, "reader0@example.org").status == "active"

@@ -80,7 +80,8 @@ def create_app(settings: Settings) -> Celery:
             "reconcile": {"task": "worker.tasks.reconcile", "schedule": 60.0},
         },
     )
-    if settings.bounce_mailbox is not None and settings.bounce_mailbox.get_secret_value():
+    if settings.bounce_mailbox is not None and settings.bounce_mailbox.get_secret_value() \
+            or settings.bounce_maildir is not None:
         # Bounces arrive over minutes to days; every five minutes is prompt enough.
         app.conf.beat_schedule["bounces"] = {"task": "worker.tasks.process_bounces", "schedule": 300.0}
     return app

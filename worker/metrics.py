@@ -16,9 +16,10 @@ Exposed (prometheus-client), name {labels}: what.
 - newsletter_smtp_connections_opened_total: SMTP connections opened (secured, authenticated).
 - newsletter_variants_inlined_total {inliner}: region sets rendered and CSS-inlined.
 - newsletter_late_reports_total {kind, source}: bounces and complaints heard after the relay
-  accepted a message (worker/bounces/apply.py); kind permanent, transient, complaint or
-  sender (refused for our side),
+  accepted a message (worker/bounces/apply.py); kind permanent, transient, complaint,
+  sender (refused for our side) or review,
   source dsn, arf, ses or json. Counted where they are processed (beat, CLI, web app).
+  newsletter_late_report_reasons_total {reason}: the same by reason.
 
 Read from the database at each scrape, by the web app (gauges; `LedgerCollector`). Editions
 listed: the 20 created last plus every one not finished (sending, paused, held; the 200
@@ -37,7 +38,11 @@ newest of those), so a scrape costs the same in year five as in week one:
   source's last successful poll, 0 if it never had one (so `time() - x` alerts on it too).
 - newsletter_late_bounces {edition, kind}: bounce reports heard after the relay accepted the
   message (the `bounce_events` table), per listed edition and kind (permanent, transient,
-  complaint, sender, other).
+  complaint, sender, review, dismissed, other).
+- newsletter_late_bounce_reasons {edition, reason}: the same by reason (worker/bounces/reasons.py;
+  `undefined` for none). newsletter_bounce_rate {edition}: readers bounced at RCPT or late over
+  the messages tried (0 to 1; `status` warns from 0.02). newsletter_bounce_reports_for_review:
+  reports of ours whose reason could not be read, waiting for `newsletter bounces review`.
 - newsletter_ledger_up: 1 if the ledger and editions could be read at this scrape;
   newsletter_sources_up, newsletter_bounces_up: the same for sources and bounce reports (each
   read on its own, so one failing leaves the others).
@@ -68,6 +73,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from worker.bounces.reasons import Reason
 from worker.store.models import BounceEvent, BounceKind, Delivery, DeliveryState, Edition, EditionState, Source
 
 log = logging.getLogger(__name__)
@@ -100,6 +106,8 @@ class Metrics:
                                ["inliner"], registry=r)
         self.late_reports = Counter("newsletter_late_reports", "Bounces and complaints heard after the relay "
                                     "accepted a message.", ["kind", "source"], registry=r)
+        self.late_reasons = Counter("newsletter_late_report_reasons", "Late bounces and complaints by their "
+                                    "reason (worker/bounces/reasons.py).", ["reason"], registry=r)
         # Label lookups take a lock and build a tuple: the hot path finds its children here.
         self._stages = {stage: self.stage_cpu.labels(stage=stage) for stage in STAGES}
         self._messages: dict[tuple[str, int | None], Counter] = {}
@@ -191,8 +199,9 @@ def count_inlined(inliner: str) -> None:
     current().inlined.labels(inliner=inliner).inc()
 
 
-def count_late_report(kind: str, source: str) -> None:
+def count_late_report(kind: str, source: str, reason: str | None = None) -> None:
     current().late_reports.labels(kind=kind, source=source).inc()
+    current().late_reasons.labels(reason=reason or "undefined").inc()
 
 
 def sample(name: str, **labels: str) -> float:
@@ -293,6 +302,7 @@ MAX_UNFINISHED = 200
 MAX_SOURCES = 500
 _UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
 _BOUNCE_KINDS = frozenset(kind.value for kind in BounceKind)
+_REASONS = frozenset(reason.value for reason in Reason)
 # Edition keys are ours (weekly-…, manual-…, -force-N), but a label is bounded whatever it holds.
 MAX_LABEL = 120
 
@@ -349,7 +359,7 @@ class LedgerCollector(Collector):
             each_held.add_metric([_label(key)], 1)
         up.add_metric([], 1)
         yield from (rows, totals, editions, held, each_held, up)
-        yield from self._bounces(listed)
+        yield from self._bounces(listed, counts)
 
     def _listed(self, conn) -> dict:
         """id -> (id, key, state) of the editions shown: the recent ones and every unfinished one."""
@@ -369,14 +379,26 @@ class LedgerCollector(Collector):
                  .group_by(Delivery.edition_id, Delivery.state))
         return {(listed[edition_id], state): count for edition_id, state, count in conn.execute(query)}
 
-    def _bounces(self, listed: dict[int, str]) -> Iterator[GaugeMetricFamily]:
+    def _bounces(self, listed: dict[int, str], counts: dict | None = None) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("newsletter_bounces_up", "1 if bounce reports could be read at this scrape.")
         late = GaugeMetricFamily("newsletter_late_bounces", "Bounce reports and complaints heard after the relay "
                                  "accepted the message, by edition and kind.", labels=["edition", "kind"])
+        by_reason = GaugeMetricFamily("newsletter_late_bounce_reasons", "Bounce reports and complaints heard "
+                                      "after the relay accepted the message, by edition and reason.",
+                                      labels=["edition", "reason"])
+        rates = GaugeMetricFamily("newsletter_bounce_rate", "Readers bounced by an edition (refused at RCPT or "
+                                  "bounced late) over the messages tried, 0 to 1.", labels=["edition"])
+        review = GaugeMetricFamily("newsletter_bounce_reports_for_review", "Reports of ours whose reason could "
+                                   "not be read, waiting for `newsletter bounces review`.")
         found: dict[tuple[str, str], int] = {}
+        reasons: dict[tuple[str, str], int] = {}
+        late_bounced: dict[str, int] = {}
+        waiting = 0
         try:
-            if listed:
-                with self._engine.connect() as conn:
+            with self._engine.connect() as conn:
+                waiting = conn.scalar(select(func.count()).select_from(BounceEvent)
+                                      .where(BounceEvent.kind == BounceKind.REVIEW.value)) or 0
+                if listed:
                     for edition_id, kind, count in conn.execute(
                             select(BounceEvent.edition_id, BounceEvent.kind, func.count())
                             .where(BounceEvent.edition_id.in_(list(listed)))
@@ -384,6 +406,20 @@ class LedgerCollector(Collector):
                         # The kinds are the bounces code's; anything else is counted, not trusted as a label.
                         label = (listed[edition_id], kind if kind in _BOUNCE_KINDS else "other")
                         found[label] = found.get(label, 0) + count
+                    for edition_id, reason, count in conn.execute(
+                            select(BounceEvent.edition_id, BounceEvent.reason, func.count())
+                            .where(BounceEvent.edition_id.in_(list(listed)))
+                            .group_by(BounceEvent.edition_id, BounceEvent.reason)):
+                        label = (listed[edition_id], reason if reason in _REASONS else "undefined")
+                        reasons[label] = reasons.get(label, 0) + count
+                    for edition_id, count in conn.execute(
+                            select(BounceEvent.edition_id, func.count(BounceEvent.delivery_id.distinct()))
+                            .join(Delivery, Delivery.id == BounceEvent.delivery_id)
+                            .where(BounceEvent.edition_id.in_(list(listed)),
+                                   BounceEvent.kind == BounceKind.PERMANENT.value,
+                                   Delivery.state == DeliveryState.BOUNCED.value)
+                            .group_by(BounceEvent.edition_id)):
+                        late_bounced[listed[edition_id]] = count
         except SQLAlchemyError as exc:
             log.warning("metrics: cannot read bounce reports: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -391,8 +427,19 @@ class LedgerCollector(Collector):
             return
         for (key, kind), count in sorted(found.items()):
             late.add_metric([_label(key), kind], count)
+        for (key, reason), count in sorted(reasons.items()):
+            by_reason.add_metric([_label(key), reason], count)
+        if counts is not None:
+            from worker.delivery.status import bounce_rate
+
+            for key in sorted(listed.values()):
+                rate = bounce_rate(sent=counts.get((key, DeliveryState.SENT.value), 0),
+                                   bounced=counts.get((key, DeliveryState.BOUNCED.value), 0),
+                                   late_bounced=late_bounced.get(key, 0))
+                rates.add_metric([_label(key)], rate["rate"])
+        review.add_metric([], waiting)
         up.add_metric([], 1)
-        yield late
+        yield from (late, by_reason, rates, review)
         yield up
 
     def _sources(self) -> Iterator[GaugeMetricFamily]:

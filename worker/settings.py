@@ -134,6 +134,8 @@ class Settings(BaseModel):
     # Where those reports arrive, read by the worker's beat and `newsletter bounces
     # process`: imaps://user:password@host[:port]/FOLDER (a secret: it holds a password).
     bounce_mailbox: SecretStr | None = None
+    # A local Maildir where bounces arrive (new/ and cur/), read by beat like the IMAP mailbox.
+    bounce_maildir: Path | None = None
     # Temporary failures reported for this many editions in a row mark a subscriber bounced.
     bounce_transient_limit: int = Field(5, ge=1, le=100)
     # Amazon SES: the SNS topic whose signed notifications POST /events/ses accepts; unset: off.

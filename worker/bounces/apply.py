@@ -8,8 +8,11 @@
   report). At NEWSLETTER_BOUNCE_TRANSIENT_LIMIT the subscriber is `bounced`;
 - complaint: the subscriber `complained` (also from unsubscribed or bounced: the
   strongest suppression, which no import and no sign-up undoes; docs/bounces.md);
-- sender (refused for our side: x.7.x, 5.1.7, 5.1.8): recorded and shown by `status`,
-  nothing else: the reader is not to blame, and the edition was sent already.
+- sender (a reason about us: our address, content, reputation, authentication, rate;
+  worker/bounces/reasons.py): recorded and shown by `status`, nothing else: the reader is
+  not to blame, and the edition was sent already;
+- review (ours, but its reason cannot be read): recorded and listed by `newsletter
+  bounces review` for the operator, who makes it permanent or dismisses it (`decide`).
 
 Each report is one `bounce_events` row, unique by its fingerprint, written in the same
 transaction as what it changes: the same report twice changes nothing (a concurrent
@@ -76,10 +79,15 @@ def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: d
                 return Applied.UNVERIFIED
             subscriber = session.get(Subscriber, delivery.subscriber_id, with_for_update=True)
             first_for_delivery = not _has_event(session, delivery.id, report.kind)
+            if report.kind is BounceKind.REVIEW and _has_event(session, delivery.id, None):
+                # One report per delivery waits for a human; more (or one after a readable
+                # report) would only lengthen the list, and whoever holds a tag could post many.
+                return Applied.DUPLICATE
             session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
                                     delivery_id=delivery.id, edition_id=delivery.edition_id,
                                     subscriber_id=delivery.subscriber_id, recipient=report.recipient,
-                                    code=report.code, diagnostic=report.diagnostic, received_at=now))
+                                    code=report.code, reason=report.reason, diagnostic=report.diagnostic,
+                                    received_at=now))
             session.flush()
             if report.kind is BounceKind.PERMANENT:
                 _bounce(session, delivery, subscriber, report, now)
@@ -87,15 +95,42 @@ def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: d
                 if first_for_delivery:
                     _count_transient(session, delivery, subscriber, limit=transient_limit, now=now)
             elif report.kind is BounceKind.SENDER:
-                log.warning("delivery %s refused for our side after the relay accepted it: %s", delivery.id,
-                            report.code)
+                log.warning("delivery %s refused for our side after the relay accepted it: %s (%s)", delivery.id,
+                            report.code, report.reason)
+            elif report.kind is BounceKind.REVIEW:
+                log.warning("delivery %s: a report of ours whose reason cannot be read, kept for review",
+                            delivery.id)
             elif subscriber.status != SubscriberStatus.COMPLAINED:
                 apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.COMPLAINED,
                              note=f"complaint ({report.source})")
     except IntegrityError:
         return Applied.DUPLICATE
-    metrics.count_late_report(report.kind.value, report.source)
+    metrics.count_late_report(report.kind.value, report.source, report.reason)
     return Applied.APPLIED
+
+
+class NotForReview(LookupError):
+    """No report kept for review has this id."""
+
+
+def decide(engine: Engine, event_id: int, *, permanent: bool, now: datetime, who: str = "operator") -> BounceEvent:
+    """The operator's decision on a report kept for review: permanent (the reader is
+    bounced, as a permanent report would) or dismissed (nothing changes)."""
+    with session_scope(engine) as session:
+        event = session.get(BounceEvent, event_id, with_for_update=True)
+        if event is None or event.kind != BounceKind.REVIEW.value:
+            raise NotForReview(f"no report kept for review has id {event_id}")
+        event.kind = (BounceKind.PERMANENT if permanent else BounceKind.DISMISSED).value
+        if permanent and event.delivery_id is not None:
+            delivery = session.get(Delivery, event.delivery_id, with_for_update=True)
+            subscriber = session.get(Subscriber, delivery.subscriber_id, with_for_update=True)
+            report = Report(kind=BounceKind.PERMANENT, source=event.source, recipient=event.recipient,
+                            delivery_id=delivery.id, message_id=None, code=event.code, smtp_code=None,
+                            diagnostic=event.diagnostic, fingerprint=event.fingerprint, reason=event.reason)
+            _bounce(session, delivery, subscriber, report, now, note=f"reviewed by {who}: permanent")
+        session.flush()
+        session.expunge(event)
+        return event
 
 
 def _match(session: Session, report: Report) -> Delivery | object | None:
@@ -132,12 +167,16 @@ def _subscriber_id(session: Session, address: str | None) -> int | None:
     return session.scalar(select(Subscriber.id).where(Subscriber.email_key == key))
 
 
-def _has_event(session: Session, delivery_id: int, kind: BounceKind) -> bool:
-    return session.scalar(select(BounceEvent.id).where(BounceEvent.delivery_id == delivery_id,
-                                                       BounceEvent.kind == kind.value).limit(1)) is not None
+def _has_event(session: Session, delivery_id: int, kind: BounceKind | None) -> bool:
+    """Whether the delivery has a report of this kind (None: of any kind)."""
+    query = select(BounceEvent.id).where(BounceEvent.delivery_id == delivery_id)
+    if kind is not None:
+        query = query.where(BounceEvent.kind == kind.value)
+    return session.scalar(query.limit(1)) is not None
 
 
-def _bounce(session: Session, delivery: Delivery, subscriber: Subscriber, report: Report, now: datetime) -> None:
+def _bounce(session: Session, delivery: Delivery, subscriber: Subscriber, report: Report, now: datetime,
+            *, note: str | None = None) -> None:
     if delivery.state in (DeliveryState.SENT, DeliveryState.UNKNOWN):
         delivery.state = DeliveryState.BOUNCED.value
         delivery.last_code = report.smtp_code
@@ -149,7 +188,8 @@ def _bounce(session: Session, delivery: Delivery, subscriber: Subscriber, report
         subscriber.transient_bounces = 0
         # The note carries the code, never the diagnostic (it quotes the address).
         apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.BOUNCED,
-                     note=f"late bounce {report.code or ''} ({report.source})".replace("  ", " "))
+                     note=note or f"late bounce {report.code or ''} {report.reason or ''} ({report.source})"
+                     .replace("  ", " ").replace("  ", " "))
 
 
 def _count_transient(session: Session, delivery: Delivery, subscriber: Subscriber, *, limit: int,
@@ -189,16 +229,17 @@ def apply_signup_report(engine: Engine, report: Report, *, now: datetime) -> App
                 return Applied.UNMATCHED
             session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
                                     subscriber_id=subscriber.id, recipient=report.recipient, code=report.code,
-                                    diagnostic=report.diagnostic, received_at=now))
+                                    reason=report.reason, diagnostic=report.diagnostic, received_at=now))
             session.flush()
             confirmation_returned(session, subscriber, report.kind, now=now,
                                   note=f"confirmation mail {_SAID[report.kind]} {report.code or ''} "
                                        f"({report.source})".replace("  ", " "))
     except IntegrityError:
         return Applied.DUPLICATE
-    metrics.count_late_report(report.kind.value, report.source)
+    metrics.count_late_report(report.kind.value, report.source, report.reason)
     return Applied.APPLIED
 
 
 _SAID = {BounceKind.PERMANENT: "bounced", BounceKind.TRANSIENT: "failed for now",
-         BounceKind.SENDER: "refused for our side", BounceKind.COMPLAINT: "reported as spam"}
+         BounceKind.SENDER: "refused for our side", BounceKind.COMPLAINT: "reported as spam",
+         BounceKind.REVIEW: "came back unreadable", BounceKind.DISMISSED: "came back, dismissed"}

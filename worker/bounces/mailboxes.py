@@ -26,7 +26,7 @@ from imapclient.exceptions import IMAPClientError
 from sqlalchemy import Engine
 
 from worker.bounces.apply import Applied, apply_report
-from worker.bounces.reports import MAX_REPORT_BYTES, Reading, UnreadableReport, read_report
+from worker.bounces.reports import MAX_REPORT_BYTES, Reading, Report, UnreadableReport, read_report
 from worker.bounces.verp import ReturnPath
 from worker.errors import ConfigError
 from worker.settings import Settings
@@ -47,6 +47,8 @@ class RunSummary:
     ignored: Counter = field(default_factory=Counter)   # by reason
     kept: list[str] = field(default_factory=list)       # "name: why"
     more: bool = False                                  # MAX_PER_RUN reached
+    # With dry_run: what each message would do, nothing applied (one entry per report).
+    readings: list[dict] = field(default_factory=list)
 
     def describe(self) -> str:
         applied = ", ".join(f"{n} {k}" for k, n in sorted(self.applied.items())) or "none"
@@ -58,8 +60,8 @@ class RunSummary:
 
 
 class _Processor:
-    def __init__(self, engine: Engine, settings: Settings, now: datetime) -> None:
-        self.engine, self.settings, self.now = engine, settings, now
+    def __init__(self, engine: Engine, settings: Settings, now: datetime, *, dry_run: bool = False) -> None:
+        self.engine, self.settings, self.now, self.dry_run = engine, settings, now, dry_run
         secret = settings.require_secret_key()
         self.return_path = ReturnPath.parse(settings.bounce_address, secret) if settings.bounce_address else None
         self.summary = RunSummary()
@@ -78,13 +80,26 @@ class _Processor:
         except Exception as exc:  # a parser bug met by hostile input: this message, not the run
             log.exception("reading report %s", name)
             return self._keep(name, f"cannot read: {type(exc).__name__}")
-        self._apply(reading)
+        if self.dry_run:
+            self._describe(name, reading)
+        else:
+            self._apply(reading)
         return True
 
     def _keep(self, name: str, why: str) -> bool:
-        log.warning("bounce report %s kept for a human: %s", name, why)
+        if self.dry_run:
+            self.summary.readings.append(_line(name, None, f"kept for a human: {why}"))
+        else:
+            log.warning("bounce report %s kept for a human: %s", name, why)
         self.summary.kept.append(f"{name}: {why}")
         return False
+
+    def _describe(self, name: str, reading: Reading) -> None:
+        if not reading.reports:
+            self.summary.ignored[reading.ignored or "nothing to act on"] += 1
+            self.summary.readings.append(_line(name, None, reading.ignored or "nothing to act on"))
+        for report in reading.reports:
+            self.summary.readings.append(_line(name, report, None))
 
     def _apply(self, reading: Reading) -> None:
         if not reading.reports:
@@ -102,8 +117,23 @@ class _Processor:
                 self.summary.unmatched += 1
 
 
-def process_maildir(engine: Engine, settings: Settings, path: Path, *, now: datetime) -> RunSummary:
-    work = _Processor(engine, settings, now)
+def _line(name: str, report: Report | None, ignored: str | None) -> dict:
+    """One report as `bounces process --dry-run --json` prints it."""
+    if report is None:
+        return {"file": name, "kind": None, "reason": None, "recipient": None, "code": None, "delivery": None,
+                "ignored": ignored}
+    delivery = report.delivery_id if report.delivery_id is not None else report.message_id
+    # Without a tag or Message-ID of ours, a mailed report is not believed (docs/bounces.md).
+    ours = delivery is not None or report.address_trusted
+    return {"file": name, "kind": report.kind.value if ours else None, "reason": report.reason,
+            "recipient": report.recipient, "code": report.code, "delivery": delivery,
+            "ignored": None if ours else "names no delivery of ours (no tag or Message-ID)"}
+
+
+def process_maildir(engine: Engine, settings: Settings, path: Path, *, now: datetime,
+                    dry_run: bool = False) -> RunSummary:
+    """Each unseen message once; with dry_run, read only: nothing applied, nothing moved."""
+    work = _Processor(engine, settings, now, dry_run=dry_run)
     for sub in ("new", "cur"):
         if not (path / sub).is_dir():
             raise ConfigError(f"{path} is not a Maildir (no {sub}/ folder)")
@@ -124,13 +154,16 @@ def process_maildir(engine: Engine, settings: Settings, path: Path, *, now: date
                 with open(entry.path, "rb") as f:
                     data = f.read(MAX_REPORT_BYTES + 1)
             done = work.one(f"{sub}/{entry.name}", data, size=size)
+            if dry_run:
+                continue
             flag = "S" if done else "F"
             os.replace(entry.path, path / "cur" / f"{base}:2,{''.join(sorted(flags + flag))}")
     return work.summary
 
 
-def process_mbox(engine: Engine, settings: Settings, path: Path, *, now: datetime) -> RunSummary:
-    work = _Processor(engine, settings, now)
+def process_mbox(engine: Engine, settings: Settings, path: Path, *, now: datetime,
+                 dry_run: bool = False) -> RunSummary:
+    work = _Processor(engine, settings, now, dry_run=dry_run)
     box = mailbox.mbox(path, create=False)
     try:
         for number, key in enumerate(box.iterkeys(), 1):
@@ -161,9 +194,9 @@ class ImapLocation:
 
 
 def process_imap(engine: Engine, settings: Settings, location: ImapLocation, *, now: datetime,
-                 ssl_context=None) -> RunSummary:
+                 ssl_context=None, dry_run: bool = False) -> RunSummary:
     try:
-        return _process_imap(engine, settings, location, now=now, ssl_context=ssl_context)
+        return _process_imap(engine, settings, location, now=now, ssl_context=ssl_context, dry_run=dry_run)
     except (OSError, IMAPClientError) as exc:
         # Named by host and user, never by the URL (it holds the password).
         raise ConfigError(f"bounce mailbox {location.username} at {location.host}:{location.port}: "
@@ -171,8 +204,8 @@ def process_imap(engine: Engine, settings: Settings, location: ImapLocation, *, 
 
 
 def _process_imap(engine: Engine, settings: Settings, location: ImapLocation, *, now: datetime,
-                  ssl_context=None) -> RunSummary:
-    work = _Processor(engine, settings, now)
+                  ssl_context=None, dry_run: bool = False) -> RunSummary:
+    work = _Processor(engine, settings, now, dry_run=dry_run)
     with IMAPClient(location.host, port=location.port, ssl=True, ssl_context=ssl_context,
                     timeout=IMAP_TIMEOUT) as client:
         client.login(location.username, location.password)
@@ -185,13 +218,33 @@ def _process_imap(engine: Engine, settings: Settings, location: ImapLocation, *,
             if size <= MAX_REPORT_BYTES:
                 data = client.fetch([uid], ["BODY.PEEK[]"]).get(uid, {}).get(b"BODY[]")
             done = work.one(f"uid {uid}", data, size=size)
-            client.add_flags([uid], [b"\\Seen" if done else b"\\Flagged"])
+            if not dry_run:
+                client.add_flags([uid], [b"\\Seen" if done else b"\\Flagged"])
         client.logout()
     return work.summary
 
 
-def process_configured(engine: Engine, settings: Settings, *, now: datetime) -> RunSummary | None:
-    """The configured mailbox (NEWSLETTER_BOUNCE_MAILBOX); None when there is none."""
-    if settings.bounce_mailbox is None or not settings.bounce_mailbox.get_secret_value():
+def process_configured(engine: Engine, settings: Settings, *, now: datetime,
+                       dry_run: bool = False) -> RunSummary | None:
+    """The configured mailboxes: the local Maildir (NEWSLETTER_BOUNCE_MAILDIR), then the
+    IMAP folder (NEWSLETTER_BOUNCE_MAILBOX); None when there is neither."""
+    summaries = []
+    if settings.bounce_maildir is not None:
+        summaries.append(process_maildir(engine, settings, settings.bounce_maildir, now=now, dry_run=dry_run))
+    if settings.bounce_mailbox is not None and settings.bounce_mailbox.get_secret_value():
+        summaries.append(process_imap(engine, settings, ImapLocation.parse(settings.bounce_mailbox.get_secret_value()),
+                                      now=now, dry_run=dry_run))
+    if not summaries:
         return None
-    return process_imap(engine, settings, ImapLocation.parse(settings.bounce_mailbox.get_secret_value()), now=now)
+    total = summaries[0]
+    for more in summaries[1:]:
+        total.messages += more.messages
+        total.applied.update(more.applied)
+        total.duplicates += more.duplicates
+        total.unmatched += more.unmatched
+        total.unverified += more.unverified
+        total.ignored.update(more.ignored)
+        total.kept += more.kept
+        total.more = total.more or more.more
+        total.readings += more.readings
+    return total

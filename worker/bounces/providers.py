@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker.bounces.reports import Reading, build_report, kind_of
+from worker.bounces.reasons import Reason, kind_of_reason
+from worker.bounces.reports import Reading, build_report, reason_of_failure
 from worker.bounces.verp import ReturnPath, read_tag
 from worker.ingest.decoding import ACCEPT_ENCODING, read_body
 from worker.ingest.network import GuardedTransport
@@ -111,13 +112,19 @@ def _one_generic(item: Any, return_path: ReturnPath | None, secret: str) -> Read
     delivery_id, message_id = _delivery_ref(event.delivery, return_path, secret)
     if event.delivery and delivery_id is None and message_id is None:
         return BadEvent("delivery: not a tag, bounce address or Message-ID of ours")
+    reason = Reason.FEEDBACK
     if event.type == "complaint":
         kind = BounceKind.COMPLAINT
     else:
         kind = BounceKind.PERMANENT if event.bounce_type == "permanent" else BounceKind.TRANSIENT
+        reason = reason_of_failure(event.code if event.code else None, event.diagnostic)
+        # The operator's relay said whether it is final; the reason may still say it is not the reader's.
+        if kind_of_reason(reason, event.code) in (BounceKind.SENDER, BounceKind.TRANSIENT):
+            kind = kind_of_reason(reason, event.code)
     key = event.id or json.dumps(item, sort_keys=True, default=str)
     return Reading([build_report(kind, "json", report_key=key, recipient=event.recipient, delivery_id=delivery_id,
-                                 message_id=message_id, code=event.code, diagnostic=event.diagnostic)])
+                                 message_id=message_id, code=event.code, diagnostic=event.diagnostic,
+                                 reason=reason.value)])
 
 
 def _delivery_ref(value: str | None, return_path: ReturnPath | None,
@@ -245,8 +252,17 @@ def _certificate_or_raise(value: bytes | str) -> bytes:
     return value
 
 
-def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str) -> Reading:
-    """An SES notification (the SNS Message, decoded): its bounce or complaint reports."""
+# SES's bounceSubType, where the status code and diagnostic say nothing we know.
+SES_SUBTYPES = {"NoEmail": Reason.USER_UNKNOWN, "Suppressed": Reason.USER_UNKNOWN,
+                "OnAccountSuppressionList": Reason.USER_UNKNOWN, "MailboxFull": Reason.MAILBOX_FULL,
+                "MessageTooLarge": Reason.MESG_TOO_BIG, "ContentRejected": Reason.CONTENT_ERROR,
+                "AttachmentRejected": Reason.CONTENT_ERROR}
+
+
+def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str,
+             address_trusted: bool = True) -> Reading:
+    """An SES notification (the SNS Message, decoded, or mailed as JSON text): its bounce
+    or complaint reports. A `Delivery` notice is not a failure."""
     if not isinstance(notification, dict):
         raise BadEvent("the SES notification is not a JSON object")
     kind = notification.get("notificationType") or notification.get("eventType")
@@ -261,16 +277,20 @@ def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str) 
         reports = []
         for item in _list(bounce.get("bouncedRecipients")):
             code = item.get("status") if isinstance(item.get("status"), str) else None
-            # An SES "Permanent" is final; its status code may still say whose fault it was.
+            diagnostic = _str(item.get("diagnosticCode"))
+            reason = reason_of_failure(code, diagnostic)
+            if reason is Reason.UNDEFINED:
+                reason = SES_SUBTYPES.get(str(bounce.get("bounceSubType")), Reason.UNDEFINED)
+            # An SES "Permanent" is final; its reason may still say whose fault it was.
             found = BounceKind.PERMANENT if permanent else BounceKind.TRANSIENT
-            by_code = kind_of(code) if code else None
-            if by_code is BounceKind.SENDER or (permanent and by_code is BounceKind.TRANSIENT):
-                found = by_code
-            reason = _str(item.get("diagnosticCode")) or f"SES {bounce.get('bounceType')}/{bounce.get('bounceSubType')}"
+            by_reason = kind_of_reason(reason, code)
+            if by_reason in (BounceKind.SENDER, BounceKind.TRANSIENT):
+                found = by_reason
             reports.append(build_report(
                 found, "ses", report_key=str(bounce.get("feedbackId") or sns_id),
                 recipient=_str(item.get("emailAddress")), delivery_id=delivery_id, message_id=message_id,
-                code=code, diagnostic=reason))
+                code=code, address_trusted=address_trusted, reason=reason.value,
+                diagnostic=diagnostic or f"SES {bounce.get('bounceType')}/{bounce.get('bounceSubType')}"))
         return Reading(reports) if reports else Reading(ignored="SES bounce without recipients")
     if kind == "Complaint":
         complaint = _dict(notification.get("complaint"))
@@ -279,7 +299,8 @@ def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str) 
             return Reading(ignored=f"SES complaint of type {feedback[:40]!r}: not a complaint")
         return Reading([build_report(BounceKind.COMPLAINT, "ses", report_key=str(complaint.get("feedbackId") or sns_id),
                                      recipient=_str(item.get("emailAddress")), delivery_id=delivery_id,
-                                     message_id=message_id, diagnostic=f"feedback-type: {feedback or 'unknown'}")
+                                     message_id=message_id, diagnostic=f"feedback-type: {feedback or 'unknown'}",
+                                     address_trusted=address_trusted, reason=Reason.FEEDBACK.value)
                         for item in _list(complaint.get("complainedRecipients"))])
     return Reading(ignored=f"SES {str(kind)[:40]} notification: nothing to act on")
 

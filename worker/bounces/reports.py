@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import email
 import hashlib
+import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
@@ -29,6 +30,7 @@ from email.utils import getaddresses, parseaddr
 
 from flufl.bounce import _scan
 
+from worker.bounces.reasons import ENHANCED, Reason, by_code, by_text, find_code, kind_of_reason, reason_of
 from worker.bounces.verp import ReturnPath, SignupTag
 from worker.store.models import BounceKind
 
@@ -45,10 +47,14 @@ ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-
 # Feedback types that are a reader's complaint (RFC 5965 3.1); not-spam, auth-failure and
 # the like are not.
 COMPLAINT_TYPES = frozenset({"abuse", "fraud"})
-NOT_THE_MAILBOX = frozenset({"5.2.2", "5.2.3", "5.3.4"})
-# Our sender's address refused (bad syntax, bad domain): our side, as x.7.x is.
-OUR_SENDER = frozenset({"5.1.7", "5.1.8"})
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+# MIME parts looked at in one report: a DSN has three or four; tens of thousands of tiny
+# parts (each a boundary line) cost seconds of parsing, so such a mail is not parsed.
+MAX_PARTS = 200
+# The human-readable text of a bounce read for its reason (the quoted original is cut off).
+MAX_TEXT = 16 * 1024
+MAX_SCAN = 128 * 1024
+DSN_TYPES = ("message/delivery-status", "message/xdelivery-status", "message/global-delivery-status")
+_ENHANCED = ENHANCED
 _SMTP_CODE = re.compile(r"^\s*(?:smtp\s*;\s*)?([245]\d\d)\b", re.IGNORECASE)
 
 
@@ -67,6 +73,7 @@ class Report:
     smtp_code: int | None
     diagnostic: str | None
     fingerprint: str
+    reason: str | None = None     # worker/bounces/reasons.py
     # Whether the address alone may name the delivery: never for mail (anyone can mail us a
     # report naming a reader's address, and a forged complaint would suppress them for
     # good; only we can make a tag or a Message-ID), only for the authenticated inputs.
@@ -87,6 +94,9 @@ def read_report(data: bytes, *, return_path: ReturnPath | None, message_id_domai
                 envelope_to: tuple[str, ...] = ()) -> Reading:
     if len(data) > MAX_REPORT_BYTES:
         raise UnreadableReport(f"{len(data)} bytes, over the {MAX_REPORT_BYTES} read")
+    # Every MIME part starts with a boundary line: counting them bounds the parse.
+    if data.count(b"\n--") > MAX_PARTS * 2:
+        raise UnreadableReport(f"over {MAX_PARTS} MIME parts")
     try:
         msg = email.message_from_bytes(data, policy=compat32)
     except Exception as exc:  # the parser is lenient; this is a broken mail, kept for a human
@@ -95,12 +105,17 @@ def read_report(data: bytes, *, return_path: ReturnPath | None, message_id_domai
     feedback = _first_part(msg, "message/feedback-report")
     if feedback is not None:
         return _read_arf(msg, feedback, ident)
-    statuses = list(_parts(msg, "message/delivery-status"))
+    original = _original_headers(msg)
+    if original is not None and original.get("X-HmXmrOriginalRecipient"):
+        # Microsoft's JMRP: no feedback part, the complained-of message with this header.
+        return Reading([ident.report(BounceKind.COMPLAINT, "arf", str(original["X-HmXmrOriginalRecipient"]),
+                                     diagnostic="feedback-type: abuse (jmrp)", reason=Reason.FEEDBACK.value)])
+    statuses = [p for p in _walk(msg) if p.get_content_type() in DSN_TYPES]
     if statuses:
-        reading = _read_dsn(statuses, ident)
+        reading = _read_dsn(statuses, ident, _bounce_text(msg))
         if reading.reports or reading.ignored:
             return reading
-    return _read_other(msg, ident)
+    return _read_other(msg, ident, data)
 
 
 class _Ident:
@@ -130,19 +145,24 @@ class _Ident:
                 return found
         return None
 
+    @property
+    def ours(self) -> bool:
+        return self.delivery_id is not None or self.message_id is not None or self.signup is not None
+
     def report(self, kind: BounceKind, source: str, recipient: str | None, *, code: str | None = None,
                smtp_code: int | None = None, diagnostic: str | None = None,
-               delivery_id: int | None = None) -> Report:
+               delivery_id: int | None = None, reason: str | None = None) -> Report:
         return build_report(kind, source, report_key=self.report_key, recipient=recipient,
                             delivery_id=delivery_id if delivery_id is not None else self.delivery_id,
                             message_id=self.message_id, code=code, smtp_code=smtp_code, diagnostic=diagnostic,
-                            address_trusted=False, signup=self.signup)
+                            address_trusted=False, signup=self.signup, reason=reason)
 
 
 def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: str | None,
                  delivery_id: int | None, message_id: str | None, code: str | None = None,
                  smtp_code: int | None = None, diagnostic: str | None = None,
-                 address_trusted: bool = True, signup: SignupTag | None = None) -> Report:
+                 address_trusted: bool = True, signup: SignupTag | None = None,
+                 reason: str | None = None) -> Report:
     """A Report with its values bounded and cleaned, and its fingerprint: the report's own
     id (its Message-ID, a provider's event id, else a hash of its content) with the kind
     and the address (or delivery) it is about."""
@@ -152,7 +172,7 @@ def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: s
     return Report(kind=kind, source=source, recipient=recipient, delivery_id=delivery_id,
                   message_id=message_id, code=".".join(found.groups()) if found else None, smtp_code=smtp_code,
                   diagnostic=_clean(diagnostic), fingerprint=hashlib.sha256(key.encode()).hexdigest(),
-                  address_trusted=address_trusted, signup=signup)
+                  address_trusted=address_trusted, signup=signup, reason=reason)
 
 
 def _read_arf(msg: Message, feedback: Message, ident: _Ident) -> Reading:
@@ -173,24 +193,32 @@ def _read_arf(msg: Message, feedback: Message, ident: _Ident) -> Reading:
     if not recipient and original is not None:
         recipient = original.get("To")
     return Reading([ident.report(BounceKind.COMPLAINT, "arf", recipient, diagnostic=f"feedback-type: {kind}",
-                                 delivery_id=delivery_id)])
+                                 delivery_id=delivery_id, reason=Reason.FEEDBACK.value)])
 
 
-def _read_dsn(statuses: list[Message], ident: _Ident) -> Reading:
+def _read_dsn(statuses: list[Message], ident: _Ident, text: str) -> Reading:
     reports: list[Report] = []
     not_failed: set[str] = set()
     for part in statuses:
-        for block in _blocks(part)[1:MAX_VALUES + 1]:  # the first block is the message's own fields
+        # Per-recipient blocks, whichever block is missing (some MTAs leave out the first).
+        blocks = [b for b in _blocks(part) if b.get("final-recipient") or b.get("original-recipient")
+                  or b.get("action")]
+        for block in blocks[:MAX_VALUES]:
             action = (block.get("action") or "").strip().lower()
-            recipient = _after_type(block.get("final-recipient") or block.get("original-recipient"))
+            recipient = _recipient(block)
             diagnostic = _after_type(block.get("diagnostic-code"))
             code = _enhanced(block.get("status"), diagnostic)
-            if action != "failed":
+            if action == "expired":
+                action = "failed"  # given up: not standard (RFC 3464 says failed), but final
+            if action and action != "failed" or not action and (code or "5")[0] not in "45":
                 not_failed.add(action or "no action")
                 continue
-            match = _SMTP_CODE.match(diagnostic or "")
-            reports.append(ident.report(kind_of(code), "dsn", recipient, code=code,
-                                        smtp_code=int(match[1]) if match else None, diagnostic=diagnostic))
+            about = _paragraph(text, recipient) if recipient and not diagnostic else ""
+            if about:
+                # No Diagnostic-Code: the human-readable part says why, per recipient.
+                code = code if code and not code.endswith(".0") else find_code(about) or code
+                diagnostic = _line_of(about, code) or " ".join(about.split())[:MAX_DIAGNOSTIC]
+            reports.append(_failure(ident, "dsn", recipient, code, diagnostic, about, text))
     if reports:
         return Reading(reports)
     if not_failed:
@@ -199,17 +227,196 @@ def _read_dsn(statuses: list[Message], ident: _Ident) -> Reading:
     return Reading()
 
 
-def _read_other(msg: Message, ident: _Ident) -> Reading:
-    temporary, permanent = _all_failures(msg)
-    reports = [ident.report(BounceKind.PERMANENT, "dsn", a.decode("ascii", "replace"),
-                            diagnostic=_header(msg, "Subject"))
-               for a in sorted(permanent)[:MAX_VALUES]]
-    if reports:
-        return Reading(reports)
-    if temporary:
+def _failure(ident: _Ident, source: str, recipient: str | None, code: str | None, diagnostic: str | None,
+             *texts: str | None) -> Report:
+    """One failed recipient: its reason from the diagnostic, the code, then the report's words."""
+    relayed = _SES_WORDS.match(diagnostic or "")
+    if relayed:
+        # SES: "5.1.0 - Unknown address error 550-'<the receiving server's words>'": theirs say why.
+        code = find_code(relayed[1]) or code
+        texts = (relayed[1], *texts)
+    reason = reason_of_failure(code, diagnostic if not relayed else relayed[1], *texts)
+    match = _SMTP_CODE.match(diagnostic or "") or _SMTP_REPLY.search(diagnostic or "")
+    if reason is Reason.UNDEFINED and match:
+        reason = REPLY_REASONS.get(int(match[1]), reason)
+    text = next((t for t in texts if t), None)  # the words about this recipient
+    if reason is Reason.USER_UNKNOWN and by_code(code) is not Reason.USER_UNKNOWN \
+            and _AFTER_DATA.search(f"{diagnostic} {text}"):
+        # Refused once the message was seen, the address having been accepted: a filter's verdict.
+        reason = Reason.FILTERED
+    kind = kind_of_reason(reason, code)
+    if kind is BounceKind.REVIEW and code is not None and code.startswith("4."):
+        kind = BounceKind.TRANSIENT  # a temporary failure the relay gave up on
+    return ident.report(kind or BounceKind.REVIEW, source, recipient, code=code,
+                        smtp_code=int(match[1]) if match else None, diagnostic=diagnostic or _line_of(text, code),
+                        reason=reason.value)
+
+
+def _read_other(msg: Message, ident: _Ident, data: bytes) -> Reading:
+    text = _bounce_text(msg)
+    if _is_auto_reply(msg, text):
+        return Reading(ignored="an auto-reply")
+    ses = _ses_notification(msg)
+    if ses is not None:
+        from worker.bounces.providers import BadEvent, read_ses
+
+        try:
+            reading = read_ses(ses, return_path=ident.return_path, sns_id=ident.report_key, address_trusted=False)
+        except BadEvent as exc:
+            return Reading(ignored=str(exc))
+        reading.reports = [replace(r, delivery_id=r.delivery_id if r.delivery_id is not None else ident.delivery_id,
+                                   message_id=r.message_id or ident.message_id) for r in reading.reports]
+        return reading
+    # flufl.bounce's detectors run regular expressions over every line: over the report's
+    # head only (its own words come first; the returned message, if any, after them).
+    head = msg if len(data) <= MAX_SCAN else email.message_from_bytes(data[:MAX_SCAN], policy=compat32)
+    temporary, permanent = _all_failures(head)
+    code = find_code(text)
+    reason = reason_of_failure(code, text)
+    if reason is Reason.UNDEFINED and temporary and not permanent or _DELAYED.search(text) and not permanent:
         # Outside RFC 3464, a temporary failure is a warning that delivery is still tried.
         return Reading(ignored="a delay warning: still being tried")
-    return Reading(ignored="not a bounce or complaint (an auto-reply, or nothing we can read)")
+    addresses = sorted({a.decode("ascii", "replace").lower() for a in permanent | temporary}
+                       | {(a or b).lower() for a, b in _TRANSCRIPT.findall(text)})[:MAX_VALUES]
+    if not addresses and reason is Reason.UNDEFINED and _auto_submitted(msg):
+        return Reading(ignored="an auto-reply")
+    if not addresses and not ident.ours:
+        return Reading(ignored="not a bounce or complaint (an auto-reply, or nothing we can read)")
+    return Reading([_plain_failure(ident, address, text, msg, alone=len(addresses) == 1) for address in addresses]
+                   if addresses else [_plain_failure(ident, None, text, msg)])
+
+
+def _plain_failure(ident: _Ident, address: str | None, text: str, msg: Message, *, alone: bool = True) -> Report:
+    """A failure in a bounce without a DSN part: its words are the paragraph naming the
+    address (a bounce for several readers says why for each), else the whole text."""
+    about = _paragraph(text, address) if address else ""
+    code = find_code(about) or (find_code(text) if alone or not about else None)
+    diagnostic = _line_of(about, code) or (" ".join(about.split()) if about else None) or _line_of(text, code) \
+        or _header(msg, "Subject")
+    return _failure(ident, "dsn", address, code, diagnostic, about, text)
+
+
+def _paragraph(text: str, address: str) -> str:
+    """The lines from the one naming the address to the next blank line or next address."""
+    lines = text.splitlines()
+    low = address.lower()
+    for number, line in enumerate(lines):
+        if low in line.lower():
+            found = [line]
+            for following in lines[number + 1:number + 12]:
+                if not following.strip() and len(found) > 1 or "@" in following and low not in following.lower():
+                    break
+                found.append(following)
+            return "\n".join(found)
+    return ""
+
+
+def _recipient(block: Message) -> str | None:
+    """Final-Recipient, or Original-Recipient where the final one is no address
+    ("LOCAL;", "system;<>", a source route)."""
+    for name in ("final-recipient", "original-recipient", "x-actual-recipient"):
+        found = _address(_after_type(block.get(name)))
+        if found:
+            return found
+    return None
+
+
+_QUOTED = re.compile(
+    r"^(?:\s*-{2,}.*(?:original|copy|returned|headers|below this line|undelivered).*"
+    r"|(?:return-path|received|message-id|dkim-signature|x-[\w-]+): .*"
+    r"|.*(?:original message follows|this is a copy of the message|copy of the message|message header follows"
+    r"|below this line is a copy|original message header|the header of the original).*)$",
+    re.IGNORECASE | re.MULTILINE)
+_DELAYED = re.compile(r"will (?:continue|keep) (?:to try|trying)|will be retried|only a temporary failure report"
+                      r"|still (?:being )?(?:trying|tried|retried)"
+                      r"|has not yet been delivered|this is (?:only )?a warning|no action is required"
+                      r"|delivery (?:has been )?delayed", re.IGNORECASE)
+_AFTER_DATA = re.compile(r"end of data|after data|>>> data\b|data command|in reply to data", re.IGNORECASE)
+# RFC 5321's replies that say what failed without an enhanced code: a command we sent
+# was refused (our side), the mailbox over its storage (transient).
+REPLY_REASONS = {500: Reason.SYNTAX_ERROR, 501: Reason.SYNTAX_ERROR, 502: Reason.SYNTAX_ERROR,
+                 503: Reason.SYNTAX_ERROR, 504: Reason.SYNTAX_ERROR, 552: Reason.MAILBOX_FULL}
+# Sendmail's transcript: "550 <reader@example.org>... User unknown", one line per address.
+# qmail, Postfix and OpenSMTPD: "<reader@example.org>: ..." or "reader@example.org: 550 ...".
+_TRANSCRIPT = re.compile(r"^(?:\d{3}[ -]<([^<>\s@]{1,64}@[^<>\s]{1,255})>\.\.\."
+                         r"|<?([^<>\s@:]{1,64}@[^<>\s:]{1,255}?)>?:(?:\s|$))", re.MULTILINE)
+_SES_WORDS = re.compile(r"^\d\.\d{1,3}\.\d{1,3} - [^']{0,80}'(.{1,500})'")
+_SMTP_REPLY = re.compile(r"(?<![\d.])([45]\d\d)(?:[ -]|$)")
+_AUTO_SUBJECT = re.compile(r"^(?:auto(?:matic)?[ -]?(?:reply|response)|out of (?:the )?office|vacation|absence)",
+                           re.IGNORECASE)
+
+
+def _bounce_text(msg: Message) -> str:
+    """The report's own words (its first text part outside the returned message), bounded,
+    without the quoted original."""
+    for part in _walk(msg):
+        if part.get_content_type() == "message/rfc822":
+            break
+        if part.get_content_maintype() == "text" and part.get_content_subtype() in ("plain", "html"):
+            raw = part.get_payload(decode=True)
+            if not isinstance(raw, bytes) or not raw.strip():
+                continue
+            charset = part.get_content_charset() or "utf-8"
+            try:
+                text = raw[:MAX_TEXT].decode(charset, "replace")
+            except LookupError:
+                text = raw[:MAX_TEXT].decode("utf-8", "replace")
+            if part.get_content_subtype() == "html":
+                text = re.sub(r"<[^>]{0,500}>", " ", text)
+            return _cut(text)
+    # A multipart whose boundaries the parser did not find: its text as it is.
+    for part in _walk(msg):
+        payload = part.get_payload()
+        if part.is_multipart() is False and part.get_content_maintype() == "multipart" and isinstance(payload, str):
+            return _cut(payload[:MAX_TEXT])
+    return ""
+
+
+def _cut(text: str) -> str:
+    cut = _QUOTED.search(text)
+    return text[:cut.start()] if cut and cut.start() > 0 else text
+
+
+def _line_of(text: str | None, code: str | None) -> str | None:
+    """The line of the report's words with the status code (or an SMTP reply), as its diagnostic."""
+    if not text:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if code and code in line or _SMTP_REPLY.match(line):
+            return line
+    return None
+
+
+def _is_auto_reply(msg: Message, text: str) -> bool:
+    """The headers vacation programs set, their subjects, or their words. (RFC 3834's
+    Auto-Submitted: auto-replied alone is no sign: Exim and Google put it on bounces too.)"""
+    if msg.get("X-Autoreply") or msg.get("X-Autorespond"):
+        return True
+    return bool(_AUTO_SUBJECT.match(_header(msg, "Subject") or "")) or by_text(text) is Reason.VACATION
+
+
+def _auto_submitted(msg: Message) -> bool:
+    return (_header(msg, "Auto-Submitted") or "").lower().startswith("auto-replied")
+
+
+def _ses_notification(msg: Message) -> dict | None:
+    """An Amazon SES notification mailed as JSON text (an SNS e-mail subscription)."""
+    if msg.is_multipart() or msg.get_content_type() != "text/plain":
+        return None
+    raw = msg.get_payload(decode=True)
+    text = raw[:256 * 1024].decode("utf-8", "replace").lstrip() if isinstance(raw, bytes) else ""
+    # Mailed notifications break long lines with "!" and a space (RFC 5322's 998 limit).
+    text = re.sub(r"!\r?\n ", "", text)
+    if not text.startswith("{") or not re.search(r"notificationType|eventType", text[:4000]):
+        return None
+    try:
+        found, _ = json.JSONDecoder().raw_decode(text)
+        if isinstance(found, dict) and found.get("Type") == "Notification" and isinstance(found.get("Message"), str):
+            found = json.loads(found["Message"][:256 * 1024])  # the SNS envelope around it
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _all_failures(msg: Message) -> tuple[frozenset[bytes], frozenset[bytes]]:
@@ -229,35 +436,38 @@ def _all_failures(msg: Message) -> tuple[frozenset[bytes], frozenset[bytes]]:
     return frozenset(), frozenset()
 
 
-def kind_of(code: str | None) -> BounceKind:
-    """Failed, by its status: the mailbox or domain is gone (5.1.x, 5.2.1, 5.4.4, other
-    5.x.x, or no code at all): permanent. A policy or authentication refusal (x.7.x: our
-    content, reputation, SPF, DKIM or DMARC) or our sender refused (5.1.7, 5.1.8): our
-    side, never the reader's (as at RCPT, where it pauses the edition). A full mailbox
-    (5.2.2), a message too big (5.2.3, 5.3.4) and every other 4.x.x the relay gave up on:
-    transient, counted (apply.py)."""
-    if code is None:
-        return BounceKind.PERMANENT
-    if code[2:4] == "7." or code in OUR_SENDER:
-        return BounceKind.SENDER
-    if code.startswith("4.") or code in NOT_THE_MAILBOX:
-        return BounceKind.TRANSIENT
-    return BounceKind.PERMANENT
+def kind_of(code: str | None, text: str | None = None) -> BounceKind:
+    """A failure's kind by its status code and words (reasons.py); a failure whose reason
+    cannot be read is for review."""
+    reason = reason_of_failure(code, text)
+    return kind_of_reason(reason, code) or BounceKind.REVIEW
+
+
+def reason_of_failure(code: str | None, *texts: str | None) -> Reason:
+    """reasons.reason_of: the diagnostic's words, the code, the rest of the report's words."""
+    return reason_of(code, *texts)
 
 
 def _enhanced(status: str | None, diagnostic: str | None) -> str | None:
     """The Status field's code; where it says only x.0.0 (Exim does), the diagnostic's."""
-    found = _ENHANCED.search(status or "")
-    code = ".".join(found.groups()) if found else None
-    if code is None or code.endswith(".0.0"):
-        better = _ENHANCED.search(diagnostic or "")
-        if better and (code is None or better[1] == code[0]):
-            return ".".join(better.groups())
+    code = find_code(status)
+    if code is None or code.endswith(".0"):
+        better = find_code(diagnostic)
+        if better and (code is None or better[0] == code[0]):
+            return better
     return code
 
 
+def _walk(msg: Message):
+    """msg.walk(), at most MAX_PARTS parts."""
+    for number, part in enumerate(msg.walk()):
+        if number >= MAX_PARTS:
+            return
+        yield part
+
+
 def _parts(msg: Message, content_type: str):
-    for part in msg.walk():
+    for part in _walk(msg):
         if part.get_content_type() == content_type:
             yield part
 
@@ -270,9 +480,19 @@ def _blocks(part: Message) -> list[Message]:
     """A delivery-status part's header blocks, however the parser left them."""
     payload = part.get_payload()
     if isinstance(payload, list):
-        return [p for p in payload if isinstance(p, Message)]
-    text = payload if isinstance(payload, str) else ""
-    return [HeaderParser(policy=compat32).parsestr(b.strip() + "\n") for b in re.split(r"\n\s*\n", text) if b.strip()]
+        found: list[Message] = []
+        for block in (p for p in payload[:MAX_VALUES + 1] if isinstance(p, Message)):
+            found.append(block)
+            # Parsed as a message (message/xdelivery-status): the first block its headers, the rest its body.
+            if isinstance(block.get_payload(), str):
+                found += _split_blocks(block.get_payload())
+        return found
+    return _split_blocks(payload if isinstance(payload, str) else "")
+
+
+def _split_blocks(text: str) -> list[Message]:
+    return [HeaderParser(policy=compat32).parsestr(b.strip() + "\n")
+            for b in re.split(r"\n\s*\n", text[:64 * 1024])[:MAX_VALUES + 1] if b.strip()]
 
 
 def _fields(part: Message) -> dict[str, str]:
@@ -290,7 +510,7 @@ def _fields(part: Message) -> dict[str, str]:
 
 def _original_headers(msg: Message) -> Message | None:
     """The returned message's headers (message/rfc822 or text/rfc822-headers), if quoted."""
-    for part in msg.walk():
+    for part in _walk(msg):
         kind = part.get_content_type()
         if kind == "message/rfc822":
             payload = part.get_payload()
@@ -313,7 +533,7 @@ def _our_message_id(msg: Message, domain: str) -> str | None:
         found = pattern.search(str(original.get("Message-ID", ""))[:1000])
         if found:
             return f"<{found[1].lower()}>"
-    for part in msg.walk():
+    for part in _walk(msg):
         if part.is_multipart() or part.get_content_maintype() not in ("text", "message"):
             continue
         raw = part.get_payload(decode=True)

@@ -55,12 +55,20 @@ def late_lines(data: dict) -> list[str]:
     """Late bounces and complaints (docs/bounces.md), and a warning past the bulk senders'
     complaint limits."""
     late = data.get("late")
-    if not late or not (late["permanent"] or late["transient"] or late["complaint"] or late["sender"]):
+    if not late:
         return []
+    lines = _bounce_rate_lines(late.get("bounce_rate"))
+    if not (late["permanent"] or late["transient"] or late["complaint"] or late["sender"] or late.get("review")):
+        return lines
     rates = late["rates"]
-    lines = [f"late reports over {late['accepted']} sent: bounced {late['permanent']} "
-             f"({rates['permanent']:.2%}), temporary failures {late['transient']} ({rates['transient']:.2%}), "
-             f"complaints {late['complaint']} ({rates['complaint']:.3%})"]
+    lines.insert(0, f"late reports over {late['accepted']} sent: bounced {late['permanent']} "
+                 f"({rates['permanent']:.2%}), temporary failures {late['transient']} ({rates['transient']:.2%}), "
+                 f"complaints {late['complaint']} ({rates['complaint']:.3%})")
+    if late.get("reasons"):
+        lines.insert(1, "  by reason: " + ", ".join(f"{reason} {n}" for reason, n in late["reasons"].items()))
+    if late.get("review"):
+        lines.append(f"WARNING: {late['review']} reports of ours could not be read: kept for review, "
+                     "`newsletter bounces review` lists them to decide")
     if late["sender"]:
         lines.append(f"WARNING: {late['sender']} refused for our side after the relay accepted them (x.7.x: "
                      "policy, SPF, DKIM or DMARC; or our sender address), not counted against readers: "
@@ -72,6 +80,15 @@ def late_lines(data: dict) -> list[str]:
         lines.append(f"WARNING: complaint rate {rates['complaint']:.3%} is over 0.1 % (Gmail and Yahoo ask "
                      "bulk senders to stay below it; 0.3 % is their limit)")
     return lines
+
+
+def _bounce_rate_lines(rate: dict | None) -> list[str]:
+    if not rate or not rate["alert"]:
+        return []
+    level, limit = ("ALARM", "at or over 5 %") if rate["alert"] == "alarm" else ("WARNING", "over 2 %")
+    return [f"{level}: bounce rate {rate['rate']:.2%} is {limit} ({rate['at_rcpt']} refused at RCPT, "
+            f"{rate['late']} bounced late, of {rate['tried']} tried): mailbox providers read a list that "
+            "bounces this much as unkept; check how the addresses were collected"]
 
 
 def held_hint(key: str) -> str:

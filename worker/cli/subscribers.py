@@ -178,6 +178,11 @@ def show(ctx: Context, email: str, as_json: bool, limit: int) -> None:
     print_table(["when", "what", "how", "status", "regions", "note"],
                 [[_short(e["at"]), e["kind"], e["via"], e["status"], " ".join(e["regions"]), e["note"] or ""]
                  for e in record["history"]] or [["-", "no change recorded", "", "", "", ""]])
+    if record.get("late_reports"):
+        click.echo("late reports (after the relay accepted the message):")
+        print_table(["when", "edition", "kind", "reason", "code"],
+                    [[_short(r["at"]), r["edition"] or "-", r["kind"], r["reason"] or "-", r["code"] or "-"]
+                     for r in record["late_reports"]])
     click.echo(f"editions (newest {limit}):")
     print_table(["edition", "planned", "regions", "state", "reason or reply", "sent"],
                 [[d["edition"], _short(d["planned_at"]), " ".join(d["regions"]), d["state"],

@@ -22,6 +22,9 @@ REPLY_GROUPS = 10
 # Complaints over messages sent: Gmail's and Yahoo's bulk sender rules ask for under 0.1 %
 # and act on 0.3 %.
 COMPLAINT_WARN, COMPLAINT_ALARM = 0.001, 0.003
+# Bounces over messages tried (refused at RCPT, or bounced after the relay accepted them):
+# mailbox providers treat a list bouncing over 2 % as unkept, over 5 % as bought.
+BOUNCE_WARN, BOUNCE_ALARM = 0.02, 0.05
 
 
 def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) -> dict:
@@ -60,24 +63,48 @@ def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) 
         "smtp_codes": {f"{state} {code}": n for state, code, n in sorted(codes)},
         "unknown": [{"delivery": r.id, "email": r.email, "reason": r.last_reply,
                      "at": r.updated_at.isoformat()} for r in unknown],
-        "late": _late_reports(engine, edition.id, sent=by_state.get(DeliveryState.SENT.value, 0)),
+        "late": _late_reports(engine, edition.id, sent=by_state.get(DeliveryState.SENT.value, 0),
+                              bounced=by_state.get(BOUNCED, 0)),
     }
 
 
-def _late_reports(engine: Engine, edition_id: int, *, sent: int) -> dict:
+def _late_reports(engine: Engine, edition_id: int, *, sent: int, bounced: int = 0) -> dict:
     """Bounces and complaints heard after the relay accepted the message (worker/bounces),
     each delivery once per kind, and their rates over the messages the relay accepted
-    (rows still `sent`, and those a late bounce turned `bounced`)."""
+    (rows still `sent`, and those a late bounce turned `bounced`); by reason; and the
+    edition's bounce rate, at RCPT and late, over the messages tried."""
     with session_scope(engine) as session:
         found = dict(session.execute(
             select(BounceEvent.kind, func.count(BounceEvent.delivery_id.distinct()))
             .where(BounceEvent.edition_id == edition_id).group_by(BounceEvent.kind)).all())
+        by_reason = session.execute(
+            select(BounceEvent.reason, func.count()).where(BounceEvent.edition_id == edition_id)
+            .group_by(BounceEvent.reason).order_by(func.count().desc(), BounceEvent.reason).limit(40)).all()
+        reasons: dict[str, int] = {}
+        for reason, count in by_reason:  # reports stored before reasons were read have none
+            reasons[reason or "undefined"] = reasons.get(reason or "undefined", 0) + count
+        late_bounced = session.scalar(
+            select(func.count(BounceEvent.delivery_id.distinct()))
+            .join(Delivery, Delivery.id == BounceEvent.delivery_id)
+            .where(BounceEvent.edition_id == edition_id, BounceEvent.kind == BounceKind.PERMANENT.value,
+                   Delivery.state == BOUNCED)) or 0
     counts = {kind.value: found.get(kind.value, 0) for kind in BounceKind}
     accepted = sent + counts[BounceKind.PERMANENT.value]
     rate = {kind: (n / accepted if accepted else 0.0) for kind, n in counts.items()}
     complaints = rate[BounceKind.COMPLAINT.value]
     alert = "alarm" if complaints >= COMPLAINT_ALARM else "warn" if complaints >= COMPLAINT_WARN else None
-    return {"accepted": accepted, **counts, "rates": rate, "complaint_alert": alert}
+    return {"accepted": accepted, **counts, "rates": rate, "complaint_alert": alert, "reasons": reasons,
+            "bounce_rate": bounce_rate(sent=sent, bounced=bounced, late_bounced=late_bounced)}
+
+
+def bounce_rate(*, sent: int, bounced: int, late_bounced: int) -> dict:
+    """Readers bounced by this edition over the messages tried: refused at RCPT (`bounced`
+    rows with no late report) and bounced late."""
+    at_rcpt = max(bounced - late_bounced, 0)
+    tried = sent + bounced
+    rate = (at_rcpt + late_bounced) / tried if tried else 0.0
+    alert = "alarm" if rate >= BOUNCE_ALARM else "warn" if rate >= BOUNCE_WARN else None
+    return {"tried": tried, "at_rcpt": at_rcpt, "late": late_bounced, "rate": rate, "alert": alert}
 
 
 def edition_whereabouts(engine: Engine, edition_id: int, *, now: datetime, redispatch_after: timedelta,

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from worker.store.db import session_scope
 from worker.store.models import (
+    BounceEvent,
     ChangeVia,
     Delivery,
     DeliveryState,
@@ -97,6 +98,9 @@ def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None 
         query = (select(Delivery, Edition.key, Edition.created_at).join(Edition, Edition.id == Delivery.edition_id)
                  .where(Delivery.subscriber_id == row.id).order_by(Delivery.id.desc()))
         ledger = session.execute(query.limit(deliveries) if deliveries else query).all()
+        late = session.execute(
+            select(BounceEvent, Edition.key).outerjoin(Edition, Edition.id == BounceEvent.edition_id)
+            .where(BounceEvent.subscriber_id == row.id).order_by(BounceEvent.id.desc()).limit(deliveries or 1000)).all()
     history = [_event(e) for e in events]
     rows = [_delivery(d, key, planned) for d, key, planned in ledger]
     return {
@@ -115,6 +119,9 @@ def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None 
         },
         "history": _with_bounces(history, rows),
         "deliveries": rows,
+        # Bounces and complaints heard after the relay accepted a message, with their reason.
+        "late_reports": [{"at": _when(e.received_at), "edition": key, "kind": e.kind, "reason": e.reason,
+                          "code": e.code, "source": e.source} for e, key in late],
     }
 
 

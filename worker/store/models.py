@@ -298,6 +298,10 @@ class BounceKind(StrEnum):
     # Refused for our side after the relay accepted it (x.7.x policy or authentication,
     # 5.1.7/5.1.8 our sender): recorded and shown, never counted against the reader.
     SENDER = "sender"
+    # About a delivery of ours, but its reason cannot be read: kept for the operator
+    # (`newsletter bounces review`), who makes it permanent or dismisses it.
+    REVIEW = "review"
+    DISMISSED = "dismissed"
 
 
 class BounceEvent(Base):
@@ -321,6 +325,8 @@ class BounceEvent(Base):
     recipient: Mapped[str | None] = mapped_column(String(320), nullable=True)
     # The enhanced status code ("5.1.1") when the report has one.
     code: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Why it failed ("userunknown", "mailboxfull", "blocked": worker/bounces/reasons.py).
+    reason: Mapped[str | None] = mapped_column(String(24), nullable=True)
     diagnostic: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

@@ -40,7 +40,7 @@ from worker.ingest.sources import list_sources
 from worker.redact import mask_url
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import Edition, EditionState
+from worker.store.models import ChangeVia, Edition, EditionState
 from worker.tasks import publisher
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,18 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
                                link=("/operator", "Back to the operator page"))
         return Response(body, status=status, mimetype="text/html")
 
+    def refused(action: str, key: str, nothing: str) -> Response | None:
+        """The rules every form here is under (module docstring); None when it passes."""
+        origin = _request_origin()
+        if origin is not None and origin != f"{request.scheme}://{request.host}".lower():
+            return problem(403, "Not from here", "This form can only be sent from the operator page itself.")
+        if not secret:
+            return problem(503, "Not set up", f"NEWSLETTER_SECRET_KEY is not set: {nothing} from this page.")
+        if not _valid(signer, request.form.get("csrf", ""), [action, key, _credential()]):
+            return problem(400, "Please try again", "The form did not come from the operator page, or the page "
+                           "was open too long. Nothing was changed: open the page again.")
+        return None
+
     @app.get("/operator")
     def operator_page():
         editions = _editions(engine)
@@ -92,15 +104,9 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
     def release(key: str, action: str):
         if action not in ("approve", "discard"):
             return problem(404, "Nothing here", "An edition can be approved or discarded, nothing else.")
-        origin = _request_origin()
-        if origin is not None and origin != f"{request.scheme}://{request.host}".lower():
-            return problem(403, "Not from here", "This form can only be sent from the operator page itself.")
-        if not secret:
-            return problem(503, "Not set up", "NEWSLETTER_SECRET_KEY is not set: nothing can be approved or "
-                           "discarded from this page.")
-        if not _valid(signer, request.form.get("csrf", ""), [action, key, _credential()]):
-            return problem(400, "Please try again", "The form did not come from the operator page, or the page "
-                           "was open too long. Nothing was changed: open the page again.")
+        stop = refused(action, key, "nothing can be approved or discarded")
+        if stop is not None:
+            return stop
         edition = find_edition(engine, key)
         if edition is None:
             return problem(404, "No such edition", "There is no edition by that key.")
@@ -115,6 +121,25 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
         if action == "approve":
             outcome = "approved" if _hand_out(engine, settings, edition.id, now) else "approved-queued"
         return redirect(f"/operator?{outcome}={edition.id}", code=303)
+
+    @app.post("/operator/readers/reactivate")
+    def reactivate_reader():
+        """Undo a bounce (worker/bounces/reactivate.py), under the same rules as the edition forms."""
+        from worker.bounces.reactivate import CannotReactivate, reactivate
+
+        stop = refused("reactivate", "reader", "nobody can be reactivated")
+        if stop is not None:
+            return stop
+        email = request.form.get("email", "")[:320]
+        try:
+            before = reactivate(engine, email, reason=request.form.get("reason", "")[:1000], who=_who(),
+                                via=ChangeVia.CLI, now=datetime.now(UTC), force=request.form.get("force") == "1")
+        except CannotReactivate as exc:
+            return problem(409, "Not reactivated", str(exc))
+        body = render_template("problem.html", settings=settings, title="Reactivated",
+                               message=f"{email} was {before} and is active again; the reason is in their history.",
+                               link=("/operator", "Back to the operator page"))
+        return Response(body, status=200, mimetype="text/html")
 
 
 def _hand_out(engine: Engine, settings: Settings, edition_id: int, now: datetime) -> bool:
