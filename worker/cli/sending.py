@@ -21,7 +21,7 @@ from worker.delivery.plan import (
     require_edition,
     retry_failed,
 )
-from worker.delivery.schedule import dispatch
+from worker.delivery.schedule import dispatch, release_local_send
 from worker.delivery.senders import Outgoing, make_sender, make_sender_pool
 from worker.delivery.status import edition_status, waiting_for_hour
 from worker.digest import Window, custom_window
@@ -215,8 +215,9 @@ def plan_or_reuse(engine: Engine, settings: Settings, *, key: str, kind: str, wi
     return planned.edition_id
 
 
-def release_held(engine: Engine, key: str, *, approve: bool) -> int | None:
-    """Approve (the edition to deliver) or discard (None) a held edition."""
+def release_held(engine: Engine, settings: Settings, key: str, *, approve: bool) -> int | None:
+    """Approve (the edition to deliver, its rows planned again from what is stored now)
+    or discard (None) a held edition."""
     from worker.delivery.plan import approve_edition, discard_edition
 
     edition = require_edition(engine, key)
@@ -225,10 +226,14 @@ def release_held(engine: Engine, key: str, *, approve: bool) -> int | None:
         raise UsageError(f"{edition.key} is {edition.state}, not held: nothing to "
                          f"{'approve' if approve else 'discard'}")
     who, now = getpass.getuser(), utcnow()
-    done = (approve_edition if approve else discard_edition)(engine, edition.id, now=now, who=who)
+    if approve:
+        done = approve_edition(engine, edition.id, now=now, who=who, local=release_local_send(edition, settings))
+    else:
+        done = discard_edition(engine, edition.id, now=now, who=who)
     if not done:
         raise UsageError(f"{edition.key} was released by someone else just now (`newsletter status {edition.key}`)")
-    click.echo(f"{edition.key}: {verb} (it was held: {edition.reason})")
+    click.echo(f"{edition.key}: {verb} (it was held: {edition.reason})"
+               + (f"; planned again from what is stored now: {_planned_counts(engine, edition.id)}" if approve else ""))
     return edition.id if approve else None
 
 

@@ -34,7 +34,7 @@ from sqlalchemy import Engine, select
 
 from worker.celery_app import create_app as create_celery_app
 from worker.delivery.plan import approve_edition, discard_edition, find_edition
-from worker.delivery.schedule import dispatch
+from worker.delivery.schedule import dispatch, release_local_send
 from worker.delivery.status import edition_status, recent_editions
 from worker.ingest.sources import list_sources
 from worker.settings import Settings
@@ -106,7 +106,11 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
         if edition.state != EditionState.HELD.value:
             return problem(409, "Not held", f"{edition.key} is {edition.state}, not held: nothing was changed.")
         now, who = datetime.now(UTC), _who()
-        moved = (approve_edition if action == "approve" else discard_edition)(engine, edition.id, now=now, who=who)
+        if action == "approve":
+            moved = approve_edition(engine, edition.id, now=now, who=who,
+                                    local=release_local_send(edition, settings))
+        else:
+            moved = discard_edition(engine, edition.id, now=now, who=who)
         if not moved:
             return problem(409, "Not held", f"{edition.key} was released by someone else just now: nothing was "
                            "changed.")
