@@ -47,8 +47,25 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
                    "tries them again")
     for row in data["unknown"]:
         click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
+    for line in resolution_lines(data):
+        click.echo(f"  {line}")
     for line in late_lines(data):
         click.echo(f"  {line}")
+
+
+def resolution_lines(data: dict) -> list[str]:
+    """How the edition's unknown rows were decided, and the command for those still open."""
+    lines = []
+    resolved = data.get("resolved") or {}
+    if resolved.get("sent") or resolved.get("resend"):
+        lines.append(f"resolved unknown rows: {resolved['sent']} marked sent, {resolved['resend']} sent again "
+                     f"(last by {resolved['last_by']} at {resolved['last_at'][:16].replace('T', ' ')} UTC)")
+    unknown = data["counts"]["unknown"]
+    if unknown:
+        lines.append(f"{unknown} unknown {'row' if unknown == 1 else 'rows'} (the reader has zero or one copy) "
+                     f"wait for a decision: `newsletter deliveries resolve {data['edition']} --sent|--resend "
+                     "(ADDR... | --all)`")
+    return lines
 
 
 def late_lines(data: dict) -> list[str]:

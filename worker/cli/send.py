@@ -236,7 +236,7 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
     """An edition's counts by state, skip reason and SMTP code, why rows failed, which
     workers hold its rows (alive or dead) and what waits for the broker; without
     EDITION the recent editions."""
-    from worker.cli.report import full_status, late_lines, print_status
+    from worker.cli.report import full_status, late_lines, print_status, resolution_lines
     from worker.delivery.pipeline import utcnow
     from worker.delivery.plan import require_edition
     from worker.delivery.status import edition_status, recent_editions
@@ -261,7 +261,7 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
         if data["state"] == "held":
             click.echo(f"  held: {data['reason']}")
             click.echo(f"  {held_hint(data['edition'])}")
-        for line in late_lines(data):
+        for line in [*resolution_lines(data), *late_lines(data)]:
             click.echo(f"  {line}")
 
 
