@@ -217,15 +217,9 @@ def _show_guard(check, window, *, tz) -> None:
 
 
 def _recipients(engine, window) -> int:
-    """Active subscribers with at least one story in their regions: who a plan would send to."""
-    from worker.cli.sending import _active_sets
-    from worker.delivery.plan import region_sets_with_stories
-    from worker.store.db import session_scope
+    from worker.delivery.plan import recipients_now
 
-    sets = _active_sets(engine)
-    with session_scope(engine) as session:
-        with_stories = region_sets_with_stories(session, window, [regions for regions, _ in sets])
-    return sum(count for regions, count in sets if regions in with_stories)
+    return recipients_now(engine, window)
 
 
 @cli.command()

@@ -41,6 +41,17 @@ def region_sets_with_stories(session, window: Window, region_sets: list[str]) ->
     return {regions for regions in region_sets if tagged & set(regions.split())}
 
 
+def recipients_now(engine: Engine, window: Window) -> int:
+    """Active subscribers with at least one story stored in their regions: who a plan made
+    now would send to (and so who approving a held edition sends to)."""
+    with session_scope(engine) as session:
+        sets = session.execute(select(Subscriber.regions, func.count())
+                               .where(Subscriber.status == SubscriberStatus.ACTIVE.value)
+                               .group_by(Subscriber.regions)).all()
+        with_stories = region_sets_with_stories(session, window, [regions for regions, _ in sets])
+    return sum(count for regions, count in sets if regions in with_stories)
+
+
 def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: datetime,
                  note: str | None = None, hold: str | None = None, local: LocalSend | None = None) -> Planned:
     """Create the edition and its ledger rows in one transaction; idempotent by key.
