@@ -161,6 +161,10 @@ def test_approving_a_week_held_as_empty_sends_the_stories_stored_since(engine, s
     add_subscribers(engine, 1, sets=[("UA", "RU")], prefix="late")  # joined after the hold
     assert run_cli("subscribers", "remove", "reader0@example.org").code == 0  # left after the hold
 
+    status = run_cli("status", KEY)
+    assert "  3 deliveries: 0 pending, 0 sending, 0 sent, 0 failed, 0 bounced, 3 skipped, 0 unknown" in status.out
+    assert ("  approving it sends to 3 subscribers: its rows below are those of the hold, and are planned again "
+            "from the stories and subscribers stored at the approval") in status.out
     preview = run_cli("preview", "--week", "2025-W05", "--regions", "UA,RU", "--out", str(tmp_path / "preview"))
     assert preview.code == 0, preview.err
     previewed = (tmp_path / "preview" / "digest.txt").read_text()

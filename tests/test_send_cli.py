@@ -350,6 +350,10 @@ def test_a_manual_window_over_a_sent_week_is_refused_unless_allowed(cli, smtp_se
     one_day = cli("send", "--since", "2025-02-02", "--until", "2025-02-03", "--yes", "--inline")
     assert one_day.code == 1 and "overlaps weekly-2025-W05" in one_day.err  # --yes is not this decision
 
+    dry = cli("send", "--since", "2025-01-27", "--until", "2025-02-03", "--dry-run")
+    assert dry.code == 0 and dry.err.startswith(
+        "warning: overlaps weekly-2025-W05 (done, 2025-W05: 2025-01-27 00:00 to 2025-02-03 00:00 UTC): `send` "
+        "refuses it without --allow-overlap\n")
     allowed = cli("send", "--since", "2025-01-27", "--until", "2025-02-03", "--inline", "--allow-overlap")
     assert allowed.code == 0, allowed.err
     assert len(smtp_server.received) == 28

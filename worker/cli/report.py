@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 import click
 from sqlalchemy import Engine
 
+from worker.delivery.plan import edition_window, recipients_now
 from worker.delivery.status import edition_status, edition_whereabouts
 from worker.settings import Settings
-from worker.store.models import Edition
+from worker.store.models import Edition, EditionState
 
 
 def full_status(engine: Engine, settings: Settings, edition: Edition, *, now: datetime) -> dict:
@@ -19,6 +20,9 @@ def full_status(engine: Engine, settings: Settings, edition: Edition, *, now: da
     data.update(edition_whereabouts(engine, edition.id, now=now,
                                     redispatch_after=settings.redispatch_after,
                                     liveness_timeout=settings.liveness_timeout))
+    if edition.state == EditionState.HELD.value:
+        # Its rows are those of the hold; approval plans them again from what is stored now.
+        data["approval_sends"] = recipients_now(engine, edition_window(edition))
     return data
 
 
@@ -27,6 +31,9 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
                + (f" ({data['reason']})" if data["reason"] else ""))
     if data["state"] == "held":
         click.echo(f"  {held_hint(data['edition'])}")
+        if "approval_sends" in data:
+            click.echo(f"  approving it sends to {data['approval_sends']} subscribers: its rows below are those of "
+                       "the hold, and are planned again from the stories and subscribers stored at the approval")
     if data["note"]:
         click.echo(f"  note: {data['note']}")
     click.echo(f"  {data['total']} deliveries: " + ", ".join(f"{n} {s}" for s, n in data["counts"].items()))

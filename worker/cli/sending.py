@@ -11,6 +11,7 @@ import click
 from sqlalchemy import Engine, func, select
 
 from worker.cli.report import full_status, held_hint, nothing_sent, print_status
+from worker.delivery.guard import overlapping_editions
 from worker.delivery.pipeline import draft_renderer, run_inline, utcnow
 from worker.delivery.plan import (
     find_edition,
@@ -125,6 +126,11 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
     with session_scope(engine) as session:
         with_stories = region_sets_with_stories(session, window, [r for r, _ in sets])
     click.echo(f"dry run of {key} ({window.label}): nothing is sent or recorded")
+    with session_scope(engine) as session:
+        overlaps = overlapping_editions(session, window, key=original_key(key))
+    for overlap in overlaps:
+        click.echo(f"warning: overlaps {overlap.describe(settings.tz)}: `send` refuses it without --allow-overlap",
+                   err=True)
     sending = skipped = 0
     clipped = False
     for regions_text, count in sets:

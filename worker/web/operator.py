@@ -33,10 +33,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import Engine, select
 
 from worker.celery_app import create_app as create_celery_app
-from worker.delivery.plan import approve_edition, discard_edition, find_edition, recipients_now
+from worker.delivery.plan import approve_edition, discard_edition, edition_window, find_edition, recipients_now
 from worker.delivery.schedule import dispatch, release_local_send
 from worker.delivery.status import edition_status, recent_editions
-from worker.digest import Window
 from worker.ingest.sources import list_sources
 from worker.settings import Settings
 from worker.store.db import session_scope
@@ -125,9 +124,8 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
 def _with_recipients(engine: Engine, edition: dict) -> dict:
     """A held edition's counts are those of the hold; approving plans its rows again from
     the stories and subscribers stored now (worker/delivery/plan.py): say how many that is."""
-    start, end = (datetime.fromisoformat(t) for t in edition["window"])
-    window = Window(start=start, end=end, label=edition["label"], first_day=start.date(), last_day=end.date())
-    return {**edition, "sends_now": recipients_now(engine, window)}
+    held = find_edition(engine, edition["edition"])
+    return {**edition, "sends_now": recipients_now(engine, edition_window(held)) if held else 0}
 
 
 def _hand_out(engine: Engine, settings: Settings, edition_id: int, now: datetime) -> bool:
