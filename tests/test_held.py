@@ -264,3 +264,29 @@ def test_migration_0009_keeps_the_ledger_and_goes_back(db_url):
         conn.execute(sa.text("UPDATE editions SET state = 'lost'"))
     upgrade_schema(engine)
     engine.dispose()
+
+
+def test_an_approved_week_keeps_each_readers_send_time_from_its_slot(engine, settings):
+    """Approval plans the rows again with the due times of the edition's slot (Monday 07:00
+    in each reader's zone): a reader whose hour has passed gets it at once, one in Los
+    Angeles at 07:00 there."""
+    from worker.delivery.plan import approve_edition
+    from worker.delivery.schedule import release_local_send
+
+    settings = settings.model_copy(update={"timezone": "Europe/Berlin"})
+    with session_scope(engine) as session:
+        session.add_all([Subscriber(email="ber@example.org", email_key="ber@example.org", regions="RU",
+                                    timezone="Europe/Berlin", status="active"),
+                         Subscriber(email="lax@example.org", email_key="lax@example.org", regions="RU",
+                                    timezone="America/Los_Angeles", status="active")])
+    result, _ = _tick(engine, settings, datetime(2025, 2, 3, 6, 0, 30, tzinfo=UTC))
+    assert result.due.action == "held"
+    _add_stories(engine, "RU", W05, 7)
+    edition = find_edition(engine, KEY)
+    assert approve_edition(engine, edition.id, now=datetime(2025, 2, 3, 9, tzinfo=UTC), who="test",
+                           local=release_local_send(edition, settings))
+    with session_scope(engine) as session:
+        due = dict(session.execute(select(Subscriber.email, Delivery.due_at)
+                                   .join(Delivery, Delivery.subscriber_id == Subscriber.id)).all())
+    assert due == {"ber@example.org": datetime(2025, 2, 3, 6, tzinfo=UTC),
+                   "lax@example.org": datetime(2025, 2, 3, 15, tzinfo=UTC)}

@@ -221,6 +221,7 @@ def test_at_a_terminal_approve_and_retry_ask_first(terminal, engine, smtp_server
     kept = terminal("send", "--week", "2025-W05", "--approve", "--inline", answer="n\n")
     assert kept.exit_code == 1
     assert f"{KEY} is held: review mode" in kept.stderr and "Send to 14 subscribers? [y/N]" in kept.stderr
+    assert f"not sent: you answered no; {KEY} stays held\n" in kept.stderr
     assert {s for s, _ in ledger(engine, KEY).values()} == {"pending", "skipped"} and smtp_server.received == []
 
     smtp_server.plan.rcpt["reader0@example.org"] = "451 4.3.0 busy"
@@ -231,6 +232,7 @@ def test_at_a_terminal_approve_and_retry_ask_first(terminal, engine, smtp_server
     del smtp_server.plan.rcpt["reader0@example.org"]
     asked = terminal("send", "--week", "2025-W05", "--retry-failed", "--inline", answer="n\n")
     assert asked.exit_code == 1 and "Send again to 1 subscribers whose delivery failed? [y/N]" in asked.stderr
+    assert "not sent: you answered no; the failed rows stay as they are\n" in asked.stderr
     retried = terminal("send", "--week", "2025-W05", "--retry-failed", "--inline", answer="y\n")
     assert retried.exit_code == 0, retried.output
     assert len(smtp_server.received) == 14
