@@ -252,23 +252,30 @@ def test_at_a_real_terminal_the_question_is_asked_and_answered(sample_engine, db
     outbox = tmp_path / "outbox"
     env = {**os.environ, "NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_EMAIL_BACKEND": "file",
            "NEWSLETTER_OUTBOX_DIR": str(outbox), "NEWSLETTER_SECRET_KEY": "pty-secret"}
-    master, slave = pty.openpty()
     newsletter = Path(sys.executable).with_name("newsletter")
-    proc = subprocess.Popen([str(newsletter), "send", "--week", "2025-W05", "--inline"], stdin=slave,
-                            stdout=slave, stderr=slave, env=env, cwd=tmp_path)
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + 60
-    while b"[y/N]: " not in seen and time.monotonic() < deadline:
-        seen += os.read(master, 4096)
-    os.write(master, b"y\n")
-    try:
-        while chunk := os.read(master, 4096):
-            seen += chunk
-    except OSError:  # the terminal closed with the process
-        pass
-    assert proc.wait(timeout=60) == 0, seen.decode()
-    text = seen.decode()
+
+    def answered(answer: bytes) -> tuple[int, str]:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([str(newsletter), "send", "--week", "2025-W05", "--inline"], stdin=slave,
+                                stdout=slave, stderr=slave, env=env, cwd=tmp_path)
+        os.close(slave)
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"[y/N]: " not in seen and time.monotonic() < deadline:
+            seen += os.read(master, 4096)
+        os.write(master, answer)
+        try:
+            while chunk := os.read(master, 4096):
+                seen += chunk
+        except OSError:  # the terminal closed with the process
+            pass
+        return proc.wait(timeout=60), seen.decode()
+
+    code, text = answered(b"n\n")
+    assert code == 1 and "not sent: you answered no; nothing was planned" in text, text
+    assert not outbox.exists()
+    code, text = answered(b"y\n")
+    assert code == 0, text
     assert "the guard's view of 2025-W05" in text and "Send to 25 subscribers? [y/N]: " in text
     assert len(list(outbox.glob("*.eml"))) == 25
 
