@@ -219,3 +219,14 @@ def test_a_scheduled_week_that_overlaps_a_manual_send_is_held_naming_it(engine, 
     assert find_edition(engine, "weekly-2025-W05").reason == (
         "overlaps manual-2025-01-30..2025-02-03 (sending, 2025-01-30..2025-02-03: 2025-01-30 00:00 to 2025-02-03 "
         "00:00 CET): its readers would get the same stories twice")
+
+
+def test_after_the_timezone_moves_east_the_next_week_overlaps_the_last_and_is_held(engine, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 3)
+    utc = Settings(timezone="UTC")
+    assert ensure_weekly_edition(engine, utc, datetime(2025, 2, 3, 7, 0, 5, tzinfo=UTC)).action == "planned"
+    moved = ensure_weekly_edition(engine, _settings(), datetime(2025, 2, 10, 6, 0, 5, tzinfo=UTC))
+    assert (moved.action, moved.key) == ("held", "weekly-2025-W06")
+    assert "overlaps weekly-2025-W05 (sending, 2025-W05: 2025-01-27 01:00 to 2025-02-03 01:00 CET)" in \
+        find_edition(engine, "weekly-2025-W06").reason
