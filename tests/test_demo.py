@@ -36,7 +36,10 @@ def test_default_demo_is_the_file_outbox_on_sqlite_with_nothing_set(tmp_path):
     again = subprocess.run([*_newsletter(), "demo"], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "already exists" in again.stdout
+    assert (f"the demo already ran on this database: its sample week weekly-2025-W05 is done ({SAMPLE_SENT} sent), "
+            f"so nothing was sent again. To see it afresh, delete {tmp_path / 'var' / 'newsletter.db'} (and "
+            "var/outbox) and run `newsletter demo` again") in again.stdout
+    assert "--force" not in again.stdout and "--retry-failed" not in again.stdout
     assert len(list((tmp_path / "var" / "outbox").glob("*.eml"))) == SAMPLE_SENT
 
 
@@ -77,6 +80,8 @@ def test_demo_over_smtp_sends_the_sample_week_through_the_relay(run_cli, smtp_se
     assert again.code == 0, again.out + again.err
     assert len(smtp_server.received) == SAMPLE_SENT
     assert f"smtp: nothing sent now (the demo week exists); weekly-2025-W05: {SAMPLE_SENT} messages" in again.out
+    assert "the demo already ran on this database: its sample week weekly-2025-W05 is done" in again.out
+    assert "--force" not in again.out
 
 
 def test_demo_over_smtp_refuses_a_database_with_real_subscribers(run_cli, smtp_server, db_url):

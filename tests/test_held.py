@@ -3,8 +3,10 @@ once, --discard drops it; review mode holds every scheduled edition."""
 
 from __future__ import annotations
 
+import email.policy
 import json
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
 
 import pytest
 from sqlalchemy import select
@@ -16,7 +18,7 @@ from worker.delivery.schedule import reconcile
 from worker.digest import week_window
 from worker.ingest.sources import add_source, poll_all_sources
 from worker.store.db import session_scope
-from worker.store.models import Delivery, Source, Story, StoryRegion
+from worker.store.models import Delivery, Source, Story, StoryRegion, Subscriber
 
 # Monday 3 Feb 2025 07:00 UTC: the slot for 2025-W05 (27 Jan to 3 Feb).
 SLOT = datetime(2025, 2, 3, 7, 0, 30, tzinfo=UTC)
@@ -143,8 +145,49 @@ def test_an_empty_scheduled_week_is_held_not_finished(engine, settings, run_cli)
     edition = find_edition(engine, KEY)
     assert (edition.state, edition.reason) == ("held", "empty week: no stories in 2025-W05")
     approved = run_cli("send", "--week", "2025-W05", "--approve", "--inline", env=_cli_env(settings))
-    assert approved.code == 0 and "nothing was sent: nobody had stories" in approved.out
+    assert approved.code == 1  # nobody got the week: said, and not a success
+    assert f"{KEY}: nothing was sent: nobody had stories in their regions: all 2 subscribers skipped" in approved.err
     assert find_edition(engine, KEY).state == "done" and _outbox(settings) == []
+
+
+def test_approving_a_week_held_as_empty_sends_the_stories_stored_since(engine, settings, run_cli, tmp_path):
+    """Held empty (the feed not set up yet); the stories come after the hold, readers join and
+    leave: approval plans the rows again from what is stored now, as the preview shows it."""
+    add_subscribers(engine, 3, sets=[("RU",), ("UA",), ("RU", "UA")])
+    result, _ = _tick(engine, settings)
+    assert result.due.action == "held" and find_edition(engine, KEY).reason == "empty week: no stories in 2025-W05"
+    _add_stories(engine, "RU", W05, 4)
+    _add_stories(engine, "UA", W05, 3)
+    add_subscribers(engine, 1, sets=[("UA", "RU")], prefix="late")  # joined after the hold
+    assert run_cli("subscribers", "remove", "reader0@example.org").code == 0  # left after the hold
+
+    status = run_cli("status", KEY)
+    assert "  3 deliveries: 0 pending, 0 sending, 0 sent, 0 failed, 0 bounced, 3 skipped, 0 unknown" in status.out
+    assert ("  approving it sends to 3 subscribers: its rows below are those of the hold, and are planned again "
+            "from the stories and subscribers stored at the approval") in status.out
+    preview = run_cli("preview", "--week", "2025-W05", "--regions", "UA,RU", "--out", str(tmp_path / "preview"))
+    assert preview.code == 0, preview.err
+    previewed = (tmp_path / "preview" / "digest.txt").read_text()
+
+    approved = run_cli("send", "--week", "2025-W05", "--approve", "--inline", env=_cli_env(settings))
+    assert approved.code == 0, approved.err
+    assert (f"{KEY}: approved (it was held: empty week: no stories in 2025-W05); planned again from what is "
+            "stored now: 3 deliveries") in approved.out
+    with session_scope(engine) as session:
+        rows = dict(session.execute(select(Subscriber.email, Delivery.state)
+                                    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)).all())
+    assert rows == {"reader1@example.org": "sent", "reader2@example.org": "sent", "late0@example.org": "sent"}
+    mails = {str(m["To"].addresses[0].addr_spec): _titles(m.get_body(("plain",)).get_content())
+             for m in (message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in _outbox(settings))}
+    ua, ru = [f"UA {n}" for n in (2, 1, 0)], [f"RU {n}" for n in (3, 2, 1, 0)]  # newest first
+    assert mails == {"reader1@example.org": ua, "reader2@example.org": ru + ua, "late0@example.org": ua + ru}
+    assert _titles(previewed) == mails["late0@example.org"]
+    assert find_edition(engine, KEY).total == 3
+
+
+def _titles(text: str) -> list[str]:
+    """The story titles of a digest's text part, in order ("1. UA 2")."""
+    return [line.split(". ", 1)[1] for line in text.splitlines() if line[:1].isdigit() and ". " in line]
 
 
 def test_discard_drops_a_held_week(engine, settings, run_cli):
@@ -221,3 +264,29 @@ def test_migration_0009_keeps_the_ledger_and_goes_back(db_url):
         conn.execute(sa.text("UPDATE editions SET state = 'lost'"))
     upgrade_schema(engine)
     engine.dispose()
+
+
+def test_an_approved_week_keeps_each_readers_send_time_from_its_slot(engine, settings):
+    """Approval plans the rows again with the due times of the edition's slot (Monday 07:00
+    in each reader's zone): a reader whose hour has passed gets it at once, one in Los
+    Angeles at 07:00 there."""
+    from worker.delivery.plan import approve_edition
+    from worker.delivery.schedule import release_local_send
+
+    settings = settings.model_copy(update={"timezone": "Europe/Berlin"})
+    with session_scope(engine) as session:
+        session.add_all([Subscriber(email="ber@example.org", email_key="ber@example.org", regions="RU",
+                                    timezone="Europe/Berlin", status="active"),
+                         Subscriber(email="lax@example.org", email_key="lax@example.org", regions="RU",
+                                    timezone="America/Los_Angeles", status="active")])
+    result, _ = _tick(engine, settings, datetime(2025, 2, 3, 6, 0, 30, tzinfo=UTC))
+    assert result.due.action == "held"
+    _add_stories(engine, "RU", W05, 7)
+    edition = find_edition(engine, KEY)
+    assert approve_edition(engine, edition.id, now=datetime(2025, 2, 3, 9, tzinfo=UTC), who="test",
+                           local=release_local_send(edition, settings))
+    with session_scope(engine) as session:
+        due = dict(session.execute(select(Subscriber.email, Delivery.due_at)
+                                   .join(Delivery, Delivery.subscriber_id == Subscriber.id)).all())
+    assert due == {"ber@example.org": datetime(2025, 2, 3, 6, tzinfo=UTC),
+                   "lax@example.org": datetime(2025, 2, 3, 15, tzinfo=UTC)}

@@ -185,3 +185,24 @@ def test_without_a_token_the_page_answers_only_to_a_loopback_name(world, redis_u
 
 def _bearer():
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_approving_on_the_page_plans_the_rows_from_the_stories_stored_now(engine, settings, redis_url, tmp_path):
+    """Held as empty; the stories come after: the page says whom approval sends to, and the
+    approval hands out exactly those rows (not the hold's no-stories skips)."""
+    add_subscribers(engine, 16)
+    settings = settings.model_copy(update={"broker_url": redis_url})
+    plan_edition(engine, key=KEY, kind="weekly", window=week_window("2025-W05", settings.tz), now=NOW,
+                 hold="empty week: no stories in 2025-W05")
+    assert {state for state, _ in ledger(engine, KEY).values()} == {"skipped"}
+    load_stories(engine, tmp_path)
+    client = web_client(engine, settings)
+    page = client.get("/operator", environ_base=LOOPBACK).text
+    assert '<span class="pill state-skipped">16 skipped</span>' in page
+    assert "as held; approving sends to 14 subscribers, from the stories stored now (the preview)" in page
+    done = client.post(f"/operator/editions/{KEY}/approve", data={"csrf": _csrf(page, "approve")},
+                       environ_base=LOOPBACK)
+    assert done.status_code == 303
+    rows = ledger(engine, KEY)
+    assert sorted(state for state, _ in rows.values()).count("pending") == 14
+    assert find_edition(engine, KEY).total == 16 and _queued(redis_url) == 1

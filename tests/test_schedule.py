@@ -13,7 +13,7 @@ from worker.delivery.plan import find_edition
 from worker.delivery.schedule import ensure_weekly_edition, latest_slot, reconcile, week_for_slot
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import Delivery
+from worker.store.models import Delivery, Subscriber
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -123,3 +123,110 @@ def test_reconcile_plans_the_due_week_and_hands_out_its_rows(engine, tmp_path):
     with session_scope(engine) as session:
         row = session.scalar(select(Delivery.id).where(Delivery.subscriber_id == us))
     assert noon.finished == [] and published == [[row]]
+
+
+def test_no_edition_is_planned_before_its_week_has_ended_and_its_feeds_were_polled(engine, tmp_path):
+    """Readers in Tokyo: their 07:00 on Monday is Sunday 22:00 UTC, before the week ends in
+    NEWSLETTER_TIMEZONE (UTC). The edition waits for the week's end, polls the feed first (a
+    story of the week's last hour is in it) and hands the Tokyo rows out at once."""
+    import json
+
+    from worker.ingest.sources import add_source
+    from worker.store.models import Story
+
+    settings = Settings(timezone="UTC", fetch_allow_private=True)
+    load_stories(engine, tmp_path)
+    readers = add_subscribers(engine, 2, sets=[("JP",)])
+    with session_scope(engine) as session:
+        for reader in session.scalars(select(Subscriber).where(Subscriber.id.in_([r[0] for r in readers]))):
+            reader.timezone = "Asia/Tokyo"
+    feed = tmp_path / "jp.json"
+    feed.write_text("[]")
+    add_source(engine, str(feed), region="JP")
+    published = []
+
+    def tick(*at):
+        return reconcile(engine, settings, lambda e, ids: published.append(ids), datetime(*at, tzinfo=UTC))
+
+    assert tick(2025, 2, 2, 22, 0).due.key != "weekly-2025-W05"  # Tokyo's 07:00: the week is not over
+    assert tick(2025, 2, 2, 23, 59).due.key != "weekly-2025-W05" and find_edition(engine, "weekly-2025-W05") is None
+    feed.write_text(json.dumps([{"id": "jp-late", "url": "https://news.example/jp/late", "title": "Late JP",
+                                 "published_at": "2025-02-02T23:30:00Z"}]))
+    due = tick(2025, 2, 3, 0, 0, 30)
+    assert due.due.action == "planned" and due.due.key == "weekly-2025-W05"
+    with session_scope(engine) as session:
+        assert session.scalar(select(Story.title).where(Story.guid == "jp-late")) == "Late JP"
+        rows = session.execute(select(Delivery.state, Delivery.due_at)
+                               .where(Delivery.edition_id == due.due.edition_id)).all()
+    # Their hour (Sunday 22:00 UTC) has passed: handed out at once, with the story of the last hour.
+    assert rows == [("pending", datetime(2025, 2, 2, 22, tzinfo=UTC))] * 2
+    assert sorted(i for batch in published for i in batch) == sorted(
+        i for i, in _delivery_ids(engine, due.due.edition_id))
+
+
+def _delivery_ids(engine, edition_id):
+    with session_scope(engine) as session:
+        return session.execute(select(Delivery.id).where(Delivery.edition_id == edition_id)).all()
+
+
+def test_a_fresh_install_has_missed_no_week_before_it(engine, tmp_path, caplog):
+    """Installed on Thursday: Monday's slot came before anything was stored. No warning and
+    no `skipped` edition for it; the next Monday is planned as usual."""
+    import logging
+
+    from worker.delivery.schedule import first_stored
+    from worker.store.models import Edition
+
+    settings = _settings()
+    assert first_stored(engine) is None
+    thursday = datetime(2025, 2, 6, 12, tzinfo=UTC)
+    caplog.set_level(logging.WARNING, logger="worker.delivery.schedule")
+    assert ensure_weekly_edition(engine, settings, thursday).action == "before-start"  # nothing stored at all
+    with time_machine.travel(thursday, tick=False):
+        load_stories(engine, tmp_path)
+        add_subscribers(engine, 3)
+    assert first_stored(engine) == thursday
+    due = ensure_weekly_edition(engine, settings, thursday + timedelta(minutes=1))
+    assert (due.action, due.key) == ("before-start", "weekly-2025-W05")
+    with session_scope(engine) as session:
+        assert session.scalars(select(Edition.key)).all() == []
+    assert caplog.records == []
+    planned = ensure_weekly_edition(engine, settings, datetime(2025, 2, 10, 6, 0, 5, tzinfo=UTC))
+    assert (planned.action, planned.key) == ("held", "weekly-2025-W06")  # planned (and held: no stories in it)
+
+
+def test_a_week_missed_after_the_install_is_still_recorded_missed(engine, tmp_path):
+    settings = _settings()
+    with time_machine.travel(datetime(2025, 1, 30, 12, tzinfo=UTC), tick=False):
+        add_subscribers(engine, 3)
+    missed = ensure_weekly_edition(engine, settings, datetime(2025, 2, 6, 12, tzinfo=UTC))
+    assert (missed.action, missed.key) == ("skipped", "weekly-2025-W05")
+    assert find_edition(engine, "weekly-2025-W05").reason.startswith("missed: the weekly send was due")
+
+
+def test_a_scheduled_week_that_overlaps_a_manual_send_is_held_naming_it(engine, tmp_path):
+    from worker.delivery.plan import plan_edition
+    from worker.digest import custom_window
+
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 3)
+    settings = _settings()
+    manual = custom_window(datetime(2025, 1, 30).date(), datetime(2025, 2, 3).date(), BERLIN)
+    plan_edition(engine, key="manual-2025-01-30..2025-02-03", kind="manual", window=manual,
+                 now=datetime(2025, 2, 3, 5, tzinfo=UTC))
+    due = ensure_weekly_edition(engine, settings, datetime(2025, 2, 3, 6, 0, 5, tzinfo=UTC))
+    assert due.action == "held"
+    assert find_edition(engine, "weekly-2025-W05").reason == (
+        "overlaps manual-2025-01-30..2025-02-03 (sending, 2025-01-30..2025-02-03: 2025-01-30 00:00 to 2025-02-03 "
+        "00:00 CET): its readers would get the same stories twice")
+
+
+def test_after_the_timezone_moves_east_the_next_week_overlaps_the_last_and_is_held(engine, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 3)
+    utc = Settings(timezone="UTC")
+    assert ensure_weekly_edition(engine, utc, datetime(2025, 2, 3, 7, 0, 5, tzinfo=UTC)).action == "planned"
+    moved = ensure_weekly_edition(engine, _settings(), datetime(2025, 2, 10, 6, 0, 5, tzinfo=UTC))
+    assert (moved.action, moved.key) == ("held", "weekly-2025-W06")
+    assert "overlaps weekly-2025-W05 (sending, 2025-W05: 2025-01-27 01:00 to 2025-02-03 01:00 CET)" in \
+        find_edition(engine, "weekly-2025-W06").reason

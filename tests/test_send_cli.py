@@ -154,12 +154,12 @@ def test_at_a_terminal_send_shows_the_guard_and_no_sends_nothing(terminal, engin
     load_stories(engine, tmp_path)
     add_subscribers(engine, 16)
     refused = terminal("send", "--week", "2025-W05", "--inline", answer="n\n")
-    assert refused.exit_code == 1  # click's Abort
+    assert refused.exit_code == 1
     assert "the guard's view of 2025-W05 (what a scheduled send would check):" in refused.stderr
     assert "  RU: 2 stories (usual 0, median of the last 4 weeks)" in refused.stderr
     assert "  newest story: 2025-01-30 10:00 UTC, 3.6 days before the window ended" in refused.stderr
     assert "  nothing to hold" in refused.stderr
-    assert "Send to 14 subscribers? [y/N]: " in refused.stderr
+    assert "Send to 14 subscribers? [y/N]: n\nnot sent: you answered no; nothing was planned\n" in refused.stderr
     assert ledger(engine, KEY) == {} and smtp_server.received == []
 
     sent = terminal("send", "--week", "2025-W05", "--inline", answer="y\n")
@@ -221,6 +221,7 @@ def test_at_a_terminal_approve_and_retry_ask_first(terminal, engine, smtp_server
     kept = terminal("send", "--week", "2025-W05", "--approve", "--inline", answer="n\n")
     assert kept.exit_code == 1
     assert f"{KEY} is held: review mode" in kept.stderr and "Send to 14 subscribers? [y/N]" in kept.stderr
+    assert f"not sent: you answered no; {KEY} stays held\n" in kept.stderr
     assert {s for s, _ in ledger(engine, KEY).values()} == {"pending", "skipped"} and smtp_server.received == []
 
     smtp_server.plan.rcpt["reader0@example.org"] = "451 4.3.0 busy"
@@ -231,6 +232,7 @@ def test_at_a_terminal_approve_and_retry_ask_first(terminal, engine, smtp_server
     del smtp_server.plan.rcpt["reader0@example.org"]
     asked = terminal("send", "--week", "2025-W05", "--retry-failed", "--inline", answer="n\n")
     assert asked.exit_code == 1 and "Send again to 1 subscribers whose delivery failed? [y/N]" in asked.stderr
+    assert "not sent: you answered no; the failed rows stay as they are\n" in asked.stderr
     retried = terminal("send", "--week", "2025-W05", "--retry-failed", "--inline", answer="y\n")
     assert retried.exit_code == 0, retried.output
     assert len(smtp_server.received) == 14
@@ -250,22 +252,141 @@ def test_at_a_real_terminal_the_question_is_asked_and_answered(sample_engine, db
     outbox = tmp_path / "outbox"
     env = {**os.environ, "NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_EMAIL_BACKEND": "file",
            "NEWSLETTER_OUTBOX_DIR": str(outbox), "NEWSLETTER_SECRET_KEY": "pty-secret"}
-    master, slave = pty.openpty()
     newsletter = Path(sys.executable).with_name("newsletter")
-    proc = subprocess.Popen([str(newsletter), "send", "--week", "2025-W05", "--inline"], stdin=slave,
-                            stdout=slave, stderr=slave, env=env, cwd=tmp_path)
-    os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + 60
-    while b"[y/N]: " not in seen and time.monotonic() < deadline:
-        seen += os.read(master, 4096)
-    os.write(master, b"y\n")
-    try:
-        while chunk := os.read(master, 4096):
-            seen += chunk
-    except OSError:  # the terminal closed with the process
-        pass
-    assert proc.wait(timeout=60) == 0, seen.decode()
-    text = seen.decode()
+
+    def answered(answer: bytes) -> tuple[int, str]:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([str(newsletter), "send", "--week", "2025-W05", "--inline"], stdin=slave,
+                                stdout=slave, stderr=slave, env=env, cwd=tmp_path)
+        os.close(slave)
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"[y/N]: " not in seen and time.monotonic() < deadline:
+            seen += os.read(master, 4096)
+        os.write(master, answer)
+        try:
+            while chunk := os.read(master, 4096):
+                seen += chunk
+        except OSError:  # the terminal closed with the process
+            pass
+        return proc.wait(timeout=60), seen.decode()
+
+    code, text = answered(b"n\n")
+    assert code == 1 and "not sent: you answered no; nothing was planned" in text, text
+    assert not outbox.exists()
+    code, text = answered(b"y\n")
+    assert code == 0, text
     assert "the guard's view of 2025-W05" in text and "Send to 25 subscribers? [y/N]: " in text
     assert len(list(outbox.glob("*.eml"))) == 25
+
+
+# --- unknown rows are decided by an operator, on the record -----------------------------------
+
+
+def _unknown_rows(cli, smtp_server, *addresses):
+    for address in addresses:
+        smtp_server.plan.data[address] = "drop"  # accepted, then the connection lost: unknown
+    sent = cli("send", "--week", "2025-W05", "--inline")
+    for address in addresses:
+        del smtp_server.plan.data[address]
+    assert sent.code == 1, sent.err
+
+
+def test_unknown_rows_are_resolved_sent_or_resent_with_who_and_when(cli, smtp_server, engine):
+    import getpass
+
+    from tests.support.data import delivery_rows
+
+    _unknown_rows(cli, smtp_server, "reader0@example.org", "reader1@example.org", "reader2@example.org")
+    assert {a for a, (s, _) in ledger(engine, KEY).items() if s == "unknown"} == {
+        "reader0@example.org", "reader1@example.org", "reader2@example.org"}
+    before = cli("status", KEY)
+    assert (f"  3 unknown rows (the reader has zero or one copy) wait for a decision: `newsletter deliveries "
+            f"resolve {KEY} --sent|--resend (ADDR... | --all)`") in before.out
+    received = len(smtp_server.received)
+
+    marked = cli("deliveries", "resolve", KEY, "--sent", "Reader0@Example.org")
+    assert marked.code == 0, marked.err
+    assert marked.out.startswith(f"{KEY}: 1 unknown row marked sent (by {getpass.getuser()} at ")
+    again = cli("deliveries", "resolve", KEY, "--resend", "reader0@example.org", "nobody@example.org")
+    assert again.code == 1 and again.out.startswith(f"{KEY}: 0 unknown rows to be sent again")
+    assert again.err == (f"error: reader0@example.org: not unknown in {KEY} (its row is sent): left as it is\n"
+                         f"error: nobody@example.org: not unknown in {KEY} (no row in this edition): left as it is\n")
+
+    resent = cli("deliveries", "resolve", KEY, "--resend", "--all")
+    assert resent.code == 0 and f"{KEY}: 2 unknown rows to be sent again" in resent.out
+    assert find_state(engine) == "sending"  # done until now: it has rows to send again
+    assert cli("resume", KEY, "--inline").code == 0
+    assert sorted(m.rcpt for m in smtp_server.received[received:]) == ["reader1@example.org", "reader2@example.org"]
+    rows = delivery_rows(engine, KEY)
+    assert [(rows[a].state, rows[a].resolution, rows[a].resolved_by) for a in
+            ("reader0@example.org", "reader1@example.org", "reader2@example.org")] == [
+        ("sent", "sent", getpass.getuser()), ("sent", "resend", getpass.getuser()),
+        ("sent", "resend", getpass.getuser())]
+    status = cli("status", KEY)
+    assert "  resolved unknown rows: 1 marked sent, 2 sent again (last by " in status.out
+    assert "wait for a decision" not in status.out and find_state(engine) == "done"
+    data = json.loads(cli("status", KEY, "--json").out)
+    assert (data["resolved"]["sent"], data["resolved"]["resend"]) == (1, 2)
+
+
+@pytest.mark.parametrize("args", [("--sent", "--resend", "--all"), ("--sent",), ("--sent", "--all", "a@example.org")])
+def test_resolve_needs_one_decision_and_addresses_or_all(cli, args):
+    result = cli("deliveries", "resolve", KEY, *args)
+    assert result.code == 2 and result.err.startswith("error: give ")
+
+
+def find_state(engine) -> str:
+    from worker.delivery.plan import find_edition
+
+    return find_edition(engine, KEY).state
+
+
+# --- a window that overlaps an edition that exists ----------------------------------------------
+
+OVERLAP = ("error: not sent: 2025-01-27..2025-02-03 overlaps weekly-2025-W05 (done, 2025-W05: 2025-01-27 00:00 to "
+           "2025-02-03 00:00 UTC); its readers would get the same stories twice. Nothing was planned; run it again "
+           "with --allow-overlap to send anyway")
+
+
+def test_a_manual_window_over_a_sent_week_is_refused_unless_allowed(cli, smtp_server, engine):
+    assert cli("send", "--week", "2025-W05", "--inline").code == 0
+    refused = cli("send", "--since", "2025-01-27", "--until", "2025-02-03", "--inline")
+    assert refused.code == 1 and refused.out == ""
+    assert OVERLAP in refused.err
+    assert "  overlaps weekly-2025-W05 (done, 2025-W05: 2025-01-27 00:00 to 2025-02-03 00:00 UTC)" in refused.err
+    assert ledger(engine, "manual-2025-01-27..2025-02-03") == {} and len(smtp_server.received) == 14
+    one_day = cli("send", "--since", "2025-02-02", "--until", "2025-02-03", "--yes", "--inline")
+    assert one_day.code == 1 and "overlaps weekly-2025-W05" in one_day.err  # --yes is not this decision
+
+    dry = cli("send", "--since", "2025-01-27", "--until", "2025-02-03", "--dry-run")
+    assert dry.code == 0 and dry.err.startswith(
+        "warning: overlaps weekly-2025-W05 (done, 2025-W05: 2025-01-27 00:00 to 2025-02-03 00:00 UTC): `send` "
+        "refuses it without --allow-overlap\n")
+    allowed = cli("send", "--since", "2025-01-27", "--until", "2025-02-03", "--inline", "--allow-overlap")
+    assert allowed.code == 0, allowed.err
+    assert len(smtp_server.received) == 28
+
+
+def test_the_next_week_and_a_forced_resend_do_not_overlap(cli, smtp_server, engine):
+    assert cli("send", "--week", "2025-W05", "--inline").code == 0
+    forced = cli("send", "--week", "2025-W05", "--inline", "--force")
+    assert forced.code == 0 and f"{KEY}-force-2: planned" in forced.out  # --force is the decision
+    after = cli("send", "--since", "2025-02-03", "--until", "2025-02-05", "--inline")
+    assert "overlaps" not in after.err
+
+
+def test_at_a_terminal_an_overlap_is_shown_and_refused_before_any_question(terminal, engine, smtp_server, tmp_path):
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 16)
+    assert terminal("send", "--week", "2025-W05", "--inline", "--yes").exit_code == 0
+    refused = terminal("send", "--since", "2025-01-30", "--until", "2025-02-06", "--inline", answer="y\n")
+    assert refused.exit_code == 1 and "[y/N]" not in refused.stderr
+    assert "the guard's view of 2025-01-30..2025-02-06" in refused.stderr
+    assert "  overlaps weekly-2025-W05 (done, 2025-W05: 2025-01-27 00:00 to 2025-02-03 00:00 UTC)" in refused.stderr
+    assert "error: not sent: 2025-01-30..2025-02-06 overlaps weekly-2025-W05" in refused.stderr
+    asked = terminal("send", "--since", "2025-01-30", "--until", "2025-02-06", "--inline", "--allow-overlap",
+                     answer="n\n")
+    assert asked.exit_code == 1 and "  overlaps weekly-2025-W05" in asked.stderr
+    assert "Send to 14 subscribers? [y/N]: n\nnot sent: you answered no; nothing was planned\n" in asked.stderr
+    assert len(smtp_server.received) == 14

@@ -83,3 +83,30 @@ def test_migrations_0010_0011_keep_the_ledger_and_go_back(db_url):
         assert conn.execute(sa.text("SELECT timezone, transient_bounces FROM subscribers")).one() == (None, 0)
         assert conn.execute(sa.text("SELECT count(*) FROM deliveries WHERE due_at IS NULL")).scalar() == 1
     engine.dispose()
+
+
+def test_migration_0017_adds_the_resolution_of_unknown_rows_and_goes_back(db_url):
+    from alembic import command
+
+    from worker.store.db import _alembic_config
+
+    engine = create_db_engine(db_url)
+    t = datetime(2025, 1, 1)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO subscribers (email, email_key, regions, status, created_at, updated_at) "
+                             "VALUES ('a@example.org', 'a@example.org', 'RU', 'active', :t, :t)"), {"t": t})
+        conn.execute(sa.text("INSERT INTO editions (key, kind, label, window_start, window_end, state, total, "
+                             "created_at) VALUES ('k', 'weekly', 'l', :t, :t, 'done', 1, :t)"), {"t": t})
+        conn.execute(sa.text("INSERT INTO deliveries (edition_id, subscriber_id, regions, state, attempts, "
+                             "updated_at, resolution, resolved_by, resolved_at) SELECT e.id, s.id, 'RU', 'sent', 1, "
+                             ":t, 'sent', 'alice', :t FROM editions e, subscribers s"), {"t": t})
+    command.downgrade(_alembic_config(engine), "0016")
+    with engine.begin() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("deliveries")}
+        assert not columns & {"resolution", "resolved_by", "resolved_at"}
+        assert conn.execute(sa.text("SELECT state FROM deliveries")).scalar() == "sent"
+    assert upgrade_schema(engine) == ("0016", head_revision())
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT state, resolution, resolved_by FROM deliveries")).one() == (
+            "sent", None, None)
+    engine.dispose()

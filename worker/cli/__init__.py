@@ -18,6 +18,7 @@ import click
 from worker.cli import bounces as _bounces  # noqa: F401,E402
 from worker.cli import config as _config  # noqa: F401,E402
 from worker.cli import db as _db  # noqa: F401,E402
+from worker.cli import deliveries as _deliveries  # noqa: F401,E402
 from worker.cli import demo as _demo  # noqa: F401,E402
 from worker.cli import health as _health  # noqa: F401,E402
 from worker.cli import preview as _preview  # noqa: F401,E402

@@ -92,6 +92,7 @@ def _refuse_real_subscribers(engine) -> None:
 def _send_demo_week(ctx: Context) -> int:
     """Send the sample week inline through the configured backend, then write a preview."""
     from worker.cli.sending import deliver, plan_or_reuse, resolve_window
+    from worker.delivery.plan import find_edition
     from worker.preview import build_preview, write_preview
 
     settings = ctx.settings
@@ -100,7 +101,12 @@ def _send_demo_week(ctx: Context) -> int:
         settings = settings.model_copy(update={"secret_key": SecretStr("demo-only-not-secret")})
         click.echo("NEWSLETTER_SECRET_KEY is not set: using a demo-only key")
     window, key, kind = resolve_window(settings, DEMO_WEEK, None, None)
-    edition_id = plan_or_reuse(ctx.engine, settings, key=key, kind=kind, window=window, force=False, retry=False)
+    edition_id = None
+    if find_edition(ctx.engine, key) is None:
+        edition_id = plan_or_reuse(ctx.engine, settings, key=key, kind=kind, window=window, force=False,
+                                   retry=False)
+    else:
+        _say_already_sent(ctx, settings, key)
     code = 0
     if edition_id is not None:
         code = deliver(ctx.engine, settings, edition_id, inline=True, wait=False)
@@ -114,6 +120,20 @@ def _send_demo_week(ctx: Context) -> int:
     click.echo(f"preview: {paths['html'].resolve()} (and digest.txt, digest.eml beside it)")
     click.echo("next: `newsletter status " + key + "`, `newsletter serve` for the web preview")
     return code
+
+
+def _say_already_sent(ctx: Context, settings, key: str) -> None:
+    """A second run: the sample week was sent by the first one and is not sent twice."""
+    from worker.delivery.plan import find_edition
+    from worker.delivery.status import edition_status
+    from worker.store.db import sqlite_path
+
+    data = edition_status(ctx.engine, find_edition(ctx.engine, key), list_unknown=0)
+    path = sqlite_path(settings.database_url)
+    fresh = (f"delete {path} (and {settings.outbox_dir}) and run `newsletter demo` again" if path
+             else "point NEWSLETTER_DATABASE_URL at an empty database and run `newsletter demo` again")
+    click.echo(f"the demo already ran on this database: its sample week {key} is {data['state']} "
+               f"({data['counts']['sent']} sent), so nothing was sent again. To see it afresh, {fresh}")
 
 
 def _say_where_smtp_went(ctx: Context, settings, key: str, *, sent_now: bool) -> None:

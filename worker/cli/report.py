@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 import click
 from sqlalchemy import Engine
 
+from worker.delivery.plan import edition_window, recipients_now
 from worker.delivery.status import edition_status, edition_whereabouts
 from worker.settings import Settings
-from worker.store.models import Edition
+from worker.store.models import Edition, EditionState
 
 
 def full_status(engine: Engine, settings: Settings, edition: Edition, *, now: datetime) -> dict:
@@ -19,6 +20,9 @@ def full_status(engine: Engine, settings: Settings, edition: Edition, *, now: da
     data.update(edition_whereabouts(engine, edition.id, now=now,
                                     redispatch_after=settings.redispatch_after,
                                     liveness_timeout=settings.liveness_timeout))
+    if edition.state == EditionState.HELD.value:
+        # Its rows are those of the hold; approval plans them again from what is stored now.
+        data["approval_sends"] = recipients_now(engine, edition_window(edition))
     return data
 
 
@@ -27,6 +31,9 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
                + (f" ({data['reason']})" if data["reason"] else ""))
     if data["state"] == "held":
         click.echo(f"  {held_hint(data['edition'])}")
+        if "approval_sends" in data:
+            click.echo(f"  approving it sends to {data['approval_sends']} subscribers: its rows below are those of "
+                       "the hold, and are planned again from the stories and subscribers stored at the approval")
     if data["note"]:
         click.echo(f"  note: {data['note']}")
     click.echo(f"  {data['total']} deliveries: " + ", ".join(f"{n} {s}" for s, n in data["counts"].items()))
@@ -47,8 +54,25 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
                    "tries them again")
     for row in data["unknown"]:
         click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
+    for line in resolution_lines(data):
+        click.echo(f"  {line}")
     for line in late_lines(data):
         click.echo(f"  {line}")
+
+
+def resolution_lines(data: dict) -> list[str]:
+    """How the edition's unknown rows were decided, and the command for those still open."""
+    lines = []
+    resolved = data.get("resolved") or {}
+    if resolved.get("sent") or resolved.get("resend"):
+        lines.append(f"resolved unknown rows: {resolved['sent']} marked sent, {resolved['resend']} sent again "
+                     f"(last by {resolved['last_by']} at {resolved['last_at'][:16].replace('T', ' ')} UTC)")
+    unknown = data["counts"]["unknown"]
+    if unknown:
+        lines.append(f"{unknown} unknown {'row' if unknown == 1 else 'rows'} (the reader has zero or one copy) "
+                     f"wait for a decision: `newsletter deliveries resolve {data['edition']} --sent|--resend "
+                     "(ADDR... | --all)`")
+    return lines
 
 
 def late_lines(data: dict) -> list[str]:

@@ -30,9 +30,11 @@ from worker.render.links import one_click_warning
 @click.option("--discard", is_flag=True, help="Drop a held edition: it is never sent.")
 @click.option("--yes", "-y", is_flag=True,
               help="Send without asking, even a week the guard would hold (for scripts and cron).")
+@click.option("--allow-overlap", is_flag=True,
+              help="Send although the window overlaps an edition that exists (its readers get those stories twice).")
 @pass_ctx
 def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, force, retry_failed, wait,
-         inline, approve, discard, yes) -> None:
+         inline, approve, discard, yes, allow_overlap) -> None:
     """Plan an edition and deliver it (manual trigger).
 
     An edition that exists is only reported, unless --retry-failed, --force, or (while
@@ -44,6 +46,10 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
     hold) and asks "Send to N subscribers?"; --yes skips the question. Not on a terminal (cron, a
     script), a week the guard would hold is refused with its reasons (exit 1) unless --yes,
     and any other is sent as before.
+
+    A window that overlaps an edition that exists (held, sending, paused or done) is refused
+    on both paths, naming that edition and its window, unless --allow-overlap (--force
+    re-sends its own edition without it).
     """
     from worker.cli import sending
 
@@ -73,9 +79,12 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
         if approve:
             settings.require_secret_key()
             _confirm_approval(ctx.engine, settings, key, yes=yes)
-        edition_id = sending.release_held(ctx.engine, key, approve=approve)
+        edition_id = sending.release_held(ctx.engine, settings, key, approve=approve)
         if edition_id is None:
             return
+        empty = sending.report_if_empty(ctx.engine, edition_id, window=window, scheduled=kind == "weekly")
+        if empty is not None:
+            raise click.exceptions.Exit(empty)
         raise click.exceptions.Exit(sending.deliver(ctx.engine, settings, edition_id, inline=inline, wait=wait))
     codes = sending.parse_region_option(regions)
     if to:
@@ -85,7 +94,8 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
         code = sending.dry_run(ctx.engine, settings, window, key, codes, force=force, retry=retry_failed)
         raise click.exceptions.Exit(code)
     settings.require_secret_key()
-    _confirm_send(ctx.engine, settings, key=key, window=window, force=force, retry=retry_failed, yes=yes)
+    _confirm_send(ctx.engine, settings, key=key, window=window, force=force, retry=retry_failed, yes=yes,
+                  allow_overlap=allow_overlap)
     edition_id = sending.plan_or_reuse(ctx.engine, settings, key=key, kind=kind, window=window, force=force,
                                        retry=retry_failed, continue_open=inline or wait)
     if edition_id is None:
@@ -102,7 +112,15 @@ def _interactive() -> bool:
     return sys.stdin.isatty()
 
 
-def _confirm_send(engine, settings, *, key: str, window, force: bool, retry: bool, yes: bool) -> None:
+def _ask(question: str, *, refused: str) -> None:
+    """A yes/no question on stderr; no (the default) is said plainly and exits 1."""
+    if not click.confirm(question, default=False, err=True):
+        click.echo(f"not sent: you answered no; {refused}", err=True)
+        raise click.exceptions.Exit(1)
+
+
+def _confirm_send(engine, settings, *, key: str, window, force: bool, retry: bool, yes: bool,
+                  allow_overlap: bool = False) -> None:
     """Show the guard's view of what is about to go out and ask, or refuse a held-looking
     week when nobody can be asked. Returns when sending may go ahead. The view and the
     question go to stderr: stdout stays what scripts read (the planned line first)."""
@@ -115,25 +133,33 @@ def _confirm_send(engine, settings, *, key: str, window, force: bool, retry: boo
             return  # plan_or_reuse says there is nothing to retry
         count = count_failed(engine, existing.id)
         if count and not yes and _interactive():
-            click.confirm(f"Send again to {count} subscribers whose delivery failed?", default=False, abort=True,
-                          err=True)
+            _ask(f"Send again to {count} subscribers whose delivery failed?",
+                 refused="the failed rows stay as they are")
         return
     if existing is not None and not force:
         return  # reported, or continued: nothing new is planned
+    check = _guard(engine, settings, window, key=key, allow_overlap=allow_overlap)
+    if check.overlaps and not allow_overlap:
+        _show_guard(check, window, tz=settings.tz)
+        first = check.overlaps[0]
+        click.echo(f"error: not sent: {window.label} overlaps {first.describe(settings.tz)}"
+                   + (f" and {len(check.overlaps) - 1} more" if len(check.overlaps) > 1 else "")
+                   + "; its readers would get the same stories twice. Nothing was planned; run it again "
+                   "with --allow-overlap to send anyway", err=True)
+        raise click.exceptions.Exit(1)
     count = _recipients(engine, window)
     if not count:
         return  # nobody would get it: plan_or_reuse records and says so
-    check = _guard(engine, settings, window)
     if _interactive():
-        _show_guard(check, window)
+        _show_guard(check, window, tz=settings.tz)
         if check.hold:
             click.echo("warning: a scheduled send of this week would be held", err=True)
         if not yes:
-            click.confirm(f"Send to {count} subscribers?", default=False, abort=True, err=True)
+            _ask(f"Send to {count} subscribers?", refused="nothing was planned")
         return
     if not check.hold:
         return  # a script or cron job: sent as before, without a word more
-    _show_guard(check, window)
+    _show_guard(check, window, tz=settings.tz)
     if yes:
         click.echo(f"warning: sending {window.label} although the guard would hold it (--yes)", err=True)
         return
@@ -157,21 +183,23 @@ def _confirm_approval(engine, settings, key: str, *, yes: bool) -> None:
         return
     window = resolve_edition(engine, settings, key)[0]
     click.echo(f"{key} is held: {edition.reason}", err=True)
-    _show_guard(_guard(engine, settings, window), window)
-    count = _open_rows(engine, edition.id)
+    _show_guard(_guard(engine, settings, window, key=key), window, tz=settings.tz)
+    # Approval plans the rows again from what is stored now: this is the count it will send.
+    count = _recipients(engine, window)
     if count and not yes:
-        click.confirm(f"Send to {count} subscribers?", default=False, abort=True, err=True)
+        _ask(f"Send to {count} subscribers?", refused=f"{key} stays held")
 
 
-def _guard(engine, settings, window):
+def _guard(engine, settings, window, *, key: str, allow_overlap: bool = False):
     """What worker/delivery/guard.py sees for the window, as a scheduled send would check it
     (review mode aside: a person sending by hand is the review)."""
     from worker.delivery.guard import check_week
 
-    return check_week(engine, settings.model_copy(update={"review": False}), window)
+    return check_week(engine, settings.model_copy(update={"review": False}), window, key=key,
+                      allow_overlap=allow_overlap)
 
 
-def _show_guard(check, window) -> None:
+def _show_guard(check, window, *, tz) -> None:
     from datetime import UTC, datetime
 
     from worker.delivery.guard import HISTORY_WEEKS
@@ -187,30 +215,15 @@ def _show_guard(check, window) -> None:
         age = (end - check.newest).total_seconds() / 86400
         click.echo(f"  newest story: {check.newest:%Y-%m-%d %H:%M} UTC, {max(age, 0):.1f} days before "
                    f"{'the window ended' if end == window.end else 'now'}", err=True)
+    for overlap in check.overlaps:
+        click.echo(f"  overlaps {overlap.describe(tz)}", err=True)
     click.echo(f"  would hold: {check.hold}" if check.hold else "  nothing to hold", err=True)
 
 
 def _recipients(engine, window) -> int:
-    """Active subscribers with at least one story in their regions: who a plan would send to."""
-    from worker.cli.sending import _active_sets
-    from worker.delivery.plan import region_sets_with_stories
-    from worker.store.db import session_scope
+    from worker.delivery.plan import recipients_now
 
-    sets = _active_sets(engine)
-    with session_scope(engine) as session:
-        with_stories = region_sets_with_stories(session, window, [regions for regions, _ in sets])
-    return sum(count for regions, count in sets if regions in with_stories)
-
-
-def _open_rows(engine, edition_id: int) -> int:
-    from sqlalchemy import func, select
-
-    from worker.store.db import session_scope
-    from worker.store.models import Delivery, DeliveryState
-
-    with session_scope(engine) as session:
-        return session.scalar(select(func.count()).where(
-            Delivery.edition_id == edition_id, Delivery.state == DeliveryState.PENDING.value)) or 0
+    return recipients_now(engine, window)
 
 
 @cli.command()
@@ -221,7 +234,7 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
     """An edition's counts by state, skip reason and SMTP code, why rows failed, which
     workers hold its rows (alive or dead) and what waits for the broker; without
     EDITION the recent editions."""
-    from worker.cli.report import full_status, late_lines, print_status
+    from worker.cli.report import full_status, late_lines, print_status, resolution_lines
     from worker.delivery.pipeline import utcnow
     from worker.delivery.plan import require_edition
     from worker.delivery.status import edition_status, recent_editions
@@ -246,7 +259,7 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
         if data["state"] == "held":
             click.echo(f"  held: {data['reason']}")
             click.echo(f"  {held_hint(data['edition'])}")
-        for line in late_lines(data):
+        for line in [*resolution_lines(data), *late_lines(data)]:
             click.echo(f"  {line}")
 
 

@@ -11,6 +11,7 @@ import click
 from sqlalchemy import Engine, func, select
 
 from worker.cli.report import full_status, held_hint, nothing_sent, print_status
+from worker.delivery.guard import overlapping_editions
 from worker.delivery.pipeline import draft_renderer, run_inline, utcnow
 from worker.delivery.plan import (
     find_edition,
@@ -21,7 +22,7 @@ from worker.delivery.plan import (
     require_edition,
     retry_failed,
 )
-from worker.delivery.schedule import dispatch
+from worker.delivery.schedule import dispatch, release_local_send
 from worker.delivery.senders import Outgoing, make_sender, make_sender_pool
 from worker.delivery.status import edition_status, waiting_for_hour
 from worker.digest import Window, custom_window
@@ -125,6 +126,11 @@ def dry_run(engine: Engine, settings: Settings, window: Window, key: str,
     with session_scope(engine) as session:
         with_stories = region_sets_with_stories(session, window, [r for r, _ in sets])
     click.echo(f"dry run of {key} ({window.label}): nothing is sent or recorded")
+    with session_scope(engine) as session:
+        overlaps = overlapping_editions(session, window, key=original_key(key))
+    for overlap in overlaps:
+        click.echo(f"warning: overlaps {overlap.describe(settings.tz)}: `send` refuses it without --allow-overlap",
+                   err=True)
     sending = skipped = 0
     clipped = False
     for regions_text, count in sets:
@@ -215,8 +221,9 @@ def plan_or_reuse(engine: Engine, settings: Settings, *, key: str, kind: str, wi
     return planned.edition_id
 
 
-def release_held(engine: Engine, key: str, *, approve: bool) -> int | None:
-    """Approve (the edition to deliver) or discard (None) a held edition."""
+def release_held(engine: Engine, settings: Settings, key: str, *, approve: bool) -> int | None:
+    """Approve (the edition to deliver, its rows planned again from what is stored now)
+    or discard (None) a held edition."""
     from worker.delivery.plan import approve_edition, discard_edition
 
     edition = require_edition(engine, key)
@@ -225,10 +232,14 @@ def release_held(engine: Engine, key: str, *, approve: bool) -> int | None:
         raise UsageError(f"{edition.key} is {edition.state}, not held: nothing to "
                          f"{'approve' if approve else 'discard'}")
     who, now = getpass.getuser(), utcnow()
-    done = (approve_edition if approve else discard_edition)(engine, edition.id, now=now, who=who)
+    if approve:
+        done = approve_edition(engine, edition.id, now=now, who=who, local=release_local_send(edition, settings))
+    else:
+        done = discard_edition(engine, edition.id, now=now, who=who)
     if not done:
         raise UsageError(f"{edition.key} was released by someone else just now (`newsletter status {edition.key}`)")
-    click.echo(f"{edition.key}: {verb} (it was held: {edition.reason})")
+    click.echo(f"{edition.key}: {verb} (it was held: {edition.reason})"
+               + (f"; planned again from what is stored now: {_planned_counts(engine, edition.id)}" if approve else ""))
     return edition.id if approve else None
 
 

@@ -2,7 +2,9 @@
 
 A week that looks broken is held with its reasons, not sent (DESIGN.md, guarantees):
 an empty week; a followed region far below its own usual count; or no new story for
-days before the week ended (ingestion broken). Review mode holds every scheduled edition.
+days before the week ended (ingestion broken); or a window that overlaps an edition that
+exists (its readers would get the same stories twice). Review mode holds every scheduled
+edition.
 """
 
 from __future__ import annotations
@@ -16,11 +18,26 @@ from sqlalchemy import Engine, func, select
 from worker.digest import Window, week_of, week_window
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import Story, StoryRegion, Subscriber, SubscriberStatus
+from worker.store.models import Edition, EditionState, Story, StoryRegion, Subscriber, SubscriberStatus
 
 # The usual count is the median of this many weeks before: one odd week (a holiday, a
 # burst of news) does not move it, and four weeks still follow a site that grows.
 HISTORY_WEEKS = 4
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """An edition that exists whose window overlaps the one being checked."""
+
+    key: str
+    state: str
+    label: str
+    start: datetime
+    end: datetime
+
+    def describe(self, tz) -> str:
+        return (f"{self.key} ({self.state}, {self.label}: {self.start.astimezone(tz):%Y-%m-%d %H:%M} to "
+                f"{self.end.astimezone(tz):%Y-%m-%d %H:%M %Z})")
 
 
 @dataclass
@@ -29,16 +46,22 @@ class WeekCheck:
     counts: dict[str, int] = field(default_factory=dict)     # followed region: stories this week
     usual: dict[str, float] = field(default_factory=dict)    # followed region: median of the weeks before
     newest: datetime | None = None
+    overlaps: list[Overlap] = field(default_factory=list)
 
     @property
     def hold(self) -> str | None:
         return "; ".join(self.reasons) or None
 
 
-def check_week(engine: Engine, settings: Settings, window: Window) -> WeekCheck:
-    """What the guard sees for the week `window`, and the reasons to hold it (none: send)."""
+def check_week(engine: Engine, settings: Settings, window: Window, *, key: str | None = None,
+               allow_overlap: bool = False) -> WeekCheck:
+    """What the guard sees for the week `window`, and the reasons to hold it (none: send).
+
+    `key` is the edition being checked: it and its forced copies do not count as overlaps.
+    With `allow_overlap` overlaps are listed but are no reason to hold."""
     check = WeekCheck()
     with session_scope(engine) as session:
+        check.overlaps = overlapping_editions(session, window, key=key)
         followed = sorted({code for regions in session.scalars(
             select(Subscriber.regions).where(Subscriber.status == SubscriberStatus.ACTIVE.value).distinct())
             for code in regions.split()})
@@ -48,6 +71,9 @@ def check_week(engine: Engine, settings: Settings, window: Window) -> WeekCheck:
         counts = _region_counts(session, window)
         history = [_region_counts(session, week) for week in _weeks_before(window, settings)]
         check.newest = session.scalar(select(func.max(Story.published_at)).where(Story.published_at < window.end))
+    if not allow_overlap:
+        check.reasons.extend(f"overlaps {o.describe(settings.tz)}: its readers would get the same stories twice"
+                             for o in check.overlaps)
     if settings.review:
         check.reasons.append("review mode (NEWSLETTER_REVIEW=true): every scheduled edition waits for approval")
     if total == 0:
@@ -67,6 +93,17 @@ def check_week(engine: Engine, settings: Settings, window: Window) -> WeekCheck:
                 f"(newest published {check.newest:%Y-%m-%d %H:%M} UTC; is a feed broken? "
                 "`newsletter sources list`)")
     return check
+
+
+def overlapping_editions(session, window: Window, *, key: str | None = None) -> list[Overlap]:
+    """Editions that exist (held, sending, paused or done; not skipped) whose window shares
+    an instant with `window`, other than `key` and its forced copies."""
+    query = select(Edition).where(Edition.window_start < window.end, Edition.window_end > window.start,
+                                  Edition.state != EditionState.SKIPPED.value)
+    if key is not None:
+        query = query.where(Edition.key != key, ~Edition.key.startswith(f"{key}-force-", autoescape=True))
+    return [Overlap(e.key, e.state, e.label, e.window_start, e.window_end)
+            for e in session.scalars(query.order_by(Edition.window_start, Edition.id))]
 
 
 def _weeks_before(window: Window, settings: Settings) -> list[Window]:

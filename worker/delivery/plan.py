@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func, insert, literal, select, update
+from sqlalchemy import Engine, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from worker.delivery.ledger import has_open_rows
 from worker.delivery.local_time import LocalSend, due_times
@@ -14,7 +15,15 @@ from worker.digest import Window
 from worker.digest.queries import fetch_window_stories
 from worker.errors import UsageError
 from worker.store.db import session_scope
-from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Subscriber, SubscriberStatus
+from worker.store.models import (
+    Delivery,
+    DeliveryState,
+    Edition,
+    EditionState,
+    Subscriber,
+    SubscriberStatus,
+    Variant,
+)
 
 D = Delivery.__table__
 
@@ -30,6 +39,24 @@ def region_sets_with_stories(session, window: Window, region_sets: list[str]) ->
     """Which ordered region sets ('RU UA') have at least one story in the window."""
     tagged = {region for story in fetch_window_stories(session, window) for region in story.regions}
     return {regions for regions in region_sets if tagged & set(regions.split())}
+
+
+def edition_window(edition: Edition) -> Window:
+    """An edition's window for queries: only its start and end are read (the days, in UTC
+    here, are for display; `newsletter send --edition` rebuilds them in the local zone)."""
+    return Window(start=edition.window_start, end=edition.window_end, label=edition.label,
+                  first_day=edition.window_start.date(), last_day=edition.window_end.date())
+
+
+def recipients_now(engine: Engine, window: Window) -> int:
+    """Active subscribers with at least one story stored in their regions: who a plan made
+    now would send to (and so who approving a held edition sends to)."""
+    with session_scope(engine) as session:
+        sets = session.execute(select(Subscriber.regions, func.count())
+                               .where(Subscriber.status == SubscriberStatus.ACTIVE.value)
+                               .group_by(Subscriber.regions)).all()
+        with_stories = region_sets_with_stories(session, window, [regions for regions, _ in sets])
+    return sum(count for regions, count in sets if regions in with_stories)
 
 
 def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: datetime,
@@ -50,25 +77,7 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
                               state=(EditionState.HELD if hold else EditionState.SENDING).value, reason=hold)
             session.add(edition)
             session.flush()
-            due_at = due_times(session, local).column() if local else literal(None, D.c.due_at.type)
-            # INSERT ... SELECT: a million subscribers never pass through Python.
-            session.execute(insert(D).from_select(
-                ["edition_id", "subscriber_id", "regions", "state", "attempts", "updated_at", "due_at"],
-                select(literal(edition.id), Subscriber.id, Subscriber.regions,
-                       literal(DeliveryState.PENDING.value), literal(0), literal(now, D.c.updated_at.type), due_at)
-                .where(Subscriber.status == SubscriberStatus.ACTIVE.value)
-                # Rows of one region set get neighbouring ids, so a batch mostly needs one variant.
-                .order_by(Subscriber.regions, Subscriber.id),
-            ))
-            sets = list(session.scalars(select(D.c.regions).where(D.c.edition_id == edition.id).distinct()))
-            empty = sorted(set(sets) - region_sets_with_stories(session, window, sets))
-            for start in range(0, len(empty), 500):
-                session.execute(
-                    update(D).where(D.c.edition_id == edition.id, D.c.regions.in_(empty[start:start + 500]))
-                    .values(state=DeliveryState.SKIPPED.value, skip_reason="no-stories")
-                )
-            edition.total = session.scalar(
-                select(func.count()).select_from(D).where(D.c.edition_id == edition.id)) or 0
+            edition.total = _plan_rows(session, edition.id, window=window, now=now, local=local)
             edition_id = edition.id
         _analyze(engine)
         # Nobody to send to (no subscriber, or no stories in anyone's regions): done now.
@@ -81,6 +90,29 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
         if existing is None:
             raise
         return Planned(existing, key, False)
+
+
+def _plan_rows(session: Session, edition_id: int, *, window: Window, now: datetime, local: LocalSend | None) -> int:
+    """The edition's ledger rows from the active subscribers and the stories stored now;
+    region sets without stories skipped `no-stories`. Returns the row count."""
+    due_at = due_times(session, local).column() if local else literal(None, D.c.due_at.type)
+    # INSERT ... SELECT: a million subscribers never pass through Python.
+    session.execute(insert(D).from_select(
+        ["edition_id", "subscriber_id", "regions", "state", "attempts", "updated_at", "due_at"],
+        select(literal(edition_id), Subscriber.id, Subscriber.regions,
+               literal(DeliveryState.PENDING.value), literal(0), literal(now, D.c.updated_at.type), due_at)
+        .where(Subscriber.status == SubscriberStatus.ACTIVE.value)
+        # Rows of one region set get neighbouring ids, so a batch mostly needs one variant.
+        .order_by(Subscriber.regions, Subscriber.id),
+    ))
+    sets = list(session.scalars(select(D.c.regions).where(D.c.edition_id == edition_id).distinct()))
+    empty = sorted(set(sets) - region_sets_with_stories(session, window, sets))
+    for start in range(0, len(empty), 500):
+        session.execute(
+            update(D).where(D.c.edition_id == edition_id, D.c.regions.in_(empty[start:start + 500]))
+            .values(state=DeliveryState.SKIPPED.value, skip_reason="no-stories")
+        )
+    return session.scalar(select(func.count()).select_from(D).where(D.c.edition_id == edition_id)) or 0
 
 
 def _analyze(engine: Engine) -> None:
@@ -144,17 +176,34 @@ def resume_edition(engine: Engine, edition_id: int) -> bool:
     return True
 
 
-def approve_edition(engine: Engine, edition_id: int, *, now: datetime, who: str) -> bool:
+def approve_edition(engine: Engine, edition_id: int, *, now: datetime, who: str,
+                    local: LocalSend | None = None) -> bool:
     """Held to sending, the hold kept in the note for the record; True if this call did it
-    (a second approve, or one racing it, finds it no longer held)."""
+    (a second approve, or one racing it, finds it no longer held).
+
+    Who gets what is decided now, not at the hold: the held rows (never handed out) and any
+    render are dropped and planned again from the subscribers and stories stored now, in
+    the same transaction as the state change, so no tick sees the edition sending with the
+    old rows. This is what `newsletter preview --week` showed before the approval. With
+    `local`, rows are due at their reader's send time (those whose hour has passed: at once).
+    """
     with session_scope(engine) as session:
         edition = session.get(Edition, edition_id)
         if edition is None or edition.state != EditionState.HELD.value:
             return False
         record = f"held ({edition.reason}); approved by {who} at {now.isoformat()}"
         note = f"{edition.note}; {record}" if edition.note else record
-    if not _move(engine, edition_id, source=EditionState.HELD, target=EditionState.SENDING, reason=None, note=note):
-        return False
+        window = edition_window(edition)
+        moved = session.execute(
+            update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.HELD.value)
+            .values(state=EditionState.SENDING.value, reason=None, note=note)).rowcount
+        if not moved:
+            return False
+        session.execute(delete(D).where(D.c.edition_id == edition_id))
+        session.execute(delete(Variant).where(Variant.edition_id == edition_id))
+        total = _plan_rows(session, edition_id, window=window, now=now, local=local)
+        session.execute(update(Edition).where(Edition.id == edition_id).values(total=total))
+    _analyze(engine)
     finish_if_done(engine, edition_id, now)  # nothing to send (every row skipped): done now, as plan_edition does
     return True
 

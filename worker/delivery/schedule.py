@@ -17,7 +17,7 @@ from worker.digest import week_of, week_window, weekly_edition_key
 from worker.ingest.sources import PollResult, poll_all_sources, poll_due_sources
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import Edition, EditionState
+from worker.store.models import Edition, EditionState, Source, Story, Subscriber
 
 log = logging.getLogger(__name__)
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -48,7 +48,7 @@ class Due:
     week: str
     slot: datetime
     edition_id: int | None
-    action: str  # 'planned', 'held', 'exists', 'skipped', 'skipped-before'
+    action: str  # 'planned', 'held', 'exists', 'skipped', 'before-start'
 
 
 def next_slot(slot: datetime) -> datetime:
@@ -58,6 +58,16 @@ def next_slot(slot: datetime) -> datetime:
 
 def local_send(slot: datetime, settings: Settings) -> LocalSend:
     return LocalSend.of(slot.date(), settings)
+
+
+def release_local_send(edition: Edition, settings: Settings) -> LocalSend | None:
+    """The per-reader send times of a weekly edition approved after a hold: those of its
+    slot (the send day after its week), so rows whose hour has passed go at once and the
+    others at their hour. None for a manual edition: its rows are due at once."""
+    if edition.kind != "weekly":
+        return None
+    monday = edition.window_start.astimezone(settings.tz).date()
+    return LocalSend.of(monday + timedelta(days=7 + DAYS.index(settings.send_day)), settings)
 
 
 def first_morning(engine: Engine, slot: datetime, settings: Settings, now: datetime) -> datetime | None:
@@ -75,17 +85,22 @@ def first_morning(engine: Engine, slot: datetime, settings: Settings, now: datet
 
 def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> Due:
     """Create the edition for the latest slot if it is missing, or record it skipped
-    when the slot passed more than NEWSLETTER_CATCH_UP_HOURS ago.
+    when the slot passed more than NEWSLETTER_CATCH_UP_HOURS ago (unless it came before
+    anything was stored: a fresh install has missed nothing).
 
-    The latest slot is the one whose first reader's morning has come: the next slot's
-    edition is planned as soon as the send time comes in the earliest zone a reader is
-    in (its rows for readers further west wait for their own hour), so a reader in
-    Auckland gets Monday's edition on Monday morning in Auckland.
+    The latest slot is the one whose first reader's morning has come, once its week has
+    ended in NEWSLETTER_TIMEZONE: the next slot's edition is planned as soon as both the
+    week is over and the send time has come in the earliest zone a reader is in (its rows
+    for readers further west wait for their own hour; readers whose morning had already
+    come get it at once). Every feed is polled right before planning, so the week's
+    sources have been polled once after the week closed.
     """
     slot = latest_slot(now, settings)
     upcoming = next_slot(slot)
-    if _edition_id(engine, weekly_edition_key(week_for_slot(upcoming, settings))) is not None \
-            or first_morning(engine, upcoming, settings, now) is not None:
+    upcoming_week = week_for_slot(upcoming, settings)
+    if _edition_id(engine, weekly_edition_key(upcoming_week)) is not None or (
+            now >= week_window(upcoming_week, settings.tz).end
+            and first_morning(engine, upcoming, settings, now) is not None):
         slot = upcoming
     week = week_for_slot(slot, settings)
     key = weekly_edition_key(week)
@@ -95,6 +110,11 @@ def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> 
     window = week_window(week, settings.tz)
     late = now - slot
     if late > timedelta(hours=settings.catch_up_hours):
+        started = first_stored(engine)
+        if started is None or slot < started:
+            log.debug("%s: its slot %s came before anything was stored here (first at %s): not missed",
+                     key, slot.isoformat(), started.isoformat() if started else "never")
+            return Due(key, week, slot, None, "before-start")
         reason = (f"missed: the weekly send was due {slot.isoformat()} and nothing ran until "
                   f"{now.astimezone(settings.tz).isoformat()}, past the {settings.catch_up_hours:g} h "
                   "catch-up window (NEWSLETTER_CATCH_UP_HOURS)")
@@ -103,13 +123,24 @@ def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> 
         return Due(key, week, slot, None, "skipped" if made else "exists")
     # One last look at every feed, so the edition has the stories of the week's last hours.
     _log_polls(poll_all_sources(engine, settings, now))
-    hold = check_week(engine, settings, window).hold
+    hold = check_week(engine, settings, window, key=key).hold
     planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now, hold=hold,
                            local=local_send(slot, settings))
     if hold and planned.created:
         log.warning("%s held: %s", key, hold)
     return Due(key, week, slot, planned.edition_id,
                ("held" if hold else "planned") if planned.created else "exists")
+
+
+def first_stored(engine: Engine) -> datetime | None:
+    """When this install started, as far as its data tells: the earliest time a subscriber,
+    story, source or edition was stored. Each table's first row by id, not MIN(created_at):
+    a primary key lookup every tick instead of a scan (ids only grow, so the first row is
+    the oldest)."""
+    with session_scope(engine) as session:
+        found = [session.scalar(select(model.created_at).order_by(model.id).limit(1))
+                 for model in (Subscriber, Story, Source, Edition)]
+    return min((at for at in found if at is not None), default=None)
 
 
 def _edition_id(engine: Engine, key: str) -> int | None:

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 
 from worker.delivery.ledger.rows import waiting
 from worker.delivery.liveness import alive
+from worker.delivery.resolve import resolution_counts
 from worker.store.db import session_scope
 from worker.store.models import BounceEvent, BounceKind, Delivery, DeliveryState, Edition, Subscriber
 
@@ -65,6 +66,7 @@ def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) 
                      "at": r.updated_at.isoformat()} for r in unknown],
         "late": _late_reports(engine, edition.id, sent=by_state.get(DeliveryState.SENT.value, 0),
                               bounced=by_state.get(BOUNCED, 0)),
+        "resolved": resolution_counts(engine, edition.id),
     }
 
 

@@ -277,6 +277,11 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # Not handed out before this (the send time in the reader's zone); NULL: at once.
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # An `unknown` row decided by an operator (worker/delivery/resolve.py): 'sent' or
+    # 'resend', who and when. NULL: never unknown, or not decided.
+    resolution: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id", name="uq_deliveries_edition_subscriber"),

@@ -33,8 +33,8 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import Engine, select
 
 from worker.celery_app import create_app as create_celery_app
-from worker.delivery.plan import approve_edition, discard_edition, find_edition
-from worker.delivery.schedule import dispatch
+from worker.delivery.plan import approve_edition, discard_edition, edition_window, find_edition, recipients_now
+from worker.delivery.schedule import dispatch, release_local_send
 from worker.delivery.status import edition_status, recent_editions
 from worker.ingest.sources import list_sources
 from worker.redact import mask_url
@@ -96,7 +96,8 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
         editions = _editions(engine)
         done = _notice(engine, request.args)
         return render_template("operator.html", settings=settings, editions=editions, notice=done,
-                               held=[e for e in editions if e["state"] == EditionState.HELD.value],
+                               held=[_with_recipients(engine, e) for e in editions
+                                     if e["state"] == EditionState.HELD.value],
                                sources=_sources(engine), token=token, can_send=bool(secret),
                                now=datetime.now(UTC))
 
@@ -113,7 +114,11 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
         if edition.state != EditionState.HELD.value:
             return problem(409, "Not held", f"{edition.key} is {edition.state}, not held: nothing was changed.")
         now, who = datetime.now(UTC), _who()
-        moved = (approve_edition if action == "approve" else discard_edition)(engine, edition.id, now=now, who=who)
+        if action == "approve":
+            moved = approve_edition(engine, edition.id, now=now, who=who,
+                                    local=release_local_send(edition, settings))
+        else:
+            moved = discard_edition(engine, edition.id, now=now, who=who)
         if not moved:
             return problem(409, "Not held", f"{edition.key} was released by someone else just now: nothing was "
                            "changed.")
@@ -140,6 +145,13 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
                                message=f"{email} was {before} and is active again; the reason is in their history.",
                                link=("/operator", "Back to the operator page"))
         return Response(body, status=200, mimetype="text/html")
+
+
+def _with_recipients(engine: Engine, edition: dict) -> dict:
+    """A held edition's counts are those of the hold; approving plans its rows again from
+    the stories and subscribers stored now (worker/delivery/plan.py): say how many that is."""
+    held = find_edition(engine, edition["edition"])
+    return {**edition, "sends_now": recipients_now(engine, edition_window(held)) if held else 0}
 
 
 def _hand_out(engine: Engine, settings: Settings, edition_id: int, now: datetime) -> bool:
