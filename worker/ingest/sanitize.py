@@ -7,7 +7,7 @@ import re
 
 import nh3
 
-from worker.text import single_line
+from worker.text import visible_line
 
 # What a digest summary may contain. No images (tracking pixels, data: URLs),
 # no style, no classes: the digest's own CSS decides how it looks.
@@ -24,7 +24,7 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 def clean_title(text: str, *, is_html: bool = False) -> str:
     if is_html:
         text = html.unescape(nh3.clean(text, tags=set()))
-    return single_line(text)
+    return visible_line(text)
 
 
 def sanitize_summary(raw: str) -> str:

@@ -14,6 +14,7 @@ from worker.render.message import Envelope, build_message, dkim_sign, mailbox, m
 from worker.render.personalise import PersonalDigest, Recipient, personalise
 from worker.render.skeleton import MessageSkeleton
 from worker.settings import Settings, parse_address
+from worker.text import visible_line
 from worker.tokens import message_id
 
 
@@ -70,11 +71,13 @@ def compose(
     urls = links(settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
                  subscriber_id=addressee.subscriber_id)
     unsubscribe_url = urls.unsubscribe
-    recipient = Recipient(addressee.email, addressee.name, unsubscribe_url, urls.view_online, urls.manage,
+    # Names stored before they were cleaned at input: To and the greeting show what a person reads.
+    name = visible_line(addressee.name or "") or None
+    recipient = Recipient(addressee.email, name, unsubscribe_url, urls.view_online, urls.manage,
                           urls.leave(variant.regions))
     ident = addressee.subscriber_id if not test_send else f"test:{addressee.email}:{now}"
     mid = message_id(secret, edition_key=variant.edition_key, subscriber=ident, domain=settings.sender.domain)
-    to = mailbox(addressee.email, " ".join((addressee.name or "").split()) or None)
+    to = mailbox(addressee.email, name)
     if reference or not to.username.isascii():
         clock.lap("personalise")
         composed = _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe_url, test_send, now)
@@ -107,7 +110,7 @@ def _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe
         Envelope(
             sender=settings.sender,
             recipient_email=addressee.email,
-            recipient_name=addressee.name,
+            recipient_name=recipient.name,
             message_id=mid,
             list_id=settings.effective_list_id,
             unsubscribe_url=unsubscribe_url,

@@ -242,7 +242,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             return found
         subscriber_id, nonce, state = found
         return page("confirm.html", done=False, token=token, regions=names(state.regions),
-                    already_active=state.already_active,
+                    already_active=state.already_active, name=state.name, timezone=state.timezone,
                     csrf=form_token(secret, subscriber_id=subscriber_id, purpose="confirm"))
 
     @app.post("/confirm/<token>")
