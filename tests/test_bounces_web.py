@@ -169,14 +169,14 @@ def test_a_subscription_confirmation_is_verified_and_logged_not_followed(engine,
 def test_the_ses_route_is_off_without_a_topic_and_bounded(engine, settings):
     app = create_app(settings, engine, sns_certificates=Certificates())
     app.testing = True
-    assert app.test_client().post("/events/ses", data="{}").status_code == 404
+    assert app.test_client().post("/events/ses", data="{}", content_type="text/plain").status_code == 404
     settings = settings.model_copy(update={"ses_topic_arn": TOPIC})
     app = create_app(settings, engine, sns_certificates=Certificates())
     app.testing = True
     client = app.test_client()
-    assert client.post("/events/ses", data="x" * (256 * 1024 + 1)).status_code == 413
-    assert client.post("/events/ses", data="not json").status_code == 400
-    assert client.post("/events/ses", data="[1, 2]").status_code == 400
+    assert client.post("/events/ses", data="x" * (256 * 1024 + 1), content_type="text/plain").status_code == 413
+    assert client.post("/events/ses", data="not json", content_type="text/plain").status_code == 400
+    assert client.post("/events/ses", data="[1, 2]", content_type="application/json").status_code == 400
 
 
 def test_generic_events_need_the_operator_token(engine, web):
@@ -225,5 +225,6 @@ def test_generic_events_are_bounded(engine, web):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     too_many = [{"type": "bounce", "recipient": A}] * 101
     assert client.post("/events/bounces", json=too_many, headers=auth).status_code == 400
-    assert client.post("/events/bounces", data="x" * (64 * 1024 + 1), headers=auth).status_code == 413
-    assert client.post("/events/bounces", data="{", headers=auth).status_code == 400
+    assert client.post("/events/bounces", data="x" * (64 * 1024 + 1), headers=auth,
+                       content_type="application/json").status_code == 413
+    assert client.post("/events/bounces", data="{", headers=auth, content_type="application/json").status_code == 400

@@ -4,7 +4,9 @@ Readers' routes (sign-up, confirm, manage, leave a region: readers.py; unsubscri
 view-online, /healthz here) are reachable from every email, so they stay cheap:
 nothing renders a digest on request. Every other route is the operator's (previews of
 any week and region set, subscriber counts) and needs NEWSLETTER_OPERATOR_TOKEN, or a
-loopback client while no token is set.
+loopback client while no token is set; machine routes (/events/*, /metrics) take the token
+only as Bearer, and no route that changes anything takes a request another site's page
+made (crosssite.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hmac
 import ipaddress
 from dataclasses import replace
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, render_template, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
@@ -34,6 +37,14 @@ from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision, session_scope
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
 from worker.tokens import read_unsubscribe_token
+from worker.web.crosssite import (
+    SAFE_METHODS,
+    cross_site_refusal,
+    from_elsewhere,
+    is_machine_route,
+    machine_refusal,
+    takes_other_sites,
+)
 from worker.web.events import register_events
 from worker.web.mailer import ConfirmationMailer
 from worker.web.operator import register_operator
@@ -66,11 +77,26 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
     app.extensions["newsletter_mailer"] = mailer
     operator_token = settings.operator_token.get_secret_value().encode() if settings.operator_token else b""
 
+    own_origins = frozenset({_origin_of(settings.public_url)})
+
     @app.before_request
     def _operator_only():
         # Deny by default: a new route is the operator's until marked public.
         view = app.view_functions.get(request.endpoint)
-        if view is None or getattr(view, "public", False):
+        if view is None:
+            return None
+        machine = is_machine_route(request.url_rule.rule)
+        if (request.method not in SAFE_METHODS and not getattr(view, "other_sites", False)
+                and from_elsewhere(request, own_origins)):
+            if machine:
+                return cross_site_refusal()
+            return Response(render_template("problem.html", settings=settings, title="Not from here",
+                                            message="This form can only be sent from our own page.",
+                                            link=(request.path, "Open the page again")),
+                            status=403, mimetype="text/html")
+        if machine:
+            return None if getattr(view, "public", False) else machine_refusal(request, operator_token)
+        if getattr(view, "public", False):
             return None
         if operator_token:
             if hmac.compare_digest(_presented_token(), operator_token):
@@ -127,6 +153,10 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
 
     @app.post("/unsubscribe/<token>")
     @public
+    # RFC 8058's POST comes from the mail provider, and from some clients' own pages (a
+    # webmail, an add-on): the link in the path is the only credential, so another site's
+    # page can do nothing with it that its server could not.
+    @takes_other_sites
     def unsubscribe(token: str):
         subscriber = _subscriber_for(token)
         # RFC 8058: the body is "List-Unsubscribe=One-Click"; the confirm page's form
@@ -245,6 +275,11 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
         return subscriber
 
     return app
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _presented_token() -> bytes:

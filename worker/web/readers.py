@@ -62,6 +62,7 @@ from worker.tokens import (
     read_confirm_token,
     read_manage_token,
 )
+from worker.web.crosssite import takes_other_sites
 from worker.web.mailer import ConfirmationMailer
 from worker.web.public import public
 from worker.web.ratelimit import LimitsUnavailable, SubscribeLimiter, client_address
@@ -104,6 +105,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
 
     @app.route("/subscribe", methods=["GET", "POST", "OPTIONS"], provide_automatic_options=False)
     @public
+    @takes_other_sites  # the news site's pages: their origins are checked below
     def subscribe():
         if request.method == "OPTIONS":
             return _preflight()
