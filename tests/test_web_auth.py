@@ -89,7 +89,8 @@ def test_readers_pages_stay_public_whatever_the_token(sample_engine, settings):
     from tests.test_web import _anna, _send_week
 
     _send_week(sample_engine, settings)
-    token = unsubscribe_token("test-secret-key", _anna(sample_engine).id)
+    anna = _anna(sample_engine)
+    token = unsubscribe_token("test-secret-key", anna.id, anna.link_key)
     for client in (web_client(sample_engine, settings, TOKEN), web_client(sample_engine, settings)):
         assert client.get("/healthz", environ_base=REMOTE).status_code == 200
         assert client.get("/archive/weekly-2025-W05/RU-UA", environ_base=REMOTE).status_code == 200
@@ -155,6 +156,11 @@ def _reader(engine):
     with session_scope(engine) as session:
         row = session.scalar(sa.select(Subscriber).where(Subscriber.email_key == ANNA))
         return row.id, row.status, row.regions
+
+
+def _link_key(engine) -> str:
+    with session_scope(engine) as session:
+        return session.scalar(sa.select(Subscriber.link_key).where(Subscriber.email_key == ANNA))
 
 
 def _bounce_events(engine) -> int:
@@ -223,7 +229,7 @@ def test_no_route_that_changes_anything_takes_a_cross_site_simple_request(sample
     sent_editions(sample_engine, [ANNA])
     reader_id, _, regions = _reader(sample_engine)
     secret = settings.secret_key.get_secret_value()
-    values = {"token": manage_token(secret, reader_id), "key": "weekly-2025-W05", "action": "approve", "code": "RU"}
+    values = {"token": manage_token(secret, reader_id, _link_key(sample_engine)), "key": "weekly-2025-W05", "action": "approve", "code": "RU"}
     clients = [(web_client(sample_engine, settings), {}),
                (web_client(sample_engine, settings, TOKEN), _basic("operator", TOKEN))]
     # The one route that takes posts from other sites' pages: RFC 8058's one-click, whose only
@@ -257,7 +263,7 @@ def test_no_route_that_changes_anything_takes_a_cross_site_simple_request(sample
 def test_the_one_click_route_taking_other_sites_posts_needs_a_real_link(sample_engine, settings):
     client = web_client(sample_engine, settings)
     reader_id = _reader(sample_engine)[0]
-    forged = unsubscribe_token("another-key", reader_id)
+    forged = unsubscribe_token("another-key", reader_id, _link_key(sample_engine))
     answer = client.post(f"/unsubscribe/{forged}", data="List-Unsubscribe=One-Click", environ_base=REMOTE,
                          content_type="application/x-www-form-urlencoded", headers={"Origin": EVIL})
     assert answer.status_code == 400 and _reader(sample_engine)[1] == "active"

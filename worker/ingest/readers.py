@@ -124,6 +124,8 @@ class Confirmation:
     # What confirming stores besides the regions (a new reader's name and zone), shown first.
     name: str | None = None
     timezone: str | None = None
+    # Signed into the manage link the confirmed page shows.
+    link_key: str = ""
 
 
 def check_confirmation(engine: Engine, subscriber_id: int, nonce: str) -> Confirmation:
@@ -156,7 +158,7 @@ def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now:
         clear_confirmation(row)
         apply_change(session, row, via=ChangeVia.CONFIRM_LINK, at=now, status=ACTIVE, regions=regions, name=name,
                      timezone=zone)
-        return Confirmation(ConfirmOutcome.CONFIRMED, row.id, regions)
+        return Confirmation(ConfirmOutcome.CONFIRMED, row.id, regions, link_key=row.link_key or "")
 
 
 def expire_pending(engine: Engine, *, now: datetime, after: timedelta) -> int:

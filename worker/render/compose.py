@@ -25,6 +25,8 @@ class Addressee:
     email: str
     name: str | None
     subscriber_id: int | None
+    # The reader's link key (Subscriber.link_key), signed into their links; none for a test send.
+    link_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def compose(
     """
     clock = metrics.stage_clock()
     urls = links(settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
-                 subscriber_id=addressee.subscriber_id)
+                 subscriber_id=addressee.subscriber_id, link_key=addressee.link_key)
     unsubscribe_url = urls.unsubscribe
     # Names stored before they were cleaned at input: To and the greeting show what a person reads.
     name = visible_line(addressee.name or "") or None

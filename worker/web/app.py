@@ -36,7 +36,7 @@ from worker.render.personalise import Recipient, personalise
 from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision, session_scope
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
-from worker.tokens import read_unsubscribe_token
+from worker.tokens import link_opens, read_unsubscribe_token
 from worker.web.crosssite import (
     SAFE_METHODS,
     cross_site_refusal,
@@ -264,14 +264,16 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
 
     def _subscriber_for(token: str) -> Subscriber:
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-        subscriber_id = read_unsubscribe_token(secret, token) if secret else None
-        if subscriber_id is None:
+        link = read_unsubscribe_token(secret, token) if secret else None
+        if link is None:
             abort(400, "This unsubscribe link is not valid.")
         with session_scope(engine) as session:
-            subscriber = session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            # A valid signature for someone since purged: nothing left to change.
-            abort(400, "This unsubscribe link is no longer valid.")
+            subscriber = session.get(Subscriber, link.subscriber_id)
+        # Purged since, or a row the link was not made for: nothing of theirs left to change.
+        if subscriber is None or not link_opens(link, key=subscriber.link_key, legacy=subscriber.legacy_links):
+            abort(Response(render_template("problem.html", settings=settings, title="This link is no longer valid",
+                                           message="We hold nothing for this link any more.", link=None),
+                           status=410, mimetype="text/html"))
         return subscriber
 
     return app

@@ -58,6 +58,7 @@ from worker.tokens import (
     TokenProblem,
     check_form_token,
     form_token,
+    link_opens,
     manage_token,
     read_confirm_token,
     read_manage_token,
@@ -261,7 +262,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
         if done.outcome is not ConfirmOutcome.CONFIRMED:
             return _used_link()
         return page("confirm.html", done=True, regions=names(done.regions),
-                    manage_url=f"/manage/{manage_token(secret, subscriber_id)}")
+                    manage_url=f"/manage/{manage_token(secret, subscriber_id, done.link_key)}")
 
     def _confirmation(token: str):
         """(subscriber id, nonce, state) of a live link, or the page that refuses it."""
@@ -420,8 +421,8 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
 
     def _subscriber(token: str, code: str | None = None):
         """The subscriber a manage link names (and the region of a leave link), or the page that refuses it."""
-        subscriber_id = read_manage_token(secret, token) if secret else None
-        if subscriber_id is None:
+        link = read_manage_token(secret, token) if secret else None
+        if link is None:
             return problem(400, "This link is not valid",
                            "This link is not one of ours, or was cut short when it was copied. Open it "
                            "straight from one of your newsletters.")
@@ -433,10 +434,17 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
                 return problem(404, "Nothing here", "That is not a region we send news about.")
             if region.code != code:
                 return redirect(f"/manage/{token}/leave/{region.code}", code=308)
+        if link.key is None:
+            # Made before links carried the reader's key: it might name a row that took a
+            # purged reader's id, so it opens nothing (the unsubscribe link still works).
+            return problem(410, "This link is from an older newsletter",
+                           "Please use the link in your latest newsletter. To stop the newsletter, use its "
+                           "Unsubscribe link.")
         with session_scope(engine) as session:
-            row = session.get(Subscriber, subscriber_id)
-        if row is None or row.status == SubscriberStatus.PENDING:
-            # Purged since, or (a forged id) a sign-up nobody confirmed: nothing to manage.
+            row = session.get(Subscriber, link.subscriber_id)
+        if (row is None or row.status == SubscriberStatus.PENDING
+                or not link_opens(link, key=row.link_key, legacy=False)):
+            # Purged since, a row the link was not made for, or a sign-up nobody confirmed.
             return problem(410, "This link is no longer valid",
                            "We hold nothing for this link any more.", link=("/subscribe", "Sign up"))
         return (row, region) if code is not None else row
