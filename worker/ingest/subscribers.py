@@ -34,6 +34,8 @@ MAX_REGIONS_TEXT = 200
 # another address in disguise, and a relay refuses it at send. Refused at every input.
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[^?]*\?[^?]*\?=")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# Providers that deliver a.b@ and ab@ to one mailbox, under the name they deliver for.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
 
 
 class InvalidSubscriber(ValueError):
@@ -83,6 +85,17 @@ def address_key(local_part: str, ascii_domain: str) -> str:
     mapping (so straße.de is xn--strae-oqa.de, not strasse.de)."""
     local = unicodedata.normalize("NFC", local_part).translate(_ASCII_LOWER)
     return f"{local}@{ascii_domain.lower()}"
+
+
+def mailbox_of(email_key: str) -> tuple[str, str]:
+    """(mailbox, domain) of an address key, for limits: every spelling that reaches one
+    inbox gives one mailbox (the local part case-folded, without its +tag, and without dots
+    at providers that ignore them). Coarser than the key on purpose: it only limits."""
+    local, _, domain = email_key.rpartition("@")
+    local = local.split("+", 1)[0].casefold()
+    if domain in DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), DOTLESS_DOMAINS[domain]
+    return f"{local}@{domain}", domain
 
 
 def check_name(raw: str | None) -> str | None:

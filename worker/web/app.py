@@ -49,7 +49,7 @@ from worker.web.events import register_events
 from worker.web.mailer import ConfirmationMailer
 from worker.web.operator import register_operator
 from worker.web.public import public
-from worker.web.ratelimit import SubscribeLimiter
+from worker.web.ratelimit import RefusedConfirmations, SubscribeLimiter
 from worker.web.readers import register_readers
 
 # The digest is shown in an iframe with no permissions at all: no scripts, no
@@ -127,7 +127,8 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
         return render_template("problem.html", settings=settings, title="Too much", link=None,
                                message="That was more than any of our forms sends."), 413
 
-    register_readers(app, settings, engine, mailer=mailer, limiter=limiter or SubscribeLimiter(settings))
+    limiter = limiter or SubscribeLimiter(settings)
+    register_readers(app, settings, engine, mailer=mailer, limiter=limiter)
     # Bounces and complaints posted by relays (worker/web/events.py).
     register_events(app, settings, engine, fetch_certificate=sns_certificates)
 
@@ -208,6 +209,8 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
     # its NEWSLETTER_METRICS_PORT (worker/metrics.py). Operator-only, like every unmarked route.
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(engine))
+    # Confirmation mails the mailbox and domain limits held back (ratelimit.py), from Redis.
+    registry.register(RefusedConfirmations(limiter))
 
     @app.get("/metrics")
     def metrics():

@@ -39,6 +39,7 @@ from worker.ingest.readers import (
     confirm_subscription,
     expire_pending,
     leave,
+    release_confirmation,
     request_subscription,
 )
 from worker.ingest.subscribers import (
@@ -142,10 +143,25 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
                                fields["timezone"] or KEEP)
         due = request_subscription(engine, item, via=ChangeVia.FORM, now=now)
         if due is not None:
-            mailer.submit(due)
+            _mail_within_limits(due, item.email_key, now)
         if as_json:
             return _cors(jsonify(status="check-your-inbox", message=SENT_MESSAGE), 202)
         return page("subscribe_sent.html", email=item.email, regions=names(item.regions), back=_back_link())
+
+    def _mail_within_limits(due, email_key: str, now: datetime) -> None:
+        """Mail the link unless the mailbox's or domain's limit is spent (address variants,
+        user+1@, u.s.e.r@gmail.com, each pass the per-address hour); the answer is the same."""
+        try:
+            refused = limiter.mail_refused(email_key)
+        except LimitsUnavailable:
+            # No mail without a limit.
+            release_confirmation(engine, due, reason="not sent: the rate-limit store did not answer", now=now)
+            return
+        if refused is None:
+            mailer.submit(due)
+        else:
+            release_confirmation(engine, due, reason=f"not sent: the {refused} limit of confirmation mails "
+                                 "is spent", now=now)
 
     def _signup_fields(as_json: bool) -> tuple[dict, dict[str, str]]:
         """The submitted fields, checked as imports check them; errors by field."""
