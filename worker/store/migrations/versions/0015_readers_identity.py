@@ -110,9 +110,9 @@ def _rekey(bind, key_of: Callable[[str], str]) -> None:
             for row_id in changed:
                 new[row_id] = old[row_id]
     moving = {row_id: key for row_id, key in new.items() if key != old[row_id]}
-    # Through a placeholder, so no moment has two rows under one key (the UNIQUE constraint).
+    # Through a placeholder (no @: never a key), so no moment has two rows under one key.
     for row_id in moving:
-        bind.execute(subscribers.update().where(subscribers.c.id == row_id).values(email_key=f"\x00{row_id}"))
+        bind.execute(subscribers.update().where(subscribers.c.id == row_id).values(email_key=f"#0015-{row_id}"))
     for row_id, key in moving.items():
         bind.execute(subscribers.update().where(subscribers.c.id == row_id).values(email_key=key))
 
