@@ -4,8 +4,11 @@ and address variants do not add up to a flood of confirmation mails. On both dat
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
+from email import policy
+from email.parser import BytesParser
 
 import pytest
 import sqlalchemy as sa
@@ -13,11 +16,14 @@ from itsdangerous import URLSafeSerializer
 from pydantic import SecretStr
 
 from tests.test_readers_signup import PUBLIC, Readers, confirm, confirm_path, for_readers
+from worker.digest import week_window
+from worker.ingest import import_sources
 from worker.ingest.subscribers import add_subscriber, check_address, make_input, purge_subscriber
+from worker.preview import build_preview
 from worker.render.links import links
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import Delivery, Edition, Subscriber, SubscriberEvent
+from worker.store.models import Delivery, Edition, Story, StoryRegion, Subscriber, SubscriberEvent
 from worker.tokens import UNSUBSCRIBE_SALT
 
 SECRET = "test-secret-key"
@@ -269,3 +275,38 @@ def test_encoded_word_addresses_are_refused_at_sign_up(readers, email):
     with session_scope(readers.engine) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Subscriber)) == 0
     assert readers.mails() == []
+
+
+# 12. Invisible format characters where a person reads text
+
+BIDI = "\u202e\u2066\u200b\ufeff\u00ad\u2060"
+
+
+@pytest.mark.parametrize("email", ["bob@example.org", "bøb@example.org"])  # the fast path and the reference one
+def test_no_invisible_or_reordering_character_reaches_to_greeting_or_subject(engine, settings, tmp_path, email):
+    """Stored before the input checks (a name and a title holding U+202E and friends), and
+    through ingestion: the message as written, decoded, has none in To, greeting or Subject."""
+
+    items = [{"id": "s1", "url": "https://news.example/1", "title": f"Votes{BIDI} counted\u202e evil",
+              "summary": "x", "regions": ["RU"], "published_at": "2025-01-28T10:00:00Z"}]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(items))
+    assert not import_sources(engine, [str(path)]).rejected
+    with session_scope(engine) as session:
+        assert session.scalar(sa.select(Story.title)) == "Votes counted evil"
+        session.add(Story(guid="s2", url="https://news.example/2", title=f"Old{BIDI} title",
+                          published_at=datetime(2025, 1, 29, 10, tzinfo=UTC), regions=[StoryRegion(region="RU")]))
+        session.add(Subscriber(email=email, email_key=email, name=f"Bob{BIDI}\u202egnp.exe", regions="RU",
+                               status="active"))
+    composed = build_preview(engine, settings, window=week_window("2025-W05", settings.tz), email=email).composed
+    message = BytesParser(policy=policy.default).parsebytes(composed.data)
+    to = message["To"].addresses[0]
+    text = message.get_body(("plain",)).get_content()
+    # Ours, not data: the layout pads the preheader with zero-width and no-break spaces.
+    html = message.get_body(("html",)).get_content().replace("\u200b\u00a0", "")
+    written = [to.display_name, str(message["Subject"]), text, html]
+    assert to.display_name == "Bobgnp.exe"
+    assert text.lstrip().startswith("Hello Bobgnp.exe,")
+    assert "Votes counted evil" in text and "Old title" in text
+    for value in written:
+        assert not [ch for ch in value if ch in BIDI or ch in "\u202a\u202b\u202c\u202d\u2067\u2068\u2069\u200e\u200f"]
