@@ -310,3 +310,17 @@ def test_no_invisible_or_reordering_character_reaches_to_greeting_or_subject(eng
     assert "Votes counted evil" in text and "Old title" in text
     for value in written:
         assert not [ch for ch in value if ch in BIDI or ch in "\u202a\u202b\u202c\u202d\u2067\u2068\u2069\u200e\u200f"]
+
+
+def test_summaries_and_sources_lose_invisible_format_characters_at_ingestion(engine, tmp_path):
+    items = [{"id": "s1", "url": "https://news.example/1", "title": "T", "regions": ["RU"],
+              "summary": f"<p>Read{BIDI} <a href=\"https://x.example/\u202e\">this\u202e</a></p>",
+              "source": f"Wire{BIDI}", "published_at": "2025-01-28T10:00:00Z"}]
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(items))
+    assert not import_sources(engine, [str(path)]).rejected
+    with session_scope(engine) as session:
+        story = session.scalar(sa.select(Story))
+        for value in (story.summary_html, story.summary_text, story.source):
+            assert not [ch for ch in value if ch in BIDI], value
+        assert story.source == "Wire"

@@ -64,7 +64,7 @@ from worker.tokens import (
     read_confirm_token,
     read_manage_token,
 )
-from worker.web.crosssite import takes_other_sites
+from worker.web.crosssite import browser_origin, takes_other_sites
 from worker.web.mailer import ConfirmationMailer
 from worker.web.public import public
 from worker.web.ratelimit import LimitsUnavailable, SubscribeLimiter, client_address
@@ -508,14 +508,8 @@ def _codes_or_none(text: str) -> tuple[str, ...] | None:
 
 
 def _request_origin() -> str | None:
-    """Where the browser says the request comes from: Origin, else the Referer's origin;
-    None when it says nothing (not a browser). 'null' (a sandboxed or privacy-stripped
-    origin) is an origin no list allows."""
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        return origin.strip().lower()
-    referrer = request.headers.get("Referer")
-    return _origin(referrer) if referrer else None
+    """Where the browser says the request comes from (crosssite.py); None: not a browser."""
+    return browser_origin(request)
 
 
 def _origin(url: str) -> str:
