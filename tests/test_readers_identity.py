@@ -91,6 +91,7 @@ def test_ids_are_never_handed_out_twice_after_a_purge(engine):
 def test_a_purged_readers_old_links_do_not_open_the_next_readers_page(readers):
     """Purge the newest reader, a stranger signs up: the old mail's links are a clean 410."""
     _sign_up_and_confirm(readers, "old@example.org", name="Old Reader")
+    confirm_link = confirm_path(readers.mails()[0])
     manage, unsubscribe = _mailed_links(readers, "old@example.org")
     assert readers.client.get(manage).status_code == 200
     assert purge_subscriber(readers.engine, "old@example.org")
@@ -102,6 +103,7 @@ def test_a_purged_readers_old_links_do_not_open_the_next_readers_page(readers):
     assert readers.client.get(unsubscribe).status_code == 410
     assert readers.client.post(unsubscribe, data="List-Unsubscribe=One-Click",
                                content_type="application/x-www-form-urlencoded").status_code == 410
+    assert readers.client.get(confirm_link).status_code == 410  # its nonce was the old row's
     assert _row(readers.engine, "new@example.org").status == "active"
     # The new reader's own links work.
     new_manage, _ = _mailed_links(readers, "new@example.org")
