@@ -22,6 +22,7 @@ Revises: 0014
 """
 
 import logging
+import re
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -144,18 +145,9 @@ def _autoincrement(bind, *, on: bool) -> None:
         for table in TABLES:
             sql = bind.exec_driver_sql(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).scalar_one()
-            plain, auto = ("\tid INTEGER NOT NULL, \n", f"\tid INTEGER NOT NULL CONSTRAINT pk_{table} "
-                                                          "PRIMARY KEY AUTOINCREMENT, \n")
-            key = f"\tCONSTRAINT pk_{table} PRIMARY KEY (id), \n"
-            if on:
-                if plain not in sql or key not in sql:
-                    raise RuntimeError(f"{table}: unexpected definition {sql!r}")
-                sql = sql.replace(plain, auto).replace(key, "")
-            else:
-                if auto not in sql:
-                    raise RuntimeError(f"{table}: unexpected definition {sql!r}")
-                sql = sql.replace(auto, plain).replace("\tCONSTRAINT ", key + "\tCONSTRAINT ", 1)
-            bind.exec_driver_sql("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?", (sql, table))
+            bind.exec_driver_sql("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                                 (_with_autoincrement(table, sql) if on else _without_autoincrement(table, sql),
+                                  table))
         bind.exec_driver_sql(f"PRAGMA schema_version = {int(version) + 1}")
     finally:
         bind.exec_driver_sql("PRAGMA writable_schema = OFF")
@@ -164,3 +156,24 @@ def _autoincrement(bind, *, on: bool) -> None:
             bind.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
             bind.exec_driver_sql(f"INSERT INTO sqlite_sequence (name, seq) SELECT ?, COALESCE(MAX(id), 0) FROM {table}",
                                  (table,))
+
+
+def _with_autoincrement(table: str, sql: str) -> str:
+    """`id INTEGER NOT NULL, ... CONSTRAINT pk PRIMARY KEY (id)` -> `id INTEGER NOT NULL
+    CONSTRAINT pk PRIMARY KEY AUTOINCREMENT` (SQLite takes the keyword only on the column)."""
+    sql, columns = re.subn(r"(\(\s*id INTEGER NOT NULL)(\s*,)", rf"\1 CONSTRAINT pk_{table} PRIMARY KEY AUTOINCREMENT\2",
+                           sql, count=1)
+    sql, keys = re.subn(rf"\s*CONSTRAINT pk_{table} PRIMARY KEY \(id\)\s*,", "", sql, count=1)
+    if (columns, keys) != (1, 1):
+        raise RuntimeError(f"{table}: unexpected definition {sql!r}")
+    return sql
+
+
+def _without_autoincrement(table: str, sql: str) -> str:
+    sql, columns = re.subn(rf"(\bid INTEGER NOT NULL) CONSTRAINT pk_{table} PRIMARY KEY AUTOINCREMENT", r"\1", sql,
+                           count=1)
+    sql, keys = re.subn(r"(\s*)CONSTRAINT ", rf"\1CONSTRAINT pk_{table} PRIMARY KEY (id),\1CONSTRAINT ", sql, count=1)
+    if (columns, keys) != (1, 1):
+        raise RuntimeError(f"{table}: unexpected definition {sql!r}")
+    return sql
+
