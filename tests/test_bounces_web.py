@@ -228,3 +228,19 @@ def test_generic_events_are_bounded(engine, web):
     assert client.post("/events/bounces", data="x" * (64 * 1024 + 1), headers=auth,
                        content_type="application/json").status_code == 413
     assert client.post("/events/bounces", data="{", headers=auth, content_type="application/json").status_code == 400
+
+
+def test_the_ses_route_takes_what_sns_sends_and_nothing_a_browser_form_sends(engine, web):
+    """SNS posts its JSON as text/plain (or application/json with a delivery policy): both are
+    read, and believed only when signed. A form body is refused before it is read, and so is
+    anything a browser marks as another site's."""
+    client, certificates = web
+    ids = sent_editions(engine, [A])
+    signed = _sns("Notification", _ses_bounce(RETURN_PATH.for_delivery(ids[(1, A)]), A))
+    for content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        assert client.post("/events/ses", data=json.dumps(signed), content_type=content_type).status_code == 415
+    cross_site = client.post("/events/ses", data=json.dumps(signed), content_type="text/plain",
+                             headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+    assert cross_site.status_code == 403 and subscriber(engine, A).status == "active"
+    assert client.post("/events/ses", json=signed).status_code == 200
+    assert subscriber(engine, A).status == "bounced"
