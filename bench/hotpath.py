@@ -103,8 +103,8 @@ def main() -> int:
             if variant is None:
                 continue
             with stages.stage("compose"):
-                composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id), settings=settings,
-                                   secret=secret)
+                composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id, row.link_key),
+                                   settings=settings, secret=secret)
             with stages.stage("ledger"):
                 claim = book.claim([row.id], now=utcnow(), lease=timedelta(minutes=5))[row.id]
             with stages.stage("smtp"):

@@ -31,7 +31,8 @@ def send_one(edition_id: int, delivery_id: int) -> None:
     settings = load_settings()
     engine = create_db_engine(settings.database_url)
     with session_scope(engine) as session:
-        row = session.execute(select(Delivery.regions, Subscriber.email, Subscriber.name, Subscriber.id)
+        row = session.execute(select(Delivery.regions, Subscriber.email, Subscriber.name, Subscriber.id,
+                                     Subscriber.link_key)
                               .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
                               .where(Delivery.id == delivery_id)).one()
     edition = get_edition(engine, edition_id)
@@ -40,7 +41,7 @@ def send_one(edition_id: int, delivery_id: int) -> None:
     # premailer for every message, and the reference EmailMessage path.
     variant = render_variant(selection=selection, window=renderer._window, edition_key=edition.key,
                              settings=settings)
-    composed = compose(variant, Addressee(row.email, row.name, row.id), settings=settings,
+    composed = compose(variant, Addressee(row.email, row.name, row.id, row.link_key), settings=settings,
                        secret=settings.require_secret_key(), reference=True)
     with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=30) as smtp:
         smtp.sendmail(settings.sender.addr_spec, [composed.envelope_to], composed.data)

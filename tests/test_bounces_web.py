@@ -199,14 +199,14 @@ def test_a_subscription_confirmation_is_verified_and_logged_not_followed(engine,
 def test_the_ses_route_is_off_without_a_topic_and_bounded(engine, settings, certificates):
     app = create_app(settings, engine, sns_certificates=certificates)
     app.testing = True
-    assert app.test_client().post("/events/ses", data="{}").status_code == 404
+    assert app.test_client().post("/events/ses", data="{}", content_type="text/plain").status_code == 404
     settings = settings.model_copy(update={"ses_topic_arn": TOPIC})
     app = create_app(settings, engine, sns_certificates=certificates)
     app.testing = True
     client = app.test_client()
-    assert client.post("/events/ses", data="x" * (256 * 1024 + 1)).status_code == 413
-    assert client.post("/events/ses", data="not json").status_code == 400
-    assert client.post("/events/ses", data="[1, 2]").status_code == 400
+    assert client.post("/events/ses", data="x" * (256 * 1024 + 1), content_type="text/plain").status_code == 413
+    assert client.post("/events/ses", data="not json", content_type="text/plain").status_code == 400
+    assert client.post("/events/ses", data="[1, 2]", content_type="application/json").status_code == 400
 
 
 def _bounce_for(engine):
@@ -360,5 +360,22 @@ def test_generic_events_are_bounded(engine, web):
     auth = {"Authorization": f"Bearer {TOKEN}"}
     too_many = [{"type": "bounce", "recipient": A}] * 101
     assert client.post("/events/bounces", json=too_many, headers=auth).status_code == 400
-    assert client.post("/events/bounces", data="x" * (64 * 1024 + 1), headers=auth).status_code == 413
-    assert client.post("/events/bounces", data="{", headers=auth).status_code == 400
+    assert client.post("/events/bounces", data="x" * (64 * 1024 + 1), headers=auth,
+                       content_type="application/json").status_code == 413
+    assert client.post("/events/bounces", data="{", headers=auth, content_type="application/json").status_code == 400
+
+
+def test_the_ses_route_takes_what_sns_sends_and_nothing_a_browser_form_sends(engine, web):
+    """SNS posts its JSON as text/plain (or application/json with a delivery policy): both are
+    read, and believed only when signed. A form body is refused before it is read, and so is
+    anything a browser marks as another site's."""
+    client, certificates = web
+    ids = sent_editions(engine, [A])
+    signed = _sns("Notification", _ses_bounce(RETURN_PATH.for_delivery(ids[(1, A)]), A))
+    for content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        assert client.post("/events/ses", data=json.dumps(signed), content_type=content_type).status_code == 415
+    cross_site = client.post("/events/ses", data=json.dumps(signed), content_type="text/plain",
+                             headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+    assert cross_site.status_code == 403 and subscriber(engine, A).status == "active"
+    assert client.post("/events/ses", json=signed).status_code == 200
+    assert subscriber(engine, A).status == "bounced"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from worker.errors import HeaderInjectionError
 from worker.render.message import Envelope, build_message, dkim_sign, message_bytes
 from worker.render.personalise import PersonalDigest
-from worker.tokens import message_id, read_unsubscribe_token, unsubscribe_token
+from worker.tokens import ReaderLink, message_id, new_link_key, read_unsubscribe_token, unsubscribe_token
 
 SENDER = Address("Melange News", "digest", "news.example")
 EXPECTED_HEADERS = [
@@ -125,19 +125,20 @@ def test_message_ids_are_stable_distinct_and_keyed():
 
 
 @given(st.one_of(st.integers(min_value=0, max_value=10**10 - 1), st.integers(min_value=10**10, max_value=10**15),
-                 st.sampled_from([0, 1, 10**9, 10**10 - 1, 1111111111, 10**10, 10**12, 2**53])))
-def test_unsubscribe_tokens_are_what_itsdangerous_makes(subscriber_id):
+                 st.sampled_from([0, 1, 10**9, 10**10 - 1, 1111111111, 10**10, 10**12, 2**53])),
+       st.one_of(st.just(""), st.builds(new_link_key), st.text(max_size=40)))
+def test_unsubscribe_tokens_are_what_itsdangerous_makes(subscriber_id, key):
     from itsdangerous import URLSafeSerializer
 
     from worker.tokens import UNSUBSCRIBE_SALT
 
-    assert unsubscribe_token("secret", subscriber_id) == URLSafeSerializer("secret", UNSUBSCRIBE_SALT).dumps(
-        subscriber_id)
+    assert unsubscribe_token("secret", subscriber_id, key) == URLSafeSerializer("secret", UNSUBSCRIBE_SALT).dumps(
+        [subscriber_id, key])
 
 
 def test_unsubscribe_tokens_round_trip_and_reject_tampering():
-    token = unsubscribe_token("secret", 42)
-    assert read_unsubscribe_token("secret", token) == 42
+    token = unsubscribe_token("secret", 42, "k3y")
+    assert read_unsubscribe_token("secret", token) == ReaderLink(42, "k3y")
     assert read_unsubscribe_token("other-secret", token) is None
     assert read_unsubscribe_token("secret", token[:-1] + ("A" if token[-1] != "A" else "B")) is None
     assert read_unsubscribe_token("secret", "garbage") is None
@@ -146,6 +147,9 @@ def test_unsubscribe_tokens_round_trip_and_reject_tampering():
     foreign = URLSafeSerializer("secret", salt="something-else").dumps(42)
     assert read_unsubscribe_token("secret", foreign) is None
     assert read_unsubscribe_token("secret", URLSafeSerializer("secret", salt="newsletter.unsubscribe.v1").dumps("42")) is None
+    # A link from before links carried the reader's key: the id alone, told apart.
+    legacy = URLSafeSerializer("secret", salt="newsletter.unsubscribe.v1").dumps(42)
+    assert read_unsubscribe_token("secret", legacy) == ReaderLink(42, None)
 
 
 def test_dkim_signature_verifies_and_covers_list_unsubscribe_post(tmp_path):

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from tests.support.data import add_subscribers, load_stories
 from worker.delivery.pipeline import run_inline
@@ -21,14 +22,20 @@ from worker.store.models import BounceEvent, Delivery, DeliveryState, Edition, E
 from worker.web import create_app
 
 LOOPBACK = {"REMOTE_ADDR": "127.0.0.1"}
+TOKEN = "metrics-scraper-token"
 NOW = datetime(2025, 2, 3, 7, 0, tzinfo=UTC)
+
+
+def _get_metrics(engine, settings):
+    """/metrics as a scraper asks: the operator token as a Bearer token (never loopback trust)."""
+    app = create_app(settings.model_copy(update={"operator_token": SecretStr(TOKEN)}), engine)
+    app.testing = True
+    return app.test_client().get("/metrics", environ_base=LOOPBACK, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
 def _scrape(engine, settings) -> dict[str, dict[tuple, float]]:
     """name -> {sorted label items: value}, parsed by prometheus-client's own parser."""
-    app = create_app(settings, engine)
-    app.testing = True
-    page = app.test_client().get("/metrics", environ_base=LOOPBACK)
+    page = _get_metrics(engine, settings)
     assert page.status_code == 200
     out: dict[str, dict[tuple, float]] = {}
     for family in text_string_to_metric_families(page.text):
@@ -110,9 +117,7 @@ def test_sources_are_labelled_by_id_with_failures_and_last_success(engine, setti
     assert _by(scraped["newsletter_source_last_success_timestamp_seconds"], "source") == \
         {str(good.id): success.timestamp(), str(bad.id): 0, str(long.id): 0}
     assert scraped["newsletter_sources_up"][()] == 1
-    app = create_app(settings, engine)
-    app.testing = True
-    text = app.test_client().get("/metrics", environ_base=LOOPBACK).text
+    text = _get_metrics(engine, settings).text
     assert "secret" not in text and "user" not in text and "key=" not in text
 
 

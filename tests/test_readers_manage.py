@@ -33,7 +33,7 @@ def readers(sample_engine, settings):
 
 
 def _manage_path(readers, email=ANNA):
-    return f"/manage/{manage_token('test-secret-key', readers.row(email).id)}"
+    return f"/manage/{manage_token('test-secret-key', readers.row(email).id, readers.row(email).link_key)}"
 
 
 def _form(page_text):
@@ -156,12 +156,13 @@ def test_the_manage_form_is_protected_against_cross_site_posts(readers):
 
 def test_forged_and_dead_manage_links_are_refused(readers):
     anna = readers.row(ANNA)
-    for bad in [manage_token("another-key", anna.id), unsubscribe_token("test-secret-key", anna.id),
-                manage_token("test-secret-key", anna.id)[:-2] + "xx", "nonsense"]:
+    for bad in [manage_token("another-key", anna.id, anna.link_key), unsubscribe_token("test-secret-key", anna.id, anna.link_key),
+                manage_token("test-secret-key", anna.id, anna.link_key)[:-2] + "xx", "nonsense"]:
         assert readers.client.get(f"/manage/{bad}").status_code == 400
         assert readers.client.get(f"/manage/{bad}/leave/RU").status_code == 400
     readers.subscribe("pending@example.org")
-    pending = manage_token("test-secret-key", readers.row("pending@example.org").id)
+    pending = manage_token("test-secret-key", readers.row("pending@example.org").id,
+                           readers.row("pending@example.org").link_key)
     assert readers.client.get(f"/manage/{pending}").status_code == 410  # a sign-up has nothing to manage yet
     path = _manage_path(readers)
     purge_subscriber(readers.engine, ANNA)
@@ -260,13 +261,14 @@ def test_leave_links_take_only_region_codes(readers):
 
 
 def test_one_click_stays_rfc_8058_and_is_recorded(readers):
-    token = unsubscribe_token("test-secret-key", readers.row(ANNA).id)
+    token = unsubscribe_token("test-secret-key", readers.row(ANNA).id, readers.row(ANNA).link_key)
     done = readers.client.post(f"/unsubscribe/{token}", data="List-Unsubscribe=One-Click",
                                content_type="application/x-www-form-urlencoded",
                                headers={"Origin": "https://mail.example"})
     assert done.status_code == 200 and "You are unsubscribed" in done.text and done.headers.get("Location") is None
     assert readers.events(ANNA)[-1] == ("unsubscribed", "one-click", "unsubscribed", "RU UA")
-    token = unsubscribe_token("test-secret-key", readers.row("oleksandr.koval@example.com").id)
+    oleksandr = readers.row("oleksandr.koval@example.com")
+    token = unsubscribe_token("test-secret-key", oleksandr.id, oleksandr.link_key)
     page = readers.client.get(f"/unsubscribe/{token}")
     readers.client.post(f"/unsubscribe/{token}", data=dict(re.findall(r'name="([^"]+)" value="([^"]+)"', page.text)))
     assert readers.events("oleksandr.koval@example.com")[-1][:2] == ("unsubscribed", "unsubscribe-page")

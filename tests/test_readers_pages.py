@@ -182,7 +182,7 @@ def test_the_readers_pages_in_a_real_browser_at_375_px(served, tmp_path):
     binary = _chromium()
     base, readers = served
     client = readers.client
-    anna = f"/manage/{manage_token('test-secret-key', readers.row(ANNA).id)}"
+    anna = f"/manage/{manage_token('test-secret-key', readers.row(ANNA).id, readers.row(ANNA).link_key)}"
     # Pages a link opens: from the server. Pages a form's answer shows: saved as the app answered.
     sent = press(client, client.get("/subscribe"), "Subscribe", email="new@example.org", regions="UA")
     [mail] = readers.mails()

@@ -41,7 +41,8 @@ def for_readers(settings, **update):
     """Readers' pages on https://news.example, the news site at https://site.example, limits out of the way."""
     return settings.model_copy(update={
         "ratelimit_url": fresh_ratelimit_url(), "subscribe_limit_per_ip": "1000/minute",
-        "subscribe_limit_global": "1000/minute", "public_url": PUBLIC, "site_url": SITE,
+        "subscribe_limit_global": "1000/minute", "confirm_limit_per_mailbox": "1000/minute",
+        "confirm_limit_per_domain": "1000/minute", "public_url": PUBLIC, "site_url": SITE,
         "region_url": SITE + "/regions/{region}", **update,
     })
 

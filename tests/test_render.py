@@ -90,7 +90,7 @@ def test_the_subject_is_the_top_story_of_the_first_region_without_the_brand(samp
 def test_golden_text_part(sample_engine, settings):
     settings = settings.model_copy(update={"region_url": "http://127.0.0.1:8000/regions/{region}"})
     variant = _variant(sample_engine, settings)
-    text = compose(variant, Addressee("anna@example.org", "Anna", 1), settings=settings,
+    text = compose(variant, Addressee("anna@example.org", "Anna", 1, "g0ldenLinkKey-16"), settings=settings,
                    secret="golden", now=NOW).digest.text
     golden = GOLDEN / "weekly_digest_RU-UA_2025-W05.txt"
     if not golden.exists():  # first run writes it; review and commit it

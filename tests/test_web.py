@@ -39,7 +39,7 @@ def _status(engine, subscriber_id):
 def test_one_click_post_unsubscribes_once_and_again(sample_engine, settings):
     client = _client(sample_engine, settings)
     anna = _anna(sample_engine)
-    token = unsubscribe_token("test-secret-key", anna.id)
+    token = unsubscribe_token("test-secret-key", anna.id, anna.link_key)
     first = client.post(f"/unsubscribe/{token}", data="List-Unsubscribe=One-Click",
                         content_type="application/x-www-form-urlencoded")
     assert first.status_code == 200 and "You are unsubscribed" in first.text
@@ -52,7 +52,7 @@ def test_one_click_post_unsubscribes_once_and_again(sample_engine, settings):
 def test_get_shows_a_confirm_page_and_changes_nothing(sample_engine, settings):
     client = _client(sample_engine, settings)
     anna = _anna(sample_engine)
-    page = client.get(f"/unsubscribe/{unsubscribe_token('test-secret-key', anna.id)}")
+    page = client.get(f"/unsubscribe/{unsubscribe_token('test-secret-key', anna.id, anna.link_key)}")
     assert page.status_code == 200
     assert '<form method="post"' in page.text and anna.email in page.text
     assert _status(sample_engine, anna.id) == "active"
@@ -61,11 +61,15 @@ def test_get_shows_a_confirm_page_and_changes_nothing(sample_engine, settings):
 def test_tampered_and_foreign_tokens_get_400_and_change_nothing(sample_engine, settings):
     client = _client(sample_engine, settings)
     anna = _anna(sample_engine)
-    good = unsubscribe_token("test-secret-key", anna.id)
-    for bad in [good[:-2] + "xx", unsubscribe_token("another-key", anna.id), "nonsense",
-                unsubscribe_token("test-secret-key", 999_999)]:
+    good = unsubscribe_token("test-secret-key", anna.id, anna.link_key)
+    for bad in [good[:-2] + "xx", unsubscribe_token("another-key", anna.id, anna.link_key), "nonsense"]:
         assert client.post(f"/unsubscribe/{bad}", data="List-Unsubscribe=One-Click").status_code == 400
         assert client.get(f"/unsubscribe/{bad}").status_code == 400
+    # Ours, but for no row, or for Anna's id with another row's key: gone (410), not forged.
+    for dead in [unsubscribe_token("test-secret-key", 999_999, anna.link_key),
+                 unsubscribe_token("test-secret-key", anna.id, "another-rows-key")]:
+        assert client.post(f"/unsubscribe/{dead}", data="List-Unsubscribe=One-Click").status_code == 410
+        assert client.get(f"/unsubscribe/{dead}").status_code == 410
     with session_scope(sample_engine) as session:
         assert set(session.scalars(sa.select(Subscriber.status))) == {"active"}
 
@@ -178,7 +182,7 @@ def test_healthz_is_public_cheap_and_says_ok(sample_engine, settings):
 
 def test_readers_pages_link_to_the_site_never_to_the_operator_pages(sample_engine, settings):
     anna = _anna(sample_engine)
-    token = unsubscribe_token("test-secret-key", anna.id)
+    token = unsubscribe_token("test-secret-key", anna.id, anna.link_key)
     bare = _client(sample_engine, settings)
     assert 'href="/"' not in bare.get(f"/unsubscribe/{token}").text
     with_site = _client(sample_engine, settings.model_copy(update={"site_url": "https://news.example"}))

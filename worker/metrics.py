@@ -47,6 +47,11 @@ newest of those), so a scrape costs the same in year five as in week one:
   newsletter_sources_up, newsletter_bounces_up: the same for sources and bounce reports (each
   read on its own, so one failing leaves the others).
 
+Read from Redis at each scrape, by the web app (worker/web/ratelimit.py):
+
+- newsletter_confirmations_refused_total {limit}: confirmation mails held back by the
+  per-mailbox or per-domain limit; newsletter_ratelimit_up: 1 if Redis could be read.
+
 Where: a `celery worker` serves the sum over its pool processes on
 NEWSLETTER_METRICS_PORT (`serve_worker`); the web app serves the database's gauges at the
 operator-only `/metrics` (`LedgerCollector`). Anything else (tests, `send --inline`,

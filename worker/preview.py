@@ -72,7 +72,7 @@ def _subscriber(engine: Engine, email: str) -> tuple[Addressee, tuple[str, ...]]
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
         if row is None:
             raise UsageError(f"--email: no subscriber {email.strip()!r}")
-        return Addressee(row.email, row.name, row.id), tuple(row.region_list)
+        return Addressee(row.email, row.name, row.id, row.link_key), tuple(row.region_list)
 
 
 def write_preview(preview: Preview, out: Path) -> dict[str, Path]:

@@ -150,6 +150,11 @@ class Settings(BaseModel):
     # process shares them; ratelimit_url empty means the broker's Redis.
     subscribe_limit_per_ip: str = "5/minute;20/hour"
     subscribe_limit_global: str = "120/minute;2000/hour"
+    # Confirmation mails, on top of one an hour per address: per mailbox (the local part
+    # without +tag, and without dots at gmail.com) and per domain, so address variants do
+    # not add up to a flood in one inbox (docs/readers.md).
+    confirm_limit_per_mailbox: str = "3/hour;5/day"
+    confirm_limit_per_domain: str = "300/hour"
     ratelimit_url: str = ""
     # Origins besides NEWSLETTER_PUBLIC_URL's and NEWSLETTER_SITE_URL's whose pages may post
     # the sign-up form or call it with fetch(), separated by spaces or commas.
@@ -268,7 +273,8 @@ class Settings(BaseModel):
         cls._public_url(value.replace("{region}", "RU"))
         return value
 
-    @field_validator("subscribe_limit_per_ip", "subscribe_limit_global")
+    @field_validator("subscribe_limit_per_ip", "subscribe_limit_global", "confirm_limit_per_mailbox",
+                     "confirm_limit_per_domain")
     @classmethod
     def _limits(cls, value: str) -> str:
         # The grammar of `limits`' parse_many, checked here without importing it (CLI start-up).

@@ -22,3 +22,22 @@ def single_line(text: str) -> str:
     """Control characters and line breaks become one space; runs of spaces collapse."""
     cleaned = "".join(" " if unicodedata.category(ch) in _BREAKING else ch for ch in text)
     return " ".join(cleaned.split())
+
+
+# Format characters (Unicode category Cf) are invisible: bidi overrides and isolates
+# (U+202A-202E, U+2066-2069) reorder what a reader sees ("Bob\u202eevil" shows reversed),
+# zero-width spaces and U+FEFF hide text between letters. The joiners stay: Persian and
+# Indic names need ZWNJ, emoji sequences ZWJ, and neither reorders or hides anything.
+_KEPT_FORMAT = frozenset("\u200c\u200d")
+
+
+def visible_text(text: str) -> str:
+    """`text` without invisible format characters (Cf) other than the joiners."""
+    if text.isascii():
+        return text
+    return "".join(ch for ch in text if ch in _KEPT_FORMAT or unicodedata.category(ch) != "Cf")
+
+
+def visible_line(text: str) -> str:
+    """What a person reads as one line (a name, a title): single_line without format characters."""
+    return single_line(visible_text(text))

@@ -1,7 +1,9 @@
 """Signed values, all keyed by NEWSLETTER_SECRET_KEY, each kind with its own salt so that
 a token made for one purpose is worthless for any other:
 
-- unsubscribe and manage tokens: a subscriber id, never expiring (they sit in old mail);
+- unsubscribe and manage tokens: a subscriber id and the reader's link key, never expiring
+  (they sit in old mail); the key is random, stored in the reader's row (`link_key`), so a
+  link dies with the row it was made for: after a purge, or for another row that got the id;
 - confirmation tokens: a subscriber id and the nonce of their one live link, expiring;
 - form tokens: the CSRF token of a readers' page form, bound to subscriber and purpose;
 - Message-IDs.
@@ -12,6 +14,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
+import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -24,37 +28,65 @@ CONFIRM_SALT = "newsletter.confirm.v1"
 FORM_SALT = "newsletter.form.v1"
 # A link is a path segment: anything longer than this was not made here.
 MAX_TOKEN = 400
+# Link keys as new_link_key makes them (and "" for a test send's links): JSON as they are.
+_KEY = re.compile(r"[A-Za-z0-9_-]{0,32}")
 
 
-def unsubscribe_token(secret: str, subscriber_id: int) -> str:
-    """Carries the subscriber id and never expires (RFC 8058 links must keep working).
+# A reader's link key: 96 random bits, URL-safe base64 (16 characters).
+LINK_KEY_BYTES = 12
+LINK_KEY_CHARS = 16
 
-    Exactly URLSafeSerializer(secret, salt).dumps(subscriber_id), made once per message:
-    the serializer tries zlib on every payload (50 us, most of its cost), which for an
-    id of up to ten digits can never win (zlib's own framing is longer), so that payload
-    is the id's JSON in base64, signed by the serializer's default signer.
+
+def new_link_key() -> str:
+    return secrets.token_urlsafe(LINK_KEY_BYTES)
+
+
+@dataclass(frozen=True)
+class ReaderLink:
+    """What a reader's link names: the row's id and its link key. `key` is None for a link
+    made before rows had keys (the id alone), which only the unsubscribe link still honours,
+    and only for rows that existed then (Subscriber.legacy_links)."""
+
+    subscriber_id: int
+    key: str | None
+
+
+def unsubscribe_token(secret: str, subscriber_id: int, key: str) -> str:
+    """Carries the subscriber id and link key and never expires (RFC 8058 links must keep working).
+
+    Exactly URLSafeSerializer(secret, salt).dumps([subscriber_id, key]), made once per
+    message: the serializer tries zlib on every payload (50 us, most of its cost), which
+    for a payload this short can never win (zlib's own framing is longer), so that payload
+    is the JSON in base64, signed by the serializer's default signer.
     """
-    return _id_token(secret, subscriber_id, UNSUBSCRIBE_SALT)
+    return _id_token(secret, subscriber_id, key, UNSUBSCRIBE_SALT)
 
 
-def read_unsubscribe_token(secret: str, token: str) -> int | None:
-    """The subscriber id, or None for a tampered, foreign or malformed token."""
+def read_unsubscribe_token(secret: str, token: str) -> ReaderLink | None:
+    """The link, or None for a tampered, foreign or malformed token."""
     return _read_id_token(secret, token, UNSUBSCRIBE_SALT)
 
 
-def manage_token(secret: str, subscriber_id: int) -> str:
+def manage_token(secret: str, subscriber_id: int, key: str) -> str:
     """The manage page's link (regions, name, leaving): like the unsubscribe token, another salt."""
-    return _id_token(secret, subscriber_id, MANAGE_SALT)
+    return _id_token(secret, subscriber_id, key, MANAGE_SALT)
 
 
-def read_manage_token(secret: str, token: str) -> int | None:
+def read_manage_token(secret: str, token: str) -> ReaderLink | None:
     return _read_id_token(secret, token, MANAGE_SALT)
 
 
-def _id_token(secret: str, subscriber_id: int, salt: str) -> str:
-    if 0 <= subscriber_id < 10**10:
-        return _signer(secret, salt).sign(base64_encode(str(subscriber_id))).decode()
-    return URLSafeSerializer(secret, salt=salt).dumps(subscriber_id)
+def link_opens(link: ReaderLink, *, key: str | None, legacy: bool) -> bool:
+    """The link was made for this row: its key, or (a link from before keys) a row from then."""
+    if link.key is None:
+        return legacy
+    return key is not None and hmac.compare_digest(link.key.encode(), key.encode())
+
+
+def _id_token(secret: str, subscriber_id: int, key: str, salt: str) -> str:
+    if 0 <= subscriber_id < 10**10 and _KEY.fullmatch(key):
+        return _signer(secret, salt).sign(base64_encode(f'[{subscriber_id},"{key}"]')).decode()
+    return URLSafeSerializer(secret, salt=salt).dumps([subscriber_id, key])
 
 
 @functools.lru_cache(maxsize=16)
@@ -62,14 +94,18 @@ def _signer(secret: str, salt: str) -> Signer:
     return URLSafeSerializer(secret, salt=salt).make_signer()
 
 
-def _read_id_token(secret: str, token: str, salt: str) -> int | None:
+def _read_id_token(secret: str, token: str, salt: str) -> ReaderLink | None:
     if len(token) > MAX_TOKEN:
         return None
     try:
         value = URLSafeSerializer(secret, salt=salt).loads(token)
     except (BadSignature, ValueError, UnicodeError):
         return None
-    return value if _is_id(value) else None
+    if _is_id(value):
+        return ReaderLink(value, None)
+    if isinstance(value, list) and len(value) == 2 and _is_id(value[0]) and isinstance(value[1], str):
+        return ReaderLink(value[0], value[1])
+    return None
 
 
 class TokenProblem(StrEnum):

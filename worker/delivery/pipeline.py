@@ -314,8 +314,8 @@ def _prepare(batch: _Batch, row: ledger.Leased) -> _Prepared:
     if variant is None:
         return _Prepared(row, None, None)
     try:
-        composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id), settings=batch.settings,
-                           secret=batch.secret)
+        composed = compose(variant, Addressee(row.email, row.name, row.subscriber_id, row.link_key),
+                           settings=batch.settings, secret=batch.secret)
     except HeaderInjectionError as exc:
         return _Prepared(row, variant, None, str(exc))
     return _Prepared(row, variant, composed)

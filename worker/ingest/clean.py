@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from worker.ingest.parse import RawItem
 from worker.ingest.sanitize import clean_title, sanitize_summary, summary_text
 from worker.regions import RegionError, normalise_region, parse_regions
-from worker.text import single_line
+from worker.text import single_line, visible_line
 
 # Field limits: generous for real news, small enough that one item cannot push
 # a digest past Gmail's 102 KB clip or bloat the database.
@@ -66,7 +66,7 @@ def clean_item(raw: RawItem, *, default_region: str | None = None) -> CleanStory
     summary_raw = raw.summary or ""
     _check_length("summary", summary_raw, MAX_SUMMARY)
     summary_html = sanitize_summary(summary_raw)
-    source = single_line(raw.source or "")
+    source = visible_line(raw.source or "")  # shown under each story
     _check_length("source", source, MAX_SOURCE)
     image = raw.image_url.strip() if raw.image_url else None
     if image:

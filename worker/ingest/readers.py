@@ -77,13 +77,15 @@ def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVi
                 session.flush()
             else:
                 # A sign-up nobody confirmed shows what was asked last; anyone else keeps
-                # their regions until they confirm.
+                # their regions until they confirm, and their name and zone for good: a form
+                # anyone can fill in must not rename or retime a reader (the manage page does).
                 pending = {"regions": regions} if row.status == SubscriberStatus.PENDING else {}
+                known = {} if pending else {"confirm_name": None, "confirm_timezone": None}
                 mailed = session.execute(
                     update(Subscriber)
                     .where(Subscriber.id == row.id, or_(Subscriber.confirm_sent_at.is_(None),
                                                         Subscriber.confirm_sent_at <= now - RESEND_AFTER))
-                    .values(**ask, **pending)
+                    .values(**{**ask, **known}, **pending)
                     .execution_options(synchronize_session=False)
                 ).rowcount
                 if not mailed:
@@ -144,6 +146,11 @@ class Confirmation:
     subscriber_id: int | None = None
     regions: tuple[str, ...] = ()
     already_active: bool = False
+    # What confirming stores besides the regions (a new reader's name and zone), shown first.
+    name: str | None = None
+    timezone: str | None = None
+    # Signed into the manage link the confirmed page shows.
+    link_key: str = ""
 
 
 def check_confirmation(engine: Engine, subscriber_id: int, nonce: str) -> Confirmation:
@@ -155,7 +162,8 @@ def check_confirmation(engine: Engine, subscriber_id: int, nonce: str) -> Confir
         if row.confirm_nonce is None or not hmac.compare_digest(row.confirm_nonce, nonce):
             return Confirmation(ConfirmOutcome.USED, row.id)
         return Confirmation(ConfirmOutcome.LIVE, row.id, tuple((row.confirm_regions or row.regions).split()),
-                            already_active=row.status == ACTIVE)
+                            already_active=row.status == ACTIVE, name=row.confirm_name,
+                            timezone=row.confirm_timezone)
 
 
 def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now: datetime) -> Confirmation:
@@ -167,12 +175,15 @@ def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now:
         if row.confirm_nonce is None or not hmac.compare_digest(row.confirm_nonce, nonce):
             return Confirmation(ConfirmOutcome.USED, row.id)
         regions = tuple((row.confirm_regions or row.regions).split())
-        name = row.confirm_name if row.confirm_name is not None else KEEP
-        zone = row.confirm_timezone if row.confirm_timezone is not None else KEEP
+        # Only a new reader's sign-up brings a name and zone (shown on the confirm page);
+        # an existing reader's stay as they are, whatever a request stored before.
+        new = row.status == SubscriberStatus.PENDING
+        name = row.confirm_name if new and row.confirm_name is not None else KEEP
+        zone = row.confirm_timezone if new and row.confirm_timezone is not None else KEEP
         clear_confirmation(row)
         apply_change(session, row, via=ChangeVia.CONFIRM_LINK, at=now, status=ACTIVE, regions=regions, name=name,
                      timezone=zone)
-        return Confirmation(ConfirmOutcome.CONFIRMED, row.id, regions)
+        return Confirmation(ConfirmOutcome.CONFIRMED, row.id, regions, link_key=row.link_key or "")
 
 
 def expire_pending(engine: Engine, *, now: datetime, after: timedelta) -> int:

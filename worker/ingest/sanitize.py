@@ -7,7 +7,7 @@ import re
 
 import nh3
 
-from worker.text import single_line
+from worker.text import visible_line, visible_text
 
 # What a digest summary may contain. No images (tracking pixels, data: URLs),
 # no style, no classes: the digest's own CSS decides how it looks.
@@ -24,13 +24,14 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 def clean_title(text: str, *, is_html: bool = False) -> str:
     if is_html:
         text = html.unescape(nh3.clean(text, tags=set()))
-    return single_line(text)
+    return visible_line(text)
 
 
 def sanitize_summary(raw: str) -> str:
     """Allowlisted HTML: scripts, styles, links, handlers, javascript:/data: URLs removed."""
+    # Invisible format characters (bidi overrides) go before anything else reads it.
     return nh3.clean(
-        raw,
+        visible_text(raw),
         tags=SUMMARY_TAGS,
         attributes=SUMMARY_ATTRIBUTES,
         url_schemes=URL_SCHEMES,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ from worker.ingest.history import record as record_event
 from worker.regions import RegionError, parse_regions
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
-from worker.text import contains_control
+from worker.text import contains_control, visible_text
 from worker.zones import ZoneError, optional_zone
 
 MAX_NAME = 200
@@ -26,6 +28,14 @@ MAX_REGIONS = 20
 # What is read of a raw field before any check: a longer value is refused unparsed.
 MAX_ADDRESS = 320  # RFC 3696 errata: 64 + 1 + 255
 MAX_REGIONS_TEXT = 200
+
+
+# An RFC 2047 encoded-word: a mail header decodes it, so as (part of) an address it is
+# another address in disguise, and a relay refuses it at send. Refused at every input.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[^?]*\?[^?]*\?=")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+# Providers that deliver a.b@ and ab@ to one mailbox, under the name they deliver for.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
 
 
 class InvalidSubscriber(ValueError):
@@ -59,17 +69,40 @@ def check_address(raw: str) -> tuple[str, str]:
         raise InvalidSubscriber("no email address")
     if len(value) > MAX_ADDRESS:
         raise InvalidSubscriber(f"email address too long ({len(value)} > {MAX_ADDRESS} characters)")
+    if _ENCODED_WORD.search(value):
+        raise InvalidSubscriber(f"invalid email address {value[:80]!r}: an encoded-word (=?...?=) is not an address")
     try:
         result = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidSubscriber(f"invalid email address {value[:80]!r}: {exc}") from None
-    return result.normalized, result.normalized.casefold()
+    return result.normalized, address_key(result.local_part, result.ascii_domain)
+
+
+def address_key(local_part: str, ascii_domain: str) -> str:
+    """The de-duplication key: the NFC local part with only ASCII letters lower-cased
+    (a full case fold would merge mailboxes a server may keep apart: ß and ss, dotless ı),
+    and the domain as its lower-case IDNA 2008 A-label, after email-validator's UTS 46
+    mapping (so straße.de is xn--strae-oqa.de, not strasse.de)."""
+    local = unicodedata.normalize("NFC", local_part).translate(_ASCII_LOWER)
+    return f"{local}@{ascii_domain.lower()}"
+
+
+def mailbox_of(email_key: str) -> tuple[str, str]:
+    """(mailbox, domain) of an address key, for limits: every spelling that reaches one
+    inbox gives one mailbox (the local part case-folded, without its +tag, and without dots
+    at providers that ignore them). Coarser than the key on purpose: it only limits."""
+    local, _, domain = email_key.rpartition("@")
+    local = local.split("+", 1)[0].casefold()
+    if domain in DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), DOTLESS_DOMAINS[domain]
+    return f"{local}@{domain}", domain
 
 
 def check_name(raw: str | None) -> str | None:
     if raw is None:
         return None
-    value = raw.strip()
+    # Shown in To, the greeting and the pages: invisible and reordering characters go.
+    value = visible_text(raw).strip()
     if contains_control(value):
         raise InvalidSubscriber("name contains a line break or control character")
     if len(value) > MAX_NAME:

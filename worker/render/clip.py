@@ -22,6 +22,7 @@ from worker.render.links import links
 from worker.render.personalise import Recipient, tokens
 from worker.render.qp import EncodedBody
 from worker.settings import Settings
+from worker.tokens import LINK_KEY_CHARS
 
 GMAIL_CLIP_BYTES = 102 * 1024
 # What the HTML part as sent may reach: six percent under the clip.
@@ -65,7 +66,7 @@ def sent_html_bytes(html: str, *, nonce: str, regions: tuple[str, ...], edition_
                     settings: Settings) -> int:
     """The size of the HTML part of the largest copy of this variant, as sent."""
     urls = links(settings, secret="measure", edition_key=edition_key, variant_key=variant_key,
-                 subscriber_id=_LARGEST_ID)
+                 subscriber_id=_LARGEST_ID, link_key="w" * LINK_KEY_CHARS)
     largest = Recipient(email=_WIDEST * _LONGEST_EMAIL, name=_WIDEST * _LONGEST_NAME,
                         unsubscribe_url=urls.unsubscribe, view_online_url=urls.view_online, manage_url=urls.manage,
                         leave_urls=urls.leave(regions))

@@ -14,6 +14,7 @@ from worker.render.message import Envelope, build_message, mailbox, message_byte
 from worker.render.personalise import PersonalDigest, Recipient, personalise
 from worker.render.skeleton import MessageSkeleton
 from worker.settings import Settings, parse_address
+from worker.text import visible_line
 from worker.tokens import message_id
 
 
@@ -24,6 +25,8 @@ class Addressee:
     email: str
     name: str | None
     subscriber_id: int | None
+    # The reader's link key (Subscriber.link_key), signed into their links; none for a test send.
+    link_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,15 @@ def compose(
     """
     clock = metrics.stage_clock()
     urls = links(settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
-                 subscriber_id=addressee.subscriber_id)
+                 subscriber_id=addressee.subscriber_id, link_key=addressee.link_key)
     unsubscribe_url = urls.unsubscribe
-    recipient = Recipient(addressee.email, addressee.name, unsubscribe_url, urls.view_online, urls.manage,
+    # Names stored before they were cleaned at input: To and the greeting show what a person reads.
+    name = visible_line(addressee.name or "") or None
+    recipient = Recipient(addressee.email, name, unsubscribe_url, urls.view_online, urls.manage,
                           urls.leave(variant.regions))
     ident = addressee.subscriber_id if not test_send else f"test:{addressee.email}:{now}"
     mid = message_id(secret, edition_key=variant.edition_key, subscriber=ident, domain=settings.sender.domain)
-    to = mailbox(addressee.email, " ".join((addressee.name or "").split()) or None)
+    to = mailbox(addressee.email, name)
     if reference or not to.username.isascii():
         clock.lap("personalise")
         composed = _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe_url, test_send, now)
@@ -100,7 +105,7 @@ def _compose_reference(variant, addressee, recipient, settings, mid, unsubscribe
         Envelope(
             sender=settings.sender,
             recipient_email=addressee.email,
-            recipient_name=addressee.name,
+            recipient_name=recipient.name,
             message_id=mid,
             list_id=settings.effective_list_id,
             unsubscribe_url=unsubscribe_url,

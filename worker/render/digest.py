@@ -21,7 +21,7 @@ from worker.render.env import get_template
 from worker.render.inline import inline_css
 from worker.render.personalise import leave_key, new_nonce, tokens
 from worker.settings import Settings
-from worker.text import contains_control, single_line
+from worker.text import contains_control, visible_line
 
 log = logging.getLogger(__name__)
 TEMPLATE = "weekly_digest"
@@ -153,7 +153,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
             "leave_url": personal[leave_key(section.region)],
             "stories": [_story(story, tz, trim.summary) for story in shown],
         })
-    titles = [story.title for section in selection.sections for story in section.stories]
+    titles = [visible_line(story.title) for section in selection.sections for story in section.stories]
     # What this mail shows, once shortened under Gmail's clip (the rest is online).
     shown = [story["title"] for section in sections for story in section["stories"]]
     region_names = prose_list([names[s["region"]] for s in sections] or list(names.values()))
@@ -190,7 +190,7 @@ def _story(story, tz: ZoneInfo, summary_cut: int | None) -> dict:
         summary_text = headline(summary_text, summary_cut) if summary_cut else ""
         summary_html = f"<p>{escape(summary_text)}</p>" if summary_text else ""
     return {
-        "title": story.title,
+        "title": visible_line(story.title),
         "url": story.url,
         "date_label": _day(story.published_at, tz),
         "source": story.source,
@@ -203,8 +203,9 @@ def _story(story, tz: ZoneInfo, summary_cut: int | None) -> dict:
 
 def headline(text: str, limit: int = SUBJECT_MAX) -> str:
     """`text` on one line, cut at a word boundary with an ellipsis to at most `limit`
-    characters. A title is data: a control character in it becomes a space."""
-    text = single_line(text)
+    characters. A title is data: a control character in it becomes a space, an invisible
+    format character (a bidi override) goes."""
+    text = visible_line(text)
     if len(text) <= limit:
         return text
     cut = text[:limit - 1]

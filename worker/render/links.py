@@ -23,13 +23,13 @@ class Links:
 
 
 def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str,
-          subscriber_id: int | None) -> Links:
-    """A copy's links. A test send's links unsubscribe and manage nobody (id 0)."""
-    ident = subscriber_id or 0
+          subscriber_id: int | None, link_key: str | None = None) -> Links:
+    """A copy's links. A test send's links unsubscribe and manage nobody (id 0, no key)."""
+    ident, key = (subscriber_id, link_key or "") if subscriber_id else (0, "")
     return Links(
-        unsubscribe=f"{settings.public_url}/unsubscribe/{unsubscribe_token(secret, ident)}",
+        unsubscribe=f"{settings.public_url}/unsubscribe/{unsubscribe_token(secret, ident, key)}",
         view_online=f"{settings.public_url}/archive/{edition_key}/{variant_key}",
-        manage=f"{settings.public_url}/manage/{manage_token(secret, ident)}",
+        manage=f"{settings.public_url}/manage/{manage_token(secret, ident, key)}",
     )
 
 

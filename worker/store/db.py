@@ -112,15 +112,19 @@ def _alembic_config(engine: Engine):
     return cfg
 
 
-def upgrade_schema(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+def upgrade_schema(engine: Engine, revision: str = "head", *,
+                   notes: list[str] | None = None) -> tuple[str | None, str | None]:
     """Bring the schema to `revision`; safe to run any number of times.
 
-    Returns (revision before, revision after).
+    Returns (revision before, revision after). What a migration found in the data and
+    left for the operator to decide (address keys that would collide) is appended to `notes`.
     """
     from alembic import command
 
     before = current_revision(engine)
-    command.upgrade(_alembic_config(engine), revision)
+    cfg = _alembic_config(engine)
+    cfg.attributes["notes"] = notes if notes is not None else []
+    command.upgrade(cfg, revision)
     return before, current_revision(engine)
 
 

@@ -17,8 +17,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from worker.tokens import new_link_key
 
 # Stable constraint names so Alembic migrations are the same on both databases.
 NAMING = {
@@ -119,7 +122,8 @@ class Subscriber(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     # The address as email-validator normalised it (domain lower-cased, IDN in Unicode).
     email: Mapped[str] = mapped_column(String(320))
-    # Case-folded address: the de-duplication key.
+    # The de-duplication key: NFC local part, ASCII letters lower-cased, @ the domain's
+    # lower-case IDNA 2008 A-label (worker.ingest.subscribers.address_key).
     email_key: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Ordered region codes, space separated ("RU UA"). One text value per
@@ -144,10 +148,18 @@ class Subscriber(Base):
     confirm_timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Temporary delivery failures reported in a row across editions (worker/bounces).
     transient_bounces: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Signed into every link of theirs (worker/tokens.py) besides the id: a link opens only
+    # the row it was made for, never one made after a purge (migration 0015).
+    link_key: Mapped[str | None] = mapped_column(String(32), nullable=True, default=new_link_key)
+    # The row existed before links carried a key: its old id-only unsubscribe links in mail
+    # already sent keep working (RFC 8058); no row made since has any.
+    legacy_links: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="status"),
         Index("ix_subscribers_status_regions", "status", "regions"),
+        # Ids are never handed out twice (SQLite reuses the highest freed one without this).
+        {"sqlite_autoincrement": True},
     )
 
     @property
@@ -248,6 +260,7 @@ class Edition(Base):
 
     __table_args__ = (
         CheckConstraint(EDITION_STATE_CHECK, name="state"),
+        {"sqlite_autoincrement": True},
     )
 
 
@@ -293,6 +306,8 @@ class Delivery(Base):
             "state IN ('pending', 'sending', 'sent', 'failed', 'bounced', 'skipped', 'unknown')",
             name="state",
         ),
+        # A delivery id is in VERP tags: never handed out twice.
+        {"sqlite_autoincrement": True},
     )
 
 

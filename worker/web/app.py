@@ -4,7 +4,9 @@ Readers' routes (sign-up, confirm, manage, leave a region: readers.py; unsubscri
 view-online, /healthz here) are reachable from every email, so they stay cheap:
 nothing renders a digest on request. Every other route is the operator's (previews of
 any week and region set, subscriber counts) and needs NEWSLETTER_OPERATOR_TOKEN, or a
-loopback client while no token is set.
+loopback client while no token is set; machine routes (/events/*, /metrics) take the token
+only as Bearer, and no route that changes anything takes a request another site's page
+made (crosssite.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hmac
 import ipaddress
 from dataclasses import replace
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, render_template, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
@@ -33,12 +36,20 @@ from worker.render.personalise import Recipient, personalise
 from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision, session_scope
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
-from worker.tokens import read_unsubscribe_token
+from worker.tokens import link_opens, read_unsubscribe_token
+from worker.web.crosssite import (
+    SAFE_METHODS,
+    cross_site_refusal,
+    from_elsewhere,
+    is_machine_route,
+    machine_refusal,
+    takes_other_sites,
+)
 from worker.web.events import register_events
 from worker.web.mailer import ConfirmationMailer
 from worker.web.operator import register_operator
 from worker.web.public import public
-from worker.web.ratelimit import SubscribeLimiter
+from worker.web.ratelimit import RefusedConfirmations, SubscribeLimiter
 from worker.web.readers import register_readers
 
 # The digest is shown in an iframe with no permissions at all: no scripts, no
@@ -66,11 +77,26 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
     app.extensions["newsletter_mailer"] = mailer
     operator_token = settings.operator_token.get_secret_value().encode() if settings.operator_token else b""
 
+    own_origins = frozenset({_origin_of(settings.public_url)})
+
     @app.before_request
     def _operator_only():
         # Deny by default: a new route is the operator's until marked public.
         view = app.view_functions.get(request.endpoint)
-        if view is None or getattr(view, "public", False):
+        if view is None:
+            return None
+        machine = is_machine_route(request.url_rule.rule)
+        if (request.method not in SAFE_METHODS and not getattr(view, "other_sites", False)
+                and from_elsewhere(request, own_origins)):
+            if machine:
+                return cross_site_refusal()
+            return Response(render_template("problem.html", settings=settings, title="Not from here",
+                                            message="This form can only be sent from our own page.",
+                                            link=(request.path, "Open the page again")),
+                            status=403, mimetype="text/html")
+        if machine:
+            return None if getattr(view, "public", False) else machine_refusal(request, operator_token)
+        if getattr(view, "public", False):
             return None
         if operator_token:
             if hmac.compare_digest(_presented_token(), operator_token):
@@ -101,7 +127,8 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
         return render_template("problem.html", settings=settings, title="Too much", link=None,
                                message="That was more than any of our forms sends."), 413
 
-    register_readers(app, settings, engine, mailer=mailer, limiter=limiter or SubscribeLimiter(settings))
+    limiter = limiter or SubscribeLimiter(settings)
+    register_readers(app, settings, engine, mailer=mailer, limiter=limiter)
     # Bounces and complaints posted by relays (worker/web/events.py).
     register_events(app, settings, engine, fetch_certificate=sns_certificates)
 
@@ -127,6 +154,10 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
 
     @app.post("/unsubscribe/<token>")
     @public
+    # RFC 8058's POST comes from the mail provider, and from some clients' own pages (a
+    # webmail, an add-on): the link in the path is the only credential, so another site's
+    # page can do nothing with it that its server could not.
+    @takes_other_sites
     def unsubscribe(token: str):
         subscriber = _subscriber_for(token)
         # RFC 8058: the body is "List-Unsubscribe=One-Click"; the confirm page's form
@@ -178,6 +209,8 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
     # its NEWSLETTER_METRICS_PORT (worker/metrics.py). Operator-only, like every unmarked route.
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(engine))
+    # Confirmation mails the mailbox and domain limits held back (ratelimit.py), from Redis.
+    registry.register(RefusedConfirmations(limiter))
 
     @app.get("/metrics")
     def metrics():
@@ -234,17 +267,24 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
 
     def _subscriber_for(token: str) -> Subscriber:
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-        subscriber_id = read_unsubscribe_token(secret, token) if secret else None
-        if subscriber_id is None:
+        link = read_unsubscribe_token(secret, token) if secret else None
+        if link is None:
             abort(400, "This unsubscribe link is not valid.")
         with session_scope(engine) as session:
-            subscriber = session.get(Subscriber, subscriber_id)
-        if subscriber is None:
-            # A valid signature for someone since purged: nothing left to change.
-            abort(400, "This unsubscribe link is no longer valid.")
+            subscriber = session.get(Subscriber, link.subscriber_id)
+        # Purged since, or a row the link was not made for: nothing of theirs left to change.
+        if subscriber is None or not link_opens(link, key=subscriber.link_key, legacy=subscriber.legacy_links):
+            abort(Response(render_template("problem.html", settings=settings, title="This link is no longer valid",
+                                           message="We hold nothing for this link any more.", link=None),
+                           status=410, mimetype="text/html"))
         return subscriber
 
     return app
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _presented_token() -> bytes:

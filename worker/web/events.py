@@ -1,7 +1,7 @@
 """Bounce and complaint events posted by relays (docs/bounces.md).
 
-- POST /events/bounces: our generic JSON shape; the operator's, like every route not
-  marked public (NEWSLETTER_OPERATOR_TOKEN as a bearer token or basic password).
+- POST /events/bounces: our generic JSON shape, as application/json; a machine route
+  (crosssite.py): NEWSLETTER_OPERATOR_TOKEN as a Bearer token only, never from another site.
 - POST /events/ses: Amazon SES notifications through SNS. SNS cannot send our token, so
   this route is public and believes a message only when SNS signed it (providers.py) and
   it comes from NEWSLETTER_SES_TOPIC_ARN; with no topic set the route does not exist.
@@ -64,8 +64,10 @@ def register_events(app: Flask, settings: Settings, engine: Engine, *,
                 counts[key] += 1
         return counts
 
-    def body(limit: int):
+    def body(limit: int, types: tuple[str, ...] = ("application/json",)):
         request.max_content_length = limit
+        if request.mimetype not in types:
+            abort(Response(f"The body must be sent as {' or '.join(types)}.\n", status=415, mimetype="text/plain"))
         try:
             return json.loads(request.get_data(cache=False))
         except (ValueError, UnicodeDecodeError):
@@ -87,7 +89,9 @@ def register_events(app: Flask, settings: Settings, engine: Engine, *,
     def ses_events():
         if not settings.ses_topic_arn:
             abort(404)
-        message = body(MAX_SNS_BODY)
+        # SNS posts its JSON as text/plain unless the subscription's delivery policy says
+        # otherwise: taken here only because the message's signature is checked next.
+        message = body(MAX_SNS_BODY, ("text/plain", "application/json"))
         if not isinstance(message, dict):
             return Response("not an SNS message\n", status=400, mimetype="text/plain")
         try:

@@ -42,6 +42,7 @@ from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, Edition, EditionState
 from worker.tasks import publisher
+from worker.web.crosssite import browser_origin
 
 log = logging.getLogger(__name__)
 OPERATOR_SALT = "newsletter.operator.v1"
@@ -81,7 +82,7 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
 
     def refused(action: str, key: str, nothing: str) -> Response | None:
         """The rules every form here is under (module docstring); None when it passes."""
-        origin = _request_origin()
+        origin = browser_origin(request)
         if origin is not None and origin != f"{request.scheme}://{request.host}".lower():
             return problem(403, "Not from here", "This form can only be sent from the operator page itself.")
         if not secret:
@@ -222,15 +223,3 @@ def _valid(signer: URLSafeTimedSerializer, value: str, expected: list) -> bool:
         return signer.loads(value, max_age=FORM_MAX_AGE) == expected
     except (BadSignature, ValueError, UnicodeError):
         return False
-
-
-def _request_origin() -> str | None:
-    """The browser's Origin, else its Referer's origin; None when it says neither."""
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        return origin.strip().lower()
-    referrer = request.headers.get("Referer")
-    if not referrer:
-        return None
-    parts = urlsplit(referrer)
-    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else "null"

@@ -1,8 +1,13 @@
-"""Rate limits on POST /subscribe: per client address and for all clients together.
+"""Rate limits on POST /subscribe: per client address and for all clients together; and
+on the confirmation mails it sends: per mailbox and per domain.
 
 Counted in Redis with `limits` (moving windows), so every web process (gunicorn
 workers, several hosts) shares one count. When Redis cannot be reached the
 endpoint refuses (503) rather than sending confirmation mail without a limit.
+
+A confirmation refused by the mailbox or domain limit is counted in Redis too (so the
+count is every process's), and the web app's /metrics shows it as
+newsletter_confirmations_refused_total {limit}.
 """
 
 from __future__ import annotations
@@ -11,14 +16,20 @@ import ipaddress
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 
+import redis
 from flask import Request
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage
 from limits.strategies import MovingWindowRateLimiter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
+from worker.ingest.subscribers import mailbox_of
 from worker.settings import Settings
 
 # Keys: LIMITS:LIMITER/newsletter-subscribe/ip/<address>/... and .../all/...
@@ -35,12 +46,22 @@ class Verdict:
     retry_after: int = 0  # seconds, when refused
 
 
+class MailLimit(StrEnum):
+    """Which limit held a confirmation mail back."""
+
+    MAILBOX = "mailbox"
+    DOMAIN = "domain"
+
+
 class SubscribeLimiter:
     def __init__(self, settings: Settings) -> None:
         self._url = settings.ratelimit_storage_url
         self._per_ip = parse_many(settings.subscribe_limit_per_ip)
         self._everyone = parse_many(settings.subscribe_limit_global)
+        self._per_mailbox = parse_many(settings.confirm_limit_per_mailbox)
+        self._per_domain = parse_many(settings.confirm_limit_per_domain)
         self._limiter: MovingWindowRateLimiter | None = None
+        self._counts: redis.Redis | None = None
         self._lock = threading.Lock()
 
     def _strategy(self) -> MovingWindowRateLimiter:
@@ -50,6 +71,35 @@ class SubscribeLimiter:
                 storage = RedisStorage(self._url, socket_timeout=2, socket_connect_timeout=2)
                 self._limiter = MovingWindowRateLimiter(storage)
             return self._limiter
+
+    def _redis(self) -> redis.Redis:
+        with self._lock:
+            if self._counts is None:
+                self._counts = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+            return self._counts
+
+    def mail_refused(self, email_key: str) -> MailLimit | None:
+        """Count one confirmation mail to this address's mailbox and domain; the limit that
+        refuses it (and the refusal counted), or None to send it."""
+        mailbox, domain = mailbox_of(email_key)
+        checks = [*((MailLimit.MAILBOX, item, (SCOPE, "mailbox", mailbox)) for item in self._per_mailbox),
+                  *((MailLimit.DOMAIN, item, (SCOPE, "domain", domain)) for item in self._per_domain)]
+        try:
+            limiter = self._strategy()
+            refused = next((which for which, item, ids in checks if not limiter.hit(item, *ids)), None)
+            if refused is not None:
+                self._redis().incr(f"{SCOPE}/refused/{refused}")
+        except RedisError as exc:
+            raise LimitsUnavailable(str(exc)) from None
+        return refused
+
+    def refused_counts(self) -> dict[MailLimit, int]:
+        """Confirmation mails refused so far, by limit, over every process."""
+        try:
+            values = self._redis().mget([f"{SCOPE}/refused/{which}" for which in MailLimit])
+        except RedisError as exc:
+            raise LimitsUnavailable(str(exc)) from None
+        return {which: int(value or 0) for which, value in zip(MailLimit, values, strict=True)}
 
     def hit(self, client: str) -> Verdict:
         """Count one request; refused when the client's or everyone's budget is spent.
@@ -88,3 +138,31 @@ def client_address(request: Request, trusted_proxies: int) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
+
+
+class RefusedConfirmations(Collector):
+    """newsletter_confirmations_refused_total {limit}, read from Redis at each scrape;
+    newsletter_ratelimit_up 0 when Redis could not be read."""
+
+    def __init__(self, limiter: SubscribeLimiter) -> None:
+        self._limiter = limiter
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("newsletter_ratelimit_up", "1 if the rate-limit counters could be read.")
+        try:
+            counts = self._limiter.refused_counts()
+        except LimitsUnavailable:
+            up.add_metric([], 0)
+            yield up
+            return
+        refused = CounterMetricFamily("newsletter_confirmations_refused",
+                                      "Confirmation mails not sent: the mailbox's or domain's limit was spent.",
+                                      labels=["limit"])
+        for which, count in counts.items():
+            refused.add_metric([which.value], count)
+        up.add_metric([], 1)
+        yield refused
+        yield up

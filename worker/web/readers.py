@@ -39,6 +39,7 @@ from worker.ingest.readers import (
     confirm_subscription,
     expire_pending,
     leave,
+    release_confirmation,
     request_subscription,
 )
 from worker.ingest.subscribers import (
@@ -58,10 +59,12 @@ from worker.tokens import (
     TokenProblem,
     check_form_token,
     form_token,
+    link_opens,
     manage_token,
     read_confirm_token,
     read_manage_token,
 )
+from worker.web.crosssite import browser_origin, takes_other_sites
 from worker.web.mailer import ConfirmationMailer
 from worker.web.public import public
 from worker.web.ratelimit import LimitsUnavailable, SubscribeLimiter, client_address
@@ -104,6 +107,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
 
     @app.route("/subscribe", methods=["GET", "POST", "OPTIONS"], provide_automatic_options=False)
     @public
+    @takes_other_sites  # the news site's pages: their origins are checked below
     def subscribe():
         if request.method == "OPTIONS":
             return _preflight()
@@ -139,10 +143,25 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
                                fields["timezone"] or KEEP)
         due = request_subscription(engine, item, via=ChangeVia.FORM, now=now)
         if due is not None:
-            mailer.submit(due)
+            _mail_within_limits(due, item.email_key, now)
         if as_json:
             return _cors(jsonify(status="check-your-inbox", message=SENT_MESSAGE), 202)
         return page("subscribe_sent.html", email=item.email, regions=names(item.regions), back=_back_link())
+
+    def _mail_within_limits(due, email_key: str, now: datetime) -> None:
+        """Mail the link unless the mailbox's or domain's limit is spent (address variants,
+        user+1@, u.s.e.r@gmail.com, each pass the per-address hour); the answer is the same."""
+        try:
+            refused = limiter.mail_refused(email_key)
+        except LimitsUnavailable:
+            # No mail without a limit.
+            release_confirmation(engine, due, reason="not sent: the rate-limit store did not answer", now=now)
+            return
+        if refused is None:
+            mailer.submit(due)
+        else:
+            release_confirmation(engine, due, reason=f"not sent: the {refused} limit of confirmation mails "
+                                 "is spent", now=now)
 
     def _signup_fields(as_json: bool) -> tuple[dict, dict[str, str]]:
         """The submitted fields, checked as imports check them; errors by field."""
@@ -242,7 +261,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             return found
         subscriber_id, nonce, state = found
         return page("confirm.html", done=False, token=token, regions=names(state.regions),
-                    already_active=state.already_active,
+                    already_active=state.already_active, name=state.name, timezone=state.timezone,
                     csrf=form_token(secret, subscriber_id=subscriber_id, purpose="confirm"))
 
     @app.post("/confirm/<token>")
@@ -259,7 +278,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
         if done.outcome is not ConfirmOutcome.CONFIRMED:
             return _used_link()
         return page("confirm.html", done=True, regions=names(done.regions),
-                    manage_url=f"/manage/{manage_token(secret, subscriber_id)}")
+                    manage_url=f"/manage/{manage_token(secret, subscriber_id, done.link_key)}")
 
     def _confirmation(token: str):
         """(subscriber id, nonce, state) of a live link, or the page that refuses it."""
@@ -418,8 +437,8 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
 
     def _subscriber(token: str, code: str | None = None):
         """The subscriber a manage link names (and the region of a leave link), or the page that refuses it."""
-        subscriber_id = read_manage_token(secret, token) if secret else None
-        if subscriber_id is None:
+        link = read_manage_token(secret, token) if secret else None
+        if link is None:
             return problem(400, "This link is not valid",
                            "This link is not one of ours, or was cut short when it was copied. Open it "
                            "straight from one of your newsletters.")
@@ -431,10 +450,17 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
                 return problem(404, "Nothing here", "That is not a region we send news about.")
             if region.code != code:
                 return redirect(f"/manage/{token}/leave/{region.code}", code=308)
+        if link.key is None:
+            # Made before links carried the reader's key: it might name a row that took a
+            # purged reader's id, so it opens nothing (the unsubscribe link still works).
+            return problem(410, "This link is from an older newsletter",
+                           "Please use the link in your latest newsletter. To stop the newsletter, use its "
+                           "Unsubscribe link.")
         with session_scope(engine) as session:
-            row = session.get(Subscriber, subscriber_id)
-        if row is None or row.status == SubscriberStatus.PENDING:
-            # Purged since, or (a forged id) a sign-up nobody confirmed: nothing to manage.
+            row = session.get(Subscriber, link.subscriber_id)
+        if (row is None or row.status == SubscriberStatus.PENDING
+                or not link_opens(link, key=row.link_key, legacy=False)):
+            # Purged since, a row the link was not made for, or a sign-up nobody confirmed.
             return problem(410, "This link is no longer valid",
                            "We hold nothing for this link any more.", link=("/subscribe", "Sign up"))
         return (row, region) if code is not None else row
@@ -482,14 +508,8 @@ def _codes_or_none(text: str) -> tuple[str, ...] | None:
 
 
 def _request_origin() -> str | None:
-    """Where the browser says the request comes from: Origin, else the Referer's origin;
-    None when it says nothing (not a browser). 'null' (a sandboxed or privacy-stripped
-    origin) is an origin no list allows."""
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        return origin.strip().lower()
-    referrer = request.headers.get("Referer")
-    return _origin(referrer) if referrer else None
+    """Where the browser says the request comes from (crosssite.py); None: not a browser."""
+    return browser_origin(request)
 
 
 def _origin(url: str) -> str:

@@ -50,6 +50,7 @@ class Leased:
     regions: tuple[str, ...]
     email: str
     name: str | None
+    link_key: str | None
 
 
 def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: str, now: datetime,
@@ -75,12 +76,13 @@ def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: 
         if not won:
             return []
         rows = session.execute(
-            select(D.c.id, D.c.subscriber_id, D.c.regions, Subscriber.email, Subscriber.name)
+            select(D.c.id, D.c.subscriber_id, D.c.regions, Subscriber.email, Subscriber.name, Subscriber.link_key)
             .join(Subscriber, Subscriber.id == D.c.subscriber_id)
             .where(D.c.id.in_(won))
             .order_by(D.c.id)
         ).all()
-    return [Leased(r.id, r.subscriber_id, RegionSet.stored(r.regions).codes, r.email, r.name) for r in rows]
+    return [Leased(r.id, r.subscriber_id, RegionSet.stored(r.regions).codes, r.email, r.name, r.link_key)
+            for r in rows]
 
 
 def release(engine: Engine, *, ids: Sequence[int], worker: str, now: datetime) -> int:

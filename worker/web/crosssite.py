@@ -1,0 +1,80 @@
+"""Requests a browser sends on another site's behalf, and the routes only machines call.
+
+A page on any site can make a visitor's browser POST a form or a text/plain body to us
+without asking first (a CORS "simple request", no preflight), carrying what the browser
+holds for us: a cached basic login, and a loopback address when the operator's browser
+runs on this host. So every request that may change something is refused when the
+browser says it comes from elsewhere: `Sec-Fetch-Site: cross-site` or `same-site`, or an
+`Origin` (else the Referer's origin) that is not ours. A request that says neither is
+not a browser's (curl, a relay, SNS, a mail provider's RFC 8058 one-click) and is judged
+by the route. Only the sign-up takes posts from the news site, and checks their origin
+itself (readers.py).
+
+Machine routes (`/events/*`, `/metrics`) are called by programs: they take the operator
+token only as `Authorization: Bearer` (a browser never adds that to a cross-site request
+without a preflight we do not answer), never basic auth (which a browser caches and
+resends) and never a loopback address as proof.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import urlsplit
+
+from flask import Request, Response
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MACHINE_PREFIXES = ("/events/", "/metrics")
+MACHINE_REALM = 'Bearer realm="newsletter machine routes"'
+
+
+def takes_other_sites(view):
+    """Mark a route that accepts posts from other sites' pages and checks their origin itself."""
+    view.other_sites = True
+    return view
+
+
+def browser_origin(request: Request) -> str | None:
+    """Where the browser says the request comes from: Origin, else the Referer's origin;
+    None when it says neither. 'null' (a sandboxed or privacy-stripped origin) is nobody's."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin.strip().lower()
+    referrer = request.headers.get("Referer")
+    if not referrer:
+        return None
+    try:
+        parts = urlsplit(referrer)
+    except ValueError:
+        return "null"
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else "null"
+
+
+def from_elsewhere(request: Request, own: frozenset[str]) -> bool:
+    """The browser marks the request as made by another site's page."""
+    if request.headers.get("Sec-Fetch-Site", "").strip().lower() in ("cross-site", "same-site"):
+        return True
+    origin = browser_origin(request)
+    return origin is not None and origin not in own | {f"{request.scheme}://{request.host}".lower()}
+
+
+def is_machine_route(rule: str) -> bool:
+    return rule.startswith(MACHINE_PREFIXES)
+
+
+def machine_refusal(request: Request, token: bytes) -> Response | None:
+    """None when the request carries the operator token as a Bearer token."""
+    if not token:
+        return Response("Machine routes (/events/*, /metrics) need NEWSLETTER_OPERATOR_TOKEN, sent as "
+                        "`Authorization: Bearer TOKEN`; a loopback address is not enough.\n",
+                        status=403, mimetype="text/plain")
+    scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token):
+        return None
+    return Response("This route needs the operator token as `Authorization: Bearer TOKEN` (never basic).\n",
+                    status=401, mimetype="text/plain", headers={"WWW-Authenticate": MACHINE_REALM})
+
+
+def cross_site_refusal() -> Response:
+    return Response("Refused: the browser says this request was made by another site's page.\n",
+                    status=403, mimetype="text/plain")
