@@ -134,7 +134,7 @@ class Subscriber(Base):
     status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
-    # The one live confirmation link (worker/ingest/optin.py): its nonce, when it was
+    # The one live confirmation link (worker/ingest/readers.py): its nonce, when it was
     # mailed (at most one mail an hour), and what confirming it applies. What was asked
     # is kept here, not in the link: a link carries no personal data, and a later
     # request cannot change what an earlier mail said it would confirm.
@@ -265,7 +265,7 @@ class Edition(Base):
 
 
 class Delivery(Base):
-    """One row per (edition, subscriber): the ledger. See worker/delivery/ledger.py."""
+    """One row per (edition, subscriber): the ledger. See worker/delivery/ledger/ (its guarantee in __init__.py)."""
 
     __tablename__ = "deliveries"
 
