@@ -106,6 +106,9 @@ class Settings(BaseModel):
     unsubscribe_mailto: str = ""
     list_id: str = ""
     region_names: dict[str, str] = Field(default_factory=dict)
+    # The regions sign-up and manage offer ("RU UA DE"); unset: those with stories in the
+    # last weeks (worker/web/offered.py). Readers keep the regions they follow either way.
+    regions: list[str] = Field(default_factory=list)
     # A region's main zone where the tz tables' choice (worker/zones.py) is not this list's,
     # e.g. {"US": "America/Los_Angeles"}: the send time of readers who gave no zone.
     region_timezones: dict[str, str] = Field(default_factory=dict)
@@ -325,6 +328,16 @@ class Settings(BaseModel):
             value = {str(k).upper(): v for k, v in value.items()}
         return value
 
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _regions(cls, value: Any) -> Any:
+        from worker.regions import RegionError, parse_regions  # as in _sources above
+
+        try:
+            return parse_regions(value if isinstance(value, str | list) else str(value))
+        except RegionError as exc:
+            raise ValueError(f"{exc}: region codes such as RU UA DE") from None
+
     @field_validator("region_timezones", mode="before")
     @classmethod
     def _region_timezones(cls, value: Any) -> Any:
@@ -488,6 +501,11 @@ def load_settings_with_sources(env: Mapping[str, str] | None = None) -> tuple[Se
     """Settings, and where each field's value came from: "default", "file PATH" or the
     environment variable's name (what `newsletter config` shows)."""
     env = os.environ if env is None else env
+    # A near miss would leave the setting it meant at its default (a new SQLite database
+    # instead of the PostgreSQL one): refused, where a name like no setting is only warned of.
+    misspelt = [f"{name} is not a setting: did you mean {close}?" for name, close in unknown_env_vars(env) if close]
+    if misspelt:
+        raise ConfigError("; ".join(misspelt))
     values, origin, path = _gather(env)
     try:
         settings = Settings.model_validate(values)

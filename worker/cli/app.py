@@ -62,8 +62,8 @@ class Context:
 def warn_unknown_env() -> None:
     """A misspelt NEWSLETTER_* variable would otherwise be ignored without a word."""
     for name, close in unknown_env_vars():
-        hint = f"; did you mean {close}?" if close else ""
-        click.echo(f"warning: {name} is not a setting and is ignored{hint}", err=True)
+        if close is None:  # a near miss is an error, raised by load_settings
+            click.echo(f"warning: {name} is not a setting and is ignored", err=True)
 
 
 pass_ctx = click.make_pass_decorator(Context)
