@@ -392,7 +392,7 @@ def image_user():
 
 def _compose_env(**overrides: str) -> dict[str, str]:
     env = {k: str(v) for k, v in _compose()["services"]["web"]["environment"].items()}
-    env["NEWSLETTER_SECRET_KEY"] = "compose-secret"
+    env["NEWSLETTER_SECRET_KEY"] = "compose-secret-Yh6Rt2Mw9Qz4Ld8Nc3Vb"
     env["NEWSLETTER_OPERATOR_TOKEN"] = "operator-token"
     env.update(overrides)
     return env

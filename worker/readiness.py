@@ -56,13 +56,16 @@ def secret_key_problem(settings: Settings) -> str | None:
 def configuration_findings(settings: Settings) -> list[Finding]:
     """The errors that keep this configuration from real mail, read from settings alone."""
     found = []
-    if settings.newsletter_name.strip() in SAMPLE_NAMES:
+    if settings.smtp_sink:
+        found.append(Finding("NEWSLETTER_SMTP_SINK", "is true: the relay keeps the mail and delivers none"))
+    name, postal = settings.newsletter_name.strip(), settings.postal_address.strip()
+    if not name or name in SAMPLE_NAMES:
         found.append(Finding("NEWSLETTER_NEWSLETTER_NAME",
-                             f"is the sample {settings.newsletter_name!r}: set your newsletter's name"))
-    if not settings.postal_address.strip() or settings.postal_address.strip() in SAMPLE_POSTAL_ADDRESSES:
+                             f"{'is the sample ' + repr(name) if name else 'is empty'}: set your newsletter's name"))
+    if not postal or postal in SAMPLE_POSTAL_ADDRESSES:
         found.append(Finding("NEWSLETTER_POSTAL_ADDRESS",
-                             "is the sample address: every newsletter must carry your real postal address "
-                             "(CAN-SPAM and similar laws)"))
+                             f"{'is the sample address' if postal else 'is empty'}: every newsletter must carry "
+                             "your real postal address (CAN-SPAM and similar laws)"))
     if _is_local_domain(settings.sender.domain):
         found.append(Finding("NEWSLETTER_FROM", f"{settings.sender.addr_spec} is at {settings.sender.domain}: "
                                                 "receivers refuse it, and replies cannot reach you"))
@@ -81,10 +84,15 @@ def configuration_findings(settings: Settings) -> list[Finding]:
 
 def require_ready(settings: Settings) -> None:
     """ConfigError listing what keeps real mail from going out; nothing for the file and
-    console backends, whose mail reaches nobody."""
+    console backends, whose mail reaches nobody, and only a weak key for a sink relay."""
     if settings.email_backend != "smtp":
         return
-    errors = [f for f in configuration_findings(settings) if f.error]
+    if settings.smtp_sink:
+        # Nothing reaches a reader, but links signed with a guessable key would still be
+        # forgeable wherever this key is used again.
+        errors = [f for f in configuration_findings(settings) if f.setting == "NEWSLETTER_SECRET_KEY"]
+    else:
+        errors = [f for f in configuration_findings(settings) if f.error]
     if errors:
         raise ConfigError("not ready for real mail (NEWSLETTER_EMAIL_BACKEND=smtp): "
                           + "; ".join(map(str, errors)) + " (`newsletter check` explains each)")

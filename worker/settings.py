@@ -73,6 +73,9 @@ class Settings(BaseModel):
     # waits for its relay's replies and its ledger commits while the others work;
     # 64 at most (each also holds a database connection).
     smtp_connections: int = Field(4, ge=1, le=64)
+    # The relay keeps every message and delivers none (Mailpit in docker compose, a test
+    # server): the worker and `send` then start with sample settings (`newsletter check`).
+    smtp_sink: bool = False
 
     from_address: str = Field("Melange News <digest@localhost>", alias="from")
     public_url: str = "http://127.0.0.1:8000"

@@ -26,8 +26,9 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is not None:
             return self._settings
+        settings = load_settings()  # first: a near miss is an error, the one line said
         warn_unknown_env()
-        return load_settings()
+        return settings
 
     @cached_property
     def raw_engine(self) -> Engine:
