@@ -163,7 +163,7 @@ def test_subscribers_list_by_region_and_per_region_counts(run_cli, sample_engine
     assert {r["region"]: r["active"] for r in rows} == {
         code: sum(code in s["regions"] for s in active) for s in active for code in s["regions"]}
     ru_row = next(r for r in rows if r["region"] == "RU")
-    assert ru_row["name"] == "Russian Federation"
+    assert ru_row["name"] == "Russia"
     text = run_cli("subscribers", "regions").out
     assert text.splitlines()[0].split() == ["region", "name", "active"]
     assert f"{len(rows)} regions followed by {len(active)} active subscribers" in text
