@@ -298,3 +298,36 @@ def test_manage_offers_the_covered_regions_and_keeps_the_ones_a_reader_follows(c
     kept = press(covering.client, page, "Save", add="TW")
     assert covering.row("reader0@example.org").regions == "FR RU TW"
     assert kept.status_code == 200
+
+
+# View online: the public copy of a sent edition.
+
+
+@pytest.mark.parametrize("shortened", [False, True])
+def test_the_public_copy_carries_no_reader_links_and_offers_a_sign_up(sample_engine, settings, shortened):
+    """The archive page's Unsubscribe, Manage, View online and "Stop ... news" links used to
+    lead back to the archive page itself; and it said "because you follows ...". """
+    import sqlalchemy as sa
+
+    from tests.test_web import _send_week, _view_online_link
+    from worker.store.db import session_scope
+    from worker.store.models import Story
+
+    if shortened:  # mailed cut under Gmail's clip: the page is the whole edition, rendered apart
+        long = "Negotiators met again on Tuesday and agreed on the outline of a deal. " * 300
+        with session_scope(sample_engine) as session:
+            for story in session.scalars(sa.select(Story)):
+                story.summary_html, story.summary_text = f"<p>{long}</p>", long
+    _send_week(sample_engine, settings)
+    link = _view_online_link(settings, "anna.petrova@example.org")
+    page = Readers(sample_engine, settings).client.get(link)
+    assert page.status_code == 200
+    links = dict((text.strip(), href) for href, text in re.findall(r'<a href="([^"]*)"[^>]*>([^<]*)</a>', page.text))
+    assert not [text for text in links if text.startswith("Stop ") or text in (
+        "Manage your regions", "Unsubscribe", "View online")]
+    assert not [href for href in links.values() if "/archive/" in href or "/manage/" in href
+                or "/unsubscribe/" in href or "nl-public-" in href]
+    assert links["Sign up for Melange News Weekly"] == f"{settings.public_url}/subscribe?regions=RU,UA"
+    assert "You are receiving this" not in page.text and "nl-public-" not in page.text
+    assert page.text.count("Melange News, 1 Example Street") == 1  # the rest of the footer stays
+    assert "Russia" in page.text and "Hello," in page.text

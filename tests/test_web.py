@@ -196,7 +196,7 @@ def test_preview_index_and_pages(sample_engine, settings):
     assert page.status_code == 200
     assert '<iframe sandbox src="/preview/2025-W05/RU-UA/html"' in page.text
     assert "List-Unsubscribe-Post: List-Unsubscribe=One-Click" in page.text
-    assert "Russia\n==================" in page.text
+    assert "Russia\n======\n" in page.text
     html = client.get("/preview/2025-W05/RU-UA/html")
     assert html.status_code == 200 and html.text.startswith("<!DOCTYPE html>")
     assert html.headers["Content-Security-Policy"].startswith("sandbox")
