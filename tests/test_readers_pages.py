@@ -307,17 +307,10 @@ def test_manage_offers_the_covered_regions_and_keeps_the_ones_a_reader_follows(c
 def test_the_public_copy_carries_no_reader_links_and_offers_a_sign_up(sample_engine, settings, shortened):
     """The archive page's Unsubscribe, Manage, View online and "Stop ... news" links used to
     lead back to the archive page itself; and it said "because you follows ...". """
-    import sqlalchemy as sa
-
-    from tests.test_web import _send_week, _view_online_link
-    from worker.store.db import session_scope
-    from worker.store.models import Story
+    from tests.test_web import _send_week, _view_online_link, lengthen_stories
 
     if shortened:  # mailed cut under Gmail's clip: the page is the whole edition, rendered apart
-        long = "Negotiators met again on Tuesday and agreed on the outline of a deal. " * 300
-        with session_scope(sample_engine) as session:
-            for story in session.scalars(sa.select(Story)):
-                story.summary_html, story.summary_text = f"<p>{long}</p>", long
+        lengthen_stories(sample_engine)
     _send_week(sample_engine, settings)
     link = _view_online_link(settings, "anna.petrova@example.org")
     page = Readers(sample_engine, settings).client.get(link)

@@ -64,7 +64,7 @@ from worker.tokens import (
 from worker.web.mailer import ConfirmationMailer
 from worker.web.offered import offered_regions
 from worker.web.public import public
-from worker.web.ratelimit import LimitsUnavailable, SubscribeLimiter, client_address
+from worker.web.ratelimit import PER_CLIENT, LimitsUnavailable, SubscribeLimiter, client_address
 from worker.zones import MAX_ZONE, zone_choices
 
 # A readers' form stays usable this long after the page was shown.
@@ -135,8 +135,13 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             return _refuse(as_json, 503, "Sign-up is unavailable for a moment: please try again in a few minutes.")
         if not verdict.allowed:
             minutes = -(-verdict.retry_after // 60)
+            # Which budget, by its setting, for an operator trying the form by hand; never the
+            # numbers. A client learns only what it could tell anyway: its own or everyone's.
+            whose = "from your address" if verdict.setting == PER_CLIENT else "from everyone together"
             return _refuse(as_json, 429, f"Too many sign-ups just now: please try again in {minutes} "
-                           f"minute{'s' if minutes != 1 else ''}.", {"Retry-After": str(verdict.retry_after)})
+                           f"minute{'s' if minutes != 1 else ''}. (If you run this site: the limit of sign-ups "
+                           f"{whose} was reached; {verdict.setting} sets it.)",
+                           {"Retry-After": str(verdict.retry_after)})
         if not secret:
             return _refuse(as_json, 503, "Sign-up is not available: the site is not fully set up yet.")
         fields, errors = _signup_fields(as_json)
