@@ -8,7 +8,6 @@ import socket
 
 import pytest
 
-from tests.support.smtp import SmtpServer
 from worker.readiness import secret_key_problem
 from worker.settings import load_settings
 
@@ -22,14 +21,10 @@ READY = {
 
 
 @pytest.fixture
-def check(capsys, monkeypatch, tmp_path):
-    """`newsletter check` in-process, in an empty directory, with only the given settings."""
+def check(capsys, monkeypatch):
+    """`newsletter check` in-process with only the given settings (conftest's _isolated: an
+    empty directory, no other NEWSLETTER_* variable), and no database."""
     from worker.cli import main
-
-    for name in os.environ:
-        if name.startswith("NEWSLETTER_") and not name.startswith("NEWSLETTER_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
 
     def run(env: dict[str, str]) -> tuple[int, str]:
         for key, value in env.items():
@@ -44,13 +39,6 @@ def check(capsys, monkeypatch, tmp_path):
         return code, captured.out + captured.err
 
     return run
-
-
-@pytest.fixture
-def relay():
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 def _closed_port() -> int:
@@ -75,8 +63,8 @@ def test_the_sample_configuration_is_not_ready_and_each_error_names_its_setting(
     assert out.splitlines()[-1] == "not ready for real mail: 6 errors, 3 warnings"
 
 
-def test_a_real_configuration_is_ready_and_only_warned_about_what_it_goes_without(check, relay):
-    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(relay.port)})
+def test_a_real_configuration_is_ready_and_only_warned_about_what_it_goes_without(check, smtp_server):
+    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(smtp_server.port)})
     assert (code, out) == (0, (
         "warning: NEWSLETTER_DKIM_SELECTOR: not set: mail goes out without a DKIM signature, and large mailbox "
         "providers file unsigned bulk mail as spam (docs/email.md)\n"
@@ -85,13 +73,13 @@ def test_a_real_configuration_is_ready_and_only_warned_about_what_it_goes_withou
         "warning: NEWSLETTER_REGIONS: not set: sign-up offers the regions with stories in the last 8 weeks "
         "(docs/readers.md)\n"
         "ready for real mail (3 warnings)\n"))
-    assert relay.received == []  # connected and hung up: nothing sent
+    assert smtp_server.received == []  # connected and hung up: nothing sent
 
 
 @pytest.mark.parametrize("address", ["digest@example.com", "digest@news.example.org", "digest@news.example",
                                      "digest@weekly.test", "digest@x.invalid", "digest@example.net"])
-def test_a_from_at_a_reserved_example_domain_is_a_warning(check, relay, address):
-    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(relay.port), "NEWSLETTER_FROM": f"News <{address}>",
+def test_a_from_at_a_reserved_example_domain_is_a_warning(check, smtp_server, address):
+    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_FROM": f"News <{address}>",
                        "NEWSLETTER_REGIONS": "RU UA"})
     assert code == 0
     assert f"warning: NEWSLETTER_FROM: {address} is at a reserved example domain" in out
@@ -99,15 +87,15 @@ def test_a_from_at_a_reserved_example_domain_is_a_warning(check, relay, address)
 
 @pytest.mark.parametrize("url", ["http://news.weekly-planet.eu", "https://127.0.0.1:8000", "https://localhost",
                                  "https://[::1]:8000", "https://app.localhost"])
-def test_a_loopback_or_clear_text_public_url_is_an_error(check, relay, url):
-    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(relay.port), "NEWSLETTER_PUBLIC_URL": url})
+def test_a_loopback_or_clear_text_public_url_is_an_error(check, smtp_server, url):
+    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_PUBLIC_URL": url})
     assert code == 1
     assert [line for line in out.splitlines() if line.startswith("error:")][0].startswith(
         f"error: NEWSLETTER_PUBLIC_URL: {url}")
 
 
-def test_a_relay_that_does_not_offer_starttls_is_an_error(check, relay):
-    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(relay.port), "NEWSLETTER_SMTP_SECURITY": "starttls"})
+def test_a_relay_that_does_not_offer_starttls_is_an_error(check, smtp_server):
+    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_SECURITY": "starttls"})
     assert code == 1
     assert ("error: NEWSLETTER_SMTP_SECURITY: the relay does not work: server does not offer STARTTLS "
             "(NEWSLETTER_SMTP_SECURITY=starttls)") in out
@@ -119,8 +107,8 @@ def test_the_file_backend_is_not_ready_for_real_mail(check):
     assert "error: NEWSLETTER_EMAIL_BACKEND: is file: mail is written to var/outbox, nobody receives it" in out
 
 
-def test_half_a_dkim_configuration_is_an_error(check, relay):
-    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(relay.port), "NEWSLETTER_DKIM_SELECTOR": "s1",
+def test_half_a_dkim_configuration_is_an_error(check, smtp_server):
+    code, out = check({**READY, "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_DKIM_SELECTOR": "s1",
                        "NEWSLETTER_DKIM_DOMAIN": "weekly-planet.eu"})
     assert code == 1
     assert "error: NEWSLETTER_DKIM_KEY_FILE: not set, while the other DKIM settings are: nothing is signed" in out
