@@ -179,3 +179,19 @@ def test_the_demo_over_smtp_refuses_a_placeholder_key(run_cli, smtp_server, tmp_
     assert result.code == 2 and result.out == ""
     assert result.err.startswith("error: setting NEWSLETTER_SECRET_KEY is a placeholder anyone can read in the docs")
     assert smtp_server.received == []
+
+
+def test_serve_over_smtp_refuses_a_weak_key_before_it_listens(db_url, tmp_path):
+    """Sign-up mails real people links signed with the key (issue 21: `change-me`)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    env.update({"NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_SINK": "true",
+                "NEWSLETTER_SECRET_KEY": "change-me"})
+    run = subprocess.run([str(Path(sys.executable).parent / "newsletter"), "serve", "--port", "1"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr.startswith("error: not ready for real mail (NEWSLETTER_EMAIL_BACKEND=smtp): "
+                                 "NEWSLETTER_SECRET_KEY: is a placeholder")
