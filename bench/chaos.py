@@ -80,8 +80,8 @@ def main() -> int:
             server.plan.data[email] = "drop"
         env = {"NEWSLETTER_DATABASE_URL": url, "NEWSLETTER_BROKER_URL": broker, "NEWSLETTER_EMAIL_BACKEND": "smtp",
                "NEWSLETTER_SMTP_HOST": "127.0.0.1", "NEWSLETTER_SMTP_PORT": str(server.port),
-               "NEWSLETTER_SMTP_TIMEOUT": "3", "NEWSLETTER_SECRET_KEY": "chaos",
-               "NEWSLETTER_FROM": "C <c@news.example>",
+               "NEWSLETTER_SMTP_TIMEOUT": "3", "NEWSLETTER_SECRET_KEY": "chaos-Vn7Qp2Xk9Lm4Rt8Wz3Bc6Hd5Jf1Gs",
+               "NEWSLETTER_FROM": "C <c@news.example>", "NEWSLETTER_SMTP_SINK": "true",  # the worker's gate
                "NEWSLETTER_RETRY_BASE_SECONDS": "0.5", "NEWSLETTER_BATCH_SIZE": "50",
                "NEWSLETTER_BATCH_LEASE_SECONDS": "20", "NEWSLETTER_SEND_LEASE_SECONDS": "5",
                "NEWSLETTER_REDISPATCH_SECONDS": "2", "NEWSLETTER_MAX_ATTEMPTS": "6"}

@@ -339,9 +339,11 @@ def worker_env(url: str, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
     env.update({"NEWSLETTER_DATABASE_URL": url, "NEWSLETTER_BROKER_URL": BROKER, "NEWSLETTER_EMAIL_BACKEND": "smtp",
                 "NEWSLETTER_SMTP_HOST": "127.0.0.1", "NEWSLETTER_SMTP_PORT": str(port),
-                "NEWSLETTER_SECRET_KEY": "bench", "NEWSLETTER_FROM": "Melange News <digest@news.example>",
+                "NEWSLETTER_SECRET_KEY": "bench-Tq8Hw3Mz6Kp1Xv9Ld4Rn7Yc2Fs5Jb",
+                "NEWSLETTER_FROM": "Melange News <digest@news.example>",
                 "NEWSLETTER_PUBLIC_URL": "https://news.example", "NEWSLETTER_SMTP_MAX_PER_CONNECTION": "100000",
-                "PYTHONPATH": str(REPO)})
+                # the sink keeps the mail: the worker's readiness gate lets the sample settings pass
+                "NEWSLETTER_SMTP_SINK": "true", "PYTHONPATH": str(REPO)})
     env.update(extra)
     return env
 

@@ -20,7 +20,7 @@ from tests.support.data import add_subscribers, delivery_rows, load_stories
 from worker.bounces.verp import ReturnPath
 
 pytestmark = pytest.mark.slow
-SECRET = "postfix-secret"
+SECRET = "postfix-secret-Gz5Kw1Qm8Tn3Rb7Xv2Lc"
 GONE = "reader1@example.org"
 
 
@@ -46,7 +46,8 @@ def test_a_refusal_behind_postfix_comes_back_as_a_dsn_and_bounces_the_reader(eng
     env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
            "NEWSLETTER_SMTP_PORT": str(relay.port), "NEWSLETTER_SMTP_TIMEOUT": "10",
            "NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_FROM": "Melange News <digest@news.example>",
-           "NEWSLETTER_BOUNCE_ADDRESS": BOUNCE_ADDRESS, "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0"}
+           "NEWSLETTER_BOUNCE_ADDRESS": BOUNCE_ADDRESS, "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0",
+           "NEWSLETTER_SMTP_SINK": "true"}
     sent = run_cli("send", "--week", "2025-W05", "--inline", env=env)
     assert sent.code == 0, sent.out + sent.err
     rows = delivery_rows(engine, "weekly-2025-W05")

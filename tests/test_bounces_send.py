@@ -20,15 +20,15 @@ def _send(run_cli, engine, tmp_path, smtp_server, **extra):
     add_subscribers(engine, 4)
     env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
            "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "2",
-           "NEWSLETTER_SECRET_KEY": "verp-secret", "NEWSLETTER_FROM": "News <digest@news.example>",
-           "NEWSLETTER_BROKER_URL": NO_BROKER, **extra}
+           "NEWSLETTER_SECRET_KEY": "verp-secret-Hq2Wm8Zt4Lc9Xv3Bn7Kd5Pr", "NEWSLETTER_FROM": "News <digest@news.example>",
+           "NEWSLETTER_BROKER_URL": NO_BROKER, "NEWSLETTER_SMTP_SINK": "true", **extra}
     assert run_cli("send", "--week", "2025-W05", "--inline", env=env).code == 0
     return delivery_rows(engine, "weekly-2025-W05")
 
 
 def test_each_message_carries_its_deliverys_return_path(run_cli, engine, tmp_path, smtp_server):
     rows = _send(run_cli, engine, tmp_path, smtp_server, NEWSLETTER_BOUNCE_ADDRESS="bounces@bounce.example.org")
-    return_path = ReturnPath.parse("bounces@bounce.example.org", "verp-secret")
+    return_path = ReturnPath.parse("bounces@bounce.example.org", "verp-secret-Hq2Wm8Zt4Lc9Xv3Bn7Kd5Pr")
     assert len(smtp_server.received) == 4
     senders = set()
     for received in smtp_server.received:

@@ -137,8 +137,7 @@ def test_header_commands_are_real():
     for command in commands:
         words = shlex.split(command)
         if words[0] == "export":
-            for assignment in words[1:]:
-                assert assignment.split("=")[0] in interpolated, f"{command}: compose never reads {assignment}"
+            _check_export(command, interpolated)
             continue
         assert words[:2] == ["docker", "compose"], command
         sub, rest = words[2], words[3:]
@@ -160,6 +159,42 @@ def test_header_commands_are_real():
         assert f"127.0.0.1:{url_port}:{url_port}" in ports
     # `.env` holds the secrets the header suggests: never part of the build context.
     assert ".env" in (REPO / ".dockerignore").read_text().split()
+
+
+def _check_export(command: str, interpolated: set[str]) -> None:
+    """Run by a real shell: every variable it sets is one compose reads, and the secret key it
+    makes is one the worker takes (never a placeholder such as `change-me`)."""
+    from worker.readiness import secret_key_problem
+    from worker.settings import load_settings
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")}
+    out = subprocess.run(["bash", "-ec", f"{command}\nenv -0"], env=clean, capture_output=True, check=True).stdout
+    assigned = dict(item.split("=", 1) for item in out.decode().split("\0") if item.startswith("NEWSLETTER_"))
+    assert assigned and set(assigned) <= interpolated, f"{command}: compose never reads {set(assigned)}"
+    if "NEWSLETTER_SECRET_KEY" in assigned:
+        key = assigned["NEWSLETTER_SECRET_KEY"]
+        assert secret_key_problem(load_settings({"NEWSLETTER_SECRET_KEY": key, "NEWSLETTER_CONFIG": os.devnull})) \
+            is None, command
+
+
+def test_nothing_suggests_a_placeholder_secret():
+    """Issue 21: `change-me` in the compose header was a key anyone could read."""
+    from worker.readiness import PLACEHOLDER_KEYS
+
+    for path in ("docker-compose.yml", "README.md", "config/example.env", "docs/operations.md"):
+        text = (REPO / path).read_text()
+        for name in ("NEWSLETTER_SECRET_KEY", "NEWSLETTER_OPERATOR_TOKEN", "NEWSLETTER_SMTP_PASSWORD"):
+            for value in re.findall(rf"{name}[=:] *([^\s$'\"{{]+)", text):
+                assert value.casefold() not in PLACEHOLDER_KEYS and not value.startswith("change"), (path, value)
+
+
+def test_the_stack_says_mailpit_is_a_sink_and_its_worker_would_start():
+    from worker.readiness import require_ready
+    from worker.settings import load_settings
+
+    env = _compose_env(NEWSLETTER_SECRET_KEY="Jq3vX9tLm2Rw8Zp5Kd1Ny7Hc4Bf6Gs0T", NEWSLETTER_CONFIG=os.devnull)
+    assert env["NEWSLETTER_SMTP_SINK"] == "true"
+    require_ready(load_settings(env))
 
 
 def test_app_services_share_the_environment_and_wait_for_their_dependencies():
@@ -392,7 +427,7 @@ def image_user():
 
 def _compose_env(**overrides: str) -> dict[str, str]:
     env = {k: str(v) for k, v in _compose()["services"]["web"]["environment"].items()}
-    env["NEWSLETTER_SECRET_KEY"] = "compose-secret"
+    env["NEWSLETTER_SECRET_KEY"] = "compose-secret-Yh6Rt2Mw9Qz4Ld8Nc3Vb"
     env["NEWSLETTER_OPERATOR_TOKEN"] = "operator-token"
     env.update(overrides)
     return env

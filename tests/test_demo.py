@@ -46,7 +46,7 @@ def test_default_demo_is_the_file_outbox_on_sqlite_with_nothing_set(tmp_path):
 def _smtp_env(smtp_server, **extra) -> dict[str, str]:
     env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
            "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "5",
-           "NEWSLETTER_SECRET_KEY": "compose-secret"}
+           "NEWSLETTER_SECRET_KEY": "compose-secret-Yh6Rt2Mw9Qz4Ld8Nc3Vb"}
     env.update(extra)
     return env
 

@@ -37,9 +37,9 @@ def _decodings(line: str) -> dict[str, str]:
 
 # The old subjects: 8 of the 25 sample ones folded just before the dash's encoded-word.
 OLD_SAMPLES = [f"Melange News Weekly: {regions}, 27 Jan – 2 Feb 2025" for regions in (
-    "Russian Federation, Ukraine", "Germany, United Kingdom, United States", "France, United Kingdom, Germany",
+    "Russia, Ukraine", "Germany, United Kingdom, United States", "France, United Kingdom, Germany",
     "United Kingdom, France", "Poland, Ukraine, Germany", "United Kingdom, United States",
-    "Russian Federation, Ukraine, Germany, France, United Kingdom, United States, China, Poland",
+    "Russia, Ukraine, Germany, France, United Kingdom, United States, China, Poland",
 )]
 
 

@@ -52,7 +52,7 @@ INJECTIONS = [
 SETTINGS = Settings(from_address="Melange News <digest@news.example>", public_url="https://news.example")
 
 
-def _variant(subject="Weekly: Russian Federation"):
+def _variant(subject="Weekly: Russia"):
     return RenderedVariant(edition_key="weekly-2025-W05", regions=("RU",), subject=subject,
                            html="<p>%%NLab12_GREETING%%</p>\n", text="%%NLab12_GREETING%%\n", story_count=1,
                            nonce="ab12")

@@ -34,7 +34,7 @@ def _envelope(**over):
     return Envelope(**values)
 
 
-def _digest(subject="Weekly: Russian Federation", text="Hello\n", html="<p>Hello</p>\n"):
+def _digest(subject="Weekly: Russia", text="Hello\n", html="<p>Hello</p>\n"):
     return PersonalDigest(subject=subject, html=html, text=text)
 
 

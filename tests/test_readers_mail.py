@@ -27,7 +27,7 @@ def _mail(settings, **kwargs):
 
 
 def _context():
-    return {"lang": "en", "newsletter": dict(_newsletter_for_test()), "region_names": "Russian Federation and Ukraine",
+    return {"lang": "en", "newsletter": dict(_newsletter_for_test()), "region_names": "Russia and Ukraine",
             "already_active": False, "hours": 48, **markers("0123", ("email", "confirm_url"))}
 
 
@@ -73,7 +73,7 @@ def test_personal_values_are_escaped_and_only_fill_their_markers(settings):
     html = message.get_body(("html",)).get_content()
     assert "o&#x27;neil+x@example.org" in html and "a=1&amp;b=2" in html
     # A value that spells a marker stays text (one pass).
-    rendered = _render(settings.templates_dir, settings.css_inliner, _newsletter(settings), ("Russian Federation",),
+    rendered = _render(settings.templates_dir, settings.css_inliner, _newsletter(settings), ("Russia",),
                        False, 48)
     marker = markers(rendered.nonce, ("confirm_url",))["confirm_url"]
     _, message = _mail(settings, email="anna@example.org", regions=("RU",), confirm_url=URL + marker)

@@ -221,3 +221,106 @@ def test_the_readers_pages_in_a_real_browser_at_375_px(served, tmp_path):
         # Nothing wider than the screen: the right edge is page background, not cut-off content.
         edge = {image.getpixel((374, y)) for y in range(60, 1000, 7)}
         assert len(edge) <= 3, (name, edge)
+
+
+# The regions offered: NEWSLETTER_REGIONS, else what the site covers (worker/web/offered.py).
+
+
+def _options(page) -> list[tuple[str, str]]:
+    return re.findall(r'<option value="([A-Z]{2})">([^<]*)</option>', page.text)
+
+
+def _recent_stories(engine, tmp_path, regions, days_ago: int) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from worker.ingest import import_sources
+
+    when = (datetime.now(UTC) - timedelta(days=days_ago)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    items = [{"id": f"{code}-{days_ago}", "url": f"https://news.example/{code}/{days_ago}", "title": f"{code} news",
+              "summary": "News.", "regions": [code], "published_at": when, "source": "wire"} for code in regions]
+    path = tmp_path / f"stories-{days_ago}.json"
+    path.write_text(json.dumps(items))
+    assert not import_sources(engine, [str(path)]).rejected
+
+
+@pytest.fixture
+def covering(engine, settings, tmp_path):
+    """A site with stories about Russia and Taiwan in the last weeks, France's only older
+    than 8 weeks, and a feed set up for Germany."""
+    from worker.ingest.sources import add_source
+
+    _recent_stories(engine, tmp_path, ["RU", "TW"], days_ago=10)
+    _recent_stories(engine, tmp_path, ["FR"], days_ago=60)
+    add_source(engine, "https://feeds.example.de/news.rss", region="DE")
+    return Readers(engine, for_readers(settings))
+
+
+def test_sign_up_offers_the_regions_the_site_covers_under_their_common_names(covering):
+    assert _options(covering.client.get("/subscribe")) == [("DE", "Germany"), ("RU", "Russia"), ("TW", "Taiwan")]
+
+
+def test_newsletter_regions_lists_the_regions_offered_and_region_names_still_override(engine, settings):
+    readers = Readers(engine, for_readers(settings, regions=["UA", "KR", "IR", "RU"],
+                                          region_names={"RU": "Russia (Russian Federation)"}))
+    assert _options(readers.client.get("/subscribe")) == [
+        ("IR", "Iran"), ("RU", "Russia (Russian Federation)"), ("KR", "South Korea"), ("UA", "Ukraine")]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_sign_up_for_a_region_not_offered_is_refused_clearly(covering, as_json):
+    if as_json:
+        refused = covering.client.post("/subscribe", json={"email": "x@example.org", "regions": ["RU", "FR"]})
+        assert refused.status_code == 400
+        assert refused.json["errors"]["regions"] == ("We do not send news about France (FR): choose among the "
+                                                     "regions listed.")
+    else:
+        refused = covering.subscribe(email="x@example.org", regions="RU,FR")
+        assert refused.status_code == 400
+        assert "We do not send news about France (FR): choose among the regions listed." in refused.text
+    assert covering.row("x@example.org") is None and covering.mails() == []
+
+
+def test_a_link_asking_for_a_region_not_offered_does_not_preselect_it(covering):
+    page = covering.client.get("/subscribe?regions=FR")
+    assert 'name="regions" value="FR"' not in page.text and ("RU", "Russia") in _options(page)
+
+
+def test_manage_offers_the_covered_regions_and_keeps_the_ones_a_reader_follows(covering):
+    from tests.support.data import add_subscribers
+
+    [(reader, _email, _regions)] = add_subscribers(covering.engine, 1, sets=[("FR", "RU")])
+    token = manage_token(covering.settings.secret_key.get_secret_value(), reader)
+    page = covering.client.get(f"/manage/{token}")
+    assert ">France<" in page.text and ">Russia<" in page.text  # followed, listed in their order
+    assert _options(page) == [("DE", "Germany"), ("TW", "Taiwan")]  # to add: offered, not yet followed
+    added = press(covering.client, page, "Save", add="PL")
+    assert added.status_code == 400 and "We do not send news about Poland (PL)" in added.text
+    kept = press(covering.client, page, "Save", add="TW")
+    assert covering.row("reader0@example.org").regions == "FR RU TW"
+    assert kept.status_code == 200
+
+
+# View online: the public copy of a sent edition.
+
+
+@pytest.mark.parametrize("shortened", [False, True])
+def test_the_public_copy_carries_no_reader_links_and_offers_a_sign_up(sample_engine, settings, shortened):
+    """The archive page's Unsubscribe, Manage, View online and "Stop ... news" links used to
+    lead back to the archive page itself; and it said "because you follows ...". """
+    from tests.test_web import _send_week, _view_online_link, lengthen_stories
+
+    if shortened:  # mailed cut under Gmail's clip: the page is the whole edition, rendered apart
+        lengthen_stories(sample_engine)
+    _send_week(sample_engine, settings)
+    link = _view_online_link(settings, "anna.petrova@example.org")
+    page = Readers(sample_engine, settings).client.get(link)
+    assert page.status_code == 200
+    links = dict((text.strip(), href) for href, text in re.findall(r'<a href="([^"]*)"[^>]*>([^<]*)</a>', page.text))
+    assert not [text for text in links if text.startswith("Stop ") or text in (
+        "Manage your regions", "Unsubscribe", "View online")]
+    assert not [href for href in links.values() if "/archive/" in href or "/manage/" in href
+                or "/unsubscribe/" in href or "nl-public-" in href]
+    assert links["Sign up for Melange News Weekly"] == f"{settings.public_url}/subscribe?regions=RU,UA"
+    assert "You are receiving this" not in page.text and "nl-public-" not in page.text
+    assert page.text.count("Melange News, 1 Example Street") == 1  # the rest of the footer stays
+    assert "Russia" in page.text and "Hello," in page.text

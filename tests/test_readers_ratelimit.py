@@ -31,6 +31,10 @@ def test_one_client_gets_its_share_and_no_more(engine, settings):
     assert codes == [200, 200, 200, 429, 429]
     refused = readers.subscribe("r9@example.org", environ_base=_ip(1))
     assert 1 <= int(refused.headers["Retry-After"]) <= 60 and "try again in 1 minute" in refused.text
+    # An operator trying the form by hand learns which budget and setting; nobody learns its numbers.
+    assert ("(If you run this site: the limit of sign-ups from your address was reached; "
+            "NEWSLETTER_SUBSCRIBE_LIMIT_PER_IP sets it.)") in refused.text
+    assert "3/minute" not in refused.text and "3 per" not in refused.text
     assert readers.row("r9@example.org") is None
     as_json = readers.client.post("/subscribe", json={"email": "r9@example.org", "regions": "RU"}, environ_base=_ip(1))
     assert as_json.status_code == 429 and "Too many sign-ups" in as_json.json["error"]
@@ -42,6 +46,11 @@ def test_all_clients_together_have_a_ceiling(engine, settings):
     readers = Readers(engine, for_readers(settings, subscribe_limit_global="4/minute"))
     codes = [readers.subscribe(f"r{n}@example.org", environ_base=_ip(n)).status_code for n in range(6)]
     assert codes == [200] * 4 + [429] * 2
+    refused = readers.client.post("/subscribe", json={"email": "r9@example.org", "regions": "RU"},
+                                  environ_base=_ip(9))
+    assert refused.json["error"] == (
+        "Too many sign-ups just now: please try again in 1 minute. (If you run this site: the limit of sign-ups "
+        "from everyone together was reached; NEWSLETTER_SUBSCRIBE_LIMIT_GLOBAL sets it.)")
 
 
 def test_every_process_shares_the_count(engine, settings):

@@ -15,7 +15,7 @@ from worker.store.db import session_scope
 from worker.store.models import Subscriber
 
 PASSWORD = "canary-smtp-pass-91b2"
-SECRET = "canary-secret-key-5c7d"
+SECRET = "canary-secret-key-5c7d-Qm8Xv2Lt9Rz4"
 ADDRESS = "canary.reader.3e8f@example.org"
 
 

@@ -129,8 +129,8 @@ def terminal(engine, db_url, smtp_server, tmp_path, monkeypatch):
     monkeypatch.setattr(send_module, "_interactive", lambda: True)
     env = {"NEWSLETTER_DATABASE_URL": db_url, "NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
            "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SMTP_TIMEOUT": "2",
-           "NEWSLETTER_SECRET_KEY": "cli-secret", "NEWSLETTER_FROM": "News <digest@news.example>",
-           "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0"}
+           "NEWSLETTER_SECRET_KEY": "cli-secret-kN3q8zR5vT1wY7pL2mD6sH9f", "NEWSLETTER_FROM": "News <digest@news.example>",
+           "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0", "NEWSLETTER_SMTP_SINK": "true"}
 
     def run(*args, answer=None):
         context = Context()
@@ -189,7 +189,8 @@ def test_without_a_terminal_a_week_the_guard_would_hold_is_refused_unless_yes(ru
                                                                               tmp_path):
     _quiet_week(engine, tmp_path)
     env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SECRET_KEY": "cli-secret"}
+           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SECRET_KEY": "cli-secret-kN3q8zR5vT1wY7pL2mD6sH9f",
+           "NEWSLETTER_SMTP_SINK": "true"}
 
     def cli(*args):
         return run_cli(*args, env=env)

@@ -37,7 +37,7 @@ def test_without_a_token_set_only_loopback_clients_reach_operator_pages(sample_e
     client = web_client(sample_engine, settings)
     refused = client.get(path, environ_base=REMOTE)
     assert refused.status_code == 403 and "NEWSLETTER_OPERATOR_TOKEN" in refused.text
-    assert "Russian Federation" not in refused.text
+    assert "Russia" not in refused.text
     assert client.get(path, environ_base=LOOPBACK).status_code in (200, 404)
     assert client.get(path, environ_base={"REMOTE_ADDR": "::1"}).status_code in (200, 404)
     assert client.get(path, environ_base={"REMOTE_ADDR": "127.8.9.10"}).status_code in (200, 404)
@@ -67,7 +67,7 @@ def test_with_a_token_set_every_client_needs_it(sample_engine, settings, path):
             refused = client.get(path, environ_base=environ, headers=headers)
             assert refused.status_code == 401, (environ, headers)
             assert refused.headers["WWW-Authenticate"] == 'Basic realm="newsletter operator"'
-            assert "Russian Federation" not in refused.text
+            assert "Russia" not in refused.text
 
 
 @pytest.mark.parametrize("path", OPERATOR_PATHS)

@@ -87,3 +87,31 @@ def test_the_send_rate_holds_across_two_workers(engine, tmp_path, smtp_server, s
     assert float(redis.Redis.from_url(redis_url).hget("newsletter:send-rate", "rate")) == rate
     print(f"\n{len(times)} messages in {times[-1] - times[0]:.2f}s "
           f"({(len(times) - 1) / (times[-1] - times[0]):.1f}/s at a limit of {rate}/s)")
+
+
+def test_a_worker_not_ready_for_real_mail_exits_with_the_reasons(tmp_path, worker_env):
+    """Over SMTP, a worker with the sample name and address, a local public URL and a weak
+    key never starts; the file backend's worker does, as before."""
+    from tests.support.worker import WorkerProcess
+
+    env = {**worker_env, "NEWSLETTER_SMTP_SINK": "false", "NEWSLETTER_SECRET_KEY": "change-me",
+           "NEWSLETTER_PUBLIC_URL": "http://127.0.0.1:8000"}
+    with pytest.raises(RuntimeError, match="worker exited with 2") as exited:
+        WorkerProcess(env, tmp_path / "sample.log", name="sample", concurrency=1).start()
+    assert ("error: not ready for real mail (NEWSLETTER_EMAIL_BACKEND=smtp): NEWSLETTER_NEWSLETTER_NAME: is the "
+            "sample 'Melange News Weekly'") in str(exited.value)
+    for setting in ("NEWSLETTER_POSTAL_ADDRESS", "NEWSLETTER_PUBLIC_URL", "NEWSLETTER_SECRET_KEY: is a placeholder"):
+        assert setting in str(exited.value)
+    worker = WorkerProcess({**env, "NEWSLETTER_EMAIL_BACKEND": "file", "NEWSLETTER_OUTBOX_DIR": str(tmp_path)},
+                           tmp_path / "file.log", name="file", concurrency=1).start()
+    worker.stop()
+
+
+def test_a_worker_with_a_misspelt_setting_exits_with_one_line(tmp_path, worker_env):
+    from tests.support.worker import WorkerProcess
+
+    env = {**worker_env, "NEWSLETTER_BROKR_URL": "redis://elsewhere:6379/0"}
+    with pytest.raises(RuntimeError, match="worker exited with 2") as exited:
+        WorkerProcess(env, tmp_path / "typo.log", name="typo", concurrency=1).start()
+    assert "error: NEWSLETTER_BROKR_URL is not a setting: did you mean NEWSLETTER_BROKER_URL?" in str(exited.value)
+    assert "Traceback" not in str(exited.value)

@@ -5,7 +5,10 @@
 goes for `worker.__version__` (the installed distribution's version).
 """
 
+import sys
 from pathlib import Path
+
+from worker.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +21,13 @@ def __getattr__(name: str):
     if name in ("app", "celery"):
         from worker.celery_app import get_app
 
-        return get_app()
+        try:
+            return get_app()
+        except ConfigError as exc:
+            # A bad or misspelt setting: one line and exit 2, as the CLI says it, not
+            # Celery's "Unable to load celery application" and a traceback.
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 

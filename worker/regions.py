@@ -9,6 +9,12 @@ from functools import cache
 import pycountry
 
 _SPLIT = re.compile(r"[\s;,]+")
+# Where pycountry has no common name and its name is the formal one ("Russian Federation",
+# "Palestine, State of"): the short name news sites use. NEWSLETTER_REGION_NAMES overrides.
+_SHORT_NAMES = {
+    "BN": "Brunei", "CD": "DR Congo", "FK": "Falkland Islands", "FM": "Micronesia", "PS": "Palestine",
+    "RU": "Russia", "VA": "Vatican City", "VG": "British Virgin Islands", "VI": "US Virgin Islands",
+}
 
 
 class RegionError(ValueError):
@@ -41,10 +47,11 @@ def parse_regions(text: str | Iterable[str]) -> list[str]:
 
 
 def region_name(code: str, overrides: Mapping[str, str] | None = None) -> str:
-    """Display name: config override, else pycountry's common or official name."""
+    """Display name: config override, else the common short name ("Taiwan", "Russia",
+    not "Taiwan, Province of China" or "Russian Federation")."""
     if overrides and code in overrides:
         return overrides[code]
     country = pycountry.countries.get(alpha_2=code)
     if country is None:
         return code
-    return country.name
+    return _SHORT_NAMES.get(code) or getattr(country, "common_name", None) or country.name

@@ -76,6 +76,9 @@ class Settings(BaseModel):
     # waits for its relay's replies and its ledger commits while the others work;
     # 64 at most (each also holds a database connection).
     smtp_connections: int = Field(4, ge=1, le=64)
+    # The relay keeps every message and delivers none (Mailpit in docker compose, a test
+    # server): the worker and `send` then start with sample settings (`newsletter check`).
+    smtp_sink: bool = False
 
     from_address: str = Field("Melange News <digest@localhost>", alias="from")
     public_url: str = "http://127.0.0.1:8000"
@@ -109,6 +112,9 @@ class Settings(BaseModel):
     unsubscribe_mailto: str = ""
     list_id: str = ""
     region_names: dict[str, str] = Field(default_factory=dict)
+    # The regions sign-up and manage offer ("RU UA DE"); unset: those with stories in the
+    # last weeks (worker/web/offered.py). Readers keep the regions they follow either way.
+    regions: list[str] = Field(default_factory=list)
     # A region's main zone where the tz tables' choice (worker/zones.py) is not this list's,
     # e.g. {"US": "America/Los_Angeles"}: the send time of readers who gave no zone.
     region_timezones: dict[str, str] = Field(default_factory=dict)
@@ -346,6 +352,16 @@ class Settings(BaseModel):
             value = {str(k).upper(): v for k, v in value.items()}
         return value
 
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _regions(cls, value: Any) -> Any:
+        from worker.regions import RegionError, parse_regions  # as in _sources above
+
+        try:
+            return parse_regions(value if isinstance(value, str | list) else str(value))
+        except RegionError as exc:
+            raise ValueError(f"{exc}: region codes such as RU UA DE") from None
+
     @field_validator("region_timezones", mode="before")
     @classmethod
     def _region_timezones(cls, value: Any) -> Any:
@@ -522,6 +538,11 @@ def load_settings_with_sources(env: Mapping[str, str] | None = None) -> tuple[Se
     """Settings, and where each field's value came from: "default", "file PATH" or the
     environment variable's name (what `newsletter config` shows)."""
     env = os.environ if env is None else env
+    # A near miss would leave the setting it meant at its default (a new SQLite database
+    # instead of the PostgreSQL one): refused, where a name like no setting is only warned of.
+    misspelt = [f"{name} is not a setting: did you mean {close}?" for name, close in unknown_env_vars(env) if close]
+    if misspelt:
+        raise ConfigError("; ".join(misspelt))
     values, origin, path = _gather(env)
     try:
         settings = Settings.model_validate(values)

@@ -31,6 +31,7 @@ from worker.delivery.schedule import dispatch_recovered
 from worker.delivery.schedule import reconcile as reconcile_now
 from worker.delivery.senders import make_sender_pool
 from worker.errors import ConfigError
+from worker.readiness import require_ready
 from worker.render.links import one_click_warning
 from worker.settings import load_settings, unknown_env_vars
 from worker.store.db import create_db_engine, current_revision, describe_database, head_revision
@@ -47,17 +48,21 @@ def _check_schema(settings, engine) -> None:
 @worker_init.connect
 def _refuse_an_old_schema(**_) -> None:
     # In the main process, before the pool starts: a worker on a schema it does not know
-    # exits with the reason, instead of failing (and using up) every task it takes.
-    settings = load_settings()
-    engine = create_db_engine(settings.database_url, create=False)
+    # exits with the reason, instead of failing (and using up) every task it takes. So
+    # does one whose configuration is not ready for real mail (worker/readiness.py).
+    engine = None
     try:
+        settings = load_settings()
+        require_ready(settings)
+        engine = create_db_engine(settings.database_url, create=False)
         _check_schema(settings, engine)
     except ConfigError as exc:
         # Logging is not set up yet at this point: the reason goes to stderr itself.
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     finally:
-        engine.dispose()  # nothing of it may cross the fork into the pool
+        if engine is not None:
+            engine.dispose()  # nothing of it may cross the fork into the pool
 
 
 @cache

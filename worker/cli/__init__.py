@@ -16,6 +16,7 @@ import click
 
 # Importing the command modules registers their commands on `cli`.
 from worker.cli import bounces as _bounces  # noqa: F401,E402
+from worker.cli import check as _check  # noqa: F401,E402
 from worker.cli import config as _config  # noqa: F401,E402
 from worker.cli import db as _db  # noqa: F401,E402
 from worker.cli import deliveries as _deliveries  # noqa: F401,E402

@@ -26,8 +26,9 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is not None:
             return self._settings
+        settings = load_settings()  # first: a near miss is an error, the one line said
         warn_unknown_env()
-        return load_settings()
+        return settings
 
     @cached_property
     def raw_engine(self) -> Engine:
@@ -62,8 +63,8 @@ class Context:
 def warn_unknown_env() -> None:
     """A misspelt NEWSLETTER_* variable would otherwise be ignored without a word."""
     for name, close in unknown_env_vars():
-        hint = f"; did you mean {close}?" if close else ""
-        click.echo(f"warning: {name} is not a setting and is ignored{hint}", err=True)
+        if close is None:  # a near miss is an error, raised by load_settings
+            click.echo(f"warning: {name} is not a setting and is ignored", err=True)
 
 
 pass_ctx = click.make_pass_decorator(Context)

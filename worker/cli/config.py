@@ -25,8 +25,8 @@ def config(as_json: bool) -> None:
 
     Touches no database and no broker: safe to run anywhere.
     """
-    warn_unknown_env()
     settings, sources = load_settings_with_sources()
+    warn_unknown_env()
     rows = [{"setting": field, "env": env_name(field), "value": _shown(field, getattr(settings, field)),
              "source": sources[field]} for field in Settings.model_fields]
     file = _config_file()

@@ -13,7 +13,8 @@ from pydantic import SecretStr
 
 from worker import PROJECT_ROOT
 from worker.cli.app import Context, cli, pass_ctx
-from worker.errors import UsageError
+from worker.errors import ConfigError, UsageError
+from worker.readiness import secret_key_problem
 
 EXAMPLES = PROJECT_ROOT / "examples"
 DEMO_WEEK = "2025-W05"
@@ -70,6 +71,9 @@ def _check_backend(settings) -> None:
     if settings.email_backend == "smtp":
         # The throwaway demo key signs links that leave this machine only with the file backend.
         settings.require_secret_key()
+        weak = secret_key_problem(settings)
+        if weak is not None:
+            raise ConfigError(f"setting NEWSLETTER_SECRET_KEY {weak}")
 
 
 def _refuse_real_subscribers(engine) -> None:

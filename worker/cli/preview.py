@@ -61,8 +61,11 @@ def _regions(text: str) -> tuple[str, ...]:
 @pass_ctx
 def serve(ctx: Context, host: str, port: int, workers: int | None) -> None:
     """Operator preview pages; readers' one-click unsubscribe and view-online archive."""
+    from worker.readiness import require_ready
     from worker.web import create_app
 
+    # Over SMTP the sign-up mails real people links signed with the key: as for the worker.
+    require_ready(ctx.settings)
     app = create_app(ctx.settings, ctx.engine)  # settings and schema checked here, with a one-line error
     if workers:
         import os

@@ -10,6 +10,7 @@ import click
 from worker.cli.app import Context, cli, pass_ctx
 from worker.cli.report import held_hint
 from worker.errors import UsageError
+from worker.readiness import require_ready
 from worker.render.links import one_click_warning
 
 
@@ -78,6 +79,7 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
             raise UsageError("--approve and --discard take only --week or --edition (and --inline or --wait)")
         if approve:
             settings.require_secret_key()
+            require_ready(settings)
             _confirm_approval(ctx.engine, settings, key, yes=yes)
         edition_id = sending.release_held(ctx.engine, settings, key, approve=approve)
         if edition_id is None:
@@ -94,6 +96,7 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
         code = sending.dry_run(ctx.engine, settings, window, key, codes, force=force, retry=retry_failed)
         raise click.exceptions.Exit(code)
     settings.require_secret_key()
+    require_ready(settings)  # real readers over SMTP: nothing sample, no guessable key
     _confirm_send(ctx.engine, settings, key=key, window=window, force=force, retry=retry_failed, yes=yes,
                   allow_overlap=allow_overlap)
     edition_id = sending.plan_or_reuse(ctx.engine, settings, key=key, kind=kind, window=window, force=force,

@@ -103,8 +103,7 @@ class SmtpSender:
         except ssl.SSLError as exc:
             return _tls_failure(exc)
         except (OSError, smtplib.SMTPException) as exc:
-            return SendResult(Outcome.TEMPORARY, None, f"connection failed: {_describe(exc)}",
-                              connection_failed=True)
+            return _connection_failed(s, exc)
         try:
             conn.ehlo()
             if s.smtp_security == "starttls":
@@ -131,12 +130,17 @@ class SmtpSender:
             return SendResult(outcome, exc.smtp_code, _text(exc.smtp_error), connection_failed=True)
         except (OSError, smtplib.SMTPException) as exc:
             conn.close()
-            return SendResult(Outcome.TEMPORARY, None, f"connection failed: {_describe(exc)}",
-                              connection_failed=True)
+            return _connection_failed(s, exc)
         self._conn = conn
         self._sent_on_conn = 0
         metrics.count_connection()
         return None
+
+    def probe(self) -> str | None:
+        """Connect, secure and authenticate as a send would, then hang up: what failed, or None."""
+        failure = self._connect()
+        self.close()
+        return None if failure is None else failure.summary
 
     def close(self) -> None:
         if self._conn is not None:
@@ -303,6 +307,13 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout | TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _connection_failed(settings: Settings, exc: BaseException) -> SendResult:
+    # Which relay: a refused or unresolvable one is most often a wrong host or port.
+    return SendResult(Outcome.TEMPORARY, None,
+                      f"connection failed to {settings.smtp_host}:{settings.smtp_port}: {_describe(exc)}",
+                      connection_failed=True)
 
 
 def _tls_failure(exc: ssl.SSLError) -> SendResult:

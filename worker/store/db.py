@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
 
 from worker.errors import ConfigError
@@ -131,8 +132,29 @@ def upgrade_schema(engine: Engine, revision: str = "head", *,
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
+    try:
+        conn = engine.connect()
+    except OperationalError as exc:
+        # The first connection of every command and of the worker: a database that was
+        # never created is one line saying how, not a traceback.
+        if engine.url.get_backend_name() == "postgresql" and _MISSING_DATABASE.search(str(exc.orig)):
+            raise MissingDatabase(_create_it(engine.url)) from None
+        raise
+    with conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+# libpq's words when connecting to a database that is not there (SQLSTATE 3D000 is not
+# passed on for a failed connection; the server's messages are English unless lc_messages says).
+_MISSING_DATABASE = re.compile(r'database "[^"]*" does not exist')
+
+
+def _create_it(url: URL) -> str:
+    owner = url.username or "newsletter"
+    host = f" -h {url.host}" + (f" -p {url.port}" if url.port else "") if url.host else ""
+    return (f"PostgreSQL database {url.database!r} does not exist ({url.render_as_string(hide_password=True)}): "
+            f"create it with `createdb{host} -U {owner} {url.database}` (or, as a superuser, "
+            f"CREATE DATABASE \"{url.database}\" OWNER \"{owner}\";), then run `newsletter db upgrade`")
 
 
 def head_revision() -> str | None:

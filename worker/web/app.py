@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from dataclasses import replace
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -32,7 +31,7 @@ from worker.ingest.subscribers import set_status_by_id
 from worker.metrics import LedgerCollector
 from worker.preview import build_preview, resolve_week
 from worker.render.cache import Stored
-from worker.render.personalise import Recipient, personalise
+from worker.render.public_copy import public_copy
 from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision, session_scope
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
@@ -233,14 +232,10 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
                         headers={"Content-Security-Policy": SANDBOX_CSP})
 
     def _anonymous_page(rendered, edition: str, variant: str) -> Response:
-        # No personal data: a neutral greeting and links that lead back to this page.
-        here = f"{settings.public_url}/archive/{edition}/{variant}"
-        anonymous = Recipient(email="you", name=None, unsubscribe_url=here, view_online_url=here, manage_url=here,
-                              leave_urls=tuple((code, here) for code in rendered.regions))
-        # The whole edition, also when the mailed copy was shortened under Gmail's clip.
-        whole = replace(rendered, html=rendered.whole_html)
-        return Response(personalise(whole, anonymous).html, mimetype="text/html",
-                        headers={"Content-Security-Policy": SANDBOX_CSP})
+        # No personal data and no reader's links: a sign-up link for these regions instead.
+        signup = f"{settings.public_url}/subscribe?regions={','.join(rendered.regions)}"
+        return Response(public_copy(rendered, signup_url=signup, newsletter_name=settings.newsletter_name),
+                        mimetype="text/html", headers={"Content-Security-Policy": SANDBOX_CSP})
 
     def _window(week: str | None):
         try:

@@ -36,6 +36,10 @@ from worker.settings import Settings
 SCOPE = "newsletter-subscribe"
 
 
+PER_CLIENT = "NEWSLETTER_SUBSCRIBE_LIMIT_PER_IP"
+EVERYONE = "NEWSLETTER_SUBSCRIBE_LIMIT_GLOBAL"
+
+
 class LimitsUnavailable(Exception):
     """The shared counter store (Redis) did not answer."""
 
@@ -44,6 +48,8 @@ class LimitsUnavailable(Exception):
 class Verdict:
     allowed: bool
     retry_after: int = 0  # seconds, when refused
+    # The setting whose budget is spent, when refused (the client's own, else everyone's).
+    setting: str = ""
 
 
 class MailLimit(StrEnum):
@@ -116,7 +122,8 @@ class SubscribeLimiter:
             resets = [limiter.get_window_stats(item, *ids).reset_time for item, ids in refused]
         except RedisError as exc:
             raise LimitsUnavailable(str(exc)) from None
-        return Verdict(False, max(1, math.ceil(max(resets) - time.time())))
+        setting = PER_CLIENT if any(ids[1] == "ip" for _item, ids in refused) else EVERYONE
+        return Verdict(False, max(1, math.ceil(max(resets) - time.time())), setting)
 
 
 def client_address(request: Request, trusted_proxies: int) -> str:

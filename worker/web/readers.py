@@ -23,9 +23,8 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import lru_cache
 
-import pycountry
 from flask import Flask, Response, jsonify, redirect, render_template, request
 from sqlalchemy import Engine
 
@@ -66,8 +65,9 @@ from worker.tokens import (
 )
 from worker.web.crosssite import browser_origin, takes_other_sites
 from worker.web.mailer import ConfirmationMailer
+from worker.web.offered import offered_regions
 from worker.web.public import public
-from worker.web.ratelimit import LimitsUnavailable, SubscribeLimiter, client_address
+from worker.web.ratelimit import PER_CLIENT, LimitsUnavailable, SubscribeLimiter, client_address
 from worker.zones import MAX_ZONE, zone_choices
 
 # A readers' form stays usable this long after the page was shown.
@@ -91,6 +91,20 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
     own_origin = _origin(settings.public_url)
     region_pattern = _region_pattern(settings.region_url)
     housekeeping = {"due": 0.0}
+    offered = offered_regions(engine, settings)
+
+    def choices() -> tuple[Region, ...]:
+        return region_choices(settings, offered())
+
+    def not_offered(codes) -> str | None:
+        """The refusal of regions this site does not send news about, or None."""
+        missing = [code for code in codes if code not in offered()]
+        if not missing:
+            return None
+        listed = ", ".join(f"{region.name} ({region.code})" for region in names(missing))
+        return (f"We do not send news about {listed}: choose among the regions listed"
+                if len(listed) < 200 else "We do not send news about some of these regions: choose among "
+                                          "the regions listed")
 
     def names(codes) -> list[Region]:
         return [Region(code, region_name(code, settings.region_names)) for code in codes]
@@ -112,9 +126,9 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
         if request.method == "OPTIONS":
             return _preflight()
         if request.method == "GET":
-            wanted = _codes_or_none(request.args.get("regions", ""))
-            return page("subscribe.html", form={"email": "", "name": "", "timezone": ""}, wanted=names(wanted or ()),
-                        choices=region_choices(settings), zones=zone_choices(), errors={})
+            wanted = [code for code in _codes_or_none(request.args.get("regions", "")) or () if code in offered()]
+            return page("subscribe.html", form={"email": "", "name": "", "timezone": ""}, wanted=names(wanted),
+                        choices=choices(), zones=zone_choices(), errors={})
         as_json = request.is_json
         origin = _request_origin()
         if origin is not None and origin not in origins:
@@ -125,8 +139,13 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             return _refuse(as_json, 503, "Sign-up is unavailable for a moment: please try again in a few minutes.")
         if not verdict.allowed:
             minutes = -(-verdict.retry_after // 60)
+            # Which budget, by its setting, for an operator trying the form by hand; never the
+            # numbers. A client learns only what it could tell anyway: its own or everyone's.
+            whose = "from your address" if verdict.setting == PER_CLIENT else "from everyone together"
             return _refuse(as_json, 429, f"Too many sign-ups just now: please try again in {minutes} "
-                           f"minute{'s' if minutes != 1 else ''}.", {"Retry-After": str(verdict.retry_after)})
+                           f"minute{'s' if minutes != 1 else ''}. (If you run this site: the limit of sign-ups "
+                           f"{whose} was reached; {verdict.setting} sets it.)",
+                           {"Retry-After": str(verdict.retry_after)})
         if not secret:
             return _refuse(as_json, 503, "Sign-up is not available: the site is not fully set up yet.")
         fields, errors = _signup_fields(as_json)
@@ -136,7 +155,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             form = {"email": str(fields.get("email") or "")[:400], "name": str(fields.get("name") or "")[:400],
                     "timezone": str(fields.get("timezone_text") or "")[:MAX_ZONE * 2]}
             return page("subscribe.html", 400, form=form, wanted=names(fields.get("regions") or ()),
-                        choices=region_choices(settings), zones=zone_choices(), errors=errors)
+                        choices=choices(), zones=zone_choices(), errors=errors)
         now = datetime.now(UTC)
         _housekeeping(now)
         item = SubscriberInput(fields["email"], fields["key"], fields["name"], fields["regions"],
@@ -201,6 +220,11 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
             fields["regions"] = check_regions(regions)
         except InvalidSubscriber as exc:
             errors["regions"] = _sentence(str(exc))
+        else:
+            refused = not_offered(fields["regions"])
+            if refused is not None:
+                errors["regions"] = _sentence(refused)
+                fields["regions"] = ()
         zone = raw["timezone"]
         fields["timezone_text"] = zone if isinstance(zone, str) else ""
         try:
@@ -325,7 +349,7 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
                     timezone=row.timezone or "" if timezone is None else timezone, zones=zone_choices(),
                     send_zone=reader_zone(row.timezone, row.region_list, region_zones=settings.region_timezones,
                                           default=settings.timezone)[0],
-                    choices=[r for r in region_choices(settings) if r.code not in followed],
+                    choices=[r for r in choices() if r.code not in followed],
                     csrf=form_token(secret, subscriber_id=row.id, purpose="manage"), max_name=MAX_NAME,
                     active=row.status == SubscriberStatus.ACTIVE)
 
@@ -388,9 +412,14 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
         added = request.form.get("add", "").strip()
         if added:
             try:
-                wanted.extend(code for code in check_regions(added) if code not in wanted)
+                new = [code for code in check_regions(added) if code not in wanted]
             except InvalidSubscriber as exc:
                 errors["add"] = _sentence(str(exc))
+            else:
+                refused = not_offered(code for code in new if code not in current)
+                if refused is not None:
+                    errors["add"] = _sentence(refused)
+                wanted.extend(new)
         regions: tuple[str, ...] = ()
         if wanted:
             try:
@@ -479,16 +508,16 @@ def register_readers(app: Flask, settings: Settings, engine: Engine, *, mailer: 
         return None
 
 
-@cache
-def _all_regions(overrides: tuple[tuple[str, str], ...]) -> tuple[Region, ...]:
+@lru_cache(maxsize=8)
+def _sorted_regions(overrides: tuple[tuple[str, str], ...], codes: frozenset[str]) -> tuple[Region, ...]:
     names = dict(overrides)
-    regions = [Region(c.alpha_2, region_name(c.alpha_2, names)) for c in pycountry.countries]
+    regions = [Region(code, region_name(code, names)) for code in codes]
     return tuple(sorted(regions, key=lambda r: r.name.casefold()))
 
 
-def region_choices(settings: Settings) -> tuple[Region, ...]:
-    """Every region, by name, for the pages' region lists."""
-    return _all_regions(tuple(sorted(settings.region_names.items())))
+def region_choices(settings: Settings, codes: frozenset[str]) -> tuple[Region, ...]:
+    """The regions offered (worker/web/offered.py), by name, for the pages' region lists."""
+    return _sorted_regions(tuple(sorted(settings.region_names.items())), codes)
 
 
 def _json_body() -> object:
