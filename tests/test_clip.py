@@ -134,13 +134,13 @@ def test_a_shortened_mail_says_how_many_of_the_weeks_stories_it_holds(settings):
     copy = _assert_sendable(variant, settings)
     online = copy.recipient.view_online_url
     intro = re.search(r'<p class="intro"[^>]*>(.*?)</p>', copy.digest.html, re.DOTALL)[1]
-    assert intro.startswith(f"Here are {shown} of this week's 200 stories from Russian Federation, Ukraine, ")
+    assert intro.startswith(f"Here are {shown} of this week's 200 stories from Russia, Ukraine, ")
     assert f'; the rest are <a href="{online}"' in intro and intro.endswith(">online</a>.")
     assert f"Here are {shown} of this week's 200 stories from " in copy.digest.text
     assert f"; the rest are online:\n{online}\n" in copy.digest.text
     # Not shortened: the count is the whole week's, as before.
     whole = _copy(_render(settings, _stories(EIGHT[:3], 5, 400), EIGHT[:3]), settings).digest
-    assert "Here are this week's 15 stories from Russian Federation, Ukraine and Germany." in whole.text
+    assert "Here are this week's 15 stories from Russia, Ukraine and Germany." in whole.text
     assert "the rest are" not in whole.html
 
 

@@ -26,7 +26,6 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from flask import Flask, Response, redirect, render_template, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
