@@ -289,7 +289,7 @@ def test_manage_offers_the_covered_regions_and_keeps_the_ones_a_reader_follows(c
     from tests.support.data import add_subscribers
 
     [(reader, _email, _regions)] = add_subscribers(covering.engine, 1, sets=[("FR", "RU")])
-    token = manage_token(covering.settings.secret_key.get_secret_value(), reader)
+    token = manage_token(covering.settings.secret_key.get_secret_value(), reader, covering.row("reader0@example.org").link_key)
     page = covering.client.get(f"/manage/{token}")
     assert ">France<" in page.text and ">Russia<" in page.text  # followed, listed in their order
     assert _options(page) == [("DE", "Germany"), ("TW", "Taiwan")]  # to add: offered, not yet followed

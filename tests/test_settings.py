@@ -150,14 +150,18 @@ def test_config_warns_that_an_http_public_url_leaves_real_mail_without_one_click
 
 
 def test_a_send_over_smtp_with_an_http_public_url_warns_and_still_sends(run_cli, engine, tmp_path, smtp_server):
+    """To a sink (Mailpit) it warns and sends; to a real relay `newsletter check` refuses it."""
     from tests.support.data import add_subscribers, load_stories
 
     load_stories(engine, tmp_path)
     add_subscribers(engine, 2)
     env = {"NEWSLETTER_EMAIL_BACKEND": "smtp", "NEWSLETTER_SMTP_HOST": "127.0.0.1",
-           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SECRET_KEY": "a-secret-key-for-this-test",
+           "NEWSLETTER_SMTP_PORT": str(smtp_server.port), "NEWSLETTER_SECRET_KEY": "a-secret-key-for-this-test-" * 2,
            "NEWSLETTER_PUBLIC_URL": "http://news.example", "NEWSLETTER_BROKER_URL": "redis://127.0.0.1:1/0"}
-    result = run_cli("send", "--week", "2025-W05", "--inline", env=env)
+    refused = run_cli("send", "--week", "2025-W05", "--inline", env=env)
+    assert refused.code == 2 and "NEWSLETTER_PUBLIC_URL: http://news.example is not https://" in refused.err
+    assert smtp_server.received == []
+    result = run_cli("send", "--week", "2025-W05", "--inline", env={**env, "NEWSLETTER_SMTP_SINK": "true"})
     assert result.code == 0 and HTTP_WARNING in result.err.splitlines()
     assert len(smtp_server.received) == 2
     assert smtp_server.received[0].message["List-Unsubscribe"].strip().startswith("<http://news.example/unsubscribe/")
