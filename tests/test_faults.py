@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from tests.support.data import add_subscribers, load_stories
 from tests.support.oracle import assert_oracle
 from tests.support.smtp import Received, arrivals_over_rate
-from tests.support.worker import wait_for
+from tests.support.worker import queued, wait_for
 from worker.delivery.plan import find_edition
 
 KEY = "weekly-2025-W05"
@@ -178,7 +178,7 @@ def test_sigterm_finishes_the_batch_in_hand_and_hands_back_the_rest(engine, tmp_
         untouched.append(batch)
     assert untouched, "the worker went on to take every batch after SIGTERM"
     # Handed back: each batch not begun waits in the broker again; nothing else sent them.
-    assert redis.Redis.from_url(redis_url).llen("send") == len(untouched)
+    assert queued(redis.Redis.from_url(redis_url)) == len(untouched)
     sent_by_w1 = {r.email for r in after.values() if r.state == "sent"}
     assert smtp_server.by_recipient() == dict.fromkeys(sent_by_w1, 1)
 
@@ -218,7 +218,7 @@ def test_copies_of_a_batch_racing_each_other_send_once(engine, tmp_path, smtp_se
     for _ in range(3):
         publish(find_edition(engine, KEY).id, ids)
     queue = redis.Redis.from_url(redis_url)
-    assert queue.llen("send") == 4  # four copies of the batch wait together
+    assert queued(queue) == 4  # four copies of the batch wait together
     assert {(r.state, r.claimed_by) for r in _rows(engine).values()} == {("pending", None)}
     # One worker, four processes: each takes one copy as soon as it is ready, all at once.
     worker = start_worker("w1", concurrency=4, **FAST)
@@ -298,7 +298,7 @@ def test_redis_restarted_empty_mid_edition(engine, tmp_path, smtp_server, start_
         assert {r.state for r in _rows(engine).values()} == {"sent", "pending"}
         assert all(r.attempts == 0 for r in _rows(engine).values() if r.state == "pending")
         client = redis.Redis(port=port)
-        assert client.llen("send") == 0 and client.llen("celery") == 0 and not client.hlen("unacked")
+        assert queued(client) == 0 and client.llen("celery") == 0 and not client.hlen("unacked")
         assert not set(smtp_server.by_recipient()) & lost
         # Recovery needs the reconciler: its tick publishes the lost rows again.
         recovery = wait_for(lambda: tick(**FAST, NEWSLETTER_BROKER_URL=broker).batches, what="the reconciler")

@@ -169,8 +169,11 @@ def test_a_naive_time_is_refused_not_guessed(leased, book_path):
 @pytest.mark.parametrize("outcome", [SENT, SendResult(Outcome.PERMANENT, 550, "5.1.1 no such user")],
                          ids=["sent", "bounced"])
 @paths("postgresql", "postgresql-transactions")
-def test_a_lost_database_connection_is_an_operational_error(leased, book_path, db_url, outcome):
-    """What the task retries on: on either path, however the connection broke."""
+def test_a_lost_database_connection_is_an_operational_error_and_the_result_is_kept(leased, book_path, db_url,
+                                                                                  outcome):
+    """What the lanes wait out (and the task retries on): on either path, however the
+    connection broke. A result the relay gave is never dropped with the failed statement:
+    once the database is back, a fresh connection writes it."""
     import sqlalchemy as sa
     from sqlalchemy.exc import OperationalError
 
@@ -188,11 +191,20 @@ def test_a_lost_database_connection_is_an_operational_error(leased, book_path, d
         with pytest.raises(OperationalError):
             book.record(rows[0].id, result=outcome, message_id="<a@news.example>", attempts=1, now=NOW)
             book.claim([rows[1].id], now=NOW, lease=LEASE)
-        book.close()  # nothing left to write; the row stays `sending`, to end `unknown`
+        assert _rows(engine)[rows[0].id].state == "sending"
+        with pytest.raises(OperationalError):
+            book.reconnect()  # still away
+        assert [p.delivery_id for p in book.pending] == [rows[0].id]
+        proxy.restore()
+        book.reconnect()
+        claimed = book.claim([rows[1].id], now=NOW, lease=LEASE)
+        assert claimed == {rows[1].id: ledger.Claim(ledger.ClaimState.CLAIMED, 1)}
+        book.close()
     finally:
         proxy.close()
         far.dispose()
-    assert _rows(engine)[rows[0].id].state == "sending"
+    assert book.late == []
+    assert _rows(engine)[rows[0].id].state == {Outcome.SENT: "sent", Outcome.PERMANENT: "bounced"}[outcome.outcome]
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

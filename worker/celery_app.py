@@ -14,6 +14,10 @@ from worker.health import touch_beat
 from worker.settings import Settings, load_settings
 
 SEND_QUEUE = "send"
+# Batch priorities. On Redis a lower number goes first (kombu keeps one list per step of
+# priority_steps and BRPOPs them in order; a message without one counts as 0): rows
+# handed out again after a crash overtake the backlog of fresh batches.
+RECOVERED_PRIORITY, FRESH_PRIORITY = 0, 6
 # Beat's own bookkeeping (last run times), beside the SQLite default; `-s PATH` overrides it.
 BEAT_SCHEDULE_FILE = Path("var") / "celerybeat-schedule"
 
@@ -60,7 +64,8 @@ def create_app(settings: Settings) -> Celery:
         # acts only on every 10th look; act on each look, and look sooner for short timeouts.
         broker_transport_options={"visibility_timeout": visibility,
                                   "unacked_restore_interval": min(10.0, max(visibility / 4, 0.5)),
-                                  "unacked_restore_throttle": 1},
+                                  "unacked_restore_throttle": 1,
+                                  "priority_steps": [RECOVERED_PRIORITY, FRESH_PRIORITY]},
         broker_connection_retry_on_startup=True,
         task_routes={"worker.tasks.send_batch": {"queue": SEND_QUEUE}},
         task_default_queue="celery",
