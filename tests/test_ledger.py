@@ -261,3 +261,29 @@ def test_a_failed_group_statement_fails_every_lane_in_it(leased):
     with pytest.raises(DBAPIError):
         book.claim([rows[0].id], now=NOW, lease=LEASE)
     assert _rows(engine)[rows[0].id].state == "pending"  # nothing claimed, so nothing may be sent
+
+
+def test_a_retried_task_takes_its_own_batchs_rows_back_from_another_process(engine, settings, tmp_path):
+    """The lease follows the batch: rows leased for task T by a process that gave up on them
+    (its batch failed, its heartbeat still fresh) come back to T's retry in another process
+    at once; a different task (another copy of the batch) still finds them taken. The
+    process that held them can no longer claim them (its compare-and-set on claimed_by loses)."""
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 8)
+    planned = plan_edition(engine, key=KEY, kind="weekly", window=week_window("2025-W05", settings.tz), now=NOW)
+    ids = sorted(d.id for d in delivery_rows(engine, KEY).values() if d.state == "pending")
+    batch = timedelta(minutes=15)
+
+    def lease(worker, token):
+        return [r.id for r in ledger.lease_batch(engine, edition_id=planned.edition_id, ids=ids, worker=worker,
+                                                 now=NOW, lease=batch, token=token)]
+
+    assert lease("host:1", "task-a") == ids
+    assert lease("host:2", "task-b") == []      # another task: the lease holds
+    assert lease("host:2", "task-a") == ids     # the same task, retried elsewhere: its rows
+    assert {d.claimed_by for d in _rows(engine).values() if d.id in ids} == {"host:2"}
+    old = _book(engine, worker="host:1")
+    assert old.claim(ids[:1], now=NOW, lease=LEASE) == {}
+    old.close()
+    ledger.release(engine, ids=ids, worker="host:2", now=NOW)
+    assert lease("host:3", "task-c") == ids     # released: anyone's again
