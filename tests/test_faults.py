@@ -4,7 +4,9 @@ every test ends with the oracle."""
 import ast
 import re
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -436,3 +438,93 @@ def test_a_poison_recipient_is_capped_and_everyone_else_is_delivered(engine, tmp
     assert (row.state, row.attempts, row.next_attempt_at) == ("failed", 3, None)
     assert "reply not complete within 1 s" in row.last_reply
     assert "WorkerLostError" not in worker.output() and "Hard time limit" not in worker.output()
+
+
+@pytest.fixture
+def private_pg(tmp_path):
+    """A PostgreSQL server of this test's own, to restart (never the machine's shared one)."""
+    from tests.conftest import unavailable
+    from tests.support.postgres import PrivatePostgres
+
+    server = PrivatePostgres(tmp_path / "pg")
+    try:
+        server.start()
+    except (OSError, subprocess.SubprocessError) as exc:
+        unavailable("a private PostgreSQL (initdb, pg_ctl)", exc)
+    yield server
+    server.stop()
+
+
+def _private_engine(private_pg, tmp_path, count):
+    from worker.store.db import create_db_engine, upgrade_schema
+
+    engine = create_db_engine(private_pg.url)
+    upgrade_schema(engine)
+    return engine, _emails(_setup(engine, tmp_path, count=count))
+
+
+def _stall(arrivals: list[float], since: float, until: float) -> float:
+    """The longest wait for the relay's next message within [since, until]."""
+    times = sorted(t for t in arrivals if since <= t <= until)
+    return max((b - a for a, b in zip([since, *times], [*times, until], strict=True)), default=until - since)
+
+
+# Default settings (leases, liveness, redispatch, batch size, lanes): only the relay is slow.
+@pytest.mark.timeout(480)
+def test_a_backlog_at_default_settings_outlasts_a_database_restart_and_a_killed_worker(
+        private_pg, tmp_path, smtp_server, start_worker, worker_env, run_cli, tick):
+    """Thousands of rows, a slow relay, two workers, default settings. A PostgreSQL restart
+    mid-send stalls the relay for seconds (it was the 900 s batch lease) and leaves no row
+    `unknown`: the lanes wait, then write what they sent. Then a worker is killed: its rows
+    are handed out ahead of the backlog and reach the relay within a minute of the kill (they
+    were queued behind every fresh batch)."""
+    from worker.delivery.liveness import DIED
+
+    engine, everyone = _private_engine(private_pg, tmp_path, 4000)
+    smtp_server.plan.delay = 0.1
+    url = {"NEWSLETTER_DATABASE_URL": private_pg.url}
+    env = {**worker_env, **url}
+    w1 = start_worker("w1", concurrency=1, **url)
+    start_worker("w2", concurrency=1, **url)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    received = smtp_server.received
+    wait_for(lambda: len(received) >= 200, timeout=120, what="200 messages")
+
+    restarted = time.monotonic()
+    private_pg.restart()
+    back = time.monotonic()
+    at_restart = len(received)
+    wait_for(lambda: len(received) >= at_restart + 200, timeout=120, what="200 messages after the restart")
+    stall = _stall([r.at for r in received], restarted, received[at_restart + 199].at)
+    print(f"\nPostgreSQL restart ({back - restarted:.1f} s): the relay waited at most {stall:.1f} s "
+          "for its next message", file=sys.__stderr__)
+    assert stall < 30
+
+    names = {f"{socket.gethostname()}:{pid}" for pid in w1.children()}
+    held_now = lambda: {i: r for i, r in _rows(engine).items() if r.claimed_by in names}  # noqa: E731
+    wait_for(lambda: sum(1 for r in held_now().values() if r.state == "pending") >= 20, timeout=120,
+             interval=0.1, what="the first worker to hold rows it has not sent")
+    assert not any(r.state == "unknown" for r in _rows(engine).values()), "the restart left rows unknown"
+    w1.kill(signal.SIGKILL)
+    killed = time.monotonic()
+    w1.proc.wait(10)
+    held = held_now()
+    waiting = {held[i].email for i, r in held.items() if r.state == "pending"}
+    declared = wait_for(lambda: not any(r.claimed_by in names for r in _rows(engine).values()) and time.monotonic(),
+                        timeout=120, interval=0.2, what="the dead worker's leases to end")
+    first = wait_for(lambda: min((r.at for r in received if r.rcpt in waiting and r.at > killed), default=None),
+                     timeout=180, interval=0.2, what="a dead worker's row at the relay")
+    print(f"killed worker: declared dead {declared - killed:.1f} s after the kill; its rows at the relay "
+          f"{first - declared:.1f} s later ({first - killed:.1f} s after the kill), "
+          f"{len(everyone) - len(received)} rows still to go", file=sys.__stderr__)
+    assert first - killed <= 60
+
+    start_worker("w3", concurrency=1, **url)
+    # Ticking as beat does, at default settings (a due retry is handed out).
+    wait_for(lambda: tick(**url) and find_edition(engine, KEY).state == "done", timeout=300, interval=5.0,
+             what="the edition to finish")
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone,
+                                 allowed_unknown=2 * 4)
+    # Every unknown row is one the killed worker had in an SMTP transaction: none from the restart.
+    assert {d.last_reply for d in rows.values() if d.state == "unknown"} <= {DIED}
+    engine.dispose()

@@ -287,3 +287,18 @@ def test_a_retried_task_takes_its_own_batchs_rows_back_from_another_process(engi
     old.close()
     ledger.release(engine, ids=ids, worker="host:2", now=NOW)
     assert lease("host:3", "task-c") == ids     # released: anyone's again
+
+
+@every_path
+def test_a_claim_whose_reply_was_lost_is_recognised_by_its_lease(leased, book_path):
+    """The database committed the claim and went away before answering: asked again, the row
+    is `sending` under this worker and this very lease, so it is this lane's to send (not
+    left to end `unknown`). Another lease time or another worker is not a match."""
+    engine, rows = leased
+    book = _book(engine, book_path)
+    assert book.claim([rows[0].id], now=NOW, lease=LEASE)[rows[0].id].state is ledger.ClaimState.CLAIMED
+    book.close()
+    assert ledger.claimed_before(engine, ids=[rows[0].id], worker="w1", lease_until=NOW + LEASE) == {rows[0].id: 1}
+    assert ledger.claimed_before(engine, ids=[rows[0].id], worker="w1", lease_until=NOW + 2 * LEASE) == {}
+    assert ledger.claimed_before(engine, ids=[rows[0].id], worker="w2", lease_until=NOW + LEASE) == {}
+    assert ledger.claimed_before(engine, ids=[rows[1].id], worker="w1", lease_until=NOW + LEASE) == {}

@@ -31,8 +31,7 @@ def test_a_recovery_hands_out_again_only_the_rows_the_dead_worker_held(engine, e
     edition_id, ids = edition
     held, queued = ids[:4], ids[4:]
     ledger.mark_enqueued(engine, ids=ids, now=NOW)
-    ledger.lease_batch(engine, edition_id=edition_id, ids=held, worker="host:9", now=NOW, lease=timedelta(minutes=15),
-                       token="task-9")
+    ledger.lease_batch(engine, edition_id=edition_id, ids=held, worker="host:9", now=NOW, lease=timedelta(minutes=15))
     heartbeat(engine, "host:9", NOW)
     assert recover(engine, now=NOW + 2 * TIMEOUT, timeout=TIMEOUT) == {edition_id}
     rows = {d.id: d for d in delivery_rows(engine, KEY).values()}

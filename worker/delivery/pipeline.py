@@ -360,8 +360,7 @@ def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender,
     # Thread CPU by stage (newsletter_stage_cpu_seconds_total).
     cpu = metrics.stage_clock()
     now = batch.clock()
-    claim = batch.outlast(lambda: book.claim([row.id], now=now, lease=batch.send_lease),
-                          book.reconnect).get(row.id, ledger.LOST)
+    claim = _claim(batch, book, row.id, now)
     cpu.lap("ledger")
     if claim.state is not ClaimState.CLAIMED:
         # Lost to another worker or to a pause, or the subscriber left: nothing sent.
@@ -382,6 +381,28 @@ def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender,
     cpu.lap("ledger")
     metrics.count_message(result.outcome, result.code)
     return result, batch.stop_reason(result)
+
+
+def _claim(batch: _Batch, book: ledger.Ledger, delivery_id: int, now: datetime) -> ledger.Claim:
+    """The row's claim, waiting out a database outage. A claim repeated after a failed
+    statement may find the row already `sending` under this very lease: the first one
+    committed before the database went away (its reply was lost), so the row is ours."""
+    failed = []
+
+    def attempt() -> ledger.Claim:
+        try:
+            claim = book.claim([delivery_id], now=now, lease=batch.send_lease).get(delivery_id, ledger.LOST)
+        except Exception:
+            failed.append(True)
+            raise
+        if failed and claim.state is ClaimState.LOST:
+            attempts = ledger.claimed_before(batch.engine, ids=[delivery_id], worker=batch.worker,
+                                             lease_until=now + batch.send_lease).get(delivery_id)
+            if attempts is not None:
+                return ledger.Claim(ClaimState.CLAIMED, attempts)
+        return claim
+
+    return batch.outlast(attempt, book.reconnect)
 
 
 def _prepare(batch: _Batch, row: ledger.Leased) -> _Prepared:

@@ -90,6 +90,17 @@ def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: 
     return [Leased(r.id, r.subscriber_id, RegionSet.stored(r.regions).codes, r.email, r.name) for r in rows]
 
 
+def claimed_before(engine: Engine, *, ids: Sequence[int], worker: str, lease_until: datetime) -> dict[int, int]:
+    """Rows among `ids` a claim of this worker for this very lease moved to `sending`, with
+    their attempts: a claim whose statement committed but whose reply the database never
+    sent (it went down in between). Asked only after such a failure, so the lane sends the
+    row it did claim instead of leaving it `sending` to end `unknown`."""
+    with session_scope(engine) as session:
+        return dict(session.execute(select(D.c.id, D.c.attempts).where(
+            D.c.id.in_(list(ids)), D.c.state == SENDING, D.c.claimed_by == worker,
+            D.c.lease_until == lease_until)).all())
+
+
 def release(engine: Engine, *, ids: Sequence[int], worker: str, now: datetime) -> int:
     """Give back batch leases on rows this worker did not get to; they stay due."""
     if not ids:
