@@ -2,6 +2,7 @@
 every test ends with the oracle."""
 
 import ast
+import os
 import re
 import signal
 import socket
@@ -315,12 +316,13 @@ def test_twenty_failures_in_a_row_pause_and_resume_continues(engine, tmp_path, s
                                                             worker_env, run_cli, tick):
     everyone = _emails(_setup(engine, tmp_path, count=30))
     smtp_server.plan.data_all = "451 4.3.0 relay overloaded"
-    env = {**worker_env, **FAST, "NEWSLETTER_ERROR_BUDGET": "20", "NEWSLETTER_BATCH_SIZE": "30"}
-    start_worker("w1", concurrency=1, **{**FAST, "NEWSLETTER_ERROR_BUDGET": "20", "NEWSLETTER_BATCH_SIZE": "30"})
+    # Ten per lane, two lanes: twenty in a row.
+    env = {**worker_env, **FAST, "NEWSLETTER_ERROR_BUDGET": "10", "NEWSLETTER_BATCH_SIZE": "30"}
+    start_worker("w1", concurrency=1, **{**FAST, "NEWSLETTER_ERROR_BUDGET": "10", "NEWSLETTER_BATCH_SIZE": "30"})
     assert run_cli("send", "--week", "2025-W05", env=env).code == 0
     wait_for(lambda: find_edition(engine, KEY).state == "paused", what="the pause")
     edition = find_edition(engine, KEY)
-    assert edition.reason == ("paused: 20 failures in a row (NEWSLETTER_ERROR_BUDGET), "
+    assert edition.reason == ("paused: 20 failures in a row (NEWSLETTER_ERROR_BUDGET; 10 per lane), "
                               "last: 451 4.3.0 relay overloaded")
     smtp_server.plan.data_all = None
     assert run_cli("resume", KEY, "--wait", env=env).code == 0
@@ -441,15 +443,16 @@ def test_a_poison_recipient_is_capped_and_everyone_else_is_delivered(engine, tmp
 
 
 @pytest.fixture
-def private_pg(tmp_path):
+def private_pg():
     """A PostgreSQL server of this test's own, to restart (never the machine's shared one)."""
     from tests.conftest import unavailable
     from tests.support.postgres import PrivatePostgres
 
-    server = PrivatePostgres(tmp_path / "pg")
+    server = PrivatePostgres()
     try:
         server.start()
     except (OSError, subprocess.SubprocessError) as exc:
+        server.stop()
         unavailable("a private PostgreSQL (initdb, pg_ctl)", exc)
     yield server
     server.stop()
@@ -480,7 +483,7 @@ def test_a_backlog_at_default_settings_outlasts_a_database_restart_and_a_killed_
     were queued behind every fresh batch)."""
     from worker.delivery.liveness import DIED
 
-    engine, everyone = _private_engine(private_pg, tmp_path, 4000)
+    engine, everyone = _private_engine(private_pg, tmp_path, 3000)
     smtp_server.plan.delay = 0.1
     url = {"NEWSLETTER_DATABASE_URL": private_pg.url}
     env = {**worker_env, **url}
@@ -528,3 +531,58 @@ def test_a_backlog_at_default_settings_outlasts_a_database_restart_and_a_killed_
     # Every unknown row is one the killed worker had in an SMTP transaction: none from the restart.
     assert {d.last_reply for d in rows.values() if d.state == "unknown"} <= {DIED}
     engine.dispose()
+
+
+# The relay answers 421 to every greeting and MAIL for this long. `NEWSLETTER_FAULTS_AT_DEFAULTS=1`
+# runs the issue's case, at default settings: half a minute of 421, probes from a minute on
+# (docs/faults.md has the figures); the suite shortens both.
+AT_DEFAULTS = os.environ.get("NEWSLETTER_FAULTS_AT_DEFAULTS") == "1"
+RELAY_DOWN = 30.0 if AT_DEFAULTS else 6.0
+SHORT_PROBES = {} if AT_DEFAULTS else {"NEWSLETTER_RELAY_PROBE_SECONDS": "4", "NEWSLETTER_RETRY_BASE_SECONDS": "2"}
+
+
+@pytest.mark.timeout(600 if AT_DEFAULTS else 240)
+def test_a_relay_that_answers_421_for_a_while_pauses_the_edition_and_it_resumes_by_itself(
+        engine, tmp_path, smtp_server, start_worker, worker_env, run_cli, tick):
+    """A relay restart, with a backlog and two workers: the run of 421s pauses the edition
+    with a time to probe; the probe after the relay is back resumes it, nobody has to; the
+    status says so, and everyone gets one message."""
+    everyone = _emails(_setup(engine, tmp_path, count=1500))
+    smtp_server.plan.delay = 0.02
+    env = {**worker_env, **SHORT_PROBES}
+    start_worker("w1", concurrency=1, **SHORT_PROBES)
+    start_worker("w2", concurrency=1, **SHORT_PROBES)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    wait_for(lambda: len(smtp_server.received) >= 150, timeout=120, what="150 messages")
+    smtp_server.plan.greeting = smtp_server.plan.mail = "421 4.3.2 service restarting, try later"
+    down = time.monotonic()
+
+    def paused():
+        tick(**SHORT_PROBES)
+        return find_edition(engine, KEY).state == "paused"
+
+    # The relay stays down until the edition paused, and at least RELAY_DOWN seconds.
+    wait_for(paused, timeout=120, interval=0.5, what="the run of 421s to pause the edition")
+    edition = find_edition(engine, KEY)
+    assert edition.reason.startswith("paused: ") and "421 4.3.2 service restarting" in edition.reason
+    assert edition.resume_at is not None
+    status = run_cli("status", KEY, env=env).out
+    assert f"resumes by itself if the relay answers a probe at {edition.resume_at.isoformat()}" in status
+    time.sleep(max(0.0, down + RELAY_DOWN - time.monotonic()))
+    smtp_server.plan.greeting = smtp_server.plan.mail = None
+    up = time.monotonic()
+
+    def resumed():
+        tick(**SHORT_PROBES)
+        return find_edition(engine, KEY).state != "paused"
+
+    wait_for(resumed, timeout=35 * 60, interval=1.0, what="the edition to resume by itself")
+    back = time.monotonic()
+    edition = find_edition(engine, KEY)
+    assert "resumed by itself at " in edition.note and edition.note.endswith(": the relay takes mail again")
+    assert edition.resume_at is None
+    print(f"\n421 for {RELAY_DOWN:.0f} s: paused, resumed by itself {back - up:.1f} s after the relay was back "
+          f"(probe base {SHORT_PROBES.get('NEWSLETTER_RELAY_PROBE_SECONDS', '60')} s)", file=sys.__stderr__)
+    wait_for(lambda: tick(**SHORT_PROBES) and find_edition(engine, KEY).state == "done", timeout=300, interval=2.0,
+             what="the edition to finish")
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)

@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,26 +21,26 @@ def _bin(name: str) -> str:
 
 
 class PrivatePostgres:
-    """initdb in `root`, a server on a free loopback port, restartable. PostgreSQL refuses to
-    run as root: as root the cluster belongs to the `postgres` user."""
+    """initdb in a fresh directory, a server on a free loopback port, restartable. PostgreSQL
+    refuses to run as root: as root the cluster belongs to the `postgres` user."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data = root / "pgdata"
+    def __init__(self) -> None:
+        # Not under pytest's basetemp: every pytest run on the machine resets that to 0700,
+        # and the server (another user, as root) must keep reaching its directory.
+        self.root = Path(tempfile.mkdtemp(prefix="newsletter-pg-"))
+        self.data = self.root / "pgdata"
         self.port = _free_port()
         self.user = "postgres" if os.geteuid() == 0 else None
-        root.mkdir(parents=True, exist_ok=True)
         if self.user:
             entry = pwd.getpwnam(self.user)
-            os.chown(root, entry.pw_uid, entry.pw_gid)
-            for parent in root.parents:  # the server must reach its directory
-                if parent == Path("/"):
-                    break
-                os.chmod(parent, os.stat(parent).st_mode | 0o001)
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
 
     def _run(self, *args: str, timeout: float = 60) -> None:
         prefix = ["runuser", "-u", self.user, "--"] if self.user else []
-        subprocess.run([*prefix, *args], check=True, capture_output=True, timeout=timeout, cwd=self.root)
+        done = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        if done.returncode:
+            raise subprocess.SubprocessError(f"{' '.join(args[:1])} {' '.join(args[-3:])}: exit {done.returncode}: "
+                                             f"{done.stderr.strip() or done.stdout.strip()}")
 
     @property
     def url(self) -> str:
@@ -55,11 +56,14 @@ class PrivatePostgres:
         self._pg_ctl("restart", "-m", "fast")
 
     def stop(self) -> None:
-        if self.data.exists():
-            try:
+        """Stop the server and remove its directory."""
+        try:
+            if self.data.exists():
                 self._pg_ctl("stop", "-m", "immediate")
-            except subprocess.CalledProcessError:
-                pass
+        except subprocess.SubprocessError:
+            pass
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def _pg_ctl(self, *args: str) -> None:
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
