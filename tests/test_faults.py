@@ -308,6 +308,10 @@ def test_redis_restarted_empty_mid_edition(engine, tmp_path, smtp_server, start_
         assert recovery >= len(lost) / int(FAST["NEWSLETTER_BATCH_SIZE"])
         _finish(engine, tick, NEWSLETTER_BROKER_URL=broker, timeout=120)
         assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0, expect_sent=everyone)
+        # The reconnect is a WARNING line: no ERROR, nothing that reads as a traceback.
+        log = worker.output()
+        assert "consumer: Connection to broker lost" in log
+        assert "ERROR/" not in log and "Traceback" not in log and "CPendingDeprecationWarning" not in log, log
     finally:
         server.kill()
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import metrics
 from worker.bounces.mailboxes import process_configured
-from worker.celery_app import FRESH_PRIORITY, RECOVERED_PRIORITY, get_app
+from worker.celery_app import FRESH_PRIORITY, RECOVERED_PRIORITY, get_app, quiet_broker_reconnects
 from worker.delivery.liveness import Heartbeat
 from worker.delivery.pipeline import deliver_batch, utcnow, worker_name
 from worker.delivery.ratelimit import make_throttle
@@ -57,6 +57,12 @@ def _refuse_an_old_schema(**_) -> None:
         raise SystemExit(2) from None
     finally:
         engine.dispose()  # nothing of it may cross the fork into the pool
+
+
+@celeryd_after_setup.connect
+def _quiet_reconnects(**_) -> None:
+    # After Celery set up logging (which turns every Celery deprecation warning on).
+    quiet_broker_reconnects()
 
 
 @cache
