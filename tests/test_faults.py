@@ -2,9 +2,12 @@
 every test ends with the oracle."""
 
 import ast
+import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -13,7 +16,7 @@ import sqlalchemy as sa
 from tests.support.data import add_subscribers, load_stories
 from tests.support.oracle import assert_oracle
 from tests.support.smtp import Received, arrivals_over_rate
-from tests.support.worker import wait_for
+from tests.support.worker import queued, wait_for
 from worker.delivery.plan import find_edition
 
 KEY = "weekly-2025-W05"
@@ -178,7 +181,7 @@ def test_sigterm_finishes_the_batch_in_hand_and_hands_back_the_rest(engine, tmp_
         untouched.append(batch)
     assert untouched, "the worker went on to take every batch after SIGTERM"
     # Handed back: each batch not begun waits in the broker again; nothing else sent them.
-    assert redis.Redis.from_url(redis_url).llen("send") == len(untouched)
+    assert queued(redis.Redis.from_url(redis_url)) == len(untouched)
     sent_by_w1 = {r.email for r in after.values() if r.state == "sent"}
     assert smtp_server.by_recipient() == dict.fromkeys(sent_by_w1, 1)
 
@@ -218,7 +221,7 @@ def test_copies_of_a_batch_racing_each_other_send_once(engine, tmp_path, smtp_se
     for _ in range(3):
         publish(find_edition(engine, KEY).id, ids)
     queue = redis.Redis.from_url(redis_url)
-    assert queue.llen("send") == 4  # four copies of the batch wait together
+    assert queued(queue) == 4  # four copies of the batch wait together
     assert {(r.state, r.claimed_by) for r in _rows(engine).values()} == {("pending", None)}
     # One worker, four processes: each takes one copy as soon as it is ready, all at once.
     worker = start_worker("w1", concurrency=4, **FAST)
@@ -298,13 +301,17 @@ def test_redis_restarted_empty_mid_edition(engine, tmp_path, smtp_server, start_
         assert {r.state for r in _rows(engine).values()} == {"sent", "pending"}
         assert all(r.attempts == 0 for r in _rows(engine).values() if r.state == "pending")
         client = redis.Redis(port=port)
-        assert client.llen("send") == 0 and client.llen("celery") == 0 and not client.hlen("unacked")
+        assert queued(client) == 0 and client.llen("celery") == 0 and not client.hlen("unacked")
         assert not set(smtp_server.by_recipient()) & lost
         # Recovery needs the reconciler: its tick publishes the lost rows again.
         recovery = wait_for(lambda: tick(**FAST, NEWSLETTER_BROKER_URL=broker).batches, what="the reconciler")
         assert recovery >= len(lost) / int(FAST["NEWSLETTER_BATCH_SIZE"])
         _finish(engine, tick, NEWSLETTER_BROKER_URL=broker, timeout=120)
         assert_oracle(engine, KEY, smtp_server, run_cli, env, allowed_unknown=0, expect_sent=everyone)
+        # The reconnect is a WARNING line: no ERROR, nothing that reads as a traceback.
+        log = worker.output()
+        assert "consumer: Connection to broker lost" in log
+        assert "ERROR/" not in log and "Traceback" not in log and "CPendingDeprecationWarning" not in log, log
     finally:
         server.kill()
 
@@ -313,12 +320,13 @@ def test_twenty_failures_in_a_row_pause_and_resume_continues(engine, tmp_path, s
                                                             worker_env, run_cli, tick):
     everyone = _emails(_setup(engine, tmp_path, count=30))
     smtp_server.plan.data_all = "451 4.3.0 relay overloaded"
-    env = {**worker_env, **FAST, "NEWSLETTER_ERROR_BUDGET": "20", "NEWSLETTER_BATCH_SIZE": "30"}
-    start_worker("w1", concurrency=1, **{**FAST, "NEWSLETTER_ERROR_BUDGET": "20", "NEWSLETTER_BATCH_SIZE": "30"})
+    # Ten per lane, two lanes: twenty in a row.
+    env = {**worker_env, **FAST, "NEWSLETTER_ERROR_BUDGET": "10", "NEWSLETTER_BATCH_SIZE": "30"}
+    start_worker("w1", concurrency=1, **{**FAST, "NEWSLETTER_ERROR_BUDGET": "10", "NEWSLETTER_BATCH_SIZE": "30"})
     assert run_cli("send", "--week", "2025-W05", env=env).code == 0
     wait_for(lambda: find_edition(engine, KEY).state == "paused", what="the pause")
     edition = find_edition(engine, KEY)
-    assert edition.reason == ("paused: 20 failures in a row (NEWSLETTER_ERROR_BUDGET), "
+    assert edition.reason == ("paused: 20 failures in a row (NEWSLETTER_ERROR_BUDGET; 10 per lane), "
                               "last: 451 4.3.0 relay overloaded")
     smtp_server.plan.data_all = None
     assert run_cli("resume", KEY, "--wait", env=env).code == 0
@@ -436,3 +444,168 @@ def test_a_poison_recipient_is_capped_and_everyone_else_is_delivered(engine, tmp
     assert (row.state, row.attempts, row.next_attempt_at) == ("failed", 3, None)
     assert "reply not complete within 1 s" in row.last_reply
     assert "WorkerLostError" not in worker.output() and "Hard time limit" not in worker.output()
+
+
+@pytest.fixture
+def private_pg():
+    """A PostgreSQL server of this test's own, to restart (never the machine's shared one)."""
+    from tests.conftest import unavailable
+    from tests.support.postgres import PrivatePostgres
+
+    server = PrivatePostgres()
+    try:
+        server.start()
+    except (OSError, subprocess.SubprocessError) as exc:
+        server.stop()
+        unavailable("a private PostgreSQL (initdb, pg_ctl)", exc)
+    yield server
+    server.stop()
+
+
+def _private_engine(private_pg, tmp_path, count):
+    from worker.store.db import create_db_engine, upgrade_schema
+
+    engine = create_db_engine(private_pg.url)
+    upgrade_schema(engine)
+    return engine, _emails(_setup(engine, tmp_path, count=count))
+
+
+def _stall(arrivals: list[float], since: float, until: float) -> float:
+    """The longest wait for the relay's next message within [since, until]."""
+    times = sorted(t for t in arrivals if since <= t <= until)
+    return max((b - a for a, b in zip([since, *times], [*times, until], strict=True)), default=until - since)
+
+
+# Default settings (leases, liveness, redispatch, batch size, lanes): only the relay is slow.
+@pytest.mark.timeout(480)
+def test_a_backlog_at_default_settings_outlasts_a_database_restart_and_a_killed_worker(
+        private_pg, tmp_path, smtp_server, start_worker, worker_env, run_cli, tick):
+    """Thousands of rows, a slow relay, two workers, default settings. A PostgreSQL restart
+    mid-send stalls the relay for seconds (it was the 900 s batch lease) and leaves no row
+    `unknown`: the lanes wait, then write what they sent. Then a worker is killed: its rows
+    are handed out ahead of the backlog and reach the relay within a minute of the kill (they
+    were queued behind every fresh batch)."""
+    from worker.delivery.liveness import DIED
+
+    engine, everyone = _private_engine(private_pg, tmp_path, 3000)
+    smtp_server.plan.delay = 0.1
+    url = {"NEWSLETTER_DATABASE_URL": private_pg.url}
+    env = {**worker_env, **url}
+    w1 = start_worker("w1", concurrency=1, **url)
+    start_worker("w2", concurrency=1, **url)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    received = smtp_server.received
+    wait_for(lambda: len(received) >= 200, timeout=120, what="200 messages")
+
+    # The rows in hand at the restart (leased by a batch, or in an SMTP transaction): each must
+    # end (sent) in seconds, not wait out a lease (before: the failed batch's 900 s).
+    in_hand = {i for i, r in _rows(engine).items() if r.claimed_by is not None}
+    restarted = time.monotonic()
+    private_pg.restart()
+    back = time.monotonic()
+    at_restart = len(received)
+    settled = wait_for(lambda: all(r.state == "sent" for i, r in _rows(engine).items() if i in in_hand)
+                       and time.monotonic(), timeout=180, interval=0.5, what="the rows in hand at the restart to end")
+    wait_for(lambda: len(received) >= at_restart + 200, timeout=120, what="200 messages after the restart")
+    stall = _stall([r.at for r in received], restarted, received[at_restart + 199].at)
+    print(f"\nPostgreSQL restart ({back - restarted:.1f} s): the relay waited at most {stall:.1f} s "
+          f"for its next message; the {len(in_hand)} rows in hand at the restart were all sent "
+          f"{settled - restarted:.1f} s after it", file=sys.__stderr__)
+    assert stall < 30 and settled - restarted < 60
+
+    names = {f"{socket.gethostname()}:{pid}" for pid in w1.children()}
+    held_now = lambda: {i: r for i, r in _rows(engine).items() if r.claimed_by in names}  # noqa: E731
+    wait_for(lambda: sum(1 for r in held_now().values() if r.state == "pending") >= 20, timeout=120,
+             interval=0.1, what="the first worker to hold rows it has not sent")
+    assert not any(r.state == "unknown" for r in _rows(engine).values()), "the restart left rows unknown"
+    w1.kill(signal.SIGKILL)
+    killed = time.monotonic()
+    w1.proc.wait(10)
+    held = held_now()
+    waiting = {held[i].email for i, r in held.items() if r.state == "pending"}
+    declared = wait_for(lambda: not any(r.claimed_by in names for r in _rows(engine).values()) and time.monotonic(),
+                        timeout=120, interval=0.2, what="the dead worker's leases to end")
+    first = wait_for(lambda: min((r.at for r in received if r.rcpt in waiting and r.at > killed), default=None),
+                     timeout=180, interval=0.2, what="a dead worker's row at the relay")
+    print(f"killed worker: declared dead {declared - killed:.1f} s after the kill; its rows at the relay "
+          f"{first - declared:.1f} s later ({first - killed:.1f} s after the kill), "
+          f"{len(everyone) - len(received)} rows still to go", file=sys.__stderr__)
+    assert first - killed <= 60
+
+    start_worker("w3", concurrency=1, **url)
+    # Ticking as beat does, at default settings (a due retry is handed out).
+    _finish_ticking(engine, tick, **url)
+    rows, status = assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone,
+                                 allowed_unknown=2 * 4)
+    # Every unknown row is one the killed worker had in an SMTP transaction: none from the restart.
+    assert {d.last_reply for d in rows.values() if d.state == "unknown"} <= {DIED}
+    engine.dispose()
+
+
+# The relay answers 421 to every greeting and MAIL for this long. `NEWSLETTER_FAULTS_AT_DEFAULTS=1`
+# runs the issue's case, at default settings: half a minute of 421, probes from a minute on
+# (docs/faults.md has the figures); the suite shortens both.
+AT_DEFAULTS = os.environ.get("NEWSLETTER_FAULTS_AT_DEFAULTS") == "1"
+RELAY_DOWN = 30.0 if AT_DEFAULTS else 6.0
+SHORT_PROBES = {} if AT_DEFAULTS else {"NEWSLETTER_RELAY_PROBE_SECONDS": "4", "NEWSLETTER_RETRY_BASE_SECONDS": "2"}
+
+
+@pytest.mark.timeout(600 if AT_DEFAULTS else 240)
+def test_a_relay_that_answers_421_for_a_while_pauses_the_edition_and_it_resumes_by_itself(
+        engine, tmp_path, smtp_server, start_worker, worker_env, run_cli, tick):
+    """A relay restart, with a backlog and two workers: the run of 421s pauses the edition
+    with a time to probe; the probe after the relay is back resumes it, nobody has to; the
+    status says so, and everyone gets one message."""
+    everyone = _emails(_setup(engine, tmp_path, count=1500))
+    smtp_server.plan.delay = 0.02
+    env = {**worker_env, **SHORT_PROBES}
+    start_worker("w1", concurrency=1, **SHORT_PROBES)
+    start_worker("w2", concurrency=1, **SHORT_PROBES)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    wait_for(lambda: len(smtp_server.received) >= 150, timeout=120, what="150 messages")
+    smtp_server.plan.greeting = smtp_server.plan.mail = "421 4.3.2 service restarting, try later"
+    down = time.monotonic()
+
+    def paused():
+        tick(**SHORT_PROBES)
+        return find_edition(engine, KEY).state == "paused"
+
+    # The relay stays down until the edition paused, and at least RELAY_DOWN seconds.
+    wait_for(paused, timeout=120, interval=0.5, what="the run of 421s to pause the edition")
+    edition = find_edition(engine, KEY)
+    assert edition.reason.startswith("paused: ") and "421 4.3.2 service restarting" in edition.reason
+    assert edition.resume_at is not None
+    status = run_cli("status", KEY, env=env).out
+    assert f"resumes by itself if the relay answers a probe at {edition.resume_at.isoformat()}" in status
+    time.sleep(max(0.0, down + RELAY_DOWN - time.monotonic()))
+    smtp_server.plan.greeting = smtp_server.plan.mail = None
+    up = time.monotonic()
+
+    def resumed():
+        tick(**SHORT_PROBES)
+        return find_edition(engine, KEY).state != "paused"
+
+    wait_for(resumed, timeout=35 * 60, interval=1.0, what="the edition to resume by itself")
+    back = time.monotonic()
+    edition = find_edition(engine, KEY)
+    assert "resumed by itself at " in edition.note and edition.note.endswith(": the relay takes mail again")
+    assert edition.resume_at is None
+    print(f"\n421 for {RELAY_DOWN:.0f} s: paused, resumed by itself {back - up:.1f} s after the relay was back "
+          f"(probe base {SHORT_PROBES.get('NEWSLETTER_RELAY_PROBE_SECONDS', '60')} s)", file=sys.__stderr__)
+    _finish_ticking(engine, tick, timeout=90, **SHORT_PROBES)
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone)
+
+
+def _finish_ticking(engine, tick, timeout=300, **env):
+    """Tick as beat does (with these settings) until the edition is done; else fail with where its rows are."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tick(**env)
+        if find_edition(engine, KEY).state == "done":
+            return
+        time.sleep(2.0)
+    with engine.connect() as conn:
+        where = conn.execute(sa.text(
+            "SELECT d.state, d.claimed_by, d.lease_until, d.enqueued_at, d.next_attempt_at, d.attempts, "
+            "d.last_reply FROM deliveries d WHERE d.state IN ('pending', 'sending', 'failed') LIMIT 5")).all()
+    raise AssertionError(f"the edition did not finish: {find_edition(engine, KEY).state}; {where}")

@@ -169,8 +169,11 @@ def test_a_naive_time_is_refused_not_guessed(leased, book_path):
 @pytest.mark.parametrize("outcome", [SENT, SendResult(Outcome.PERMANENT, 550, "5.1.1 no such user")],
                          ids=["sent", "bounced"])
 @paths("postgresql", "postgresql-transactions")
-def test_a_lost_database_connection_is_an_operational_error(leased, book_path, db_url, outcome):
-    """What the task retries on: on either path, however the connection broke."""
+def test_a_lost_database_connection_is_an_operational_error_and_the_result_is_kept(leased, book_path, db_url,
+                                                                                  outcome):
+    """What the lanes wait out (and the task retries on): on either path, however the
+    connection broke. A result the relay gave is never dropped with the failed statement:
+    once the database is back, a fresh connection writes it."""
     import sqlalchemy as sa
     from sqlalchemy.exc import OperationalError
 
@@ -188,11 +191,20 @@ def test_a_lost_database_connection_is_an_operational_error(leased, book_path, d
         with pytest.raises(OperationalError):
             book.record(rows[0].id, result=outcome, message_id="<a@news.example>", attempts=1, now=NOW)
             book.claim([rows[1].id], now=NOW, lease=LEASE)
-        book.close()  # nothing left to write; the row stays `sending`, to end `unknown`
+        assert _rows(engine)[rows[0].id].state == "sending"
+        with pytest.raises(OperationalError):
+            book.reconnect()  # still away
+        assert [p.delivery_id for p in book.pending] == [rows[0].id]
+        proxy.restore()
+        book.reconnect()
+        claimed = book.claim([rows[1].id], now=NOW, lease=LEASE)
+        assert claimed == {rows[1].id: ledger.Claim(ledger.ClaimState.CLAIMED, 1)}
+        book.close()
     finally:
         proxy.close()
         far.dispose()
-    assert _rows(engine)[rows[0].id].state == "sending"
+    assert book.late == []
+    assert _rows(engine)[rows[0].id].state == {Outcome.SENT: "sent", Outcome.PERMANENT: "bounced"}[outcome.outcome]
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -249,3 +261,44 @@ def test_a_failed_group_statement_fails_every_lane_in_it(leased):
     with pytest.raises(DBAPIError):
         book.claim([rows[0].id], now=NOW, lease=LEASE)
     assert _rows(engine)[rows[0].id].state == "pending"  # nothing claimed, so nothing may be sent
+
+
+def test_a_retried_task_takes_its_own_batchs_rows_back_from_another_process(engine, settings, tmp_path):
+    """The lease follows the batch: rows leased for task T by a process that gave up on them
+    (its batch failed, its heartbeat still fresh) come back to T's retry in another process
+    at once; a different task (another copy of the batch) still finds them taken. The
+    process that held them can no longer claim them (its compare-and-set on claimed_by loses)."""
+    load_stories(engine, tmp_path)
+    add_subscribers(engine, 8)
+    planned = plan_edition(engine, key=KEY, kind="weekly", window=week_window("2025-W05", settings.tz), now=NOW)
+    ids = sorted(d.id for d in delivery_rows(engine, KEY).values() if d.state == "pending")
+    batch = timedelta(minutes=15)
+
+    def lease(worker, token):
+        return [r.id for r in ledger.lease_batch(engine, edition_id=planned.edition_id, ids=ids, worker=worker,
+                                                 now=NOW, lease=batch, token=token)]
+
+    assert lease("host:1", "task-a") == ids
+    assert lease("host:2", "task-b") == []      # another task: the lease holds
+    assert lease("host:2", "task-a") == ids     # the same task, retried elsewhere: its rows
+    assert {d.claimed_by for d in _rows(engine).values() if d.id in ids} == {"host:2"}
+    old = _book(engine, worker="host:1")
+    assert old.claim(ids[:1], now=NOW, lease=LEASE) == {}
+    old.close()
+    ledger.release(engine, ids=ids, worker="host:2", now=NOW)
+    assert lease("host:3", "task-c") == ids     # released: anyone's again
+
+
+@every_path
+def test_a_claim_whose_reply_was_lost_is_recognised_by_its_lease(leased, book_path):
+    """The database committed the claim and went away before answering: asked again, the row
+    is `sending` under this worker and this very lease, so it is this lane's to send (not
+    left to end `unknown`). Another lease time or another worker is not a match."""
+    engine, rows = leased
+    book = _book(engine, book_path)
+    assert book.claim([rows[0].id], now=NOW, lease=LEASE)[rows[0].id].state is ledger.ClaimState.CLAIMED
+    book.close()
+    assert ledger.claimed_before(engine, ids=[rows[0].id], worker="w1", lease_until=NOW + LEASE) == {rows[0].id: 1}
+    assert ledger.claimed_before(engine, ids=[rows[0].id], worker="w1", lease_until=NOW + 2 * LEASE) == {}
+    assert ledger.claimed_before(engine, ids=[rows[0].id], worker="w2", lease_until=NOW + LEASE) == {}
+    assert ledger.claimed_before(engine, ids=[rows[1].id], worker="w1", lease_until=NOW + LEASE) == {}

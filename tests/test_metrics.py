@@ -76,18 +76,59 @@ def test_the_worker_exporter_sums_its_pool_processes_even_after_they_exit():
     assert left.strip() == "False"  # the temporary directory went with the exporter
 
 
+def _taken_ports(count: int) -> list[socket.socket]:
+    """`count` consecutive listening ports on 127.0.0.1, held by this process."""
+    for _ in range(50):
+        base = _free_port()
+        held = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+                s.listen()
+            return held
+        except OSError:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+SERVE = ("import logging, os, sys; logging.basicConfig(format='%(levelname)s %(message)s'); from worker import metrics; r = metrics.serve_worker(int(sys.argv[1])); "
+         "metrics.count_message('sent', 250); print(r, os.environ.get('PROMETHEUS_MULTIPROC_DIR')); "
+         "metrics.stop_worker()")
+
+
+def _serve(port: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SERVE, str(port)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+
+
+def test_a_second_worker_on_the_host_serves_on_the_next_port_with_a_warning():
+    taken = _taken_ports(1)
+    try:
+        port = taken[0].getsockname()[1]
+        run = _serve(port)
+    finally:
+        taken[0].close()
+    assert run.returncode == 0 and run.stdout.split()[0] == str(port + 1), run.stderr
+    assert f"WARNING metrics: 127.0.0.1:{port} is taken (another worker on this host?); serving on port {port + 1}" \
+        in run.stderr
+    assert "ERROR" not in run.stderr
+
+
 def test_a_taken_port_costs_the_metrics_not_the_worker():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        code = ("import os, sys; from worker import metrics; r = metrics.serve_worker(int(sys.argv[1])); "
-                "metrics.count_message('sent', 250); print(r, os.environ.get('PROMETHEUS_MULTIPROC_DIR'))")
-        run = subprocess.run([sys.executable, "-c", code, str(port)], cwd=REPO, capture_output=True, text=True,
-                             timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    taken = _taken_ports(1 + metrics._SPARE_PORTS)
+    try:
+        port = taken[0].getsockname()[1]
+        run = _serve(port)
+    finally:
+        for s in taken:
+            s.close()
     # No exporter, and no multiprocess mode left behind: the process counts in memory.
     assert run.returncode == 0 and run.stdout.split() == ["None", "None"], run.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "NEWSLETTER_METRICS_PORT=0" in run.stderr
+    assert f"WARNING metrics: cannot listen on 127.0.0.1:{port} or the 8 ports after it" in run.stderr
+    assert "NEWSLETTER_METRICS_PORT=0" in run.stderr and "ERROR" not in run.stderr
 
 
 def test_port_zero_is_off():

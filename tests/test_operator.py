@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from tests.support.data import add_subscribers, ledger, load_stories
 from tests.support.web import LOOPBACK, REMOTE, web_client
+from tests.support.worker import queued
 from worker.delivery.plan import find_edition, plan_edition
 from worker.digest import week_window
 from worker.ingest.sources import add_source
@@ -44,7 +45,7 @@ def _csrf(page: str, action: str) -> str:
 
 
 def _queued(redis_url) -> int:
-    return redis.Redis.from_url(redis_url).llen("send")
+    return queued(redis.Redis.from_url(redis_url))
 
 
 def test_the_page_shows_a_held_edition_with_its_reason_counts_and_buttons(world):

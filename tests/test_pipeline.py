@@ -1,6 +1,6 @@
 """Planning and delivering an edition in-process, through a real SMTP server, on both databases."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -242,3 +242,82 @@ def test_a_digest_that_cannot_fit_under_the_clip_pauses_the_edition_and_sends_no
         sender.close()
     assert get_edition(engine, planned.edition_id).state == "done"
     assert len(smtp_server.received) == 21 and max(smtp_server.by_recipient().values()) == 1
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_database_outage_mid_batch_is_a_pause_of_the_lanes_not_a_failed_batch(world, smtp_server, db_url):
+    """Every connection cut and refused for three seconds while four lanes send: the lanes
+    wait, then go on where they were. No lane fails, nothing stays `sending` to end
+    `unknown` (the results the relay gave during the outage are written when it ends), and
+    everyone gets exactly one message."""
+    import threading
+    import time
+
+    from tests.support.proxy import CuttableProxy
+    from worker.delivery.senders import make_sender_pool
+    from worker.store.db import create_db_engine
+
+    engine, settings, subscribers = world
+    settings = settings.model_copy(update={"smtp_connections": 4})
+    planned = _plan(engine, settings)
+    smtp_server.plan.delay = 0.1
+    url = sa.make_url(db_url)
+    proxy = CuttableProxy(url.port or 5432)
+    far = create_db_engine(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    with session_scope(engine) as session:
+        ids = list(session.scalars(sa.text(
+            f"SELECT id FROM deliveries WHERE edition_id = {planned.edition_id} AND state = 'pending' ORDER BY id")))
+    sender = make_sender_pool(settings)
+    outcome = {}
+
+    def batch():
+        try:
+            outcome["report"] = deliver_batch(far, settings, edition_id=planned.edition_id, delivery_ids=ids,
+                                              sender=sender)
+        except Exception as exc:  # noqa: BLE001 - the assertion below says what it was
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=batch)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(smtp_server.received) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proxy.cut(3)
+        thread.join(60)
+    finally:
+        proxy.close()
+        sender.close()
+        far.dispose()
+    assert "error" not in outcome, outcome
+    report = outcome["report"]
+    assert report.stopped is None and report.outcomes["sent"] == len(ids) == 21
+    states = ledger(engine, KEY)
+    assert {e for e, s in states.items() if s[0] == "sent"} == set(smtp_server.by_recipient())
+    assert {s for s, _ in states.values()} == {"sent", "skipped"}
+    assert max(smtp_server.by_recipient().values()) == 1
+
+
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_the_error_budget_is_per_lane_and_a_run_of_temporary_failures_waits_for_a_probe(world, smtp_server, lanes):
+    """Four lanes failing together use the budget up no sooner than one lane does: the
+    edition pauses after budget x lanes failures in a row, with a time to probe the relay."""
+    from worker.delivery.senders import make_sender_pool
+
+    engine, settings, _ = world
+    settings = settings.model_copy(update={"smtp_connections": lanes, "error_budget": 3})
+    smtp_server.plan.data_all = "451 4.3.0 relay overloaded"
+    planned = _plan(engine, settings)
+    sender = make_sender_pool(settings)
+    try:
+        run_inline(engine, settings, planned.edition_id, sender, clock=lambda: NOW)
+    finally:
+        sender.close()
+    edition = get_edition(engine, planned.edition_id)
+    assert edition.state == "paused"
+    per_lane = "; 3 per lane" if lanes > 1 else ""
+    assert edition.reason == (f"paused: {3 * lanes} failures in a row (NEWSLETTER_ERROR_BUDGET{per_lane}), "
+                              "last: 451 4.3.0 relay overloaded")
+    assert edition.resume_at == NOW + timedelta(seconds=settings.relay_probe_seconds)
+    assert {s for s, _ in ledger(engine, KEY).values()} >= {"failed"}
+    assert sum(1 for s, _ in ledger(engine, KEY).values() if s == "failed") >= 3 * lanes

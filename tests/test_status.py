@@ -107,3 +107,19 @@ def test_json_keeps_every_existing_key_and_adds_the_new_ones(cli):
     assert data["leases"] == []
     assert data["awaiting_broker"]["rows"] == 0
     assert data["smtp_codes"] == {"sent 250": 14}
+
+
+def test_unknown_rows_beyond_the_listed_ones_are_counted(cli, engine):
+    """The list stops at 50 rows; the count of the rest is never left out."""
+    from tests.support.data import add_subscribers
+
+    add_subscribers(engine, 60, prefix="more")
+    assert cli("send", "--week", "2025-W05", "--inline").code == 0
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE deliveries SET state = 'unknown', last_reply = 'worker died during the SMTP "
+                             "transaction' WHERE state = 'sent'"))
+        unknown = conn.execute(sa.text("SELECT count(*) FROM deliveries WHERE state = 'unknown'")).scalar()
+    assert unknown > 50
+    data = json.loads(cli("status", KEY, "--json").out)
+    assert (len(data["unknown"]), data["unknown_more"]) == (50, unknown - 50)
+    assert f"  ... and {unknown - 50} more unknown rows" in cli("status", KEY).out

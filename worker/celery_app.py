@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from functools import cache
 from pathlib import Path
 
 from celery import Celery
 from celery.beat import PersistentScheduler
+from celery.exceptions import CPendingDeprecationWarning
 from celery.schedules import crontab
 from kombu import Queue
 
@@ -14,6 +17,10 @@ from worker.health import touch_beat
 from worker.settings import Settings, load_settings
 
 SEND_QUEUE = "send"
+# Batch priorities. On Redis a lower number goes first (kombu keeps one list per step of
+# priority_steps and BRPOPs them in order; a message without one counts as 0): rows
+# handed out again after a crash overtake the backlog of fresh batches.
+RECOVERED_PRIORITY, FRESH_PRIORITY = 0, 6
 # Beat's own bookkeeping (last run times), beside the SQLite default; `-s PATH` overrides it.
 BEAT_SCHEDULE_FILE = Path("var") / "celerybeat-schedule"
 
@@ -60,7 +67,8 @@ def create_app(settings: Settings) -> Celery:
         # acts only on every 10th look; act on each look, and look sooner for short timeouts.
         broker_transport_options={"visibility_timeout": visibility,
                                   "unacked_restore_interval": min(10.0, max(visibility / 4, 0.5)),
-                                  "unacked_restore_throttle": 1},
+                                  "unacked_restore_throttle": 1,
+                                  "priority_steps": [RECOVERED_PRIORITY, FRESH_PRIORITY]},
         broker_connection_retry_on_startup=True,
         task_routes={"worker.tasks.send_batch": {"queue": SEND_QUEUE}},
         task_default_queue="celery",
@@ -90,3 +98,26 @@ def create_app(settings: Settings) -> Celery:
 @cache
 def get_app() -> Celery:
     return create_app(load_settings())
+
+
+class _ReconnectIsAWarning(logging.Filter):
+    """Celery 5.x logs each failed reconnect to the broker ("consumer: Cannot connect to
+    ...: Trying again in N seconds") at ERROR; a Redis restart is a wait, not an error.
+    The attempts go on and are logged, at WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and str(record.msg).startswith("consumer: Cannot connect to"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_broker_reconnects() -> None:
+    """A broker reconnect says so in one WARNING line: no ERROR, nothing that reads as a
+    traceback. Called in `celery worker`'s main process once its logging is set up
+    (celeryd_after_setup)."""
+    logging.getLogger("celery.worker.consumer.consumer").addFilter(_ReconnectIsAWarning())
+    # Celery 5.1+ warns on every connection loss that a later version will cancel running
+    # acks_late tasks (worker_cancel_long_running_tasks_on_connection_loss). We keep them
+    # running: a batch finishes its rows, and the redelivered copy claims nothing twice.
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+                            category=CPendingDeprecationWarning)

@@ -245,15 +245,12 @@ def serve_worker(port: int) -> int | None:
         directory = tempfile.mkdtemp(prefix=f"{_DIRECTORY_PREFIX}{os.getpid()}-")
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=directory)
-    try:
-        server, _thread = start_http_server(port, addr=EXPORTER_ADDRESS, registry=registry)
-    except OSError as exc:
+    server, chosen = _listen(port, registry)
+    if server is None:
         if owns:
             shutil.rmtree(directory, ignore_errors=True)
-        # Metrics are not worth a worker that does not deliver: say so and go on.
-        log.error("metrics: cannot listen on %s:%s (%s); NEWSLETTER_METRICS_PORT=0 turns the exporter off",
-                  EXPORTER_ADDRESS, port, exc.strerror or exc)
         return None
+    port = chosen
     os.environ[MULTIPROC_ENV] = directory  # inherited by the pool processes
     # prometheus-client 0.26 picks the value class when prometheus_client.values is first
     # imported, which may have been before the variable was set; metrics made from now on
@@ -266,6 +263,29 @@ def serve_worker(port: int) -> int | None:
 
 
 _DIRECTORY_PREFIX = "newsletter-metrics-"
+# A second worker on the host finds the port taken by the first: it serves on one of the
+# next few (Prometheus's scrape config lists them), and past those goes on without metrics.
+_SPARE_PORTS = 8
+
+
+def _listen(port: int, registry: CollectorRegistry):
+    """(server, port) on `port` or the first free one of the next few; (None, port) if none."""
+    first_error = None
+    for candidate in range(port, min(port + _SPARE_PORTS + 1, 65536)):
+        try:
+            server, _thread = start_http_server(candidate, addr=EXPORTER_ADDRESS, registry=registry)
+        except OSError as exc:
+            first_error = first_error or exc
+            continue
+        if candidate != port:
+            log.warning("metrics: %s:%s is taken (another worker on this host?); serving on port %s instead",
+                        EXPORTER_ADDRESS, port, candidate)
+        return server, candidate
+    # Metrics are not worth a worker that does not deliver: say so and go on.
+    log.warning("metrics: cannot listen on %s:%s or the %d ports after it (%s); this worker serves no metrics "
+                "(NEWSLETTER_METRICS_PORT=0 turns the exporter off)", EXPORTER_ADDRESS, port, _SPARE_PORTS,
+                getattr(first_error, "strerror", None) or first_error)
+    return None, port
 
 
 def _remove_dead_workers_directories() -> None:

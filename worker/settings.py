@@ -202,6 +202,9 @@ class Settings(BaseModel):
     # A worker process that has not renewed its heartbeat for this long is dead: its batch
     # leases end at once and its rows in `sending` become `unknown` (worker/delivery/liveness.py).
     liveness_seconds: int = Field(30, ge=5, le=3600)
+    # An edition paused by a run of temporary failures asks the relay again after this long,
+    # then twice as long each time, up to 30 minutes (worker/delivery/relay.py).
+    relay_probe_seconds: float = Field(60.0, gt=0)
 
     @field_validator("timezone")
     @classmethod

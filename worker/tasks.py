@@ -23,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import metrics
 from worker.bounces.mailboxes import process_configured
-from worker.celery_app import get_app
+from worker.celery_app import FRESH_PRIORITY, RECOVERED_PRIORITY, get_app, quiet_broker_reconnects
 from worker.delivery.liveness import Heartbeat
 from worker.delivery.pipeline import deliver_batch, utcnow, worker_name
 from worker.delivery.ratelimit import make_throttle
@@ -65,6 +65,12 @@ def _refuse_an_old_schema(**_) -> None:
             engine.dispose()  # nothing of it may cross the fork into the pool
 
 
+@celeryd_after_setup.connect
+def _quiet_reconnects(**_) -> None:
+    # After Celery set up logging (which turns every Celery deprecation warning on).
+    quiet_broker_reconnects()
+
+
 @cache
 def _runtime():
     """Settings, engine, sender and throttle, once per worker process; and the process's
@@ -80,7 +86,7 @@ def _runtime():
     _check_schema(settings, engine)
     heartbeat = Heartbeat(
         engine, worker_name(), timeout=settings.liveness_timeout, clock=utcnow,
-        on_recovered=lambda editions: dispatch_recovered(engine, settings, editions, publish_batch, utcnow()),
+        on_recovered=lambda editions: dispatch_recovered(engine, settings, editions, publish_recovered, utcnow()),
     ).start()
     return settings, engine, make_sender_pool(settings), make_throttle(settings), heartbeat
 
@@ -112,27 +118,31 @@ def _stop_process(**_) -> None:
         _runtime()[4].stop()
 
 
-def publisher(app=None):
+def publisher(app=None, *, priority: int = FRESH_PRIORITY):
     """publish(edition_id, ids): one send_batch message; ids only, never addresses."""
     def publish(edition_id: int, delivery_ids: list[int]) -> None:
-        (app or get_app()).send_task("worker.tasks.send_batch", args=[edition_id, list(delivery_ids)])
+        (app or get_app()).send_task("worker.tasks.send_batch", args=[edition_id, list(delivery_ids)],
+                                     priority=priority)
 
     return publish
 
 
 publish_batch = publisher()
+# Rows a dead worker held go ahead of the backlog (worker/celery_app.py: priorities).
+publish_recovered = publisher(priority=RECOVERED_PRIORITY)
 
 
-# A database outage mid-batch: nothing is sent without a claim, so the batch can
-# simply run again later; rows it had leased come back to it (same worker) or
-# to anyone once the lease ends.
-@shared_task(name="worker.tasks.send_batch", acks_late=True, reject_on_worker_lost=True,
+# A database outage mid-batch is waited out by the lanes (pipeline.outlast); one that
+# outlasts the batch fails it. Nothing is sent without a claim, so the batch can simply
+# run again later: its leases carry the task's id, so the retry (the same id, in any
+# process) takes its rows back at once.
+@shared_task(name="worker.tasks.send_batch", bind=True, acks_late=True, reject_on_worker_lost=True,
              autoretry_for=(OperationalError, InterfaceError), retry_backoff=2, retry_backoff_max=60,
              max_retries=20, retry_jitter=True)
-def send_batch(edition_id: int, delivery_ids: list[int]) -> dict:
+def send_batch(self, edition_id: int, delivery_ids: list[int]) -> dict:
     settings, engine, sender, throttle, _ = _runtime()
     report = deliver_batch(engine, settings, edition_id=edition_id, delivery_ids=delivery_ids,
-                           sender=sender, throttle=throttle)
+                           sender=sender, throttle=throttle, token=self.request.id)
     log.info("edition %s batch of %s: %s%s", edition_id, len(delivery_ids),
              {str(k): v for k, v in report.outcomes.items()},
              f" (stopped: {report.stopped})" if report.stopped else "")

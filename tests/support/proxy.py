@@ -34,6 +34,10 @@ class CuttableProxy:
                 s.close()
             self._socks.clear()
 
+    def restore(self) -> None:
+        """Accept new connections again now (the end of a `cut`)."""
+        self._down_until = 0.0
+
     def close(self) -> None:
         self._closed = True
         self.cut(0)

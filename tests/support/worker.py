@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import REPO
+from worker.celery_app import FRESH_PRIORITY, RECOVERED_PRIORITY
 
 
 class WorkerProcess:
@@ -72,3 +73,9 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def queued(client, queue: str = "send") -> int:
+    """Messages waiting in a queue, over every priority list kombu keeps for it on Redis
+    (worker/celery_app.py: fresh batches wait in `send\\x06\\x166`, recovered ones in `send`)."""
+    return sum(client.llen(f"{queue}\x06\x16{p}" if p else queue) for p in (RECOVERED_PRIORITY, FRESH_PRIORITY))

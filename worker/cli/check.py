@@ -80,12 +80,13 @@ def _warnings(settings: Settings) -> list[Finding]:
 
 
 def _relay(settings: Settings) -> list[Finding]:
-    """Connect, STARTTLS and log in as a send would: what fails here fails every send."""
+    """Connect, STARTTLS, log in and ask MAIL FROM as a send would: what fails here fails every send."""
     from worker.delivery.smtp import SmtpSender
 
-    failure = SmtpSender(settings).probe()
-    if failure is None:
+    result = SmtpSender(settings).probe(settings.sender.addr_spec)
+    if result is None:
         return []
+    failure = result.summary
     setting = "NEWSLETTER_SMTP_SECURITY" if "TLS" in failure else (
         "NEWSLETTER_SMTP_USERNAME" if "authentication" in failure or "AUTH" in failure else "NEWSLETTER_SMTP_HOST")
     return [Finding(setting, f"the relay does not work: {failure}")]

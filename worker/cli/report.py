@@ -36,6 +36,8 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
                        "the hold, and are planned again from the stories and subscribers stored at the approval")
     if data["note"]:
         click.echo(f"  note: {data['note']}")
+    if data["state"] == "paused" and data.get("resume_at"):
+        click.echo(f"  resumes by itself if the relay answers a probe at {data['resume_at']}")
     click.echo(f"  {data['total']} deliveries: " + ", ".join(f"{n} {s}" for s, n in data["counts"].items()))
     nothing = nothing_sent(data)
     if nothing:
@@ -54,6 +56,8 @@ def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None
                    "tries them again")
     for row in data["unknown"]:
         click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
+    if data["unknown"] and data["unknown_more"]:
+        click.echo(f"  ... and {data['unknown_more']} more unknown rows")
     for line in resolution_lines(data):
         click.echo(f"  {line}")
     for line in late_lines(data):

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 D = Delivery.__table__
 W = Worker.__table__
 SENDING = DeliveryState.SENDING.value
-_WAITING = (DeliveryState.PENDING.value, DeliveryState.FAILED.value)
 DIED = "worker died during the SMTP transaction"
 # Beats per timeout: a worker must miss several in a row to be called dead.
 BEATS_PER_TIMEOUT = 6
@@ -74,11 +73,12 @@ def recover(engine: Engine, *, now: datetime, timeout: timedelta) -> set[int]:
 
     One transaction: the dead workers' rows are deleted first (a compare-and-set on the
     heartbeat, so a worker that beat in the meantime keeps everything), then their rows
-    in `sending` become `unknown` and their other rows lose lease and hand-out mark.
-    The broker messages the dead worker had taken but not begun are lost with it until
-    the broker's visibility timeout: so every due row no batch holds, in every sending
-    edition, loses its hand-out mark too (a second message for a row is harmless: the
-    claim decides). Returns the editions that have rows to hand out again.
+    in `sending` become `unknown` and their other rows lose lease and hand-out mark, so
+    they are handed out once more. Only those: rows whose messages still wait in the queue
+    keep their mark (re-publishing the whole backlog on each recovery piled up copies of
+    every batch). A message the dead process had reserved but not begun holds no lease;
+    the broker gives it back after its visibility timeout, or the reconciler hands its
+    rows out after NEWSLETTER_REDISPATCH_SECONDS. Returns the editions to hand out again.
     """
     cutoff = now - timeout
     with session_scope(engine) as session:
@@ -94,12 +94,12 @@ def recover(engine: Engine, *, now: datetime, timeout: timedelta) -> set[int]:
             .values(state=DeliveryState.UNKNOWN.value, claimed_by=None, lease_until=None, last_reply=DIED,
                     updated_at=now)
         ).rowcount or 0
-        session.execute(update(D).where(D.c.claimed_by.in_(dead))
-                        .values(claimed_by=None, lease_until=None, enqueued_at=None, updated_at=now))
-        editions = set(session.scalars(select(Edition.id).where(Edition.state == EditionState.SENDING.value)))
-        session.execute(update(D).where(D.c.edition_id.in_(editions), D.c.claimed_by.is_(None),
-                                        D.c.state.in_(_WAITING), D.c.enqueued_at.is_not(None))
-                        .values(enqueued_at=None))
+        freed = session.execute(update(D).where(D.c.claimed_by.in_(dead))
+                                .values(claimed_by=None, lease_until=None, batch_token=None, enqueued_at=None,
+                                        updated_at=now).returning(D.c.edition_id))
+        held = {edition_id for (edition_id,) in freed}
+        editions = set(session.scalars(select(Edition.id).where(Edition.id.in_(held),
+                                                                Edition.state == EditionState.SENDING.value)))
     log.warning("workers %s stopped beating before %s: %d rows in SMTP transactions now unknown; "
                 "editions %s handed out again", ", ".join(dead), cutoff.isoformat(), unknown,
                 sorted(editions) or "none")
@@ -114,6 +114,7 @@ class Heartbeat:
                  on_recovered: Callable[[set[int]], None] | None = None) -> None:
         self.engine, self.name, self.timeout, self.clock = engine, name, timeout, clock
         self.on_recovered = on_recovered
+        self._beaten: datetime | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{name}", daemon=True)
 
@@ -134,6 +135,13 @@ class Heartbeat:
     def beat(self) -> None:
         now = self.clock()
         heartbeat(self.engine, self.name, now)
+        beaten, self._beaten = self._beaten, now
+        if beaten is not None and now - beaten > self.timeout:
+            # This process could not beat either (the database was away): every other
+            # worker's heartbeat is as old as ours. Judge nobody until they had a turn.
+            log.info("heartbeat of %s back after %.0f s; recovery waits a round", self.name,
+                     (now - beaten).total_seconds())
+            return
         editions = recover(self.engine, now=now, timeout=self.timeout)
         if editions and self.on_recovered is not None:
             self.on_recovered(editions)

@@ -10,13 +10,16 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import metrics
 from worker.bounces.verp import ReturnPath
@@ -25,6 +28,7 @@ from worker.delivery.ledger import ClaimState
 from worker.delivery.outcome import Outcome, SendResult
 from worker.delivery.plan import finish_if_done, get_edition, pause_edition
 from worker.delivery.ratelimit import RateLimiter
+from worker.delivery.relay import pause_for_relay
 from worker.delivery.schedule import dispatch
 from worker.delivery.senders import Outgoing, Sender, SenderPool
 from worker.delivery.variants import VariantStore
@@ -40,6 +44,9 @@ from worker.store.models import EditionState
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+T = TypeVar("T")
+# While the database is away a lane asks again after 0.25 s, then twice as long each time up to this.
+_OUTAGE_STEP_MAX = 5.0
 
 
 def utcnow() -> datetime:
@@ -48,6 +55,45 @@ def utcnow() -> datetime:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _database_away(engine: Engine, exc: BaseException) -> bool:
+    """A database error a wait may cure (connection refused or dropped, server restarting),
+    as SQLAlchemy raises it or, from the raw connection, as the driver does."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    dbapi = engine.dialect.loaded_dbapi
+    return isinstance(exc, dbapi.OperationalError | dbapi.InterfaceError)
+
+
+def outlast(engine: Engine, step: Callable[[], T], *, until: datetime, clock: Clock,
+            reconnect: Callable[[], None] | None = None, what: str = "the ledger") -> T:
+    """Run `step`; while the database is away, wait and run it again (after `reconnect`),
+    until `until`, then raise the last error. A database restart is a pause of the
+    lanes, not a failed batch: they go on where they were, with every result they hold."""
+    delay, away_since = 0.25, None
+    while True:
+        try:
+            result = step()
+        except Exception as exc:
+            if not _database_away(engine, exc) or clock() >= until:
+                raise
+            if away_since is None:
+                away_since = time.monotonic()
+                log.warning("database unreachable (%s); %s waits and tries again until %s",
+                            str(exc).splitlines()[0][:200], what, until.isoformat(timespec="seconds"))
+            time.sleep(delay)
+            delay = min(delay * 2, _OUTAGE_STEP_MAX)
+            if reconnect is not None:
+                try:
+                    reconnect()
+                except Exception as again:  # noqa: BLE001 - still away: the next round waits longer
+                    if not _database_away(engine, again):
+                        raise
+            continue
+        if away_since is not None:
+            log.info("database back: %s went on after %.1f s", what, time.monotonic() - away_since)
+        return result
 
 
 @dataclass(frozen=True)
@@ -123,15 +169,21 @@ def deliver_batch(
     worker: str | None = None,
     throttle: RateLimiter | None = None,
     clock: Clock = utcnow,
+    token: str | None = None,
 ) -> BatchReport:
     """Deliver the due rows among `delivery_ids`: lease them, then claim, send and record
-    each. Given a SenderPool, up to NEWSLETTER_SMTP_CONNECTIONS lanes run at once."""
+    each. Given a SenderPool, up to NEWSLETTER_SMTP_CONNECTIONS lanes run at once.
+    `token` (the task's id) lets a retry or redelivery of the same task take its rows back
+    from another process (see ledger.lease_batch)."""
     worker = worker or worker_name()
-    edition = get_edition(engine, edition_id)
+    # Waits for the database end where the batch would stop taking rows anyway.
+    until = clock() + settings.batch_lease * 0.8
+    edition = outlast(engine, lambda: get_edition(engine, edition_id), until=until, clock=clock, what="a batch")
     if edition is None or edition.state != EditionState.SENDING.value:
         return BatchReport(stopped=f"edition is {edition.state if edition else 'gone'}")
-    rows = ledger.lease_batch(engine, edition_id=edition_id, ids=delivery_ids, worker=worker, now=clock(),
-                              lease=settings.batch_lease)
+    rows = outlast(engine, lambda: ledger.lease_batch(engine, edition_id=edition_id, ids=delivery_ids, worker=worker,
+                                                      now=clock(), lease=settings.batch_lease, token=token),
+                   until=until, clock=clock, what="a batch")
     batch = _Batch(engine, settings, edition, rows, worker=worker, throttle=throttle, clock=clock)
     try:
         batch.run(sender)
@@ -139,24 +191,35 @@ def deliver_batch(
         # Every lease this batch still holds ends here: rows it did not reach, and rows whose
         # claim it lost because the edition paused (resume hands them out at once). Rows
         # recorded or lost to another worker are not this worker's any more; release skips them.
-        ledger.release(engine, ids=[r.id for r in rows], worker=worker, now=clock())
+        outlast(engine, lambda: ledger.release(engine, ids=[r.id for r in rows], worker=worker, now=clock()),
+                until=batch.deadline, clock=clock, what="a batch")
     for delivery_id in batch.late:
         log.warning("delivery %s: its result arrived after the lease expired; left unknown", delivery_id)
-    finish_if_done(engine, edition_id, clock())
+    outlast(engine, lambda: finish_if_done(engine, edition_id, clock()), until=batch.deadline, clock=clock,
+            what="a batch")
     return batch.report
 
 
-def _stop_reason(engine: Engine, settings: Settings, edition_id: int, outcome: SendResult) -> str | None:
-    """Why the batch must stop after this result (pausing the edition where it should), or None."""
+def _stop_reason(engine: Engine, settings: Settings, edition_id: int, outcome: SendResult, *, lanes: int = 1,
+                 now: datetime | None = None) -> str | None:
+    """Why the batch must stop after this result (pausing the edition where it should), or None.
+
+    The error budget is per lane: a batch's lanes fail together when the relay does, and
+    sixteen of them must not use it up sixteen times sooner than one. A run of temporary
+    failures pauses the edition until the relay answers a probe (worker/delivery/relay.py);
+    anything else, until a person resumes it."""
     if outcome.outcome is Outcome.SENT:
         _STREAK[edition_id] = 0
     elif outcome.outcome in (Outcome.TEMPORARY, Outcome.REJECTED):
         _STREAK[edition_id] += 1
-    if _STREAK[edition_id] >= settings.error_budget:
-        _STREAK[edition_id] = 0
-        reason = (f"paused: {settings.error_budget} failures in a row "
-                  f"(NEWSLETTER_ERROR_BUDGET), last: {outcome.summary}")
-        pause_edition(engine, edition_id, reason)
+    if _STREAK[edition_id] >= settings.error_budget * lanes:
+        failures, _STREAK[edition_id] = _STREAK[edition_id], 0
+        per_lane = f"; {settings.error_budget} per lane" if lanes > 1 else ""
+        reason = f"paused: {failures} failures in a row (NEWSLETTER_ERROR_BUDGET{per_lane}), last: {outcome.summary}"
+        if outcome.outcome is Outcome.TEMPORARY:
+            pause_for_relay(engine, edition_id, reason, now=now or utcnow(), settings=settings)
+        else:
+            pause_edition(engine, edition_id, reason)
         return reason
     if outcome.outcome is Outcome.SENDER:
         pause_edition(engine, edition_id, f"paused: sender refused: {outcome.summary}")
@@ -187,6 +250,7 @@ class _Batch:
         self._lock = threading.Lock()
         self.report = BatchReport()
         self.late: list[int] = []
+        self.lanes = 1
 
     def run(self, sender: Sender | SenderPool) -> None:
         """Lanes, each with its own SMTP and database connections, so that the waits of one
@@ -196,8 +260,9 @@ class _Batch:
             return
         # With a rate limit a message may wait for its token: one lane is enough.
         lanes = 1 if self.throttle is not None else max(1, min(self.settings.smtp_connections, len(self._rows)))
+        self.lanes = lanes
         # Lanes that claim at the same moment share one statement (group commit).
-        self.group = self._open_group() if lanes > 1 else None
+        self.group = self.outlast(self._open_group) if lanes > 1 else None
         try:
             with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
                 futures = [pool.submit(self._pooled_lane, sender) for _ in range(lanes)]
@@ -242,7 +307,13 @@ class _Batch:
 
     def stop_reason(self, result: SendResult) -> str | None:
         with self._lock:
-            return _stop_reason(self.engine, self.settings, self.edition_id, result)
+            return self.outlast(lambda: _stop_reason(self.engine, self.settings, self.edition_id, result,
+                                                     lanes=self.lanes, now=self.clock()))
+
+    def outlast(self, step: Callable[[], T], reconnect: Callable[[], None] | None = None) -> T:
+        """`step`, waiting out a database outage until the batch would stop anyway."""
+        return outlast(self.engine, step, until=self.deadline, clock=self.clock, reconnect=reconnect,
+                       what=f"a lane of edition {self.edition_id}")
 
     def add_late(self, ids: list[int]) -> None:
         with self._lock:
@@ -260,10 +331,12 @@ class _Prepared:
 
 
 def _run_lane(batch: _Batch, sender: Sender) -> None:
-    book = batch.open_ledger()
+    book = batch.outlast(batch.open_ledger)
     try:
         while (row := batch.take()) is not None:
             batch.count(*_deliver(batch, book, sender, row))
+        # The last results, before the connection goes back (and across an outage).
+        batch.outlast(book.flush, book.reconnect)
     finally:
         try:
             book.close()
@@ -280,34 +353,63 @@ def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender,
     if item.blocked is not None:
         # Before any claim: the row stays pending, and resume renders the variant again.
         reason = f"paused: {item.blocked}"
-        pause_edition(batch.engine, batch.edition_id, reason)
+        batch.outlast(lambda: pause_edition(batch.engine, batch.edition_id, reason))
         return NotSent("not-sendable"), reason
     if batch.throttle is not None and item.composed is not None:
         batch.throttle.acquire()
     # Thread CPU by stage (newsletter_stage_cpu_seconds_total).
     cpu = metrics.stage_clock()
-    claim = book.claim([row.id], now=batch.clock(), lease=batch.send_lease).get(row.id, ledger.LOST)
+    now = batch.clock()
+    claim = _claim(batch, book, row.id, now)
     cpu.lap("ledger")
     if claim.state is not ClaimState.CLAIMED:
         # Lost to another worker or to a pause, or the subscriber left: nothing sent.
         return NotSent(claim.reason or claim.state.value), None
     if item.variant is None:
-        book.skip(row.id, reason="no-stories", now=batch.clock())
+        batch.outlast(lambda: book.skip(row.id, reason="no-stories", now=now), book.reconnect)
         return NotSent("no-stories"), None
     result = _send(batch, sender, item)
     cpu.lap("smtp")
-    book.record(row.id, result=result, message_id=item.composed.message_id if item.composed else None,
-                attempts=claim.attempts, now=batch.clock())
+    try:
+        book.record(row.id, result=result, message_id=item.composed.message_id if item.composed else None,
+                    attempts=claim.attempts, now=batch.clock())
+    except Exception as exc:
+        if not _database_away(batch.engine, exc):
+            raise
+        # The result is held by the ledger until a statement writes it: wait for the database.
+        batch.outlast(book.flush, book.reconnect)
     cpu.lap("ledger")
     metrics.count_message(result.outcome, result.code)
     return result, batch.stop_reason(result)
+
+
+def _claim(batch: _Batch, book: ledger.Ledger, delivery_id: int, now: datetime) -> ledger.Claim:
+    """The row's claim, waiting out a database outage. A claim repeated after a failed
+    statement may find the row already `sending` under this very lease: the first one
+    committed before the database went away (its reply was lost), so the row is ours."""
+    failed = []
+
+    def attempt() -> ledger.Claim:
+        try:
+            claim = book.claim([delivery_id], now=now, lease=batch.send_lease).get(delivery_id, ledger.LOST)
+        except Exception:
+            failed.append(True)
+            raise
+        if failed and claim.state is ClaimState.LOST:
+            attempts = ledger.claimed_before(batch.engine, ids=[delivery_id], worker=batch.worker,
+                                             lease_until=now + batch.send_lease).get(delivery_id)
+            if attempts is not None:
+                return ledger.Claim(ClaimState.CLAIMED, attempts)
+        return claim
+
+    return batch.outlast(attempt, book.reconnect)
 
 
 def _prepare(batch: _Batch, row: ledger.Leased) -> _Prepared:
     """Compose before claiming: the claim-to-record window holds only the SMTP transaction."""
     try:
         with metrics.stage_cpu("render"):
-            variant = batch.renderer.variant(row.regions)
+            variant = batch.outlast(lambda: batch.renderer.variant(row.regions))
     except TooLargeToSend as exc:
         return _Prepared(row, None, None, blocked=f"{exc}; shorten NEWSLETTER_POSTAL_ADDRESS or the "
                                                    "templates, then `newsletter resume`")

@@ -167,7 +167,8 @@ def resume_edition(engine: Engine, edition_id: int) -> bool:
     and may hold no lease: their rows' hand-out marks are cleared, so the next dispatch
     (the caller's, or the reconciler's) hands them out at once instead of after
     NEWSLETTER_REDISPATCH_SECONDS."""
-    if not _move(engine, edition_id, source=EditionState.PAUSED, target=EditionState.SENDING, reason=None):
+    if not _move(engine, edition_id, source=EditionState.PAUSED, target=EditionState.SENDING, reason=None,
+                 resume_at=None, probes=0):
         return False
     with session_scope(engine) as session:
         session.execute(update(D).where(D.c.edition_id == edition_id, D.c.state.in_(

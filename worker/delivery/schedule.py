@@ -13,6 +13,7 @@ from worker.delivery import ledger, liveness
 from worker.delivery.guard import check_week
 from worker.delivery.local_time import LocalSend, due_times
 from worker.delivery.plan import finish_if_done, plan_edition, record_skipped_edition
+from worker.delivery.relay import resume_probed
 from worker.digest import week_of, week_window, weekly_edition_key
 from worker.ingest.sources import PollResult, poll_all_sources, poll_due_sources
 from worker.settings import Settings
@@ -155,6 +156,7 @@ class Reconciled:
     batches: int = 0
     finished: list[str] | None = None
     polled: list[PollResult] | None = None
+    resumed: list[str] | None = None
 
 
 def dispatch(engine: Engine, settings: Settings, edition_id: int, publish: Publish, now: datetime) -> int:
@@ -187,6 +189,8 @@ def reconcile(engine: Engine, settings: Settings, publish: Publish, now: datetim
         out.due = ensure_weekly_edition(engine, settings, now)
     liveness.recover(engine, now=now, timeout=settings.liveness_timeout)
     out.expired = ledger.expire_sending(engine, now=now)
+    # Before the hand-out: an edition the relay answers for again goes out in this tick.
+    out.resumed = resume_probed(engine, settings, now)
     with session_scope(engine) as session:
         live = session.execute(
             select(Edition.id, Edition.key).where(Edition.state == EditionState.SENDING.value)

@@ -136,12 +136,6 @@ class SmtpSender:
         metrics.count_connection()
         return None
 
-    def probe(self) -> str | None:
-        """Connect, secure and authenticate as a send would, then hang up: what failed, or None."""
-        failure = self._connect()
-        self.close()
-        return None if failure is None else failure.summary
-
     def close(self) -> None:
         if self._conn is not None:
             try:
@@ -154,6 +148,24 @@ class SmtpSender:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def probe(self, envelope_from: str) -> SendResult | None:
+        """Does the relay take mail again? Connect (greeting, TLS, login) and ask MAIL FROM,
+        then reset and quit without a recipient: nothing is sent. None if it answered 250."""
+        failure = self._connect()
+        if failure is not None:
+            return failure
+        conn = self._conn
+        assert conn is not None
+        try:
+            code, reply = conn.mail(envelope_from)
+        except (OSError, smtplib.SMTPException) as exc:
+            self._drop()
+            return SendResult(Outcome.TEMPORARY, None, f"connection lost at MAIL FROM: {_describe(exc)}")
+        result = None if code == 250 else SendResult(classify(code, _text(reply), stage="mail"), code, _text(reply))
+        self._reset()
+        self.close()
+        return result
 
     # -- one transaction ----------------------------------------------------
     def send(self, message: Outgoing) -> SendResult:

@@ -64,6 +64,10 @@ def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) 
         "smtp_codes": {f"{state} {code}": n for state, code, n in sorted(codes)},
         "unknown": [{"delivery": r.id, "email": r.email, "reason": r.last_reply,
                      "at": r.updated_at.isoformat()} for r in unknown],
+        # Beyond the listed ones: a list is cut at `list_unknown`, the count never is.
+        "unknown_more": by_state.get(DeliveryState.UNKNOWN.value, 0) - len(unknown),
+        # Paused by a run of temporary failures: when it asks the relay again (worker/delivery/relay.py).
+        "resume_at": edition.resume_at.isoformat() if edition.resume_at else None,
         "late": _late_reports(engine, edition.id, sent=by_state.get(DeliveryState.SENT.value, 0),
                               bounced=by_state.get(BOUNCED, 0)),
         "resolved": resolution_counts(engine, edition.id),

@@ -257,6 +257,10 @@ class Edition(Base):
     total: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Paused by a run of temporary failures: when it next probes the relay (worker/delivery/relay.py),
+    # and how many probes failed so far. NULL: paused until a person resumes it.
+    resume_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    probes: Mapped[int] = mapped_column(default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint(EDITION_STATE_CHECK, name="state"),
@@ -282,6 +286,9 @@ class Delivery(Base):
     # one-transaction lease while sending.
     claimed_by: Mapped[str | None] = mapped_column(String(80), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The task (Celery task id) a batch lease is for: a retry or redelivery of that task
+    # takes its rows back from whichever process held them.
+    batch_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_code: Mapped[int | None] = mapped_column(nullable=True)
     last_reply: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -35,6 +35,7 @@ from worker.delivery.ledger.book import LOST, Claim, ClaimState, Ledger, Portabl
 from worker.delivery.ledger.postgres import PostgresLedger, StatementGroup
 from worker.delivery.ledger.rows import (
     Leased,
+    claimed_before,
     dispatchable,
     expire_sending,
     has_open_rows,
@@ -45,8 +46,8 @@ from worker.delivery.ledger.rows import (
 
 __all__ = [
     "LOST", "Claim", "ClaimState", "Leased", "Ledger", "PortableLedger", "PostgresLedger", "StatementGroup",
-    "dispatchable", "expire_sending", "has_open_rows", "lease_batch", "mark_enqueued", "open_group", "open_ledger",
-    "release",
+    "claimed_before", "dispatchable", "expire_sending", "has_open_rows", "lease_batch", "mark_enqueued",
+    "open_group", "open_ledger", "release",
 ]
 
 

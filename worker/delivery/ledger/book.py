@@ -45,6 +45,7 @@ class Ledger(Protocol):
                now: datetime) -> None: ...
     def skip(self, delivery_id: int, *, reason: str, now: datetime) -> None: ...
     def flush(self) -> None: ...
+    def reconnect(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -85,7 +86,7 @@ RECORD_COLUMNS = ("state", "last_code", "last_reply", "sent_at", "message_id", "
 @cache
 def _record_stmt(shift_attempts: bool):
     values = {c: bindparam(c, type_=D.c[c].type) for c in RECORD_COLUMNS}
-    values.update(claimed_by=None, lease_until=None, enqueued_at=None,
+    values.update(claimed_by=None, lease_until=None, batch_token=None, enqueued_at=None,
                   updated_at=bindparam("now", type_=D.c.updated_at.type))
     if shift_attempts:
         values["attempts"] = D.c.attempts - 1
@@ -143,6 +144,7 @@ class PortableLedger:
 
     def __init__(self, engine: Engine, *, worker: str, max_attempts: int, retry_base: float,
                  pipeline: bool = True) -> None:
+        self.engine = engine
         self.conn = engine.connect()
         self.worker = worker
         self.max_attempts = max_attempts
@@ -154,13 +156,23 @@ class PortableLedger:
     def _transaction(self) -> AbstractContextManager:
         return self.conn.begin()
 
+    def reconnect(self) -> None:
+        """A fresh connection after a database error (the old one is dropped); what is
+        waiting to be written stays waiting. Raises while the database is still away."""
+        if not self.conn.closed:
+            self.conn.invalidate()
+            self.conn.close()
+        self.conn = self.engine.connect()
+
     def claim(self, delivery_ids: Sequence[int], *, now: datetime, lease: timedelta) -> dict[int, Claim]:
         """Move leased rows to `sending`; rows not returned were lost to someone else."""
         with self._transaction():
-            self._write_pending()
+            written = self._write_pending()
             rows = self.conn.execute(_claim_stmt(), {"dids": list(delivery_ids), "worker": self.worker,
                                                      "now": now, "lease_until": now + lease})
-            return claims(rows)
+            result = claims(rows)
+        self._written(written)
+        return result
 
     def record(self, delivery_id: int, *, result: SendResult, message_id: str | None, attempts: int,
                now: datetime) -> None:
@@ -171,26 +183,29 @@ class PortableLedger:
     def flush(self) -> None:
         if self.pending:
             with self._transaction():
-                self._write_pending()
+                written = self._write_pending()
+            self._written(written)
 
     def unclaim(self, delivery_ids: Sequence[int], *, now: datetime) -> None:
         """Claimed rows that were not sent after all (the batch stopped): pending again."""
         if not delivery_ids:
             return
         with self._transaction():
-            self._write_pending()
+            written = self._write_pending()
             self.conn.execute(
                 update(D).where(D.c.id.in_(list(delivery_ids)), D.c.claimed_by == self.worker, D.c.state == SENDING)
                 .values(state=PENDING, attempts=D.c.attempts - 1, updated_at=now)
             )
+        self._written(written)
 
     def skip(self, delivery_id: int, *, reason: str, now: datetime) -> None:
         with self._transaction():
-            self._write_pending()
+            written = self._write_pending()
             self.conn.execute(
                 update(D).where(D.c.id == delivery_id, D.c.claimed_by == self.worker, D.c.state == SENDING)
                 .values(state=SKIPPED, skip_reason=reason, claimed_by=None, lease_until=None, updated_at=now)
             )
+        self._written(written)
 
     def close(self) -> None:
         try:
@@ -198,11 +213,17 @@ class PortableLedger:
         finally:
             self.conn.close()
 
-    def _write_pending(self) -> None:
-        items, self.pending = self.pending, []
-        for item in items:
-            if not self._write(self.conn, item):
-                self.late.append(item.delivery_id)
+    def _write_pending(self) -> tuple[int, list[int]]:
+        """Write the waiting results inside the caller's transaction: (how many, the late ones).
+        They stay waiting until that transaction commits (`_written`): a result the relay
+        took is never dropped with a statement that failed."""
+        late = [item.delivery_id for item in self.pending if not self._write(self.conn, item)]
+        return len(self.pending), late
+
+    def _written(self, written: tuple[int, list[int]]) -> None:
+        count, late = written
+        del self.pending[:count]
+        self.late.extend(late)
 
     def _write(self, conn: Connection, item: Pending) -> bool:
         """One result, inside the caller's transaction. False if the row was no longer

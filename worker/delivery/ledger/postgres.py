@@ -42,7 +42,7 @@ WITH recorded AS (
         message_id = %(recorded)s::jsonb -> d.id::text ->> 'message_id',
         next_attempt_at = (%(recorded)s::jsonb -> d.id::text ->> 'next_attempt_at')::timestamp,
         updated_at = (%(recorded)s::jsonb -> d.id::text ->> 'now')::timestamp,
-        claimed_by = NULL, lease_until = NULL, enqueued_at = NULL
+        claimed_by = NULL, lease_until = NULL, batch_token = NULL, enqueued_at = NULL
     WHERE d.id = ANY(%(recorded_ids)s::bigint[]) AND d.state = '{SENDING}' AND d.claimed_by = %(worker)s
     RETURNING d.id
 ), claimed AS (
@@ -80,6 +80,9 @@ class PostgresLedger(PortableLedger):
     def __init__(self, engine: Engine, *, group: StatementGroup | None = None, **kwargs) -> None:
         super().__init__(engine, **kwargs)
         self.group = group
+        self._set_up()
+
+    def _set_up(self) -> None:
         self._raw = self.conn.connection.dbapi_connection
         try:
             self._raw.autocommit = True
@@ -90,6 +93,10 @@ class PostgresLedger(PortableLedger):
             self.conn.invalidate()
             self.conn.close()
             raise
+
+    def reconnect(self) -> None:
+        super().reconnect()
+        self._set_up()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -103,8 +110,7 @@ class PostgresLedger(PortableLedger):
     def claim(self, delivery_ids: Sequence[int], *, now: datetime, lease: timedelta) -> dict[int, Claim]:
         if not self._one_statement():
             return super().claim(delivery_ids, now=now, lease=lease)
-        items, self.pending = self.pending, []
-        return self._step(items, delivery_ids, now=now, lease=lease)
+        return self._step(delivery_ids, now=now, lease=lease)
 
     def flush(self) -> None:
         if not self.pending:
@@ -112,8 +118,7 @@ class PostgresLedger(PortableLedger):
         if not self._one_statement():
             super().flush()
             return
-        items, self.pending = self.pending, []
-        self._step(items, [], now=items[-1].now, lease=timedelta(0))
+        self._step([], now=self.pending[-1].now, lease=timedelta(0))
 
     def close(self) -> None:
         try:
@@ -131,10 +136,12 @@ class PostgresLedger(PortableLedger):
     def _one_statement(self) -> bool:
         return not any(item.changes_more_than_its_row for item in self.pending)
 
-    def _step(self, items: list[Pending], delivery_ids: Sequence[int], *, now: datetime,
-              lease: timedelta) -> dict[int, Claim]:
+    def _step(self, delivery_ids: Sequence[int], *, now: datetime, lease: timedelta) -> dict[int, Claim]:
+        # The results leave `pending` only once their statement ran: a failed one keeps them.
+        items = list(self.pending)
         run = self.group.run if self.group is not None else self._record_and_claim
         claimed, written = run(items, delivery_ids, now=now, lease=lease)
+        del self.pending[:len(items)]
         self.late.extend(item.delivery_id for item in items if item.delivery_id not in written)
         return claimed
 
@@ -209,6 +216,7 @@ class StatementGroup:
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._busy = False
+        self._broken = False
 
     def run(self, items: list[Pending], delivery_ids: Sequence[int], *, now: datetime,
             lease: timedelta) -> tuple[dict[int, Claim], set[int]]:
@@ -228,6 +236,9 @@ class StatementGroup:
 
     def _run(self, batch: list[_Request]) -> None:
         try:
+            if self._broken:
+                self._book.reconnect()
+                self._broken = False
             claimed, written = self._book._record_and_claim(
                 [item for r in batch for item in r.items], [i for r in batch for i in r.delivery_ids],
                 now=max(r.now for r in batch), lease=max(r.lease for r in batch))
@@ -235,6 +246,8 @@ class StatementGroup:
                 r.result = ({i: claimed[i] for i in r.delivery_ids if i in claimed},
                             {item.delivery_id for item in r.items} & written)
         except BaseException as exc:  # noqa: BLE001 - every lane of the statement gets the error
+            # Its connection may be gone (the database restarted): the next statement opens another.
+            self._broken = True
             for r in batch:
                 r.error = exc
         finally:

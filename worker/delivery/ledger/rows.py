@@ -54,13 +54,20 @@ class Leased:
 
 
 def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: str, now: datetime,
-                lease: timedelta) -> list[Leased]:
+                lease: timedelta, token: str | None = None) -> list[Leased]:
     """Take the batch lease on the due rows among `ids` that no live lease holds.
 
-    Rows this same worker still holds (a retried task in the same process) count as free.
+    Rows this same worker still holds (a retried task in the same process) count as free,
+    and so do rows leased for the same `token` (the task's id) by any process: the lease
+    follows the batch, so a retried or redelivered task takes its rows back instead of
+    waiting out a lease nobody works on. Taking a row over is safe because it changes
+    `claimed_by`: the claim of the process that held it (a compare-and-set on it) loses.
     """
+    mine = D.c.claimed_by == worker
+    if token is not None:
+        mine = or_(mine, D.c.batch_token == token)
     candidates = select(D.c.id).where(
-        D.c.id.in_(list(ids)), D.c.edition_id == edition_id, due(now), or_(unleased(now), D.c.claimed_by == worker)
+        D.c.id.in_(list(ids)), D.c.edition_id == edition_id, due(now), or_(unleased(now), mine)
     )
     with session_scope(engine) as session:
         if engine.dialect.name == "postgresql":
@@ -69,7 +76,7 @@ def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: 
         stmt = (
             update(D)
             .where(D.c.id.in_(candidates.scalar_subquery()), edition_sending(edition_id))
-            .values(claimed_by=worker, lease_until=now + lease, updated_at=now)
+            .values(claimed_by=worker, lease_until=now + lease, batch_token=token, updated_at=now)
             .returning(D.c.id)
         )
         won = [row[0] for row in session.execute(stmt)]
@@ -85,6 +92,17 @@ def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: 
             for r in rows]
 
 
+def claimed_before(engine: Engine, *, ids: Sequence[int], worker: str, lease_until: datetime) -> dict[int, int]:
+    """Rows among `ids` a claim of this worker for this very lease moved to `sending`, with
+    their attempts: a claim whose statement committed but whose reply the database never
+    sent (it went down in between). Asked only after such a failure, so the lane sends the
+    row it did claim instead of leaving it `sending` to end `unknown`."""
+    with session_scope(engine) as session:
+        return dict(session.execute(select(D.c.id, D.c.attempts).where(
+            D.c.id.in_(list(ids)), D.c.state == SENDING, D.c.claimed_by == worker,
+            D.c.lease_until == lease_until)).all())
+
+
 def release(engine: Engine, *, ids: Sequence[int], worker: str, now: datetime) -> int:
     """Give back batch leases on rows this worker did not get to; they stay due."""
     if not ids:
@@ -92,7 +110,7 @@ def release(engine: Engine, *, ids: Sequence[int], worker: str, now: datetime) -
     with session_scope(engine) as session:
         result = session.execute(
             update(D).where(D.c.id.in_(list(ids)), D.c.claimed_by == worker, D.c.state != SENDING)
-            .values(claimed_by=None, lease_until=None, enqueued_at=None, updated_at=now)
+            .values(claimed_by=None, lease_until=None, batch_token=None, enqueued_at=None, updated_at=now)
         )
         return result.rowcount or 0
 
