@@ -343,6 +343,9 @@ def test_generic_events_need_the_operator_token(engine, web):
     ({"type": "bounce", "recipient": "x" * 400}, "recipient"),
     ({"type": "bounce", "bounce_type": "soft", "recipient": A}, "bounce_type"),
     ("a string", "event"),
+    ({"type": "bounce", "recipient": A, "code": "5.1"}, "code: Value error, not an enhanced status code"),
+    ({"type": "bounce", "recipient": A, "code": "abc"}, "code: Value error, not an enhanced status code"),
+    ({"type": "bounce", "recipient": A, "code": "5.1.1.1"}, "code: Value error, not an enhanced status code"),
 ])
 def test_a_bad_generic_event_is_refused_with_its_reason_and_the_rest_applied(engine, web, event, error):
     client, _ = web

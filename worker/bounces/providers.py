@@ -30,9 +30,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worker.bounces.reasons import Reason, kind_of_reason
+from worker.bounces.reasons import ENHANCED, Reason, kind_of_reason
 from worker.bounces.reports import Reading, build_report, reason_of_failure
 from worker.bounces.verp import ReturnPath, read_tag
 from worker.ingest.decoding import ACCEPT_ENCODING, read_body
@@ -92,6 +92,13 @@ class GenericEvent(BaseModel):
     # The provider's id of this event: the same id twice is the same report.
     id: str | None = Field(None, max_length=200)
 
+    @field_validator("code")
+    @classmethod
+    def _enhanced_code(cls, value: str | None) -> str | None:
+        if value and not ENHANCED.fullmatch(value):
+            raise ValueError("not an enhanced status code (class.subject.detail, such as 5.1.1)")
+        return value or None
+
 
 def read_generic(body: Any, *, return_path: ReturnPath | None, secret: str) -> list[Reading | BadEvent]:
     """One result per event posted (an object, or a list of up to MAX_EVENTS)."""
@@ -117,7 +124,7 @@ def _one_generic(item: Any, return_path: ReturnPath | None, secret: str) -> Read
         kind = BounceKind.COMPLAINT
     else:
         kind = BounceKind.PERMANENT if event.bounce_type == "permanent" else BounceKind.TRANSIENT
-        reason = reason_of_failure(event.code if event.code else None, event.diagnostic)
+        reason = reason_of_failure(event.code, event.diagnostic)
         # The operator's relay said whether it is final; the reason may still say it is not the reader's.
         if kind_of_reason(reason, event.code) in (BounceKind.SENDER, BounceKind.TRANSIENT):
             kind = kind_of_reason(reason, event.code)
@@ -276,7 +283,9 @@ def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str,
         permanent = bounce.get("bounceType") == "Permanent"
         reports = []
         for item in _list(bounce.get("bouncedRecipients")):
-            code = item.get("status") if isinstance(item.get("status"), str) else None
+            status = _str(item.get("status"))
+            # Whatever is no enhanced status code is read as none (the words and the sub-type still say).
+            code = status.strip() if status and ENHANCED.fullmatch(status.strip()) else None
             diagnostic = _str(item.get("diagnosticCode"))
             reason = reason_of_failure(code, diagnostic)
             if reason is Reason.UNDEFINED:

@@ -186,8 +186,8 @@ def by_text(text: str | None) -> Reason | None:
 
 def by_code(code: str | None) -> Reason | None:
     """The reason a status code names on its own; None for a code that names none (x.y.0,
-    other than 5.1.0, which servers use for an unknown address)."""
-    if not code:
+    other than 5.1.0, which servers use for an unknown address), or for what is no code."""
+    if not code or not ENHANCED.fullmatch(code):
         return None
     if code in CODES:
         return CODES[code]
