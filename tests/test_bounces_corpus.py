@@ -85,7 +85,10 @@ def test_generic_codes_say_what_their_words_say():
              "smtp; 554 5.6.0 Message scored as spam": ("spamdetected", "sender"),
              "smtp; 552 5.2.0 Mailbox over quota": ("mailboxfull", "transient"),
              "smtp; 550 5.1.0 Sender rejected: too many messages per hour": ("mailboxfull", "transient"),
-             "smtp; 550 5.0.0 Something went wrong": ("undefined", "review")}
+             "smtp; 550 5.0.0 Something went wrong": ("undefined", "review"),
+             "smtp; 550 5.1.0 Sender denied": ("undefined", "review"),
+             "smtp; 550 5.1.0 Address rejected": ("rejected", "sender"),
+             "smtp; 550 5.1.0 No such user here": ("userunknown", "permanent")}
     for diagnostic, (reason, kind) in cases.items():
         (report,) = _read(dsn("a@example.net", status="5.0.0", diagnostic=diagnostic)).reports
         assert (report.reason, report.kind.value) == (reason, kind), diagnostic
