@@ -64,21 +64,21 @@ def test_dry_run_json_says_what_each_message_would_do_and_changes_nothing(engine
     })
     before = _snapshot(engine, box)
     result = run_cli("bounces", "process", "--maildir", str(box), "--dry-run", "--json", env=ENV)
-    assert result.code == 0, result.err
+    assert result.code == 1, result.err  # as a real run: a message was kept unread
     lines = [json.loads(line) for line in result.out.splitlines()]
     assert lines == [
         {"file": "new/1.bounce", "kind": "permanent", "reason": "userunknown", "recipient": A, "code": "5.1.1",
-         "delivery": ids[(1, A)], "ignored": None},
+         "delivery": ids[(1, A)], "signup": None, "ignored": None},
         {"file": "new/2.complaint", "kind": "complaint", "reason": "feedback", "recipient": B, "code": None,
-         "delivery": ids[(1, B)], "ignored": None},
+         "delivery": ids[(1, B)], "signup": None, "ignored": None},
         {"file": "new/3.ours", "kind": "review", "reason": "undefined", "recipient": C, "code": "5.0.0",
-         "delivery": ids[(1, C)], "ignored": None},
+         "delivery": ids[(1, C)], "signup": None, "ignored": None},
         {"file": "new/4.reply", "kind": None, "reason": None, "recipient": None, "code": None, "delivery": None,
-         "ignored": "an auto-reply"},
+         "signup": None, "ignored": "an auto-reply"},
         {"file": "new/5.big", "kind": None, "reason": None, "recipient": None, "code": None, "delivery": None,
-         "ignored": f"kept for a human: {MAX_REPORT_BYTES + 24} bytes, over the {MAX_REPORT_BYTES} read"},
+         "signup": None, "ignored": f"kept for a human: {MAX_REPORT_BYTES + 24} bytes, over the {MAX_REPORT_BYTES} read"},
         {"file": "new/6.forged", "kind": None, "reason": "userunknown", "recipient": B, "code": "5.1.1",
-         "delivery": None, "ignored": "names no delivery of ours (no tag or Message-ID)"},
+         "delivery": None, "signup": None, "ignored": "names no delivery of ours (no tag or Message-ID)"},
     ]
     assert _snapshot(engine, box) == before  # no flag, no move, nothing applied
     assert all(p.parent.name == "new" for p in box.rglob("*") if p.is_file())

@@ -139,3 +139,22 @@ def test_sign_up_tags_and_delivery_tags_are_never_read_as_each_other():
     assert read_signup_tag(SECRET, "s" + RETURN_PATH.for_delivery(42).split("+")[1].split("@")[0]) is None
     assert RETURN_PATH.signup_of(RETURN_PATH.for_delivery(42)) is None
     assert RETURN_PATH.signup_of(f"bounces+{tag}@elsewhere.example") is None
+
+
+def test_a_dry_run_says_what_a_real_run_does_with_confirmation_mail_bounces(engine, settings):
+    """The dry run asks apply's own matching: a live sign-up's bounce would be applied to that
+    sign-up, one about a link no longer live would not; the real run then does just that."""
+    live, stale = _requested(engine, TYPO), _requested(engine, "bob@example.net")
+    stale_to = RETURN_PATH.for_signup(stale.subscriber_id, stale.nonce)
+    with session_scope(engine) as session:
+        session.get(Subscriber, stale.subscriber_id).confirm_nonce = "a-newer-link-nonce"
+    settings = settings.model_copy(update={"bounce_address": BOUNCE_ADDRESS, "secret_key": SecretStr(SECRET)})
+    box = _maildir(Path.cwd(), {"1.eml": dsn(TYPO, to=RETURN_PATH.for_signup(live.subscriber_id, live.nonce)),
+                                "2.eml": dsn("bob@example.net", to=stale_to)})
+    dry = process_maildir(engine, settings, box, now=NOW, dry_run=True)
+    assert [(r["kind"], r["delivery"], r["signup"], r["ignored"]) for r in dry.readings] == [
+        ("permanent", None, live.subscriber_id, None),
+        (None, None, None, "matches no delivery or live confirmation link of ours")]
+    real = process_maildir(engine, settings, box, now=NOW)
+    assert (dict(real.applied), real.unmatched) == ({"permanent": 1}, 1)
+    assert (_row(engine, TYPO).status, _row(engine, "bob@example.net").status) == ("bounced", "pending")

@@ -52,6 +52,8 @@ def process(ctx: Context, maildir: Path | None, mbox: Path | None, dry_run: bool
             # A Maildir file name is anyone's bytes: never a terminal control sequence.
             click.echo(json.dumps(line, ensure_ascii=False) if as_json else
                        "".join(c if c.isprintable() else "?" for c in text))
+        if summary.kept:
+            raise SystemExit(1)
         return
     click.echo(summary.describe())
     for reason, count in sorted(summary.ignored.items()):
