@@ -4,6 +4,7 @@ same bounce processing, ends the sign-up."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dkim
@@ -158,3 +159,21 @@ def test_a_dry_run_says_what_a_real_run_does_with_confirmation_mail_bounces(engi
     real = process_maildir(engine, settings, box, now=NOW)
     assert (dict(real.applied), real.unmatched) == ({"permanent": 1}, 1)
     assert (_row(engine, TYPO).status, _row(engine, "bob@example.net").status) == ("bounced", "pending")
+
+
+def test_a_confirmation_mail_bounce_kept_for_review_and_decided_permanent_ends_the_sign_up(engine, settings,
+                                                                                            run_cli):
+    due = _requested(engine, TYPO)
+    to = RETURN_PATH.for_signup(due.subscriber_id, due.nonce)
+    summary = _process(engine, settings, dsn(TYPO, status="5.0.0", diagnostic="smtp; 550 Could not be handled",
+                                             to=to))
+    assert dict(summary.applied) == {"review": 1} and _row(engine, TYPO).status == "pending"
+    env = {"NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_BOUNCE_ADDRESS": BOUNCE_ADDRESS}
+    [waiting] = json.loads(run_cli("bounces", "review", "--json", env=env).out)
+    assert waiting["reader"] == TYPO and waiting["edition"] is None
+    decided = run_cli("bounces", "review", "--permanent", str(waiting["id"]), env=env)
+    assert decided.code == 0 and decided.out.strip() == f"report {waiting['id']}: permanent"
+    row = _row(engine, TYPO)
+    assert (row.status, row.confirm_nonce) == ("bounced", None)
+    assert events(engine, TYPO)[-1][:2] == ("bounced", "bounce")
+    assert events(engine, TYPO)[-1][2].startswith("confirmation mail reviewed by ")

@@ -165,8 +165,9 @@ class NotForReview(LookupError):
 
 
 def decide(engine: Engine, event_id: int, *, permanent: bool, now: datetime, who: str = "operator") -> BounceEvent:
-    """The operator's decision on a report kept for review: permanent (the reader is
-    bounced, as a permanent report would) or dismissed (nothing changes)."""
+    """The operator's decision on a report kept for review: permanent (the reader, or the
+    sign-up whose confirmation mail it was, is bounced, as a permanent report would) or
+    dismissed (nothing changes)."""
     with session_scope(engine) as session:
         event = session.get(BounceEvent, event_id, with_for_update=True)
         if event is None or event.kind != BounceKind.REVIEW.value:
@@ -179,6 +180,12 @@ def decide(engine: Engine, event_id: int, *, permanent: bool, now: datetime, who
                             delivery_id=delivery.id, message_id=None, code=event.code, smtp_code=None,
                             diagnostic=event.diagnostic, fingerprint=event.fingerprint, reason=event.reason)
             _bounce(session, delivery, subscriber, report, now, note=f"reviewed by {who}: permanent")
+        elif permanent and event.subscriber_id is not None:
+            # About a sign-up's confirmation mail: the sign-up's answer to a permanent bounce.
+            subscriber = session.get(Subscriber, event.subscriber_id, with_for_update=True)
+            if subscriber is not None:
+                confirmation_returned(session, subscriber, BounceKind.PERMANENT, now=now,
+                                      note=f"confirmation mail reviewed by {who}: permanent")
         session.flush()
         session.expunge(event)
         return event
