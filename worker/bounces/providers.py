@@ -2,8 +2,8 @@
 notifications through SNS (docs/bounces.md has both shapes).
 
 SNS signs each message (SignatureVersion 1: RSA with SHA-1, 2: with SHA-256) with a key
-whose certificate it serves at SigningCertURL; the URL must be https on an
-`sns.<region>.amazonaws.com` host, and fetching it is the only outbound request here. It
+whose certificate it serves at SigningCertURL; the URL must be
+`https://sns.<the topic's region>.amazonaws.com/SimpleNotificationService-<32 hex>.pem`, and fetching it is the only outbound request here. It
 is made only for a message from the configured topic and of the last hour, over the
 feeds' hardened fetch (public addresses, deadline, size cap after decoding), and its
 result, a failure too, is kept a while (CertificateCache): posting many messages costs
@@ -60,7 +60,9 @@ MAX_MESSAGE_AGE = timedelta(hours=1)
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
 # A region's name, not any label: `sns.s3.amazonaws.com` or `sns.s3-website-us-east-1...`
 # would be an S3 bucket called "sns", whose owner could serve a certificate of their own.
-SNS_HOST = re.compile(r"sns\.[a-z]{2}(-[a-z]+)+-\d{1,2}\.amazonaws\.com(\.cn)?")
+SNS_HOST = re.compile(r"sns\.(?P<region>[a-z]{2}(-[a-z]+)+-\d{1,2})\.amazonaws\.com(\.cn)?")
+# The name SNS gives its signing certificates.
+SNS_CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{32}\.pem")
 # The fields each message type signs, in this order (AWS: "Verifying the signatures of
 # Amazon SNS messages"); Subject only when present.
 SIGNED_FIELDS = {
@@ -160,8 +162,9 @@ def verify_sns(message: dict, *, topic_arn: str, now: datetime, fetch_certificat
     if version not in HASHES:
         raise BadEvent("unsupported SignatureVersion")
     url = message.get("SigningCertURL")
-    if not isinstance(url, str) or not _is_sns_certificate_url(url):
-        raise BadEvent("SigningCertURL is not an https URL on an sns.<region>.amazonaws.com host")
+    if not isinstance(url, str) or not _is_sns_certificate_url(url, topic_arn):
+        raise BadEvent("SigningCertURL is not SNS's certificate on the sns.<region>.amazonaws.com host of the "
+                       "topic's region")
     signed = ""
     for name in SIGNED_FIELDS[kind]:
         value = message.get(name)
@@ -199,10 +202,20 @@ def _check_timestamp(value: object, now: datetime) -> None:
         raise BadEvent(f"Timestamp {value} is in the future")
 
 
-def _is_sns_certificate_url(url: str) -> bool:
+def _is_sns_certificate_url(url: str, topic_arn: str) -> bool:
+    """SNS's own certificate name, on the host of the topic's region: any other URL would
+    cost a fetch, and push the real certificate out of the cache."""
     parts = urlsplit(url)
-    return (parts.scheme == "https" and parts.hostname is not None and SNS_HOST.fullmatch(parts.hostname) is not None
-            and parts.port in (None, 443) and not parts.username and parts.path.endswith(".pem"))
+    host = SNS_HOST.fullmatch(parts.hostname or "")
+    return (parts.scheme == "https" and host is not None and parts.port in (None, 443) and not parts.username
+            and not parts.query and not parts.fragment and SNS_CERTIFICATE_PATH.fullmatch(parts.path) is not None
+            and host["region"] == _region_of(topic_arn))
+
+
+def _region_of(topic_arn: str) -> str | None:
+    """arn:aws:sns:<region>:<account>:<name>"""
+    fields = topic_arn.split(":")
+    return fields[3] if len(fields) == 6 else None
 
 
 def fetch_sns_certificate(url: str, *, allow_private: bool = False) -> bytes:
