@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from worker.cli.app import Context, cli, pass_ctx
+from worker.cli.who import who
 from worker.errors import UsageError
 
 
@@ -102,12 +103,7 @@ def review(ctx: Context, permanent: int | None, ignore: int | None, as_json: boo
 
 
 def _who() -> str:
-    import getpass
-
-    try:
-        return f"cli ({getpass.getuser()[:40]})"
-    except (OSError, KeyError):
-        return "cli"
+    return f"cli ({who()})"
 
 
 def _register_reactivate() -> None:

@@ -213,6 +213,7 @@ class ChangeVia(StrEnum):
     UNSUBSCRIBE_PAGE = "unsubscribe-page"  # the confirm page behind the footer's Unsubscribe
     IMPORT = "import"
     CLI = "cli"
+    OPERATOR_PAGE = "operator-page"      # /operator (a reactivation)
     BOUNCE = "bounce"
 
 
