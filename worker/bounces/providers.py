@@ -2,8 +2,9 @@
 notifications through SNS (docs/bounces.md has both shapes).
 
 SNS signs each message (SignatureVersion 1: RSA with SHA-1, 2: with SHA-256) with a key
-whose certificate it serves at SigningCertURL; the URL must be
-`https://sns.<the topic's region>.amazonaws.com/SimpleNotificationService-<32 hex>.pem`, and fetching it is the only outbound request here. It
+whose certificate it serves at SigningCertURL; the URL must be SNS's certificate name on
+the `sns.<region>.amazonaws.com` host of the topic's region, and fetching it is the only
+outbound request here. It
 is made only for a message from the configured topic and of the last hour, over the
 feeds' hardened fetch (public addresses, deadline, size cap after decoding), and its
 result, a failure too, is kept a while (CertificateCache): posting many messages costs
@@ -32,8 +33,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worker.bounces.reasons import ENHANCED, Reason, kind_of_reason
-from worker.bounces.reports import Reading, build_report, reason_of_failure
+from worker.bounces.reasons import ENHANCED, Reason, kind_of_reason, reason_of
+from worker.bounces.reports import Reading, build_report
 from worker.bounces.verp import ReturnPath, read_tag
 from worker.ingest.decoding import ACCEPT_ENCODING, read_body
 from worker.ingest.network import GuardedTransport
@@ -126,7 +127,7 @@ def _one_generic(item: Any, return_path: ReturnPath | None, secret: str) -> Read
         kind = BounceKind.COMPLAINT
     else:
         kind = BounceKind.PERMANENT if event.bounce_type == "permanent" else BounceKind.TRANSIENT
-        reason = reason_of_failure(event.code, event.diagnostic)
+        reason = reason_of(event.code, event.diagnostic)
         # The operator's relay said whether it is final; the reason may still say it is not the reader's.
         if kind_of_reason(reason, event.code) in (BounceKind.SENDER, BounceKind.TRANSIENT):
             kind = kind_of_reason(reason, event.code)
@@ -300,7 +301,7 @@ def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str,
             # Whatever is no enhanced status code is read as none (the words and the sub-type still say).
             code = status.strip() if status and ENHANCED.fullmatch(status.strip()) else None
             diagnostic = _str(item.get("diagnosticCode"))
-            reason = reason_of_failure(code, diagnostic)
+            reason = reason_of(code, diagnostic)
             if reason is Reason.UNDEFINED:
                 reason = SES_SUBTYPES.get(str(bounce.get("bounceSubType")), Reason.UNDEFINED)
             # An SES "Permanent" is final; its reason may still say whose fault it was.
