@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.bounce_support import RETURN_PATH, dsn
 from tests.corpus_support import CORPUS, DISAGREEMENTS, LABELS, expected_kind, score, tagged
-from worker.bounces.reasons import KINDS, Reason, find_code
+from worker.bounces.reasons import KINDS, Reason, by_code, find_code
 from worker.bounces.reports import MAX_PARTS, UnreadableReport, read_report
 
 SAMPLES = sorted(CORPUS.glob("*.eml"))
@@ -85,7 +85,10 @@ def test_generic_codes_say_what_their_words_say():
              "smtp; 554 5.6.0 Message scored as spam": ("spamdetected", "sender"),
              "smtp; 552 5.2.0 Mailbox over quota": ("mailboxfull", "transient"),
              "smtp; 550 5.1.0 Sender rejected: too many messages per hour": ("mailboxfull", "transient"),
-             "smtp; 550 5.0.0 Something went wrong": ("undefined", "review")}
+             "smtp; 550 5.0.0 Something went wrong": ("undefined", "review"),
+             "smtp; 550 5.1.0 Sender denied": ("undefined", "review"),
+             "smtp; 550 5.1.0 Address rejected": ("rejected", "sender"),
+             "smtp; 550 5.1.0 No such user here": ("userunknown", "permanent")}
     for diagnostic, (reason, kind) in cases.items():
         (report,) = _read(dsn("a@example.net", status="5.0.0", diagnostic=diagnostic)).reports
         assert (report.reason, report.kind.value) == (reason, kind), diagnostic
@@ -104,6 +107,23 @@ def test_ses_notifications_arriving_by_mail_read_as_what_they_are():
     assert complaint.address_trusted is False and complaint.delivery_id == 4242
     (bounce,) = _read(tagged((CORPUS / "lhost-amazonses-10.eml").read_bytes())).reports
     assert (bounce.kind.value, bounce.reason, bounce.code) == ("permanent", "userunknown", "5.1.1")
+
+
+@pytest.mark.parametrize("status", ["5.1", "abc", "5.1.1.1"])
+def test_an_ses_notification_by_mail_with_no_status_code_is_read_by_its_words(status):
+    """SES's `status` is data: what is no enhanced status code is read as none, never a crash."""
+    notification = {"notificationType": "Bounce", "mail": {"source": RETURN_PATH.for_delivery(7)},
+                    "bounce": {"bounceType": "Permanent", "bounceSubType": "General", "feedbackId": "f-1",
+                               "bouncedRecipients": [{"emailAddress": "a@example.net", "status": status,
+                                                      "diagnosticCode": "smtp; 550 mailbox is full"}]}}
+    mail = b"From: no-reply@sns.amazonaws.com\r\nContent-Type: text/plain\r\n\r\n" + json.dumps(notification).encode()
+    (report,) = _read(mail).reports
+    assert (report.kind.value, report.reason, report.code, report.delivery_id) == ("transient", "mailboxfull", None, 7)
+
+
+def test_what_is_no_status_code_names_no_reason():
+    assert [by_code(c) for c in ("5.1", "abc", "5.1.1.1", "5.1.1 ", "")] == [None] * 5
+    assert by_code("5.1.1") is Reason.USER_UNKNOWN
 
 
 def test_a_tagged_report_whose_reason_cannot_be_read_is_kept_for_review_never_permanent():

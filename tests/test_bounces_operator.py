@@ -64,21 +64,21 @@ def test_dry_run_json_says_what_each_message_would_do_and_changes_nothing(engine
     })
     before = _snapshot(engine, box)
     result = run_cli("bounces", "process", "--maildir", str(box), "--dry-run", "--json", env=ENV)
-    assert result.code == 0, result.err
+    assert result.code == 1, result.err  # as a real run: a message was kept unread
     lines = [json.loads(line) for line in result.out.splitlines()]
     assert lines == [
         {"file": "new/1.bounce", "kind": "permanent", "reason": "userunknown", "recipient": A, "code": "5.1.1",
-         "delivery": ids[(1, A)], "ignored": None},
+         "delivery": ids[(1, A)], "signup": None, "ignored": None},
         {"file": "new/2.complaint", "kind": "complaint", "reason": "feedback", "recipient": B, "code": None,
-         "delivery": ids[(1, B)], "ignored": None},
+         "delivery": ids[(1, B)], "signup": None, "ignored": None},
         {"file": "new/3.ours", "kind": "review", "reason": "undefined", "recipient": C, "code": "5.0.0",
-         "delivery": ids[(1, C)], "ignored": None},
+         "delivery": ids[(1, C)], "signup": None, "ignored": None},
         {"file": "new/4.reply", "kind": None, "reason": None, "recipient": None, "code": None, "delivery": None,
-         "ignored": "an auto-reply"},
+         "signup": None, "ignored": "an auto-reply"},
         {"file": "new/5.big", "kind": None, "reason": None, "recipient": None, "code": None, "delivery": None,
-         "ignored": f"kept for a human: {MAX_REPORT_BYTES + 24} bytes, over the {MAX_REPORT_BYTES} read"},
+         "signup": None, "ignored": f"kept for a human: {MAX_REPORT_BYTES + 24} bytes, over the {MAX_REPORT_BYTES} read"},
         {"file": "new/6.forged", "kind": None, "reason": "userunknown", "recipient": B, "code": "5.1.1",
-         "delivery": None, "ignored": "names no delivery of ours (no tag or Message-ID)"},
+         "delivery": None, "signup": None, "ignored": "names no delivery of ours (no tag or Message-ID)"},
     ]
     assert _snapshot(engine, box) == before  # no flag, no move, nothing applied
     assert all(p.parent.name == "new" for p in box.rglob("*") if p.is_file())
@@ -201,7 +201,7 @@ def test_the_operator_page_reactivates_a_bounced_reader_under_the_forms_rules(en
     done = client.post(url, data=form, environ_base=REMOTE, headers={**auth, "Origin": "http://localhost"})
     assert done.status_code == 200 and f"{A} was bounced and is active again" in done.text
     assert subscriber(engine, A).status == "active"
-    assert events(engine, A)[-1] == ("reactivated", "cli", "reactivated by operator page: mailbox fixed <b>")
+    assert events(engine, A)[-1] == ("reactivated", "operator-page", "reactivated by operator page: mailbox fixed <b>")
     refused = client.post(url, data={**form, "email": B}, environ_base=REMOTE, headers=auth)
     assert refused.status_code == 409 and "complained" in refused.text and subscriber(engine, B).status == "complained"
     forced = client.post(url, data={**form, "email": B, "force": "1"}, environ_base=REMOTE, headers=auth)
@@ -230,3 +230,36 @@ def test_dry_run_text_never_prints_a_control_character_from_a_file_name(engine, 
     assert result.out == "new/1.?[2Jx: ignored an auto-reply\n"
     assert '"file": "new/1.\\u001b[2Jx"' in run_cli("bounces", "process", "--maildir", str(box), "--dry-run",
                                                    "--json", env=ENV).out
+
+
+def _no_login_name(monkeypatch):
+    """As in a container run under an arbitrary UID: no USER or LOGNAME, no passwd entry."""
+    import os
+    import pwd
+
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    uid = next(u for u in range(424242, 10**7) if u not in {p.pw_uid for p in pwd.getpwall()})
+    monkeypatch.setattr(os, "getuid", lambda: uid)
+    return uid
+
+
+def test_commands_that_record_who_work_under_a_uid_with_no_name(engine, run_cli, monkeypatch):
+    from worker.cli.who import who
+
+    ids = sent_editions(engine, [A])
+    uid = _no_login_name(monkeypatch)
+    assert who() == f"uid {uid}"
+    assert run_cli("subscribers", "reactivate", A, "--reason", "x").code == 2  # active: nothing to undo
+    data = dsn(A, to=RETURN_PATH.for_delivery(ids[(1, A)]))
+    for report in read_report(data, return_path=RETURN_PATH, message_id_domain="localhost").reports:
+        apply_report(engine, report, transient_limit=5, now=NOW)
+    done = run_cli("subscribers", "reactivate", A, "--reason", "restored")
+    assert done.code == 0, done.err
+    assert events(engine, A)[-1] == ("reactivated", "cli", f"reactivated by cli (uid {uid}): restored")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE deliveries SET state = 'unknown'"))
+    resolved = run_cli("deliveries", "resolve", "weekly-2025-W01", "--sent", "--all", env=ENV)
+    assert resolved.code == 0, resolved.err
+    assert f"(by uid {uid} at " in resolved.out
+    assert delivery(engine, ids[(1, A)]).resolved_by == f"uid {uid}"

@@ -27,7 +27,7 @@ from worker.tokens import message_id
 from worker.web import create_app
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-bounces"
-CERT_PATH = "/SimpleNotificationService-abc.pem"
+CERT_PATH = "/SimpleNotificationService-b95095beb82e8f6a046b3aafc7f4149a.pem"
 CERT_URL = "https://sns.eu-west-1.amazonaws.com" + CERT_PATH
 TOKEN = "operator-token"
 A, B = "alice@example.net", "bob@example.net"
@@ -161,6 +161,12 @@ def test_an_ses_complaint_and_a_transient_bounce(engine, web):
     ({"SigningCertURL": "https://sns.s3.amazonaws.com/cert.pem"}, "SigningCertURL"),
     ({"SigningCertURL": "https://sns.s3-website-us-east-1.amazonaws.com/cert.pem"}, "SigningCertURL"),
     ({"SigningCertURL": "https://sns.s3-eu-west-1.amazonaws.com/cert.pem"}, "SigningCertURL"),
+    # SNS's host, but not SNS's certificate name, or not the topic's region: no fetch, no cache entry.
+    ({"SigningCertURL": "https://sns.eu-west-1.amazonaws.com/cert.pem"}, "SigningCertURL"),
+    ({"SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem"}, "SigningCertURL"),
+    ({"SigningCertURL": CERT_URL.replace(".pem", ".pem/x.pem")}, "SigningCertURL"),
+    ({"SigningCertURL": CERT_URL + "?x=1"}, "SigningCertURL"),
+    ({"SigningCertURL": CERT_URL.replace("eu-west-1", "us-east-1")}, "SigningCertURL"),
     ({"SignatureVersion": "3"}, "SignatureVersion"),
     ({"Signature": "not base64!"}, "unreadable"),
     ({"Type": "Bogus"}, "not an SNS message"),
@@ -233,7 +239,7 @@ def test_the_certificate_is_fetched_once_for_many_messages(engine, web):
 
 def test_a_failed_certificate_fetch_is_remembered_too(engine, web, caplog):
     client, certificates = web
-    missing = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-gone.pem"
+    missing = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-00000000000000000000000000000000.pem"
     message = _bounce_for(engine)
     for n in range(4):
         response = _post_ses(client, _sns("Notification", message, MessageId=f"m-{n}", url=missing))
@@ -294,18 +300,19 @@ def test_a_message_of_the_last_hour_is_believed(engine, web):
 def test_a_compressed_certificate_is_decoded_within_its_bound(engine, web):
     client, certificates = web
     served = certificates.served
-    served.add("/zipped.pem", gzip.compress(CERT), "application/x-pem-file", headers={"Content-Encoding": "gzip"})
-    served.add("/bomb.pem", gzip.compress(bytes(1 << 24)), headers={"Content-Encoding": "gzip"})
-    served.add("/stacked.pem", gzip.compress(gzip.compress(CERT)), headers={"Content-Encoding": "gzip, gzip"})
+    zipped, bomb, stacked = (f"/SimpleNotificationService-{n * 32}.pem" for n in "abc")
+    served.add(zipped, gzip.compress(CERT), "application/x-pem-file", headers={"Content-Encoding": "gzip"})
+    served.add(bomb, gzip.compress(bytes(1 << 24)), headers={"Content-Encoding": "gzip"})
+    served.add(stacked, gzip.compress(gzip.compress(CERT)), headers={"Content-Encoding": "gzip, gzip"})
     base = "https://sns.eu-west-1.amazonaws.com"
-    ok = _post_ses(client, _sns("Notification", _bounce_for(engine), url=base + "/zipped.pem"))
+    ok = _post_ses(client, _sns("Notification", _bounce_for(engine), url=base + zipped))
     assert ok.status_code == 200 and ok.json["applied"] == 1
-    for path in ("/bomb.pem", "/stacked.pem"):
+    for path in (bomb, stacked):
         assert _post_ses(client, _sns("Notification", "{}", url=base + path)).status_code == 503
     with pytest.raises(BodyRefused, match="decodes to over the 16384 byte limit"):
-        fetch_sns_certificate(served.base + "/bomb.pem", allow_private=True)
+        fetch_sns_certificate(served.base + bomb, allow_private=True)
     with pytest.raises(BodyRefused, match="2 content codings"):
-        fetch_sns_certificate(served.base + "/stacked.pem", allow_private=True)
+        fetch_sns_certificate(served.base + stacked, allow_private=True)
 
 
 def test_the_certificate_is_fetched_only_from_public_addresses(certificates):
@@ -343,6 +350,9 @@ def test_generic_events_need_the_operator_token(engine, web):
     ({"type": "bounce", "recipient": "x" * 400}, "recipient"),
     ({"type": "bounce", "bounce_type": "soft", "recipient": A}, "bounce_type"),
     ("a string", "event"),
+    ({"type": "bounce", "recipient": A, "code": "5.1"}, "code: Value error, not an enhanced status code"),
+    ({"type": "bounce", "recipient": A, "code": "abc"}, "code: Value error, not an enhanced status code"),
+    ({"type": "bounce", "recipient": A, "code": "5.1.1.1"}, "code: Value error, not an enhanced status code"),
 ])
 def test_a_bad_generic_event_is_refused_with_its_reason_and_the_rest_applied(engine, web, event, error):
     client, _ = web

@@ -263,6 +263,33 @@ def test_one_domain_gets_at_most_its_share_of_mails(engine, settings):
     assert _refused(readers) == {"mailbox": 0.0, "domain": 2.0}
 
 
+def test_a_few_clients_cannot_stop_the_sign_ups_of_a_large_provider(engine, settings, caplog):
+    """The domain limit (here 4 an hour) holds back a small domain's mails, with a warning,
+    and never gmail.com's: spending it there would block every gmail.com reader."""
+    readers = Readers(engine, _defaults(settings, confirm_limit_per_domain="4/hour",
+                                        operator_token=SecretStr("metrics-token")))
+    for n in range(6):
+        readers.subscribe(f"reader{n}@gmail.com")
+        readers.subscribe(f"reader{n}@small.example")
+    to = [m["To"] for m in readers.mails()]
+    assert sorted(to) == sorted([*(f"reader{n}@gmail.com" for n in range(6)),
+                                 *(f"reader{n}@small.example" for n in range(4))])
+    assert _refused(readers) == {"mailbox": 0.0, "domain": 2.0}
+    assert caplog.text.count("confirmation mail to a reader at small.example held back: the domain's limit") == 2
+
+
+def test_a_domains_limit_counts_its_mailboxes_not_its_mails(engine, settings):
+    readers = Readers(engine, _defaults(settings, confirm_limit_per_domain="4/hour",
+                                        operator_token=SecretStr("metrics-token")))
+    asked = ["pat+1@small.example", "pat+2@small.example", "Pat+3@small.example",
+             *(f"person{n}@small.example" for n in range(4))]
+    for email in asked:
+        readers.subscribe(email)
+    # pat's three mails (their mailbox's limit) are one mailbox of the domain's four.
+    assert [m["To"] for m in readers.mails()] == asked[:6]
+    assert _refused(readers) == {"mailbox": 0.0, "domain": 1.0}
+
+
 # 10. Encoded-word addresses
 
 

@@ -4,6 +4,7 @@ same bounce processing, ends the sign-up."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dkim
@@ -139,3 +140,40 @@ def test_sign_up_tags_and_delivery_tags_are_never_read_as_each_other():
     assert read_signup_tag(SECRET, "s" + RETURN_PATH.for_delivery(42).split("+")[1].split("@")[0]) is None
     assert RETURN_PATH.signup_of(RETURN_PATH.for_delivery(42)) is None
     assert RETURN_PATH.signup_of(f"bounces+{tag}@elsewhere.example") is None
+
+
+def test_a_dry_run_says_what_a_real_run_does_with_confirmation_mail_bounces(engine, settings):
+    """The dry run asks apply's own matching: a live sign-up's bounce would be applied to that
+    sign-up, one about a link no longer live would not; the real run then does just that."""
+    live, stale = _requested(engine, TYPO), _requested(engine, "bob@example.net")
+    stale_to = RETURN_PATH.for_signup(stale.subscriber_id, stale.nonce)
+    with session_scope(engine) as session:
+        session.get(Subscriber, stale.subscriber_id).confirm_nonce = "a-newer-link-nonce"
+    settings = settings.model_copy(update={"bounce_address": BOUNCE_ADDRESS, "secret_key": SecretStr(SECRET)})
+    box = _maildir(Path.cwd(), {"1.eml": dsn(TYPO, to=RETURN_PATH.for_signup(live.subscriber_id, live.nonce)),
+                                "2.eml": dsn("bob@example.net", to=stale_to)})
+    dry = process_maildir(engine, settings, box, now=NOW, dry_run=True)
+    assert [(r["kind"], r["delivery"], r["signup"], r["ignored"]) for r in dry.readings] == [
+        ("permanent", None, live.subscriber_id, None),
+        (None, None, None, "matches no delivery or live confirmation link of ours")]
+    real = process_maildir(engine, settings, box, now=NOW)
+    assert (dict(real.applied), real.unmatched) == ({"permanent": 1}, 1)
+    assert (_row(engine, TYPO).status, _row(engine, "bob@example.net").status) == ("bounced", "pending")
+
+
+def test_a_confirmation_mail_bounce_kept_for_review_and_decided_permanent_ends_the_sign_up(engine, settings,
+                                                                                            run_cli):
+    due = _requested(engine, TYPO)
+    to = RETURN_PATH.for_signup(due.subscriber_id, due.nonce)
+    summary = _process(engine, settings, dsn(TYPO, status="5.0.0", diagnostic="smtp; 550 Could not be handled",
+                                             to=to))
+    assert dict(summary.applied) == {"review": 1} and _row(engine, TYPO).status == "pending"
+    env = {"NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_BOUNCE_ADDRESS": BOUNCE_ADDRESS}
+    [waiting] = json.loads(run_cli("bounces", "review", "--json", env=env).out)
+    assert waiting["reader"] == TYPO and waiting["edition"] is None
+    decided = run_cli("bounces", "review", "--permanent", str(waiting["id"]), env=env)
+    assert decided.code == 0 and decided.out.strip() == f"report {waiting['id']}: permanent"
+    row = _row(engine, TYPO)
+    assert (row.status, row.confirm_nonce) == ("bounced", None)
+    assert events(engine, TYPO)[-1][:2] == ("bounced", "bounce")
+    assert events(engine, TYPO)[-1][2].startswith("confirmation mail reviewed by ")

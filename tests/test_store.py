@@ -1,5 +1,6 @@
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy as sa
 
 from worker.store.db import (
@@ -110,3 +111,96 @@ def test_migration_0017_adds_the_resolution_of_unknown_rows_and_goes_back(db_url
         assert conn.execute(sa.text("SELECT state, resolution, resolved_by FROM deliveries")).one() == (
             "sent", None, None)
     engine.dispose()
+
+
+def _at(engine, revision: str) -> None:
+    from alembic import command
+
+    from worker.store.db import _alembic_config
+
+    command.downgrade(_alembic_config(engine), revision)
+
+
+_T = datetime(2025, 1, 1)
+_ADD_READER = ("INSERT INTO subscribers (email, email_key, regions, status, created_at, updated_at) "
+               "VALUES (:e, :e, 'RU', 'active', :t, :t)")
+
+
+def test_a_reader_written_outside_the_orm_gets_a_link_key_and_none_is_ever_null(engine):
+    with engine.begin() as conn:
+        conn.execute(sa.text(_ADD_READER), [{"e": "a@example.org", "t": _T}, {"e": "b@example.org", "t": _T}])
+        keys = conn.execute(sa.text("SELECT link_key FROM subscribers ORDER BY id")).scalars().all()
+    assert len(set(keys)) == 2 and all(len(k) == 32 and set(k) <= set("0123456789abcdef") for k in keys)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+        conn.execute(sa.text("UPDATE subscribers SET link_key = NULL"))
+
+
+def test_migration_0020_gives_keyless_rows_a_key_makes_it_required_and_goes_back(db_url):
+    engine = create_db_engine(db_url)
+    _at(engine, "0019")
+    with engine.begin() as conn:
+        conn.execute(sa.text(_ADD_READER), {"e": "a@example.org", "t": _T})  # no link_key: NULL before 0020
+        conn.execute(sa.text("INSERT INTO editions (key, kind, label, window_start, window_end, state, total, "
+                             "created_at) VALUES ('k', 'weekly', 'l', :t, :t, 'done', 1, :t)"), {"t": _T})
+        conn.execute(sa.text("INSERT INTO deliveries (edition_id, subscriber_id, regions, state, attempts, "
+                             "updated_at) SELECT e.id, s.id, 'RU', 'sent', 1, :t FROM editions e, subscribers s"),
+                     {"t": _T})
+        assert conn.execute(sa.text("SELECT link_key FROM subscribers")).scalar() is None
+    assert upgrade_schema(engine) == ("0019", head_revision())
+    with engine.begin() as conn:
+        assert len(conn.execute(sa.text("SELECT link_key FROM subscribers")).scalar()) == 16  # new_link_key's
+        assert conn.execute(sa.text("SELECT count(*) FROM deliveries")).scalar() == 1  # nothing cascaded away
+        column = next(c for c in sa.inspect(conn).get_columns("subscribers") if c["name"] == "link_key")
+        assert column["nullable"] is False and column["default"]
+        assert "ix_bounce_events_kind" in {i["name"] for i in sa.inspect(conn).get_indexes("bounce_events")}
+        if engine.dialect.name == "sqlite":
+            assert conn.execute(sa.text("PRAGMA integrity_check")).scalar() == "ok"
+    _at(engine, "0019")
+    with engine.begin() as conn:
+        column = next(c for c in sa.inspect(conn).get_columns("subscribers") if c["name"] == "link_key")
+        assert column["nullable"] is True and column["default"] is None
+        assert "ix_bounce_events_kind" not in {i["name"] for i in sa.inspect(conn).get_indexes("bounce_events")}
+    assert upgrade_schema(engine) == ("0019", head_revision())
+    engine.dispose()
+
+
+def test_migration_0015_keys_the_readers_a_chunk_a_statement(db_url):
+    engine = create_db_engine(db_url)
+    _at(engine, "0014")
+    with engine.begin() as conn:
+        conn.execute(sa.text(_ADD_READER), [{"e": f"r{n}@example.org", "t": _T} for n in range(2500)])
+    updates = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE SUBSCRIBERS SET") and "link_key" in statement:
+            updates.append(len(parameters) if executemany else 1)
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        upgrade_schema(engine, "0015")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT count(DISTINCT link_key) FROM subscribers")).scalar() == 2500
+    assert updates == [1000, 1000, 500]  # a statement a chunk, never one a row
+    assert upgrade_schema(engine) == ("0015", head_revision())
+    engine.dispose()
+
+
+def test_the_reports_waiting_for_review_are_counted_from_an_index(engine):
+    from worker.store.models import BounceEvent, BounceKind
+
+    count = sa.select(sa.func.count()).select_from(BounceEvent).where(BounceEvent.kind == BounceKind.REVIEW.value)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(BounceEvent), [
+            {"fingerprint": f"f{n}", "kind": "review" if n % 100 == 0 else "permanent", "source": "dsn",
+             "received_at": datetime(2025, 1, 1, tzinfo=UTC)} for n in range(3000)])
+        conn.execute(sa.text("ANALYZE"))
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # a table this small may be read whole
+        sql = str(count.compile(conn, compile_kwargs={"literal_binds": True}))
+        plan = " ".join(str(row[-1]) for row in conn.execute(sa.text("EXPLAIN QUERY PLAN " + sql))) \
+            if engine.dialect.name == "sqlite" else \
+            " ".join(row[0] for row in conn.execute(sa.text("EXPLAIN " + sql)))
+        assert conn.execute(count).scalar() == 30
+    assert "ix_bounce_events_kind" in plan, plan

@@ -164,6 +164,20 @@ def test_names_lose_invisible_format_characters_at_input(engine, tmp_path):
     assert report.added == 1 and _rows(engine)["bob@example.org"][0] == "Bob"
 
 
+def test_subdivision_flags_keep_their_tag_sequence_and_stray_tags_go():
+    from worker.ingest.subscribers import check_name
+    from worker.text import visible_text
+
+    scotland = "\U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F"
+    wales = "\U0001F3F4\U000E0067\U000E0062\U000E0077\U000E006C\U000E0073\U000E007F"
+    assert check_name(f"Anna {scotland}") == f"Anna {scotland}"
+    assert visible_text(f"{wales}\u202e{scotland}") == wales + scotland
+    # Tags anywhere else hide text (ASCII smuggled as invisible tags): they go.
+    assert visible_text("Bob\U000E0041\U000E0042\U000E007F") == "Bob"
+    assert visible_text("\U0001F3F4\U000E0067\U000E0062") == "\U0001F3F4"  # never closed: no flag
+    assert visible_text("\U0001F3F4") == "\U0001F3F4"
+
+
 def _at_0014(engine):
     from alembic import command
 

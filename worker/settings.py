@@ -158,7 +158,8 @@ class Settings(BaseModel):
     subscribe_limit_global: str = "120/minute;2000/hour"
     # Confirmation mails, on top of one an hour per address: per mailbox (the local part
     # without +tag, and without dots at gmail.com) and per domain, so address variants do
-    # not add up to a flood in one inbox (docs/readers.md).
+    # not add up to a flood in one inbox (docs/readers.md). The domain's counts mailboxes,
+    # and spares the large providers (docs/security.md).
     confirm_limit_per_mailbox: str = "3/hour;5/day"
     confirm_limit_per_domain: str = "300/hour"
     ratelimit_url: str = ""

@@ -31,10 +31,24 @@ def single_line(text: str) -> str:
 _KEPT_FORMAT = frozenset("\u200c\u200d")
 
 
+# Tag characters (U+E0020-E007F, also Cf) draw nothing alone, but after a black flag they
+# spell a subdivision flag (Scotland, Wales: Unicode's emoji tag sequences): those stay whole.
+_TAG_SEQUENCE = re.compile("\U0001F3F4[\U000E0020-\U000E007E]+\U000E007F")
+
+
 def visible_text(text: str) -> str:
-    """`text` without invisible format characters (Cf) other than the joiners."""
+    """`text` without invisible format characters (Cf) other than the joiners and the tags
+    of a flag's emoji tag sequence."""
     if text.isascii():
         return text
+    kept, at = [], 0
+    for flag in _TAG_SEQUENCE.finditer(text):
+        kept += (_without_format(text[at:flag.start()]), flag.group())
+        at = flag.end()
+    return "".join(kept) + _without_format(text[at:])
+
+
+def _without_format(text: str) -> str:
     return "".join(ch for ch in text if ch in _KEPT_FORMAT or unicodedata.category(ch) != "Cf")
 
 

@@ -23,6 +23,7 @@ matches no delivery of ours changes nothing and is not stored.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -64,49 +65,99 @@ class Applied(StrEnum):
     UNVERIFIED = "unverified"  # only an address, in mail while VERP is on: not believed
 
 
-def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: datetime) -> Applied:
+@dataclass(frozen=True)
+class Target:
+    """What a report is about, found as apply_report finds it: `applied` is APPLIED when
+    the report would be acted on, else why not."""
+    applied: Applied
+    delivery: Delivery | None = None
+    subscriber: Subscriber | None = None  # the delivery's reader, or the sign-up's
+
+    @property
+    def delivery_id(self) -> int | None:
+        return self.delivery.id if self.delivery is not None else None
+
+
+def find_target(session: Session, report: Report) -> Target:
+    """Whether a report would be applied, and to what: a sign-up's live confirmation link
+    (its own tag), else a delivery of ours (_match). The rows found are locked."""
     if report.delivery_id is None and report.signup is not None:
-        return apply_signup_report(engine, report, now=now)
+        subscriber = session.get(Subscriber, report.signup.subscriber_id, with_for_update=True)
+        if subscriber is None or not report.signup.names(subscriber.confirm_nonce):
+            # A report about a link since confirmed, replaced or cancelled is about a request that is over.
+            return Target(Applied.UNMATCHED)
+        return Target(Applied.APPLIED, subscriber=subscriber)
+    delivery = _match(session, report)
+    if delivery is None:
+        return Target(Applied.UNMATCHED)
+    if delivery is _UNVERIFIED:
+        return Target(Applied.UNVERIFIED)
+    assert isinstance(delivery, Delivery)
+    subscriber = session.get(Subscriber, delivery.subscriber_id, with_for_update=True)
+    if report.kind is BounceKind.REVIEW and _has_event(session, delivery.id, None):
+        # One report per delivery waits for a human; more (or one after a readable
+        # report) would only lengthen the list, and whoever holds a tag could post many.
+        return Target(Applied.DUPLICATE, delivery, subscriber)
+    return Target(Applied.APPLIED, delivery, subscriber)
+
+
+def would_apply(engine: Engine, report: Report) -> Target:
+    """What apply_report would do with the report, changing nothing (a dry run)."""
+    with session_scope(engine) as session:
+        target = find_target(session, report)
+        seen = session.scalar(select(BounceEvent.id).where(BounceEvent.fingerprint == report.fingerprint))
+        if target.applied is Applied.APPLIED and seen is not None:
+            target = replace(target, applied=Applied.DUPLICATE)
+        session.expunge_all()
+        return target
+
+
+def apply_report(engine: Engine, report: Report, *, transient_limit: int, now: datetime) -> Applied:
     try:
         with session_scope(engine) as session:
-            delivery = _match(session, report)
-            if delivery is None:
-                log.info("%s report (%s) matches no delivery of ours; ignored", report.kind, report.source)
-                return Applied.UNMATCHED
-            if delivery is _UNVERIFIED:
+            target = find_target(session, report)
+            if target.applied is Applied.UNMATCHED:
+                log.info("%s report (%s) matches no delivery or live confirmation link of ours; ignored",
+                         report.kind, report.source)
+            elif target.applied is Applied.UNVERIFIED:
                 log.info("%s report (%s) names an address but no tag or Message-ID of ours; not believed",
                          report.kind, report.source)
-                return Applied.UNVERIFIED
-            subscriber = session.get(Subscriber, delivery.subscriber_id, with_for_update=True)
-            first_for_delivery = not _has_event(session, delivery.id, report.kind)
-            if report.kind is BounceKind.REVIEW and _has_event(session, delivery.id, None):
-                # One report per delivery waits for a human; more (or one after a readable
-                # report) would only lengthen the list, and whoever holds a tag could post many.
-                return Applied.DUPLICATE
-            session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
-                                    delivery_id=delivery.id, edition_id=delivery.edition_id,
-                                    subscriber_id=delivery.subscriber_id, recipient=report.recipient,
-                                    code=report.code, reason=report.reason, diagnostic=report.diagnostic,
-                                    received_at=now))
-            session.flush()
-            if report.kind is BounceKind.PERMANENT:
-                _bounce(session, delivery, subscriber, report, now)
-            elif report.kind is BounceKind.TRANSIENT:
-                if first_for_delivery:
-                    _count_transient(session, delivery, subscriber, limit=transient_limit, now=now)
-            elif report.kind is BounceKind.SENDER:
-                log.warning("delivery %s refused for our side after the relay accepted it: %s (%s)", delivery.id,
-                            report.code, report.reason)
-            elif report.kind is BounceKind.REVIEW:
-                log.warning("delivery %s: a report of ours whose reason cannot be read, kept for review",
-                            delivery.id)
-            elif subscriber.status != SubscriberStatus.COMPLAINED:
-                apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.COMPLAINED,
-                             note=f"complaint ({report.source})")
+            if target.applied is not Applied.APPLIED:
+                return target.applied
+            assert target.subscriber is not None
+            if target.delivery is None:
+                _apply_signup(session, target.subscriber, report, now)
+            else:
+                _apply_delivery(session, target.delivery, target.subscriber, report, transient_limit, now)
     except IntegrityError:
         return Applied.DUPLICATE
     metrics.count_late_report(report.kind.value, report.source, report.reason)
     return Applied.APPLIED
+
+
+def _apply_delivery(session: Session, delivery: Delivery, subscriber: Subscriber, report: Report,
+                    transient_limit: int, now: datetime) -> None:
+    first_for_delivery = not _has_event(session, delivery.id, report.kind)
+    session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
+                            delivery_id=delivery.id, edition_id=delivery.edition_id,
+                            subscriber_id=delivery.subscriber_id, recipient=report.recipient,
+                            code=report.code, reason=report.reason, diagnostic=report.diagnostic,
+                            received_at=now))
+    session.flush()
+    if report.kind is BounceKind.PERMANENT:
+        _bounce(session, delivery, subscriber, report, now)
+    elif report.kind is BounceKind.TRANSIENT:
+        if first_for_delivery:
+            _count_transient(session, delivery, subscriber, limit=transient_limit, now=now)
+    elif report.kind is BounceKind.SENDER:
+        log.warning("delivery %s refused for our side after the relay accepted it: %s (%s)", delivery.id,
+                    report.code, report.reason)
+    elif report.kind is BounceKind.REVIEW:
+        log.warning("delivery %s: a report of ours whose reason cannot be read, kept for review",
+                    delivery.id)
+    elif subscriber.status != SubscriberStatus.COMPLAINED:
+        apply_change(session, subscriber, via=ChangeVia.BOUNCE, at=now, status=SubscriberStatus.COMPLAINED,
+                     note=f"complaint ({report.source})")
 
 
 class NotForReview(LookupError):
@@ -114,8 +165,9 @@ class NotForReview(LookupError):
 
 
 def decide(engine: Engine, event_id: int, *, permanent: bool, now: datetime, who: str = "operator") -> BounceEvent:
-    """The operator's decision on a report kept for review: permanent (the reader is
-    bounced, as a permanent report would) or dismissed (nothing changes)."""
+    """The operator's decision on a report kept for review: permanent (the reader, or the
+    sign-up whose confirmation mail it was, is bounced, as a permanent report would) or
+    dismissed (nothing changes)."""
     with session_scope(engine) as session:
         event = session.get(BounceEvent, event_id, with_for_update=True)
         if event is None or event.kind != BounceKind.REVIEW.value:
@@ -128,6 +180,12 @@ def decide(engine: Engine, event_id: int, *, permanent: bool, now: datetime, who
                             delivery_id=delivery.id, message_id=None, code=event.code, smtp_code=None,
                             diagnostic=event.diagnostic, fingerprint=event.fingerprint, reason=event.reason)
             _bounce(session, delivery, subscriber, report, now, note=f"reviewed by {who}: permanent")
+        elif permanent and event.subscriber_id is not None:
+            # About a sign-up's confirmation mail: the sign-up's answer to a permanent bounce.
+            subscriber = session.get(Subscriber, event.subscriber_id, with_for_update=True)
+            if subscriber is not None:
+                confirmation_returned(session, subscriber, BounceKind.PERMANENT, now=now,
+                                      note=f"confirmation mail reviewed by {who}: permanent")
         session.flush()
         session.expunge(event)
         return event
@@ -214,30 +272,16 @@ def _count_transient(session: Session, delivery: Delivery, subscriber: Subscribe
                      note=f"temporary failures in {run} editions in a row")
 
 
-def apply_signup_report(engine: Engine, report: Report, *, now: datetime) -> Applied:
+def _apply_signup(session: Session, subscriber: Subscriber, report: Report, now: datetime) -> None:
     """A report about a sign-up's confirmation mail (its own VERP tag): recorded like any
-    report, then the sign-up's answer to it (ingest/readers.py `confirmation_returned`).
-    Only while the tagged link is the live one: a report about a link since confirmed,
-    replaced or cancelled is about a request that is over."""
-    assert report.signup is not None
-    try:
-        with session_scope(engine) as session:
-            subscriber = session.get(Subscriber, report.signup.subscriber_id, with_for_update=True)
-            if subscriber is None or not report.signup.names(subscriber.confirm_nonce):
-                log.info("%s report (%s) about a confirmation link no longer live; ignored", report.kind,
-                         report.source)
-                return Applied.UNMATCHED
-            session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
-                                    subscriber_id=subscriber.id, recipient=report.recipient, code=report.code,
-                                    reason=report.reason, diagnostic=report.diagnostic, received_at=now))
-            session.flush()
-            confirmation_returned(session, subscriber, report.kind, now=now,
-                                  note=f"confirmation mail {_SAID[report.kind]} {report.code or ''} "
-                                       f"({report.source})".replace("  ", " "))
-    except IntegrityError:
-        return Applied.DUPLICATE
-    metrics.count_late_report(report.kind.value, report.source, report.reason)
-    return Applied.APPLIED
+    report, then the sign-up's answer to it (ingest/readers.py `confirmation_returned`)."""
+    session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
+                            subscriber_id=subscriber.id, recipient=report.recipient, code=report.code,
+                            reason=report.reason, diagnostic=report.diagnostic, received_at=now))
+    session.flush()
+    confirmation_returned(session, subscriber, report.kind, now=now,
+                          note=f"confirmation mail {_SAID[report.kind]} {report.code or ''} "
+                               f"({report.source})".replace("  ", " "))
 
 
 _SAID = {BounceKind.PERMANENT: "bounced", BounceKind.TRANSIENT: "failed for now",

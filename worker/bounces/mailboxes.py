@@ -25,7 +25,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 from sqlalchemy import Engine
 
-from worker.bounces.apply import Applied, apply_report
+from worker.bounces.apply import Applied, Target, apply_report, would_apply
 from worker.bounces.reports import MAX_REPORT_BYTES, Reading, Report, UnreadableReport, read_report
 from worker.bounces.verp import ReturnPath
 from worker.errors import ConfigError
@@ -99,7 +99,7 @@ class _Processor:
             self.summary.ignored[reading.ignored or "nothing to act on"] += 1
             self.summary.readings.append(_line(name, None, reading.ignored or "nothing to act on"))
         for report in reading.reports:
-            self.summary.readings.append(_line(name, report, None))
+            self.summary.readings.append(_line(name, report, None, would_apply(self.engine, report)))
 
     def _apply(self, reading: Reading) -> None:
         if not reading.reports:
@@ -117,17 +117,22 @@ class _Processor:
                 self.summary.unmatched += 1
 
 
-def _line(name: str, report: Report | None, ignored: str | None) -> dict:
-    """One report as `bounces process --dry-run --json` prints it."""
-    if report is None:
+# Why a report would not be acted on, as the dry run says it.
+_NOT_APPLIED = {Applied.UNMATCHED: "matches no delivery or live confirmation link of ours",
+                Applied.UNVERIFIED: "names no delivery of ours (no tag or Message-ID)",
+                Applied.DUPLICATE: "processed before"}
+
+
+def _line(name: str, report: Report | None, ignored: str | None, target: Target | None = None) -> dict:
+    """One report as `bounces process --dry-run --json` prints it: what apply_report would do."""
+    if report is None or target is None:
         return {"file": name, "kind": None, "reason": None, "recipient": None, "code": None, "delivery": None,
-                "ignored": ignored}
-    delivery = report.delivery_id if report.delivery_id is not None else report.message_id
-    # Without a tag or Message-ID of ours, a mailed report is not believed (docs/bounces.md).
-    ours = delivery is not None or report.address_trusted
-    return {"file": name, "kind": report.kind.value if ours else None, "reason": report.reason,
-            "recipient": report.recipient, "code": report.code, "delivery": delivery,
-            "ignored": None if ours else "names no delivery of ours (no tag or Message-ID)"}
+                "signup": None, "ignored": ignored}
+    applied = target.applied is Applied.APPLIED
+    return {"file": name, "kind": report.kind.value if applied else None, "reason": report.reason,
+            "recipient": report.recipient, "code": report.code, "delivery": target.delivery_id,
+            "signup": target.subscriber.id if target.delivery is None and target.subscriber is not None else None,
+            "ignored": None if applied else _NOT_APPLIED[target.applied]}
 
 
 def process_maildir(engine: Engine, settings: Settings, path: Path, *, now: datetime,

@@ -2,8 +2,9 @@
 notifications through SNS (docs/bounces.md has both shapes).
 
 SNS signs each message (SignatureVersion 1: RSA with SHA-1, 2: with SHA-256) with a key
-whose certificate it serves at SigningCertURL; the URL must be https on an
-`sns.<region>.amazonaws.com` host, and fetching it is the only outbound request here. It
+whose certificate it serves at SigningCertURL; the URL must be SNS's certificate name on
+the `sns.<region>.amazonaws.com` host of the topic's region, and fetching it is the only
+outbound request here. It
 is made only for a message from the configured topic and of the last hour, over the
 feeds' hardened fetch (public addresses, deadline, size cap after decoding), and its
 result, a failure too, is kept a while (CertificateCache): posting many messages costs
@@ -30,10 +31,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worker.bounces.reasons import Reason, kind_of_reason
-from worker.bounces.reports import Reading, build_report, reason_of_failure
+from worker.bounces.reasons import ENHANCED, Reason, kind_of_reason, reason_of
+from worker.bounces.reports import Reading, build_report
 from worker.bounces.verp import ReturnPath, read_tag
 from worker.ingest.decoding import ACCEPT_ENCODING, read_body
 from worker.ingest.network import GuardedTransport
@@ -60,7 +61,9 @@ MAX_MESSAGE_AGE = timedelta(hours=1)
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
 # A region's name, not any label: `sns.s3.amazonaws.com` or `sns.s3-website-us-east-1...`
 # would be an S3 bucket called "sns", whose owner could serve a certificate of their own.
-SNS_HOST = re.compile(r"sns\.[a-z]{2}(-[a-z]+)+-\d{1,2}\.amazonaws\.com(\.cn)?")
+SNS_HOST = re.compile(r"sns\.(?P<region>[a-z]{2}(-[a-z]+)+-\d{1,2})\.amazonaws\.com(\.cn)?")
+# The name SNS gives its signing certificates.
+SNS_CERTIFICATE_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]{32}\.pem")
 # The fields each message type signs, in this order (AWS: "Verifying the signatures of
 # Amazon SNS messages"); Subject only when present.
 SIGNED_FIELDS = {
@@ -92,6 +95,13 @@ class GenericEvent(BaseModel):
     # The provider's id of this event: the same id twice is the same report.
     id: str | None = Field(None, max_length=200)
 
+    @field_validator("code")
+    @classmethod
+    def _enhanced_code(cls, value: str | None) -> str | None:
+        if value and not ENHANCED.fullmatch(value):
+            raise ValueError("not an enhanced status code (class.subject.detail, such as 5.1.1)")
+        return value or None
+
 
 def read_generic(body: Any, *, return_path: ReturnPath | None, secret: str) -> list[Reading | BadEvent]:
     """One result per event posted (an object, or a list of up to MAX_EVENTS)."""
@@ -117,7 +127,7 @@ def _one_generic(item: Any, return_path: ReturnPath | None, secret: str) -> Read
         kind = BounceKind.COMPLAINT
     else:
         kind = BounceKind.PERMANENT if event.bounce_type == "permanent" else BounceKind.TRANSIENT
-        reason = reason_of_failure(event.code if event.code else None, event.diagnostic)
+        reason = reason_of(event.code, event.diagnostic)
         # The operator's relay said whether it is final; the reason may still say it is not the reader's.
         if kind_of_reason(reason, event.code) in (BounceKind.SENDER, BounceKind.TRANSIENT):
             kind = kind_of_reason(reason, event.code)
@@ -153,8 +163,9 @@ def verify_sns(message: dict, *, topic_arn: str, now: datetime, fetch_certificat
     if version not in HASHES:
         raise BadEvent("unsupported SignatureVersion")
     url = message.get("SigningCertURL")
-    if not isinstance(url, str) or not _is_sns_certificate_url(url):
-        raise BadEvent("SigningCertURL is not an https URL on an sns.<region>.amazonaws.com host")
+    if not isinstance(url, str) or not _is_sns_certificate_url(url, topic_arn):
+        raise BadEvent("SigningCertURL is not SNS's certificate on the sns.<region>.amazonaws.com host of the "
+                       "topic's region")
     signed = ""
     for name in SIGNED_FIELDS[kind]:
         value = message.get(name)
@@ -192,10 +203,20 @@ def _check_timestamp(value: object, now: datetime) -> None:
         raise BadEvent(f"Timestamp {value} is in the future")
 
 
-def _is_sns_certificate_url(url: str) -> bool:
+def _is_sns_certificate_url(url: str, topic_arn: str) -> bool:
+    """SNS's own certificate name, on the host of the topic's region: any other URL would
+    cost a fetch, and push the real certificate out of the cache."""
     parts = urlsplit(url)
-    return (parts.scheme == "https" and parts.hostname is not None and SNS_HOST.fullmatch(parts.hostname) is not None
-            and parts.port in (None, 443) and not parts.username and parts.path.endswith(".pem"))
+    host = SNS_HOST.fullmatch(parts.hostname or "")
+    return (parts.scheme == "https" and host is not None and parts.port in (None, 443) and not parts.username
+            and not parts.query and not parts.fragment and SNS_CERTIFICATE_PATH.fullmatch(parts.path) is not None
+            and host["region"] == _region_of(topic_arn))
+
+
+def _region_of(topic_arn: str) -> str | None:
+    """arn:aws:sns:<region>:<account>:<name>"""
+    fields = topic_arn.split(":")
+    return fields[3] if len(fields) == 6 else None
 
 
 def fetch_sns_certificate(url: str, *, allow_private: bool = False) -> bytes:
@@ -276,9 +297,11 @@ def read_ses(notification: Any, *, return_path: ReturnPath | None, sns_id: str,
         permanent = bounce.get("bounceType") == "Permanent"
         reports = []
         for item in _list(bounce.get("bouncedRecipients")):
-            code = item.get("status") if isinstance(item.get("status"), str) else None
+            status = _str(item.get("status"))
+            # Whatever is no enhanced status code is read as none (the words and the sub-type still say).
+            code = status.strip() if status and ENHANCED.fullmatch(status.strip()) else None
             diagnostic = _str(item.get("diagnosticCode"))
-            reason = reason_of_failure(code, diagnostic)
+            reason = reason_of(code, diagnostic)
             if reason is Reason.UNDEFINED:
                 reason = SES_SUBTYPES.get(str(bounce.get("bounceSubType")), Reason.UNDEFINED)
             # An SES "Permanent" is final; its reason may still say whose fault it was.

@@ -186,8 +186,8 @@ def by_text(text: str | None) -> Reason | None:
 
 def by_code(code: str | None) -> Reason | None:
     """The reason a status code names on its own; None for a code that names none (x.y.0,
-    other than 5.1.0, which servers use for an unknown address)."""
-    if not code:
+    other than 5.1.0, which servers use for an unknown address), or for what is no code."""
+    if not code or not ENHANCED.fullmatch(code):
         return None
     if code in CODES:
         return CODES[code]
@@ -226,7 +226,10 @@ def reason_of(code: str | None, *texts: str | None) -> Reason:
     if specific is Reason.REJECTED or words in _WEAK_WORDS and specific is not None \
             or words is Reason.USER_UNKNOWN and listed is not None:
         return specific
-    found = words or specific or next(filter(None, map(by_text, rest)), None) or coded or Reason.UNDEFINED
+    # A generic code whose words name nothing we know says no more than "refused": never the mailbox.
+    fallback = coded if not (is_generic(code) and coded is not None and KINDS[coded] is BounceKind.PERMANENT) \
+        else None
+    found = words or specific or next(filter(None, map(by_text, rest)), None) or fallback or Reason.UNDEFINED
     if found is Reason.HOST_UNKNOWN and any(_matches(Reason.NETWORK_ERROR, t) for t in texts):
         return Reason.NETWORK_ERROR  # the name servers failed to answer: no proof the domain is gone
     return found

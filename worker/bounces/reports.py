@@ -54,7 +54,6 @@ MAX_PARTS = 200
 MAX_TEXT = 16 * 1024
 MAX_SCAN = 128 * 1024
 DSN_TYPES = ("message/delivery-status", "message/xdelivery-status", "message/global-delivery-status")
-_ENHANCED = ENHANCED
 _SMTP_CODE = re.compile(r"^\s*(?:smtp\s*;\s*)?([245]\d\d)\b", re.IGNORECASE)
 
 
@@ -168,7 +167,7 @@ def build_report(kind: BounceKind, source: str, *, report_key: str, recipient: s
     and the address (or delivery) it is about."""
     recipient = _address(recipient)
     key = "\x00".join((source, report_key[:1000], kind.value, recipient or str(delivery_id)))
-    found = _ENHANCED.search(code or "")
+    found = ENHANCED.search(code or "")
     return Report(kind=kind, source=source, recipient=recipient, delivery_id=delivery_id,
                   message_id=message_id, code=".".join(found.groups()) if found else None, smtp_code=smtp_code,
                   diagnostic=_clean(diagnostic), fingerprint=hashlib.sha256(key.encode()).hexdigest(),
@@ -235,7 +234,7 @@ def _failure(ident: _Ident, source: str, recipient: str | None, code: str | None
         # SES: "5.1.0 - Unknown address error 550-'<the receiving server's words>'": theirs say why.
         code = find_code(relayed[1]) or code
         texts = (relayed[1], *texts)
-    reason = reason_of_failure(code, diagnostic if not relayed else relayed[1], *texts)
+    reason = reason_of(code, diagnostic if not relayed else relayed[1], *texts)
     match = _SMTP_CODE.match(diagnostic or "") or _SMTP_REPLY.search(diagnostic or "")
     if reason is Reason.UNDEFINED and match:
         reason = REPLY_REASONS.get(int(match[1]), reason)
@@ -272,7 +271,7 @@ def _read_other(msg: Message, ident: _Ident, data: bytes) -> Reading:
     head = msg if len(data) <= MAX_SCAN else email.message_from_bytes(data[:MAX_SCAN], policy=compat32)
     temporary, permanent = _all_failures(head)
     code = find_code(text)
-    reason = reason_of_failure(code, text)
+    reason = reason_of(code, text)
     if reason is Reason.UNDEFINED and temporary and not permanent or _DELAYED.search(text) and not permanent:
         # Outside RFC 3464, a temporary failure is a warning that delivery is still tried.
         return Reading(ignored="a delay warning: still being tried")
@@ -434,18 +433,6 @@ def _all_failures(msg: Message) -> tuple[frozenset[bytes], frozenset[bytes]]:
         if temporary or permanent:
             return frozenset(temporary), frozenset(permanent)
     return frozenset(), frozenset()
-
-
-def kind_of(code: str | None, text: str | None = None) -> BounceKind:
-    """A failure's kind by its status code and words (reasons.py); a failure whose reason
-    cannot be read is for review."""
-    reason = reason_of_failure(code, text)
-    return kind_of_reason(reason, code) or BounceKind.REVIEW
-
-
-def reason_of_failure(code: str | None, *texts: str | None) -> Reason:
-    """reasons.reason_of: the diagnostic's words, the code, the rest of the report's words."""
-    return reason_of(code, *texts)
 
 
 def _enhanced(status: str | None, diagnostic: str | None) -> str | None:

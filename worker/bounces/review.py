@@ -3,18 +3,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from worker.store.db import session_scope
 from worker.store.models import BounceEvent, BounceKind, Edition, Subscriber
 
 MAX_LISTED = 200
-
-
-def waiting_count(engine: Engine) -> int:
-    with session_scope(engine) as session:
-        return session.scalar(select(func.count()).select_from(BounceEvent)
-                              .where(BounceEvent.kind == BounceKind.REVIEW.value)) or 0
 
 
 def waiting(engine: Engine, *, limit: int = MAX_LISTED) -> list[dict]:

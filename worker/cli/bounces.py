@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from worker.cli.app import Context, cli, pass_ctx
+from worker.cli.who import who
 from worker.errors import UsageError
 
 
@@ -52,6 +53,8 @@ def process(ctx: Context, maildir: Path | None, mbox: Path | None, dry_run: bool
             # A Maildir file name is anyone's bytes: never a terminal control sequence.
             click.echo(json.dumps(line, ensure_ascii=False) if as_json else
                        "".join(c if c.isprintable() else "?" for c in text))
+        if summary.kept:
+            raise SystemExit(1)
         return
     click.echo(summary.describe())
     for reason, count in sorted(summary.ignored.items()):
@@ -100,12 +103,7 @@ def review(ctx: Context, permanent: int | None, ignore: int | None, as_json: boo
 
 
 def _who() -> str:
-    import getpass
-
-    try:
-        return f"cli ({getpass.getuser()[:40]})"
-    except (OSError, KeyError):
-        return "cli"
+    return f"cli ({who()})"
 
 
 def _register_reactivate() -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import getpass
-
 import click
 
 from worker.cli.app import Context, cli, pass_ctx
+from worker.cli.who import who as current_user
 from worker.errors import UsageError
 
 
@@ -41,7 +40,7 @@ def resolve(ctx: Context, edition: str, addresses: tuple[str, ...], as_sent: boo
     except InvalidSubscriber as exc:
         raise UsageError(str(exc)) from None
     row = require_edition(ctx.engine, edition)
-    who, now = getpass.getuser(), utcnow()
+    who, now = current_user(), utcnow()
     resolution = Resolution.SENT if as_sent else Resolution.RESEND
     result = resolve_unknown(ctx.engine, row.id, resolution=resolution, keys=keys, who=who, now=now)
     verb = "marked sent" if as_sent else "to be sent again"

@@ -9,7 +9,7 @@ import click
 from sqlalchemy import Engine
 
 from worker.delivery.plan import edition_window, recipients_now
-from worker.delivery.status import edition_status, edition_whereabouts
+from worker.delivery.status import BOUNCE_ALARM, BOUNCE_WARN, edition_status, edition_whereabouts
 from worker.settings import Settings
 from worker.store.models import Edition, EditionState
 
@@ -113,7 +113,8 @@ def late_lines(data: dict) -> list[str]:
 def _bounce_rate_lines(rate: dict | None) -> list[str]:
     if not rate or not rate["alert"]:
         return []
-    level, limit = ("ALARM", "at or over 5 %") if rate["alert"] == "alarm" else ("WARNING", "over 2 %")
+    level, limit = (("ALARM", f"at or over {BOUNCE_ALARM * 100:g} %") if rate["alert"] == "alarm"
+                    else ("WARNING", f"over {BOUNCE_WARN * 100:g} %"))
     return [f"{level}: bounce rate {rate['rate']:.2%} is {limit} ({rate['at_rcpt']} refused at RCPT, "
             f"{rate['late']} bounced late, of {rate['tried']} tried): mailbox providers read a list that "
             "bounces this much as unkept; check how the addresses were collected"]

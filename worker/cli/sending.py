@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import re
 import time
 from datetime import date, timedelta
@@ -11,6 +10,7 @@ import click
 from sqlalchemy import Engine, func, select
 
 from worker.cli.report import full_status, held_hint, nothing_sent, print_status
+from worker.cli.who import who as current_user
 from worker.delivery.guard import overlapping_editions
 from worker.delivery.pipeline import draft_renderer, run_inline, utcnow
 from worker.delivery.plan import (
@@ -192,7 +192,7 @@ def plan_or_reuse(engine: Engine, settings: Settings, *, key: str, kind: str, wi
     now = utcnow()
     if existing is not None and force:
         new_key = next_force_key(engine, key)
-        note = f"forced re-send of {key} by {getpass.getuser()} at {now.isoformat()}"
+        note = f"forced re-send of {key} by {current_user()} at {now.isoformat()}"
         planned = plan_edition(engine, key=new_key, kind=kind, window=window, now=now, note=note)
         click.echo(f"{new_key}: planned ({note}): {_planned_counts(engine, planned.edition_id)}")
         return planned.edition_id
@@ -231,7 +231,7 @@ def release_held(engine: Engine, settings: Settings, key: str, *, approve: bool)
     if edition.state != EditionState.HELD.value:
         raise UsageError(f"{edition.key} is {edition.state}, not held: nothing to "
                          f"{'approve' if approve else 'discard'}")
-    who, now = getpass.getuser(), utcnow()
+    who, now = current_user(), utcnow()
     if approve:
         done = approve_edition(engine, edition.id, now=now, who=who, local=release_local_send(edition, settings))
     else:

@@ -19,7 +19,9 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.functions import FunctionElement
 
 from worker.tokens import new_link_key
 
@@ -35,6 +37,22 @@ NAMING = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class RandomKey(FunctionElement):
+    """A random 32-hex-digit value the database makes (a column's server default)."""
+    name = "random_key"
+    inherit_cache = True
+
+
+@compiles(RandomKey, "sqlite")
+def _random_key_sqlite(element, compiler, **kw) -> str:
+    return "(lower(hex(randomblob(16))))"
+
+
+@compiles(RandomKey, "postgresql")
+def _random_key_postgresql(element, compiler, **kw) -> str:
+    return "replace(gen_random_uuid()::text, '-', '')"
 
 
 class UTCDateTime(TypeDecorator):
@@ -150,7 +168,8 @@ class Subscriber(Base):
     transient_bounces: Mapped[int] = mapped_column(default=0, server_default="0")
     # Signed into every link of theirs (worker/tokens.py) besides the id: a link opens only
     # the row it was made for, never one made after a purge (migration 0015).
-    link_key: Mapped[str | None] = mapped_column(String(32), nullable=True, default=new_link_key)
+    # A row written outside the ORM gets one from the database (migration 0020).
+    link_key: Mapped[str] = mapped_column(String(32), default=new_link_key, server_default=RandomKey())
     # The row existed before links carried a key: its old id-only unsubscribe links in mail
     # already sent keep working (RFC 8058); no row made since has any.
     legacy_links: Mapped[bool] = mapped_column(default=False, server_default=false())
@@ -194,6 +213,7 @@ class ChangeVia(StrEnum):
     UNSUBSCRIBE_PAGE = "unsubscribe-page"  # the confirm page behind the footer's Unsubscribe
     IMPORT = "import"
     CLI = "cli"
+    OPERATOR_PAGE = "operator-page"      # /operator (a reactivation)
     BOUNCE = "bounce"
 
 
@@ -358,7 +378,9 @@ class BounceEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (Index("ix_bounce_events_edition_id", "edition_id", "kind"),
-                      Index("ix_bounce_events_delivery_id", "delivery_id", "kind"))
+                      Index("ix_bounce_events_delivery_id", "delivery_id", "kind"),
+                      # /metrics and `status` count the reports waiting for review at each look.
+                      Index("ix_bounce_events_kind", "kind"))
 
 
 class Worker(Base):

@@ -138,7 +138,8 @@ def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
         email = request.form.get("email", "")[:320]
         try:
             before = reactivate(engine, email, reason=request.form.get("reason", "")[:1000], who=_who(),
-                                via=ChangeVia.CLI, now=datetime.now(UTC), force=request.form.get("force") == "1")
+                                via=ChangeVia.OPERATOR_PAGE, now=datetime.now(UTC),
+                                force=request.form.get("force") == "1")
         except CannotReactivate as exc:
             return problem(409, "Not reactivated", str(exc))
         body = render_template("problem.html", settings=settings, title="Reactivated",

@@ -1,5 +1,6 @@
 """Rate limits on POST /subscribe: per client address and for all clients together; and
-on the confirmation mails it sends: per mailbox and per domain.
+on the confirmation mails it sends: per mailbox and per domain (not for the large
+providers' domains, LARGE_PROVIDERS).
 
 Counted in Redis with `limits` (moving windows), so every web process (gunicorn
 workers, several hosts) shares one count. When Redis cannot be reached the
@@ -13,6 +14,7 @@ newsletter_confirmations_refused_total {limit}.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import threading
 import time
@@ -32,8 +34,19 @@ from redis.exceptions import RedisError
 from worker.ingest.subscribers import mailbox_of
 from worker.settings import Settings
 
+log = logging.getLogger(__name__)
+
 # Keys: LIMITS:LIMITER/newsletter-subscribe/ip/<address>/... and .../all/...
 SCOPE = "newsletter-subscribe"
+# Mailbox providers that take mail for a large share of all readers: the per-domain limit
+# is no protection for them (they take millions of mails an hour; the global sign-up limit
+# and the per-mailbox limit bound what we send them), and spending it would let a few
+# clients stop every sign-up at gmail.com for an hour. docs/security.md has the trade-off.
+LARGE_PROVIDERS = frozenset({
+    "gmail.com", "outlook.com", "hotmail.com", "live.com", "msn.com", "yahoo.com", "ymail.com", "icloud.com",
+    "me.com", "mac.com", "aol.com", "proton.me", "protonmail.com", "gmx.de", "gmx.net", "web.de", "t-online.de",
+    "mail.ru", "yandex.ru", "orange.fr", "free.fr", "qq.com", "163.com", "comcast.net",
+})
 
 
 PER_CLIENT = "NEWSLETTER_SUBSCRIBE_LIMIT_PER_IP"
@@ -88,15 +101,26 @@ class SubscribeLimiter:
         """Count one confirmation mail to this address's mailbox and domain; the limit that
         refuses it (and the refusal counted), or None to send it."""
         mailbox, domain = mailbox_of(email_key)
-        checks = [*((MailLimit.MAILBOX, item, (SCOPE, "mailbox", mailbox)) for item in self._per_mailbox),
-                  *((MailLimit.DOMAIN, item, (SCOPE, "domain", domain)) for item in self._per_domain)]
+        per_domain = () if domain in LARGE_PROVIDERS else self._per_domain
         try:
             limiter = self._strategy()
-            refused = next((which for which, item, ids in checks if not limiter.hit(item, *ids)), None)
+            refused = next((MailLimit.MAILBOX for item in self._per_mailbox
+                            if not limiter.hit(item, SCOPE, "mailbox", mailbox)), None)
+            # A domain's limit counts its mailboxes, each once a window: one reader asking
+            # again (within the mailbox's own limit) spends none of their neighbours' share.
+            window = max((item.get_expiry() for item in per_domain), default=0)
+            if refused is None and window and self._redis().set(f"{SCOPE}/seen/{domain}/{mailbox}", 1, nx=True,
+                                                                ex=window):
+                refused = next((MailLimit.DOMAIN for item in per_domain
+                                if not limiter.hit(item, SCOPE, "domain", domain)), None)
             if refused is not None:
                 self._redis().incr(f"{SCOPE}/refused/{refused}")
         except RedisError as exc:
             raise LimitsUnavailable(str(exc)) from None
+        if refused is MailLimit.DOMAIN:
+            # Not silent: a domain's sign-ups are held back, which its readers cannot see.
+            log.warning("confirmation mail to a reader at %s held back: the domain's limit "
+                        "(NEWSLETTER_CONFIRM_LIMIT_PER_DOMAIN) is spent", domain)
         return refused
 
     def refused_counts(self) -> dict[MailLimit, int]:

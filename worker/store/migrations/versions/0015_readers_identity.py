@@ -39,6 +39,7 @@ depends_on = None
 
 log = logging.getLogger("worker.store.migrations")
 TABLES = ("subscribers", "editions", "deliveries")
+CHUNK = 1000
 subscribers = sa.table("subscribers", sa.column("id", sa.Integer), sa.column("email", sa.String),
                        sa.column("email_key", sa.String), sa.column("name", sa.String),
                        sa.column("confirm_name", sa.String), sa.column("link_key", sa.String),
@@ -52,9 +53,11 @@ def upgrade() -> None:
     op.add_column("subscribers", sa.Column("link_key", sa.String(length=32), nullable=True))
     op.add_column("subscribers", sa.Column("legacy_links", sa.Boolean(), server_default=sa.false(), nullable=False))
     bind = op.get_bind()
-    for (row_id,) in bind.execute(sa.select(subscribers.c.id)).all():
-        bind.execute(subscribers.update().where(subscribers.c.id == row_id)
-                     .values(link_key=new_link_key(), legacy_links=True))
+    ids = list(bind.execute(sa.select(subscribers.c.id)).scalars())
+    update = subscribers.update().where(subscribers.c.id == sa.bindparam("row_id")) \
+        .values(link_key=sa.bindparam("key"), legacy_links=True)
+    for start in range(0, len(ids), CHUNK):  # one executemany a chunk, not a round trip a row
+        bind.execute(update, [{"row_id": i, "key": new_link_key()} for i in ids[start:start + CHUNK]])
     _rekey(bind, _new_key)
     _clean_text(bind)
     if bind.dialect.name == "sqlite":
