@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO
@@ -63,6 +64,7 @@ POOL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_the_worker_exporter_sums_its_pool_processes_even_after_they_exit():
     out = subprocess.run([sys.executable, "-c", POOL, str(_free_port())], cwd=REPO, capture_output=True, text=True,
                          timeout=60, check=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}).stdout
@@ -76,6 +78,7 @@ def test_the_worker_exporter_sums_its_pool_processes_even_after_they_exit():
     assert left.strip() == "False"  # the temporary directory went with the exporter
 
 
+@pytest.mark.slow
 def test_a_taken_port_costs_the_metrics_not_the_worker():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -94,6 +97,7 @@ def test_port_zero_is_off():
     assert metrics.serve_worker(0) is None
 
 
+@pytest.mark.slow
 def test_a_starting_worker_removes_what_killed_workers_left(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
