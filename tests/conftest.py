@@ -206,7 +206,17 @@ def smtp_settings(settings, smtp_server):
     })
 
 
-REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+def per_xdist_worker(url: str) -> str:
+    """Under `pytest -n N` each worker (gw0, gw1, ...) empties its own Redis database: the
+    named one plus the worker's number, modulo Redis's 16; without -n the URL is unchanged."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or worker == "gw0":
+        return url
+    base, db = url.rsplit("/", 1)
+    return f"{base}/{(int(db or 0) + int(worker[2:])) % 16}"
+
+
+REDIS_URL = per_xdist_worker(os.environ.get("NEWSLETTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"))
 
 
 @pytest.fixture

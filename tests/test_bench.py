@@ -20,6 +20,7 @@ def test_the_ledger_benchmark_runs_every_row_to_sent(pg_url):
     assert report["states"] == {"sent": 300} and report["rows"] == 300
 
 
+@pytest.mark.slow
 def test_the_pipeline_benchmark_parses_its_options():
     out = subprocess.run([sys.executable, "bench/run.py", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=60, check=True).stdout

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO
@@ -63,6 +64,7 @@ POOL = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_the_worker_exporter_sums_its_pool_processes_even_after_they_exit():
     out = subprocess.run([sys.executable, "-c", POOL, str(_free_port())], cwd=REPO, capture_output=True, text=True,
                          timeout=60, check=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}).stdout
@@ -104,6 +106,7 @@ def _serve(port: int) -> subprocess.CompletedProcess:
                           timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
 
 
+@pytest.mark.slow
 def test_a_second_worker_on_the_host_serves_on_the_next_port_with_a_warning():
     taken = _taken_ports(1)
     try:
@@ -117,6 +120,7 @@ def test_a_second_worker_on_the_host_serves_on_the_next_port_with_a_warning():
     assert "ERROR" not in run.stderr
 
 
+@pytest.mark.slow
 def test_a_taken_port_costs_the_metrics_not_the_worker():
     taken = _taken_ports(1 + metrics._SPARE_PORTS)
     try:
@@ -135,6 +139,7 @@ def test_port_zero_is_off():
     assert metrics.serve_worker(0) is None
 
 
+@pytest.mark.slow
 def test_a_starting_worker_removes_what_killed_workers_left(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

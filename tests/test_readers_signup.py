@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import REDIS_URL, unavailable
+from tests.conftest import REDIS_URL, per_xdist_worker, unavailable
 from worker.ingest.readers import RESEND_AFTER, expire_pending
 from worker.store.db import session_scope
 from worker.store.models import Subscriber, SubscriberEvent
 from worker.web import create_app
 
 # Rate-limit counters live apart from the broker's test database (NEWSLETTER_TEST_REDIS_URL).
-RATELIMIT_URL = os.environ.get("NEWSLETTER_TEST_RATELIMIT_URL", REDIS_URL.rsplit("/", 1)[0] + "/3")
+RATELIMIT_URL = per_xdist_worker(os.environ.get("NEWSLETTER_TEST_RATELIMIT_URL", REDIS_URL.rsplit("/", 1)[0] + "/3"))
 SITE = "https://site.example"
 PUBLIC = "https://news.example"
 
@@ -336,6 +336,7 @@ def test_an_operator_import_activates_a_pending_sign_up(readers, tmp_path):
     assert readers.events()[-1] == ("subscribed", "import", "active", "DE")
 
 
+@pytest.mark.slow
 def test_no_answer_waits_for_the_mail_server(engine, reader_settings, smtp_server):
     """Whether a mail goes out does not show in the response time: SMTP is off the request."""
     smtp_server.plan.delay = 1.0
