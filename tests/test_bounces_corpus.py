@@ -8,7 +8,7 @@ import email
 import json
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -166,6 +166,7 @@ def test_a_report_of_sixty_thousand_mime_parts_is_kept_after_a_bounded_look(monk
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(SAMPLES), st.integers(min_value=0, max_value=30_000), st.binary(max_size=200),
        st.sampled_from([b"", b"Delivered-To: " + RETURN_PATH.for_delivery(5).encode() + b"\r\n"]))
+@example(CORPUS / "lhost-bigfoot-02.eml", 1181, b"\x80", b"")  # an 8-bit byte in a DSN field: a Header
 def test_no_mail_makes_the_reader_raise(path, cut, junk, tag):
     """Any corpus mail, cut anywhere, with bytes spliced in, tagged or not: a reading or
     UnreadableReport (kept for a human), never another exception."""

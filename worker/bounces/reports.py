@@ -190,7 +190,7 @@ def _read_arf(msg: Message, feedback: Message, ident: _Ident) -> Reading:
         delivery_id = ident.tagged(quoted)
     recipient = fields.get("original-rcpt-to") or fields.get("removal-recipient")
     if not recipient and original is not None:
-        recipient = original.get("To")
+        recipient = _header(original, "To")
     return Reading([ident.report(BounceKind.COMPLAINT, "arf", recipient, diagnostic=f"feedback-type: {kind}",
                                  delivery_id=delivery_id, reason=Reason.FEEDBACK.value)])
 
@@ -203,10 +203,11 @@ def _read_dsn(statuses: list[Message], ident: _Ident, text: str) -> Reading:
         blocks = [b for b in _blocks(part) if b.get("final-recipient") or b.get("original-recipient")
                   or b.get("action")]
         for block in blocks[:MAX_VALUES]:
-            action = (block.get("action") or "").strip().lower()
+            # Through _header: a field with 8-bit bytes is an email.header.Header, not a str.
+            action = (_header(block, "action") or "").lower()
             recipient = _recipient(block)
-            diagnostic = _after_type(block.get("diagnostic-code"))
-            code = _enhanced(block.get("status"), diagnostic)
+            diagnostic = _after_type(_header(block, "diagnostic-code"))
+            code = _enhanced(_header(block, "status"), diagnostic)
             if action == "expired":
                 action = "failed"  # given up: not standard (RFC 3464 says failed), but final
             if action and action != "failed" or not action and (code or "5")[0] not in "45":
@@ -314,7 +315,7 @@ def _recipient(block: Message) -> str | None:
     """Final-Recipient, or Original-Recipient where the final one is no address
     ("LOCAL;", "system;<>", a source route)."""
     for name in ("final-recipient", "original-recipient", "x-actual-recipient"):
-        found = _address(_after_type(block.get(name)))
+        found = _address(_after_type(_header(block, name)))
         if found:
             return found
     return None

@@ -1,4 +1,4 @@
-"""reserved: what goes out (issue 20)
+"""empty: a revision reserved for parallel work that needed no schema change (kept: the chain runs through it)
 
 Revision ID: 0014
 Revises: 0013

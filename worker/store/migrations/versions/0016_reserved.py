@@ -1,4 +1,4 @@
-"""reserved: fetch and network bounds (issue 21)
+"""empty: a revision reserved for parallel work that needed no schema change (kept: the chain runs through it)
 
 Revision ID: 0016
 Revises: 0015

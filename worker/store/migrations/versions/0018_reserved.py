@@ -1,4 +1,4 @@
-"""reserved: ready for real mail (issue 22)
+"""empty: a revision reserved for parallel work that needed no schema change (kept: the chain runs through it)
 
 Revision ID: 0018
 Revises: 0017
