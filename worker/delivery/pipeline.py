@@ -113,8 +113,9 @@ class BatchReport:
     stopped: str | None = None
 
 
-# Failed transactions in a row, per edition, in this process (the error budget).
-_STREAK: Counter[int] = Counter()
+# Failed transactions in a row, per edition of a database, in this process (the error
+# budget). Keyed by the database too: edition ids are only unique within one.
+_STREAK: Counter[tuple[str, int]] = Counter()
 
 # Rendered variants per edition, per process: each region set is inlined once
 # per process and edition. A few editions at most are live at once. Keyed by the
@@ -208,12 +209,13 @@ def _stop_reason(engine: Engine, settings: Settings, edition_id: int, outcome: S
     sixteen of them must not use it up sixteen times sooner than one. A run of temporary
     failures pauses the edition until the relay answers a probe (worker/delivery/relay.py);
     anything else, until a person resumes it."""
+    key = (str(engine.url), edition_id)
     if outcome.outcome is Outcome.SENT:
-        _STREAK[edition_id] = 0
+        _STREAK[key] = 0
     elif outcome.outcome in (Outcome.TEMPORARY, Outcome.REJECTED):
-        _STREAK[edition_id] += 1
-    if _STREAK[edition_id] >= settings.error_budget * lanes:
-        failures, _STREAK[edition_id] = _STREAK[edition_id], 0
+        _STREAK[key] += 1
+    if _STREAK[key] >= settings.error_budget * lanes:
+        failures, _STREAK[key] = _STREAK[key], 0
         per_lane = f"; {settings.error_budget} per lane" if lanes > 1 else ""
         reason = f"paused: {failures} failures in a row (NEWSLETTER_ERROR_BUDGET{per_lane}), last: {outcome.summary}"
         if outcome.outcome is Outcome.TEMPORARY:
