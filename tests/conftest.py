@@ -206,6 +206,16 @@ def smtp_settings(settings, smtp_server):
     })
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `-n 2 --dist loadgroup` (the default options) the slow tests run one after another
+    on one worker while the other takes the fast ones: two real worker processes, beats and
+    fault timings on two cores at once would only slow each other past their timeouts."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("slow"))
+
+
 def per_xdist_worker(url: str) -> str:
     """Under `pytest -n N` each worker (gw0, gw1, ...) empties its own Redis database: the
     named one plus the worker's number, modulo Redis's 16; without -n the URL is unchanged."""
@@ -270,6 +280,8 @@ def start_worker(worker_env, tmp_path):
     yield start
     for worker in started:
         worker.stop()
+        # Shown by pytest only when the test failed: what the worker was doing.
+        print(f"--- last lines of worker {worker.name}'s log ---", *worker.output().splitlines()[-80:], sep="\n")
 
 
 @pytest.fixture

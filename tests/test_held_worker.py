@@ -27,6 +27,9 @@ def _titles(text: str) -> list[str]:
     return [line.split(". ", 1)[1] for line in text.splitlines() if line[:1].isdigit() and ". " in line]
 
 
+# One database: each run waits out two of beat's minute ticks; both databases' editions
+# are covered by the fast tests of approval (tests/test_held.py).
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_beat_holds_an_empty_week_and_approval_sends_the_stories_that_came_after(
         engine, smtp_server, worker_env, run_cli, tmp_path):
     # The weekly slot two minutes ago (today, in UTC): the first tick plans it, well within
