@@ -321,3 +321,46 @@ def test_the_error_budget_is_per_lane_and_a_run_of_temporary_failures_waits_for_
     assert edition.resume_at == NOW + timedelta(seconds=settings.relay_probe_seconds)
     assert {s for s, _ in ledger(engine, KEY).values()} >= {"failed"}
     assert sum(1 for s, _ in ledger(engine, KEY).values() if s == "failed") >= 3 * lanes
+
+
+def test_a_batch_is_marked_handed_out_before_the_broker_sees_it(world):
+    """A worker may take a batch the moment it is published: its rows are marked first, so
+    the mark never races the worker's lease (on PostgreSQL the lease skips rows the mark's
+    update holds, took nothing and left them marked for NEWSLETTER_REDISPATCH_SECONDS)."""
+    from worker.delivery import ledger
+    from worker.delivery.schedule import dispatch
+
+    engine, settings, _ = world
+    planned = _plan(engine, settings)
+    taken: list[int] = []
+    published: list[int] = []
+
+    def publish(edition_id, ids):
+        published.extend(ids)
+        with engine.connect() as conn:  # what a worker sees when the message arrives
+            marked = conn.execute(sa.text("SELECT count(*) FROM deliveries WHERE id IN :ids AND enqueued_at IS NOT NULL")
+                                  .bindparams(sa.bindparam("ids", expanding=True)), {"ids": list(ids)}).scalar()
+        assert marked == len(ids)
+        taken.extend(r.id for r in ledger.lease_batch(engine, edition_id=edition_id, ids=ids, worker="w:1", now=NOW,
+                                                     lease=settings.batch_lease, token="t"))
+
+    batches = dispatch(engine, settings, planned.edition_id, publish, NOW)
+    assert batches and published and sorted(taken) == sorted(published)
+
+
+def test_a_batch_the_broker_refuses_stays_ready_for_the_next_dispatch(world):
+    from worker.delivery.schedule import dispatch
+
+    engine, settings, _ = world
+    planned = _plan(engine, settings)
+
+    def down(edition_id, ids):
+        raise ConnectionRefusedError("broker down")
+
+    with pytest.raises(ConnectionRefusedError):
+        dispatch(engine, settings, planned.edition_id, down, NOW)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM deliveries WHERE enqueued_at IS NOT NULL")).scalar() == 0
+    published = []
+    assert dispatch(engine, settings, planned.edition_id, lambda e, ids: published.append(ids), NOW) == len(published) > 0
+

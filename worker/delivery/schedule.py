@@ -165,8 +165,14 @@ def dispatch(engine: Engine, settings: Settings, edition_id: int, publish: Publi
                                   redispatch_after=settings.redispatch_after,
                                   batch_size=settings.batch_size)
     for ids in batches:
-        publish(edition_id, ids)  # a broker that is down raises here: the rest stay unmarked
+        # Marked first: a worker may take the batch the moment it is published.
         ledger.mark_enqueued(engine, ids=ids, now=now)
+        try:
+            publish(edition_id, ids)
+        except BaseException:
+            # A broker that is down raises here: this batch and the rest stay ready.
+            ledger.unmark_enqueued(engine, ids=ids, now=now)
+            raise
     return len(batches)
 
 

@@ -42,12 +42,13 @@ from worker.delivery.ledger.rows import (
     lease_batch,
     mark_enqueued,
     release,
+    unmark_enqueued,
 )
 
 __all__ = [
     "LOST", "Claim", "ClaimState", "Leased", "Ledger", "PortableLedger", "PostgresLedger", "StatementGroup",
     "claimed_before", "dispatchable", "expire_sending", "has_open_rows", "lease_batch", "mark_enqueued",
-    "open_group", "open_ledger", "release",
+    "open_group", "open_ledger", "release", "unmark_enqueued",
 ]
 
 

@@ -132,8 +132,11 @@ def dispatchable(engine: Engine, *, edition_id: int, now: datetime, redispatch_a
                  batch_size: int) -> list[list[int]]:
     """Due rows no batch is working on and not handed to the broker recently, in batches.
 
-    The caller marks each batch with `mark_enqueued` once the broker took it: a batch
-    the broker refused stays ready for the next dispatch, not for `redispatch_after`.
+    The caller marks each batch with `mark_enqueued` before the broker takes it, and
+    unmarks it with `unmark_enqueued` if the broker refuses it: a refused batch stays ready
+    for the next dispatch, not for `redispatch_after`. Marking after the publish would race
+    the worker: on PostgreSQL its lease skips rows locked by the mark's update, takes nothing,
+    and the rows then wait out `redispatch_after` marked as handed out.
     """
     fresh = or_(D.c.enqueued_at.is_(None), D.c.enqueued_at < now - redispatch_after)
     with session_scope(engine) as session:
@@ -149,6 +152,15 @@ def mark_enqueued(engine: Engine, *, ids: Sequence[int], now: datetime) -> None:
     with session_scope(engine) as session:
         for start in range(0, len(ids), 1000):
             session.execute(update(D).where(D.c.id.in_(list(ids[start:start + 1000]))).values(enqueued_at=now))
+
+
+def unmark_enqueued(engine: Engine, *, ids: Sequence[int], now: datetime) -> None:
+    """The broker refused the batch marked at `now`: its rows are ready for the next
+    dispatch. Rows a worker leased or released meanwhile are left as they are."""
+    with session_scope(engine) as session:
+        for start in range(0, len(ids), 1000):
+            session.execute(update(D).where(D.c.id.in_(list(ids[start:start + 1000])), D.c.enqueued_at == now,
+                                            D.c.claimed_by.is_(None)).values(enqueued_at=None))
 
 
 def has_open_rows(engine: Engine, *, edition_id: int) -> bool:
