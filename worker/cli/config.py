@@ -64,8 +64,13 @@ def config(show_all: bool, as_json: bool) -> None:
                + (f" ({'exists' if database['exists'] else 'not created yet: run `newsletter db upgrade`'})"
                   if database["path"] else ""))
     click.echo(f"working directory: {Path.cwd()} (relative paths below are relative to it)")
+    _echo_settings(rows, show_all=show_all)
+
+
+def _echo_settings(rows: list[dict], *, show_all: bool) -> None:
+    """One line a setting, under its topic's heading; then what was left out, and where it is."""
     by_field = {row["setting"]: row for row in rows}
-    shown = {field for field in by_field if show_all or _is_shown(field, sources[field])}
+    shown = {field for field, row in by_field.items() if show_all or _is_shown(field, row["source"])}
     width = max(len(by_field[field]["env"]) for field in shown)
     for title, fields in topic_fields():
         if not shown.intersection(fields):
