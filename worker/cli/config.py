@@ -1,9 +1,14 @@
-"""`newsletter config`: the effective settings and where each came from, secrets masked."""
+"""`newsletter config`: the settings in effect and where each came from, secrets masked.
+
+By default what every operator decides, grouped by topic, and any other setting that is
+set (an opt-in feature turned on, a tuning knob changed); `--all` adds the rest.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -12,18 +17,34 @@ from pydantic import SecretStr
 from worker.cli.app import cli, warn_unknown_env
 from worker.redact import mask_url
 from worker.render.links import one_click_warning
-from worker.settings import DEFAULT_CONFIG, ENV_PREFIX, SECRETS, Settings, env_name, load_settings_with_sources
+from worker.settings import (
+    DEFAULT_CONFIG,
+    DEFAULT_SOURCE,
+    ENV_PREFIX,
+    SECRETS,
+    Kind,
+    Settings,
+    env_name,
+    kind_of,
+    load_settings_with_sources,
+    topic_fields,
+)
 from worker.store.db import describe_database, sqlite_path
 
 MASK = "********"
+_HIDDEN = {Kind.FEATURE: "opt-in features that are off", Kind.TUNING: "tuning knobs at their defaults"}
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def config(as_json: bool) -> None:
-    """Show the effective settings and where each came from (secrets masked).
+@click.option("--all", "show_all", is_flag=True,
+              help="Every setting: the opt-in features that are off and the tuning knobs too.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (every setting).")
+def config(show_all: bool, as_json: bool) -> None:
+    """Show the settings in effect and where each came from (secrets masked).
 
-    Touches no database and no broker: safe to run anywhere.
+    By default what every operator decides, and every other setting that is set (an opt-in
+    feature turned on, a tuning knob changed); --all lists the rest too. Touches no database
+    and no broker: safe to run anywhere.
     """
     settings, sources = load_settings_with_sources()
     warn_unknown_env()
@@ -43,10 +64,30 @@ def config(as_json: bool) -> None:
                + (f" ({'exists' if database['exists'] else 'not created yet: run `newsletter db upgrade`'})"
                   if database["path"] else ""))
     click.echo(f"working directory: {Path.cwd()} (relative paths below are relative to it)")
-    width = max(len(r["env"]) for r in rows)
-    for row in rows:
-        source = "env" if row["source"] == row["env"] else row["source"]
-        click.echo(f"{row['env']:<{width}}  {_text(row['value'])}  [{source}]")
+    _echo_settings(rows, show_all=show_all)
+
+
+def _echo_settings(rows: list[dict], *, show_all: bool) -> None:
+    """One line a setting, under its topic's heading; then what was left out, and where it is."""
+    by_field = {row["setting"]: row for row in rows}
+    shown = {field for field, row in by_field.items() if show_all or _is_shown(field, row["source"])}
+    width = max(len(by_field[field]["env"]) for field in shown)
+    for title, fields in topic_fields():
+        if not shown.intersection(fields):
+            continue
+        click.echo(f"\n# {title}")
+        for row in (by_field[field] for field in fields if field in shown):
+            source = "env" if row["source"] == row["env"] else row["source"]
+            click.echo(f"{row['env']:<{width}}  {_text(row['value'])}  [{source}]")
+    hidden = Counter(kind_of(field) for field in by_field if field not in shown)
+    if hidden:
+        counts = ", ".join(f"{hidden[kind]} {what}" for kind, what in _HIDDEN.items() if hidden[kind])
+        click.echo(f"\nnot shown: {counts} (docs/operations.md): `newsletter config --all` lists them")
+
+
+def _is_shown(field: str, source: str) -> bool:
+    """What every operator decides, and whatever was set: a feature turned on, a knob turned."""
+    return kind_of(field) is Kind.OPERATOR or source != DEFAULT_SOURCE
 
 
 def _config_file() -> dict:
