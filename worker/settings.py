@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 
 from worker import PROJECT_ROOT
 from worker.errors import ConfigError
+from worker.origins import origin_of
 from worker.text import contains_control
 from worker.zones import ZoneError, normalise_zone
 
@@ -416,7 +417,7 @@ class Settings(BaseModel):
     @property
     def reader_origins(self) -> frozenset[str]:
         """Origins whose pages may post the sign-up form: ours, the news site's, and the configured ones."""
-        found = {_origin_of(url) for url in (self.public_url, self.site_url) if url}
+        found = {origin_of(url) for url in (self.public_url, self.site_url) if url}
         return frozenset(found | set(self.subscribe_origins.replace(",", " ").split()))
 
     @property
@@ -447,18 +448,18 @@ class Settings(BaseModel):
         return self.list_id or f"weekly.{self.sender.domain}"
 
     def require_secret_key(self) -> str:
-        if self.secret_key is None or not self.secret_key.get_secret_value():
+        secret = self.optional_secret_key()
+        if not secret:
             raise ConfigError(
                 "setting NEWSLETTER_SECRET_KEY is required to sign unsubscribe links "
                 "and Message-IDs: set it in the environment"
             )
-        return self.secret_key.get_secret_value()
+        return secret
 
-
-def _origin_of(url: str) -> str:
-    """'https://news.example.org/world' -> 'https://news.example.org' (scheme and host as written)."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme.lower()}://{rest.split('/', 1)[0].lower()}"
+    def optional_secret_key(self) -> str:
+        """NEWSLETTER_SECRET_KEY, or "" when unset: for a page or check that says itself
+        what it cannot do without one (an empty key signs and opens nothing)."""
+        return self.secret_key.get_secret_value() if self.secret_key else ""
 
 
 @lru_cache(maxsize=16)
