@@ -57,7 +57,7 @@ def build_preview(
         )
     variant = render_variant(selection=selection, window=window,
                              edition_key=weekly_edition_key(window.label), settings=settings)
-    secret = settings.secret_key.get_secret_value() if settings.secret_key else PREVIEW_SECRET
+    secret = settings.optional_secret_key() or PREVIEW_SECRET
     composed = compose(variant, addressee, settings=settings, secret=secret)
     return Preview(window=window, selection=selection, variant=variant, composed=composed)
 

@@ -41,7 +41,7 @@ class Finding:
 
 def secret_key_problem(settings: Settings) -> str | None:
     """Why NEWSLETTER_SECRET_KEY cannot sign links that reach people, or None."""
-    key = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    key = settings.optional_secret_key()
     if not key:
         return f"not set: generate one with {GENERATE_KEY}"
     folded = key.strip().casefold()

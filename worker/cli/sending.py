@@ -7,13 +7,14 @@ import time
 from datetime import date, timedelta
 
 import click
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from worker.cli.report import full_status, held_hint, nothing_sent, print_status
 from worker.cli.who import who as current_user
 from worker.delivery.guard import overlapping_editions
 from worker.delivery.pipeline import draft_renderer, run_inline, utcnow
 from worker.delivery.plan import (
+    active_region_sets,
     find_edition,
     get_edition,
     next_force_key,
@@ -32,7 +33,7 @@ from worker.preview import resolve_week, size_line, weekly_edition_key
 from worker.render.compose import Addressee, compose
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import Edition, EditionState, Subscriber, SubscriberStatus
+from worker.store.models import Edition, EditionState
 
 FAILURE_STATES = ("failed", "bounced", "unknown")
 _FORCED = re.compile(r"(-force-\d+)+$")
@@ -60,9 +61,7 @@ def parse_region_option(text: str | None) -> tuple[str, ...] | None:
 
 def _active_sets(engine: Engine) -> list[tuple[str, int]]:
     with session_scope(engine) as session:
-        return list(session.execute(
-            select(Subscriber.regions, func.count()).where(Subscriber.status == SubscriberStatus.ACTIVE.value)
-            .group_by(Subscriber.regions).order_by(func.count().desc(), Subscriber.regions)).all())
+        return active_region_sets(session)
 
 
 def test_send(engine: Engine, settings: Settings, window: Window, key: str, addresses: list[str],

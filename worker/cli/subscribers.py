@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
 from worker.delivery.local_time import reader_zone
+from worker.delivery.plan import active_region_sets
 from worker.errors import UsageError
 from worker.regions import region_name
 from worker.store.db import session_scope
@@ -131,9 +132,7 @@ def regions_(ctx: Context, as_json: bool) -> None:
 def _active_per_region(ctx: Context) -> dict[str, int]:
     """Counted per region set in the database, then per region here: there are few sets."""
     with session_scope(ctx.engine) as session:
-        sets = session.execute(select(Subscriber.regions, func.count())
-                               .where(Subscriber.status == SubscriberStatus.ACTIVE.value)
-                               .group_by(Subscriber.regions)).all()
+        sets = active_region_sets(session)
     counts: Counter[str] = Counter()
     for regions, n in sets:
         for code in regions.split():

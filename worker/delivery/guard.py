@@ -15,10 +15,11 @@ from statistics import median
 
 from sqlalchemy import Engine, func, select
 
+from worker.delivery.plan import active_region_sets
 from worker.digest import Window, week_of, week_window
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import Edition, EditionState, Story, StoryRegion, Subscriber, SubscriberStatus
+from worker.store.models import Edition, EditionState, Story, StoryRegion
 
 # The usual count is the median of this many weeks before: one odd week (a holiday, a
 # burst of news) does not move it, and four weeks still follow a site that grows.
@@ -62,9 +63,7 @@ def check_week(engine: Engine, settings: Settings, window: Window, *, key: str |
     check = WeekCheck()
     with session_scope(engine) as session:
         check.overlaps = overlapping_editions(session, window, key=key)
-        followed = sorted({code for regions in session.scalars(
-            select(Subscriber.regions).where(Subscriber.status == SubscriberStatus.ACTIVE.value).distinct())
-            for code in regions.split()})
+        followed = sorted({code for regions, _ in active_region_sets(session) for code in regions.split()})
         if not followed:
             return check  # nobody to send to: nothing to hold
         total = _count(session, window)

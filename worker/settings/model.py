@@ -8,8 +8,9 @@ from email.headerregistry import Address
 from zoneinfo import ZoneInfo
 
 from worker.errors import ConfigError
+from worker.origins import origin_of
 from worker.settings.topics import Bounces, Delivery, Kind, Mail, Newsletter, Regions, Schedule, Store, Topic, Web
-from worker.settings.values import FQDN, origin_of, parsed_address
+from worker.settings.values import FQDN, parsed_address
 
 # The order `newsletter config` shows them in, and the order of Settings.model_fields.
 TOPICS: tuple[type[Topic], ...] = (Store, Mail, Newsletter, Regions, Schedule, Web, Bounces, Delivery)
@@ -80,12 +81,18 @@ class Settings(Delivery, Bounces, Web, Schedule, Regions, Newsletter, Mail, Stor
         return self.list_id or f"weekly.{self.sender.domain}"
 
     def require_secret_key(self) -> str:
-        if self.secret_key is None or not self.secret_key.get_secret_value():
+        secret = self.optional_secret_key()
+        if not secret:
             raise ConfigError(
                 "setting NEWSLETTER_SECRET_KEY is required to sign unsubscribe links "
                 "and Message-IDs: set it in the environment"
             )
-        return self.secret_key.get_secret_value()
+        return secret
+
+    def optional_secret_key(self) -> str:
+        """NEWSLETTER_SECRET_KEY, or "" when unset: for a page or check that says itself
+        what it cannot do without one (an empty key signs and opens nothing)."""
+        return self.secret_key.get_secret_value() if self.secret_key else ""
 
 
 def kind_of(field: str) -> Kind:

@@ -21,12 +21,6 @@ RATE = re.compile(r"\d+ *(?:/|per) *(?:\d+ *)?(?:second|minute|hour|day|month|ye
 ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?")
 
 
-def origin_of(url: str) -> str:
-    """'https://news.example.org/world' -> 'https://news.example.org' (scheme and host as written)."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme.lower()}://{rest.split('/', 1)[0].lower()}"
-
-
 @lru_cache(maxsize=16)
 def parsed_address(value: str) -> Address:
     return parse_address(value)

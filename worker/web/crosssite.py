@@ -8,7 +8,7 @@ browser says it comes from elsewhere: `Sec-Fetch-Site: cross-site` or `same-site
 `Origin` (else the Referer's origin) that is not ours. A request that says neither is
 not a browser's (curl, a relay, SNS, a mail provider's RFC 8058 one-click) and is judged
 by the route. Only the sign-up takes posts from the news site, and checks their origin
-itself (readers.py).
+itself (signup.py).
 
 Machine routes (`/events/*`, `/metrics`) are called by programs: they take the operator
 token only as `Authorization: Bearer` (a browser never adds that to a cross-site request
@@ -19,9 +19,11 @@ resends) and never a loopback address as proof.
 from __future__ import annotations
 
 import hmac
-from urllib.parse import urlsplit
+from collections.abc import Collection
 
 from flask import Request, Response
+
+from worker.origins import origin_of
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MACHINE_PREFIXES = ("/events/", "/metrics")
@@ -41,21 +43,26 @@ def browser_origin(request: Request) -> str | None:
     if origin is not None:
         return origin.strip().lower()
     referrer = request.headers.get("Referer")
-    if not referrer:
-        return None
-    try:
-        parts = urlsplit(referrer)
-    except ValueError:
-        return "null"
-    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else "null"
+    return origin_of(referrer) if referrer else None
+
+
+def served_origin(request: Request) -> str:
+    """The origin the browser asked for: this server's, as the client reached it."""
+    return f"{request.scheme}://{request.host}".lower()
+
+
+def origin_refused(request: Request, allowed: Collection[str]) -> bool:
+    """The browser says the request comes from an origin not in `allowed`. One that says
+    none is not a browser's request (curl, a relay): the route judges it."""
+    origin = browser_origin(request)
+    return origin is not None and origin not in allowed
 
 
 def from_elsewhere(request: Request, own: frozenset[str]) -> bool:
     """The browser marks the request as made by another site's page."""
     if request.headers.get("Sec-Fetch-Site", "").strip().lower() in ("cross-site", "same-site"):
         return True
-    origin = browser_origin(request)
-    return origin is not None and origin not in own | {f"{request.scheme}://{request.host}".lower()}
+    return origin_refused(request, own | {served_origin(request)})
 
 
 def is_machine_route(rule: str) -> bool:

@@ -15,24 +15,14 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from flask import Flask, Response, abort, request
-from sqlalchemy import Engine
+from flask import Blueprint, Response, abort, request
 
 from worker.bounces.apply import Applied, apply_report
-from worker.bounces.providers import (
-    BadEvent,
-    CertificateCache,
-    CertificateFetcher,
-    fetch_sns_certificate,
-    read_generic,
-    read_ses,
-    verify_sns,
-)
+from worker.bounces.providers import BadEvent, read_generic, read_ses, verify_sns
 from worker.bounces.reports import Reading
 from worker.bounces.verp import ReturnPath
-from worker.settings import Settings
 from worker.text import single_line
-from worker.web.public import public
+from worker.web.shared import public, web
 
 log = logging.getLogger(__name__)
 
@@ -41,77 +31,83 @@ MAX_GENERIC_BODY = 64 * 1024
 MAX_SNS_BODY = 256 * 1024
 
 
-def register_events(app: Flask, settings: Settings, engine: Engine, *,
-                    fetch_certificate: CertificateFetcher = fetch_sns_certificate) -> None:
-    certificates = CertificateCache(fetch_certificate)
+bp = Blueprint("events", __name__)
 
-    def return_path() -> ReturnPath | None:
-        if not settings.bounce_address:
-            return None
-        return ReturnPath.parse(settings.bounce_address, settings.require_secret_key())
 
-    def apply(readings: list[Reading | BadEvent]) -> dict:
-        counts = {"applied": 0, "duplicates": 0, "unmatched": 0, "ignored": 0, "rejected": []}
-        now = datetime.now(UTC)
-        for index, reading in enumerate(readings):
-            if isinstance(reading, BadEvent):
-                counts["rejected"].append({"index": index, "error": str(reading)})
-                continue
-            counts["ignored"] += 0 if reading.reports else 1
-            for report in reading.reports:
-                result = apply_report(engine, report, transient_limit=settings.bounce_transient_limit, now=now)
-                key = {Applied.APPLIED: "applied", Applied.DUPLICATE: "duplicates"}.get(result, "unmatched")
-                counts[key] += 1
-        return counts
+@bp.post("/events/bounces")
+def bounce_events():
+    try:
+        readings = read_generic(_body(MAX_GENERIC_BODY), return_path=_return_path(),
+                                secret=web().settings.require_secret_key())
+    except BadEvent as exc:
+        return Response(f"{exc}\n", status=400, mimetype="text/plain")
+    counts = _apply(readings)
+    return Response(json.dumps(counts) + "\n", status=400 if counts["rejected"] else 200,
+                    mimetype="application/json")
 
-    def body(limit: int, types: tuple[str, ...] = ("application/json",)):
-        request.max_content_length = limit
-        if request.mimetype not in types:
-            abort(Response(f"The body must be sent as {' or '.join(types)}.\n", status=415, mimetype="text/plain"))
-        try:
-            return json.loads(request.get_data(cache=False))
-        except (ValueError, UnicodeDecodeError):
-            abort(Response("The body is not JSON.\n", status=400, mimetype="text/plain"))
 
-    @app.post("/events/bounces")
-    def bounce_events():
-        try:
-            readings = read_generic(body(MAX_GENERIC_BODY), return_path=return_path(),
-                                    secret=settings.require_secret_key())
-        except BadEvent as exc:
-            return Response(f"{exc}\n", status=400, mimetype="text/plain")
-        counts = apply(readings)
-        return Response(json.dumps(counts) + "\n", status=400 if counts["rejected"] else 200,
-                        mimetype="application/json")
+@bp.post("/events/ses")
+@public
+def ses_events():
+    settings = web().settings
+    if not settings.ses_topic_arn:
+        abort(404)
+    # SNS posts its JSON as text/plain unless the subscription's delivery policy says
+    # otherwise: taken here only because the message's signature is checked next.
+    message = _body(MAX_SNS_BODY, ("text/plain", "application/json"))
+    if not isinstance(message, dict):
+        return Response("not an SNS message\n", status=400, mimetype="text/plain")
+    try:
+        verify_sns(message, topic_arn=settings.ses_topic_arn, now=datetime.now(UTC),
+                   fetch_certificate=web().certificates)
+    except BadEvent as exc:
+        log.warning("SES event refused: %s", exc)
+        return Response(f"{exc}\n", status=403, mimetype="text/plain")
+    except Exception as exc:  # noqa: BLE001 - the certificate could not be fetched: SNS retries
+        log.warning("SES event: certificate unavailable: %s", single_line(str(exc))[:300] or type(exc).__name__)
+        return Response("certificate unavailable, try again\n", status=503, mimetype="text/plain")
+    if message["Type"] != "Notification":
+        # Subscribing is the operator's act: the link is logged, never followed from here.
+        log.warning("SNS %s for %s: to confirm, open %s", message["Type"], message["TopicArn"],
+                    message.get("SubscribeURL"))
+        return Response(f"{message['Type']} received; the operator confirms it by its SubscribeURL "
+                        "(logged)\n", mimetype="text/plain")
+    try:
+        reading = read_ses(json.loads(message["Message"]), return_path=_return_path(),
+                           sns_id=str(message.get("MessageId", "")))
+    except (ValueError, BadEvent) as exc:
+        return Response(f"unreadable SES notification: {exc}\n"[:300], status=400, mimetype="text/plain")
+    return Response(json.dumps(_apply([reading])) + "\n", mimetype="application/json")
 
-    @app.post("/events/ses")
-    @public
-    def ses_events():
-        if not settings.ses_topic_arn:
-            abort(404)
-        # SNS posts its JSON as text/plain unless the subscription's delivery policy says
-        # otherwise: taken here only because the message's signature is checked next.
-        message = body(MAX_SNS_BODY, ("text/plain", "application/json"))
-        if not isinstance(message, dict):
-            return Response("not an SNS message\n", status=400, mimetype="text/plain")
-        try:
-            verify_sns(message, topic_arn=settings.ses_topic_arn, now=datetime.now(UTC),
-                       fetch_certificate=certificates)
-        except BadEvent as exc:
-            log.warning("SES event refused: %s", exc)
-            return Response(f"{exc}\n", status=403, mimetype="text/plain")
-        except Exception as exc:  # noqa: BLE001 - the certificate could not be fetched: SNS retries
-            log.warning("SES event: certificate unavailable: %s", single_line(str(exc))[:300] or type(exc).__name__)
-            return Response("certificate unavailable, try again\n", status=503, mimetype="text/plain")
-        if message["Type"] != "Notification":
-            # Subscribing is the operator's act: the link is logged, never followed from here.
-            log.warning("SNS %s for %s: to confirm, open %s", message["Type"], message["TopicArn"],
-                        message.get("SubscribeURL"))
-            return Response(f"{message['Type']} received; the operator confirms it by its SubscribeURL "
-                            "(logged)\n", mimetype="text/plain")
-        try:
-            reading = read_ses(json.loads(message["Message"]), return_path=return_path(),
-                               sns_id=str(message.get("MessageId", "")))
-        except (ValueError, BadEvent) as exc:
-            return Response(f"unreadable SES notification: {exc}\n"[:300], status=400, mimetype="text/plain")
-        return Response(json.dumps(apply([reading])) + "\n", mimetype="application/json")
+
+def _return_path() -> ReturnPath | None:
+    settings = web().settings
+    if not settings.bounce_address:
+        return None
+    return ReturnPath.parse(settings.bounce_address, settings.require_secret_key())
+
+
+def _apply(readings: list[Reading | BadEvent]) -> dict:
+    counts = {"applied": 0, "duplicates": 0, "unmatched": 0, "ignored": 0, "rejected": []}
+    now = datetime.now(UTC)
+    engine, limit = web().engine, web().settings.bounce_transient_limit
+    for index, reading in enumerate(readings):
+        if isinstance(reading, BadEvent):
+            counts["rejected"].append({"index": index, "error": str(reading)})
+            continue
+        counts["ignored"] += 0 if reading.reports else 1
+        for report in reading.reports:
+            result = apply_report(engine, report, transient_limit=limit, now=now)
+            key = {Applied.APPLIED: "applied", Applied.DUPLICATE: "duplicates"}.get(result, "unmatched")
+            counts[key] += 1
+    return counts
+
+
+def _body(limit: int, types: tuple[str, ...] = ("application/json",)):
+    request.max_content_length = limit
+    if request.mimetype not in types:
+        abort(Response(f"The body must be sent as {' or '.join(types)}.\n", status=415, mimetype="text/plain"))
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, UnicodeDecodeError):
+        abort(Response("The body is not JSON.\n", status=400, mimetype="text/plain"))

@@ -1,13 +1,13 @@
 """The operator's page, /operator: editions in flight and recent ones with their counts,
 held editions to approve or discard, and the sources' health.
 
-Operator-only like every route not marked public (app.py: NEWSLETTER_OPERATOR_TOKEN, or a
+Operator-only like every route not marked public (guard.py: NEWSLETTER_OPERATOR_TOKEN, or a
 loopback client while none is set). Its two POSTs change what is sent, and a browser
 sends basic auth (or reaches loopback) for any page that asks it to, so each is also
 refused unless:
 
 - the browser's Origin (or Referer) is this server's own origin, when it says one (with no
-  operator token set, app.py serves operator pages only under a loopback name, so a site
+  operator token set, guard.py serves operator pages only under a loopback name, so a site
   rebinding its own name to 127.0.0.1 is never that origin); and
 - the form carries a token this page signed (NEWSLETTER_SECRET_KEY) for that action on
   that edition, bound to the operator's credential and valid for FORM_MAX_AGE: another
@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flask import Flask, Response, redirect, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import Engine, select
 
@@ -42,6 +42,7 @@ from worker.store.db import session_scope
 from worker.store.models import ChangeVia, Edition, EditionState
 from worker.tasks import publisher
 from worker.web.crosssite import browser_origin
+from worker.web.shared import problem as problem_page
 
 log = logging.getLogger(__name__)
 OPERATOR_SALT = "newsletter.operator.v1"
@@ -67,17 +68,15 @@ class SourceRow:
     next_poll: datetime | None
 
 
-def register_operator(app: Flask, settings: Settings, engine: Engine) -> None:
-    secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
+def register_operator(app: Blueprint, settings: Settings, engine: Engine) -> None:
+    secret = settings.optional_secret_key()
     signer = URLSafeTimedSerializer(secret or "unset", salt=OPERATOR_SALT)
 
     def token(action: str, key: str) -> str:
         return signer.dumps([action, key, _credential()])
 
     def problem(status: int, title: str, message: str) -> Response:
-        body = render_template("problem.html", settings=settings, title=title, message=message,
-                               link=("/operator", "Back to the operator page"))
-        return Response(body, status=status, mimetype="text/html")
+        return problem_page(status, title, message, link=("/operator", "Back to the operator page"))
 
     def refused(action: str, key: str, nothing: str) -> Response | None:
         """The rules every form here is under (module docstring); None when it passes."""

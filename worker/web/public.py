@@ -1,7 +1,102 @@
-"""The mark of a readers' route (worker/web/app.py denies every unmarked route to readers)."""
+"""The links every email carries, and /healthz: public, cheap, and nothing renders here.
+
+- GET /unsubscribe/<token> asks; POST (RFC 8058's one-click, or the page's button) does it.
+- GET /archive/<edition>/<variant> shows a sent variant as it was sent, without a
+  reader's data or links ("view online").
+- GET /healthz answers whether the database does.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, request
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from worker.delivery.plan import find_edition
+from worker.delivery.variants import VariantStore
+from worker.digest import RegionSet
+from worker.ingest.subscribers import set_status_by_id
+from worker.render.cache import Stored
+from worker.render.public_copy import public_copy
+from worker.store.db import session_scope
+from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
+from worker.tokens import link_opens, read_unsubscribe_token
+from worker.web.crosssite import takes_other_sites
+from worker.web.shared import SANDBOX_CSP, page, problem, public, variant_codes, web
+
+bp = Blueprint("public", __name__)
 
 
-def public(view):
-    """Mark a readers' route; every route without the mark is the operator's."""
-    view.public = True
-    return view
+@bp.get("/healthz")
+@public
+def healthz():
+    try:
+        with web().engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return Response("database unavailable\n", status=503, mimetype="text/plain")
+    return Response("ok\n", mimetype="text/plain")
+
+
+@bp.get("/unsubscribe/<token>")
+@public
+def unsubscribe_confirm(token: str):
+    subscriber = _subscriber_for(token)
+    # GET never changes anything: link scanners and prefetchers follow links.
+    return page("unsubscribe.html", subscriber=subscriber, token=token, done=False)
+
+
+@bp.post("/unsubscribe/<token>")
+@public
+# RFC 8058's POST comes from the mail provider, and from some clients' own pages (a
+# webmail, an add-on): the link in the path is the only credential, so another site's
+# page can do nothing with it that its server could not.
+@takes_other_sites
+def unsubscribe(token: str):
+    subscriber = _subscriber_for(token)
+    # RFC 8058: the body is "List-Unsubscribe=One-Click"; the confirm page's form
+    # posts the same field (and says it is the page). Either way the answer is 200,
+    # never a redirect.
+    via = ChangeVia.UNSUBSCRIBE_PAGE if request.form.get("source") == "page" else ChangeVia.ONE_CLICK
+    set_status_by_id(web().engine, subscriber.id, SubscriberStatus.UNSUBSCRIBED, via=via)
+    return page("unsubscribe.html", subscriber=subscriber, token=token, done=True)
+
+
+@bp.get("/archive/<edition>/<variant>")
+@public
+def archive(edition: str, variant: str):
+    # Only what was sent, as it was sent: rendering here would let anyone make the
+    # server render any week and region set, and later story edits would show.
+    codes = variant_codes(variant)
+    engine = web().engine
+    row = find_edition(engine, edition)
+    # Only the spelling the emails carry ('RU-UA'): one URL per page, for caches too.
+    if row is None or variant != RegionSet(codes).key:
+        abort(404)
+    stored = VariantStore(engine, edition_id=row.id, edition_key=row.key).get(codes)
+    if isinstance(stored, Stored):  # missing, still rendering, or rendered empty
+        abort(404)
+    response = _anonymous_page(stored)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+def _anonymous_page(rendered) -> Response:
+    # No personal data and no reader's links: a sign-up link for these regions instead.
+    settings = web().settings
+    signup = f"{settings.public_url}/subscribe?regions={','.join(rendered.regions)}"
+    return Response(public_copy(rendered, signup_url=signup, newsletter_name=settings.newsletter_name),
+                    mimetype="text/html", headers={"Content-Security-Policy": SANDBOX_CSP})
+
+
+def _subscriber_for(token: str) -> Subscriber:
+    secret = web().secret
+    link = read_unsubscribe_token(secret, token) if secret else None
+    if link is None:
+        abort(400, "This unsubscribe link is not valid.")
+    with session_scope(web().engine) as session:
+        subscriber = session.get(Subscriber, link.subscriber_id)
+    # Purged since, or a row the link was not made for: nothing of theirs left to change.
+    if subscriber is None or not link_opens(link, key=subscriber.link_key, legacy=subscriber.legacy_links):
+        abort(problem(410, "This link is no longer valid", "We hold nothing for this link any more."))
+    return subscriber

@@ -1,0 +1,99 @@
+"""What every blueprint of the web app shares: the app's context, the mark of a readers'
+route, and the pages that explain a refusal (problem.html).
+
+Views are module-level functions (one blueprint per side: public.py, signup.py,
+manage.py, events.py, console.py); what differs from one app to the next (settings,
+engine, the sign-up's mailer and limiter) is built once by create_app (app.py) into a
+`WebContext` and read through `web()`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Response, abort, current_app, render_template
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+
+from worker.bounces.providers import CertificateCache
+from worker.digest import RegionSet
+from worker.settings import Settings
+from worker.web.mailer import ConfirmationMailer
+from worker.web.ratelimit import SubscribeLimiter
+
+EXTENSION = "newsletter"
+# A sent digest is shown with no permissions at all: no scripts, no same-origin access,
+# no forms, even if something slipped past sanitising.
+SANDBOX_CSP = "sandbox; default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'"
+
+
+@dataclass
+class Every:
+    """A chore run at most once per `seconds` in this process."""
+
+    seconds: float
+    due: float = 0.0
+
+    def claim(self) -> bool:
+        now = time.monotonic()
+        if now < self.due:
+            return False
+        self.due = now + self.seconds
+        return True
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """One app's collaborators, built once by create_app and read by views through web()."""
+
+    settings: Settings
+    engine: Engine
+    mailer: ConfirmationMailer
+    limiter: SubscribeLimiter
+    certificates: CertificateCache
+    # The regions sign-up and manage offer now (offered.py).
+    offered: Callable[[], frozenset[str]]
+    # What /metrics shows: the ledger's rows and the confirmations the limits held back.
+    metrics: CollectorRegistry
+    # Deleting expired sign-ups, done by the sign-up endpoint (signup.py).
+    housekeeping: Every
+    # NEWSLETTER_SECRET_KEY, or "": the pages that need it say so.
+    secret: str
+    # NEWSLETTER_OPERATOR_TOKEN, or b"" (guard.py: then loopback only).
+    operator_token: bytes
+    # NEWSLETTER_PUBLIC_URL's origin: where our own forms are.
+    own_origin: str
+
+
+def web() -> WebContext:
+    return current_app.extensions[EXTENSION]
+
+
+def public(view):
+    """Mark a readers' route; every route without the mark is the operator's (guard.py)."""
+    view.public = True
+    return view
+
+
+def page(template: str, status: int = 200, **context) -> tuple[str, int]:
+    return render_template(template, settings=web().settings, **context), status
+
+
+def problem(status: int, title: str, message: str, *, link: tuple[str, str] | None = None,
+            headers: dict | None = None) -> Response:
+    """A page saying what went wrong and, with `link`, where to go from here."""
+    body = render_template("problem.html", settings=web().settings, title=title, message=message, link=link)
+    return Response(body, status=status, mimetype="text/html", headers=headers or {})
+
+
+def variant_codes(variant: str) -> tuple[str, ...]:
+    """The region codes of a variant key ('RU-UA'); 404 when it names none."""
+    try:
+        codes = RegionSet.from_key(variant).codes
+    except ValueError:
+        abort(404)
+    if not codes:
+        abort(404)
+    return codes
