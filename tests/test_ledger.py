@@ -11,7 +11,7 @@ from worker.delivery import ledger
 from worker.delivery.outcome import Outcome, SendResult
 from worker.delivery.plan import plan_edition
 from worker.digest import week_window
-from worker.ingest.subscribers import set_status
+from worker.readers.subscribers import set_status
 from worker.store.models import SubscriberStatus
 
 KEY = "weekly-2025-W05"

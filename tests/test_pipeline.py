@@ -12,7 +12,7 @@ from worker.delivery.plan import get_edition, plan_edition
 from worker.delivery.smtp import SmtpSender
 from worker.delivery.status import edition_status
 from worker.digest import week_window
-from worker.ingest.subscribers import set_status
+from worker.readers.subscribers import set_status
 from worker.store.db import session_scope
 from worker.store.models import Subscriber, SubscriberStatus
 

@@ -100,8 +100,8 @@ def test_export_holds_everything_and_purge_leaves_nothing(loaded, engine, settin
 
 
 def test_list_pending_and_expire(loaded, engine, settings):
-    from worker.ingest.readers import request_subscription
-    from worker.ingest.subscribers import make_input
+    from worker.readers.signup import request_subscription
+    from worker.readers.subscribers import make_input
     from worker.store.models import ChangeVia
 
     request_subscription(engine, make_input("new@example.org", None, "RU"), via=ChangeVia.FORM,

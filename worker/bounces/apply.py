@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 
 from worker import metrics
 from worker.bounces.reports import Report
-from worker.ingest.history import apply_change
-from worker.ingest.readers import confirmation_returned
-from worker.ingest.subscribers import InvalidSubscriber, check_address
+from worker.readers.history import apply_change
+from worker.readers.signup import confirmation_returned
+from worker.readers.subscribers import InvalidSubscriber, check_address
 from worker.store.db import session_scope
 from worker.store.models import (
     BounceEvent,
@@ -274,7 +274,7 @@ def _count_transient(session: Session, delivery: Delivery, subscriber: Subscribe
 
 def _apply_signup(session: Session, subscriber: Subscriber, report: Report, now: datetime) -> None:
     """A report about a sign-up's confirmation mail (its own VERP tag): recorded like any
-    report, then the sign-up's answer to it (ingest/readers.py `confirmation_returned`)."""
+    report, then the sign-up's answer to it (readers/signup.py `confirmation_returned`)."""
     session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
                             subscriber_id=subscriber.id, recipient=report.recipient, code=report.code,
                             reason=report.reason, diagnostic=report.diagnostic, received_at=now))

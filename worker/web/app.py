@@ -27,9 +27,9 @@ from worker.delivery.variants import VariantStore
 from worker.digest import RegionSet, select_sections
 from worker.digest.queries import fetch_window_stories
 from worker.errors import ConfigError, NewsletterError
-from worker.ingest.subscribers import set_status_by_id
 from worker.metrics import LedgerCollector
 from worker.preview import build_preview, resolve_week
+from worker.readers.subscribers import set_status_by_id
 from worker.render.cache import Stored
 from worker.render.public_copy import public_copy
 from worker.settings import Settings, load_settings

@@ -28,20 +28,17 @@ from functools import lru_cache
 from flask import Flask, Response, jsonify, redirect, render_template, request
 from sqlalchemy import Engine
 
-from worker.delivery.local_time import reader_zone
-from worker.ingest.history import KEEP
-from worker.ingest.readers import (
+from worker.readers.history import KEEP
+from worker.readers.manage import LeaveOutcome, change_subscription, leave
+from worker.readers.signup import (
     ConfirmOutcome,
-    LeaveOutcome,
-    change_subscription,
     check_confirmation,
     confirm_subscription,
     expire_pending,
-    leave,
     release_confirmation,
     request_subscription,
 )
-from worker.ingest.subscribers import (
+from worker.readers.subscribers import (
     MAX_NAME,
     InvalidSubscriber,
     SubscriberInput,
@@ -50,6 +47,7 @@ from worker.ingest.subscribers import (
     check_regions,
     check_timezone,
 )
+from worker.readers.zones import reader_zone
 from worker.regions import RegionError, normalise_region, region_name
 from worker.settings import Settings
 from worker.store.db import session_scope
