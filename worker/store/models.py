@@ -214,7 +214,8 @@ class ChangeVia(StrEnum):
     IMPORT = "import"
     CLI = "cli"
     OPERATOR_PAGE = "operator-page"      # /operator (a reactivation)
-    BOUNCE = "bounce"
+    BOUNCE = "bounce"                    # a report after the relay accepted the message (worker/bounces)
+    REFUSED_AT_SEND = "refused-at-send"  # the relay's permanent 5xx while sending (the ledger)
 
 
 class SubscriberEvent(Base):
