@@ -239,8 +239,8 @@ def _bounce(session: Session, delivery: Delivery, subscriber: Subscriber, report
         delivery.state = DeliveryState.BOUNCED.value
         delivery.last_code = report.smtp_code
         delivery.last_reply = f"late bounce ({report.source}): {report.diagnostic or report.code or 'no reason given'}"
-        # The same instant as the subscriber's event: `subscribers show` then tells them
-        # apart from a bounce at RCPT, which has no event of its own (ingest/history.py).
+        # The same instant as the subscriber's event, as the ledger does for a refusal at
+        # send: `subscribers show` lines the row up with the history.
         delivery.updated_at = now
     if subscriber.status == SubscriberStatus.ACTIVE:
         subscriber.transient_bounces = 0

@@ -69,11 +69,11 @@ def change_status(db: Session | Connection, subscriber_ids: Iterable[int], statu
     ids = sorted(set(subscriber_ids))
     if status == was or not ids:
         return []
-    changed = db.execute(
+    changed = sorted(db.execute(
         update(Subscriber).where(Subscriber.id.in_(ids), Subscriber.status == was.value)
         .values(status=status.value, status_changed_at=at)
         .returning(Subscriber.id, Subscriber.regions)
-    ).all()
+    ).all())  # RETURNING's order is the database's: the events go in by id
     if changed:
         kind = status_event(was, status, via)
         db.execute(insert(SubscriberEvent.__table__), [
@@ -125,7 +125,7 @@ def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None 
         if row is None:
             return None
         events = session.scalars(select(SubscriberEvent).where(SubscriberEvent.subscriber_id == row.id)
-                                 .order_by(SubscriberEvent.id)).all()
+                                 .order_by(SubscriberEvent.at, SubscriberEvent.id)).all()
         query = (select(Delivery, Edition.key, Edition.created_at).join(Edition, Edition.id == Delivery.edition_id)
                  .where(Delivery.subscriber_id == row.id).order_by(Delivery.id.desc()))
         ledger = session.execute(query.limit(deliveries) if deliveries else query).all()
