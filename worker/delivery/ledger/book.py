@@ -236,6 +236,8 @@ class PortableLedger:
             elif item.result.outcome is Outcome.PERMANENT:
                 refused[subscriber_id] = item
         if refused:
+            # One instant for all: a refusal is written as soon as it is recorded, so a
+            # flush seldom holds two, and then they are moments apart.
             change_status(self.conn, refused.keys(), SubscriberStatus.BOUNCED, was=SubscriberStatus.ACTIVE,
                           via=ChangeVia.REFUSED_AT_SEND, at=max(item.now for item in refused.values()),
                           note={subscriber_id: refusal_note(item.result) for subscriber_id, item in refused.items()})
