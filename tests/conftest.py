@@ -179,7 +179,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 def sample_engine(engine):
     """The test database with the bundled sample stories and subscribers."""
     from worker.ingest import import_sources
-    from worker.ingest.subscribers import import_csv
+    from worker.readers.subscribers import import_csv
 
     report = import_sources(engine, [str(EXAMPLES / "stories.json")])
     assert not report.rejected

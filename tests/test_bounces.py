@@ -28,9 +28,9 @@ from worker.bounces.apply import Applied, apply_report
 from worker.bounces.mailboxes import process_maildir, process_mbox
 from worker.bounces.reports import MAX_REPORT_BYTES, UnreadableReport, read_report
 from worker.bounces.verp import ReturnPath, make_tag, read_tag
-from worker.ingest.history import subscriber_record
-from worker.ingest.readers import request_subscription
-from worker.ingest.subscribers import import_csv, make_input
+from worker.readers.history import subscriber_record
+from worker.readers.signup import request_subscription
+from worker.readers.subscribers import import_csv, make_input
 from worker.store.models import BounceKind, ChangeVia
 
 A, B = "alice@example.net", "bob@example.net"

@@ -11,7 +11,7 @@ from worker.delivery import ledger
 from worker.delivery.outcome import Outcome, SendResult
 from worker.delivery.plan import plan_edition
 from worker.digest import week_window
-from worker.ingest.subscribers import set_status
+from worker.readers.subscribers import set_status
 from worker.store.models import SubscriberStatus
 
 KEY = "weekly-2025-W05"
@@ -135,6 +135,50 @@ def test_every_outcome_sets_its_state(leased, book_path):
                       ("bounced", 550, False), ("failed", None, False), ("failed", 452, False)]
     assert got[rows[2].id].message_id == "<m@news.example>"  # unknown keeps the id to look it up
     assert all(got[r.id].claimed_by is None and got[r.id].lease_until is None for r in rows[:6])
+
+
+def _history(engine, email):
+    import sqlalchemy as sa
+
+    from worker.store.db import session_scope
+    from worker.store.models import Subscriber, SubscriberEvent
+
+    with session_scope(engine) as session:
+        return [tuple(row) for row in session.execute(
+            sa.select(SubscriberEvent.kind, SubscriberEvent.via, SubscriberEvent.status, SubscriberEvent.regions,
+                      SubscriberEvent.note, SubscriberEvent.at)
+            .join(Subscriber, Subscriber.id == SubscriberEvent.subscriber_id).where(Subscriber.email == email)
+            .order_by(SubscriberEvent.id))]
+
+
+@every_path
+def test_a_refusal_at_send_bounces_the_reader_with_a_history_row_and_only_an_active_one(leased, book_path):
+    """The row bounced and the reader bounced with their event, at the result's instant:
+    the codes, not the reply (it quotes the address). A reader who left between the claim
+    and the refusal keeps their status and gets no event."""
+    from worker.store.db import session_scope
+    from worker.store.models import Subscriber
+
+    engine, rows = leased
+    refused = SendResult(Outcome.PERMANENT, 550, "5.1.1 <reader0@example.org>: no such user")
+    active, leaving = rows[0], rows[1]
+    book = _book(engine, book_path)
+    book.claim([active.id, leaving.id], now=NOW, lease=LEASE)
+    set_status(engine, leaving.email, SubscriberStatus.UNSUBSCRIBED)
+    before = {email: _history(engine, email) for email in (active.email, leaving.email)}
+    at = NOW + timedelta(seconds=1)
+    book.record(leaving.id, result=refused, message_id=None, attempts=1, now=at)
+    book.record(active.id, result=refused, message_id=None, attempts=1, now=at)
+    book.close()
+    got = _rows(engine)
+    assert (got[active.id].state, got[leaving.id].state) == ("bounced", "bounced")
+    with session_scope(engine) as session:
+        reader = session.get(Subscriber, active.subscriber_id)
+        assert (reader.status, reader.status_changed_at) == ("bounced", at)
+        assert session.get(Subscriber, leaving.subscriber_id).status == "unsubscribed"
+    assert _history(engine, active.email) == [*before[active.email], (
+        "bounced", "refused-at-send", "bounced", " ".join(active.regions), "refused at send 550 5.1.1", at)]
+    assert _history(engine, leaving.email) == before[leaving.email]
 
 
 @every_path

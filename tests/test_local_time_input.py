@@ -6,7 +6,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from worker.ingest.subscribers import import_csv
+from worker.readers.subscribers import import_csv
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import Subscriber
@@ -112,7 +112,7 @@ def test_a_zone_change_is_kept_in_the_readers_history(engine, run_cli, tmp_path)
     changes nothing records nothing."""
     from datetime import UTC, datetime
 
-    from worker.ingest.readers import change_subscription
+    from worker.readers.manage import change_subscription
     from worker.store.models import ChangeVia
 
     def history():

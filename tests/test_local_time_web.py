@@ -7,7 +7,7 @@ import pytest
 from markupsafe import escape
 
 from tests.test_readers_signup import Readers, confirm, csrf_of, for_readers
-from worker.ingest.subscribers import add_subscriber, make_input
+from worker.readers.subscribers import add_subscriber, make_input
 from worker.tokens import manage_token
 
 UNKNOWN = "Unknown time zone {!r} (an IANA name such as Europe/Berlin)."

@@ -12,9 +12,9 @@ from worker.delivery.plan import get_edition, plan_edition
 from worker.delivery.smtp import SmtpSender
 from worker.delivery.status import edition_status
 from worker.digest import week_window
-from worker.ingest.subscribers import set_status
+from worker.readers.subscribers import set_status
 from worker.store.db import session_scope
-from worker.store.models import Subscriber, SubscriberStatus
+from worker.store.models import Subscriber, SubscriberEvent, SubscriberStatus
 
 KEY = "weekly-2025-W05"
 NOW = datetime(2025, 2, 3, 7, 0, tzinfo=UTC)
@@ -115,6 +115,9 @@ def test_a_mailbox_refusal_bounces_and_suppresses_the_subscriber(world, smtp_ser
     assert ledger(engine, KEY)[victim] == ("bounced", None)
     with session_scope(engine) as session:
         assert session.scalar(sa.select(Subscriber.status).where(Subscriber.email == victim)) == "bounced"
+        history = session.execute(sa.select(SubscriberEvent.kind, SubscriberEvent.via, SubscriberEvent.note)
+                                  .join(Subscriber).where(Subscriber.email == victim)).all()
+    assert history == [("bounced", "refused-at-send", "refused at send 550 5.1.1")]
     assert len(smtp_server.received) == 20
 
 

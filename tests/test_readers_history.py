@@ -62,14 +62,18 @@ def test_show_answers_why_someone_did_or_did_not_get_an_edition(loaded, engine, 
     assert as_json["deliveries"][0]["edition"] == "weekly-2025-W05" and as_json["deliveries"][0]["state"] == "sent"
 
 
-def test_a_bounce_shows_in_the_history_with_the_reply(loaded, engine, settings):
+def test_a_refusal_at_send_shows_in_the_history_with_its_codes_and_the_reply_in_the_ledger(loaded, engine,
+                                                                                           settings):
     refusing = MemorySender(failures={ANNA: SendResult(Outcome.PERMANENT, 550, "5.1.1 no such user")})
     _send_week(engine, settings, "2025-W05", refusing)
     record = json.loads(loaded("subscribers", "show", ANNA, "--json").out)
     assert record["status"] == "bounced"
-    assert record["history"][-1]["kind"] == "bounced" and record["history"][-1]["via"] == "bounce"
-    assert "550 5.1.1 no such user" in record["history"][-1]["note"]
-    assert "weekly-2025-W05" in record["history"][-1]["note"]
+    bounced = record["history"][-1]
+    assert (bounced["kind"], bounced["via"], bounced["status"], bounced["note"]) == (
+        "bounced", "refused-at-send", "bounced", "refused at send 550 5.1.1")
+    row = record["deliveries"][0]
+    assert (row["edition"], row["state"], row["last_reply"]) == ("weekly-2025-W05", "bounced", "550 5.1.1 no such user")
+    assert bounced["at"] == row["updated_at"] == record["status_changed_at"]
 
 
 def test_show_and_export_of_an_unknown_or_malformed_address(loaded):
@@ -100,8 +104,8 @@ def test_export_holds_everything_and_purge_leaves_nothing(loaded, engine, settin
 
 
 def test_list_pending_and_expire(loaded, engine, settings):
-    from worker.ingest.readers import request_subscription
-    from worker.ingest.subscribers import make_input
+    from worker.readers.signup import request_subscription
+    from worker.readers.subscribers import make_input
     from worker.store.models import ChangeVia
 
     request_subscription(engine, make_input("new@example.org", None, "RU"), via=ChangeVia.FORM,

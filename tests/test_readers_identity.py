@@ -18,8 +18,8 @@ from pydantic import SecretStr
 from tests.test_readers_signup import PUBLIC, Readers, confirm, confirm_path, for_readers
 from worker.digest import week_window
 from worker.ingest import import_sources
-from worker.ingest.subscribers import add_subscriber, check_address, make_input, purge_subscriber
 from worker.preview import build_preview
+from worker.readers.subscribers import add_subscriber, check_address, make_input, purge_subscriber
 from worker.render.links import links
 from worker.settings import Settings
 from worker.store.db import session_scope

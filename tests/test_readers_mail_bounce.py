@@ -18,8 +18,8 @@ from tests.test_dkim_signing import _signed_headers, _with_field, key  # noqa: F
 from tests.test_readers_signup import Readers, confirm_path, for_readers
 from worker.bounces.mailboxes import process_maildir
 from worker.bounces.verp import ReturnPath, make_signup_tag, read_signup_tag, read_tag
-from worker.ingest.readers import request_subscription
-from worker.ingest.subscribers import SubscriberInput, check_address
+from worker.readers.signup import request_subscription
+from worker.readers.subscribers import SubscriberInput, check_address
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, Subscriber
 

@@ -19,7 +19,7 @@ from worker.delivery.pipeline import run_inline
 from worker.delivery.plan import plan_edition
 from worker.delivery.senders import make_sender
 from worker.digest import week_window
-from worker.ingest.subscribers import purge_subscriber
+from worker.readers.subscribers import purge_subscriber
 from worker.store.db import session_scope
 from worker.store.models import Delivery
 from worker.tokens import form_token, manage_token, unsubscribe_token

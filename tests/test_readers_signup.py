@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import REDIS_URL, per_xdist_worker, unavailable
-from worker.ingest.readers import RESEND_AFTER, expire_pending
+from worker.readers.signup import RESEND_AFTER, expire_pending
 from worker.store.db import session_scope
 from worker.store.models import Subscriber, SubscriberEvent
 from worker.web import create_app
@@ -132,7 +132,7 @@ def test_a_sign_up_is_pending_until_the_mailed_link_is_confirmed(readers):
 
 
 def test_the_answer_is_the_same_for_new_pending_active_and_unsubscribed_addresses(readers, sample_engine):
-    from worker.ingest.subscribers import SubscriberStatus, set_status
+    from worker.readers.subscribers import SubscriberStatus, set_status
 
     set_status(sample_engine, "oleksandr.koval@example.com", SubscriberStatus.UNSUBSCRIBED)
     readers.subscribe("pending@example.org")
@@ -152,7 +152,7 @@ def test_the_answer_is_the_same_for_new_pending_active_and_unsubscribed_addresse
 
 
 def test_an_unsubscribed_address_is_reactivated_only_by_confirming(readers, sample_engine):
-    from worker.ingest.subscribers import SubscriberStatus, set_status
+    from worker.readers.subscribers import SubscriberStatus, set_status
 
     set_status(sample_engine, "anna.petrova@example.org", SubscriberStatus.BOUNCED)
     readers.subscribe("anna.petrova@example.org", regions="DE")
@@ -323,7 +323,7 @@ def test_pending_sign_ups_are_never_planned_and_expire(readers, sample_engine, r
 
 
 def test_an_operator_import_activates_a_pending_sign_up(readers, tmp_path):
-    from worker.ingest.subscribers import import_csv
+    from worker.readers.subscribers import import_csv
 
     readers.subscribe(name="Anna")
     [mail] = readers.mails()

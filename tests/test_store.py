@@ -204,3 +204,36 @@ def test_the_reports_waiting_for_review_are_counted_from_an_index(engine):
             " ".join(row[0] for row in conn.execute(sa.text("EXPLAIN " + sql)))
         assert conn.execute(count).scalar() == 30
     assert "ix_bounce_events_kind" in plan, plan
+
+
+def test_migration_0021_gives_each_refusal_at_send_its_history_once_and_nothing_else(db_url):
+    engine = create_db_engine(db_url)
+    _at(engine, "0020")
+    refused, late, recorded = (datetime(2025, 1, 6 + 7 * n, 7) for n in range(3))
+    with engine.begin() as conn:
+        conn.execute(sa.text(_ADD_READER), {"e": "a@example.org", "t": _T})
+        conn.execute(sa.text("UPDATE subscribers SET status = 'bounced'"))
+        conn.execute(sa.text("INSERT INTO editions (key, kind, label, window_start, window_end, state, total, "
+                             "created_at) VALUES (:k, 'weekly', 'l', :t, :t, 'done', 1, :t)"),
+                     [{"k": f"weekly-{n}", "t": _T} for n in range(3)])
+        conn.execute(sa.text("INSERT INTO deliveries (edition_id, subscriber_id, regions, state, attempts, last_code, "
+                             "last_reply, updated_at) SELECT e.id, s.id, 'RU UA', 'bounced', 1, :code, :reply, :t "
+                             "FROM editions e, subscribers s WHERE e.key = :k"), [
+            {"k": "weekly-0", "code": 550, "reply": "550 5.1.1 <a@example.org>: no such user", "t": refused},
+            {"k": "weekly-1", "code": None, "reply": "late bounce (dsn): 5.1.1 <a@example.org>", "t": late},
+            {"k": "weekly-2", "code": 550, "reply": "550 5.1.1 gone", "t": recorded}])
+        # A bounce whose event is already there (a late report's, at the row's instant).
+        conn.execute(sa.text("INSERT INTO subscriber_events (subscriber_id, at, kind, via, status, regions, note) "
+                             "SELECT id, :t, 'bounced', 'bounce', 'bounced', 'RU', 'late bounce 5.1.1' "
+                             "FROM subscribers"), {"t": recorded})
+    history = sa.text("SELECT at, kind, via, regions, note FROM subscriber_events ORDER BY at, id")
+    for _ in range(2):  # and once more after going back: the events stay, none is added twice
+        assert upgrade_schema(engine)[1] == head_revision()
+        with engine.begin() as conn:
+            rows = [tuple(row) for row in conn.execute(history)]
+        assert [row[1:] for row in rows] == [
+            ("bounced", "refused-at-send", "RU UA", "refused at send 550"),
+            ("bounced", "bounce", "RU", "late bounce 5.1.1")]
+        assert rows[0][0] in (refused, str(refused))  # SQLite hands raw text back
+        _at(engine, "0020")
+    engine.dispose()

@@ -2,7 +2,7 @@
 
 import sqlalchemy as sa
 
-from worker.ingest.subscribers import import_csv
+from worker.readers.subscribers import import_csv
 from worker.store.db import session_scope
 from worker.store.models import Subscriber
 
@@ -111,7 +111,7 @@ def test_add_remove_list(run_cli):
 
 
 def test_address_keys_keep_different_mailboxes_apart():
-    from worker.ingest.subscribers import check_address
+    from worker.readers.subscribers import check_address
 
     def key(address):
         return check_address(address)[1]
@@ -128,7 +128,7 @@ def test_address_keys_keep_different_mailboxes_apart():
 
 
 def test_an_operators_add_of_the_real_address_never_updates_a_lookalike(engine, tmp_path):
-    from worker.ingest.subscribers import add_subscriber, make_input
+    from worker.readers.subscribers import add_subscriber, make_input
 
     assert add_subscriber(engine, make_input("user@straße.de", "Mallory", "RU")) == "added"
     assert add_subscriber(engine, make_input("user@strasse.de", "User", "UA")) == "added"
@@ -153,7 +153,7 @@ def test_encoded_word_addresses_are_refused_by_import_and_add(engine, tmp_path, 
 
 
 def test_names_lose_invisible_format_characters_at_input(engine, tmp_path):
-    from worker.ingest.subscribers import check_name
+    from worker.readers.subscribers import check_name
 
     assert check_name("Bob\u202etxt.exe") == "Bobtxt.exe"
     assert check_name("\ufeff\u200bAnna\u2066\u2069 \u200eK\u200f") == "Anna K"
@@ -165,7 +165,7 @@ def test_names_lose_invisible_format_characters_at_input(engine, tmp_path):
 
 
 def test_subdivision_flags_keep_their_tag_sequence_and_stray_tags_go():
-    from worker.ingest.subscribers import check_name
+    from worker.readers.subscribers import check_name
     from worker.text import visible_text
 
     scotland = "\U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F"

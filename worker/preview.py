@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 from worker.digest import Selection, Window, previous_week, select_sections, week_window, weekly_edition_key
 from worker.digest.queries import fetch_window_stories
 from worker.errors import NothingToSend, UsageError
-from worker.ingest.subscribers import InvalidSubscriber, check_address
+from worker.readers.subscribers import InvalidSubscriber, check_address
 from worker.render.compose import Addressee, Composed, compose
 from worker.render.digest import GMAIL_CLIP_BYTES, RenderedVariant, render_variant
 from worker.settings import Settings

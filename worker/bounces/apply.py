@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 
 from worker import metrics
 from worker.bounces.reports import Report
-from worker.ingest.history import apply_change
-from worker.ingest.readers import confirmation_returned
-from worker.ingest.subscribers import InvalidSubscriber, check_address
+from worker.readers.history import apply_change
+from worker.readers.signup import confirmation_returned
+from worker.readers.subscribers import InvalidSubscriber, check_address
 from worker.store.db import session_scope
 from worker.store.models import (
     BounceEvent,
@@ -239,8 +239,8 @@ def _bounce(session: Session, delivery: Delivery, subscriber: Subscriber, report
         delivery.state = DeliveryState.BOUNCED.value
         delivery.last_code = report.smtp_code
         delivery.last_reply = f"late bounce ({report.source}): {report.diagnostic or report.code or 'no reason given'}"
-        # The same instant as the subscriber's event: `subscribers show` then tells them
-        # apart from a bounce at RCPT, which has no event of its own (ingest/history.py).
+        # The same instant as the subscriber's event, as the ledger does for a refusal at
+        # send: `subscribers show` lines the row up with the history.
         delivery.updated_at = now
     if subscriber.status == SubscriberStatus.ACTIVE:
         subscriber.transient_bounces = 0
@@ -274,7 +274,7 @@ def _count_transient(session: Session, delivery: Delivery, subscriber: Subscribe
 
 def _apply_signup(session: Session, subscriber: Subscriber, report: Report, now: datetime) -> None:
     """A report about a sign-up's confirmation mail (its own VERP tag): recorded like any
-    report, then the sign-up's answer to it (ingest/readers.py `confirmation_returned`)."""
+    report, then the sign-up's answer to it (readers/signup.py `confirmation_returned`)."""
     session.add(BounceEvent(fingerprint=report.fingerprint, kind=report.kind.value, source=report.source,
                             subscriber_id=subscriber.id, recipient=report.recipient, code=report.code,
                             reason=report.reason, diagnostic=report.diagnostic, received_at=now))

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, select
 
-from worker.ingest.history import apply_change
-from worker.ingest.subscribers import InvalidSubscriber, check_address
+from worker.readers.history import apply_change
+from worker.readers.subscribers import InvalidSubscriber, check_address
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
 from worker.text import contains_control

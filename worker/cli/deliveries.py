@@ -29,7 +29,7 @@ def resolve(ctx: Context, edition: str, addresses: tuple[str, ...], as_sent: boo
     from worker.delivery.pipeline import utcnow
     from worker.delivery.plan import finish_if_done, require_edition
     from worker.delivery.resolve import Resolution, resolve_unknown
-    from worker.ingest.subscribers import InvalidSubscriber, check_address
+    from worker.readers.subscribers import InvalidSubscriber, check_address
 
     if as_sent == resend:
         raise UsageError("give --sent (they arrived) or --resend (send them again)")

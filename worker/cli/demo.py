@@ -43,7 +43,7 @@ def demo(ctx: Context) -> None:
     from sqlalchemy import make_url
 
     from worker.ingest import import_sources
-    from worker.ingest.subscribers import import_csv
+    from worker.readers.subscribers import import_csv
     from worker.store.db import upgrade_schema
 
     settings = ctx.settings

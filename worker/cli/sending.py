@@ -66,7 +66,7 @@ def _active_sets(engine: Engine) -> list[tuple[str, int]]:
 
 def test_send(engine: Engine, settings: Settings, window: Window, key: str, addresses: list[str],
               regions: tuple[str, ...] | None) -> int:
-    from worker.ingest.subscribers import InvalidSubscriber, check_address
+    from worker.readers.subscribers import InvalidSubscriber, check_address
 
     secret = settings.require_secret_key()
     if regions is None:

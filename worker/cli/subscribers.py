@@ -10,9 +10,9 @@ import click
 from sqlalchemy import func, select
 
 from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
-from worker.delivery.local_time import reader_zone
 from worker.delivery.plan import active_region_sets
 from worker.errors import UsageError
+from worker.readers.zones import reader_zone
 from worker.regions import region_name
 from worker.store.db import session_scope
 from worker.store.models import Subscriber, SubscriberStatus
@@ -28,7 +28,7 @@ def subscribers() -> None:
 @pass_ctx
 def import_(ctx: Context, file: Path) -> None:
     """Import a CSV with header email,name,regions and optionally timezone."""
-    from worker.ingest.subscribers import import_csv
+    from worker.readers.subscribers import import_csv
 
     require_readable(file)
     report = import_csv(ctx.engine, file)
@@ -52,8 +52,8 @@ def import_(ctx: Context, file: Path) -> None:
 @pass_ctx
 def add(ctx: Context, email: str, regions: str, name: str | None, resubscribe: bool, timezone: str | None) -> None:
     """Add or update one subscriber."""
-    from worker.ingest.history import KEEP
-    from worker.ingest.subscribers import InvalidSubscriber, add_subscriber, make_input
+    from worker.readers.history import KEEP
+    from worker.readers.subscribers import InvalidSubscriber, add_subscriber, make_input
 
     try:
         item = make_input(email, name, regions, KEEP if timezone is None else timezone)
@@ -70,7 +70,7 @@ def add(ctx: Context, email: str, regions: str, name: str | None, resubscribe: b
 @pass_ctx
 def remove(ctx: Context, email: str, purge: bool) -> None:
     """Unsubscribe an address (kept as a suppression), or --purge it entirely."""
-    from worker.ingest.subscribers import InvalidSubscriber, purge_subscriber, set_status
+    from worker.readers.subscribers import InvalidSubscriber, purge_subscriber, set_status
 
     try:
         if purge:
@@ -208,15 +208,15 @@ def expire(ctx: Context) -> None:
     """Delete sign-ups nobody confirmed within NEWSLETTER_PENDING_EXPIRY_DAYS (the web app also does it)."""
     from datetime import UTC, datetime, timedelta
 
-    from worker.ingest.readers import expire_pending
+    from worker.readers.signup import expire_pending
 
     count = expire_pending(ctx.engine, now=datetime.now(UTC), after=timedelta(days=ctx.settings.pending_expiry_days))
     click.echo(f"{count} unconfirmed sign-ups older than {ctx.settings.pending_expiry_days} days deleted")
 
 
 def _record(ctx: Context, email: str, *, deliveries: int | None) -> dict:
-    from worker.ingest.history import subscriber_record
-    from worker.ingest.subscribers import InvalidSubscriber, check_address
+    from worker.readers.history import subscriber_record
+    from worker.readers.subscribers import InvalidSubscriber, check_address
 
     try:
         _, key = check_address(email)

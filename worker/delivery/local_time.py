@@ -6,7 +6,8 @@ due at NEWSLETTER_SEND_TIME on the send day's date in that zone, whatever its of
 day. A wall time the zone skips (02:30 on a spring-forward night) is read with the offset
 from before the change, so it lands as far past the gap as it was into it (03:30 new
 time); a wall time that happens twice (autumn) is its first occurrence. That is Python's
-`fold=0` (PEP 495), written here so the rule has one home.
+`fold=0` (PEP 495), written here so the rule has one home; worker/readers/zones.py
+applies the same choice of zone to one reader on screen.
 
 Planning stays one INSERT ... SELECT: the zones in use are read with two DISTINCT
 queries, grouped by the instant their morning comes, and each row's `due_at` is a CASE
@@ -117,15 +118,3 @@ def due_times(session: Session, send: LocalSend) -> DueTimes:
             groups.setdefault(instant, ([], []))[1].append(region)
     return DueTimes(default, groups)
 
-
-def reader_zone(stored: str | None, regions: list[str], *, region_zones: Mapping[str, str],
-                default: str) -> tuple[str, str]:
-    """-> (the zone a reader's edition is timed by, where it comes from): 'own', 'region'
-    or 'default'. The same rule as the planning CASE, for one reader on screen."""
-    if stored:
-        try:
-            return normalise_zone(stored), "own"
-        except ZoneError:
-            pass
-    zone = region_zone(regions[0], region_zones) if regions else None
-    return (zone, "region") if zone else (default, "default")

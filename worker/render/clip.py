@@ -28,7 +28,7 @@ GMAIL_CLIP_BYTES = 102 * 1024
 # What the HTML part as sent may reach: six percent under the clip.
 SEND_LIMIT_BYTES = 96 * 1024
 # The most bytes one character takes in the part (four of UTF-8, each "=XX") and the
-# longest name and address an import accepts (worker/ingest/subscribers.py, RFC 5321).
+# longest name and address an import accepts (worker/readers/subscribers.py, RFC 5321).
 _WIDEST = "\U0001F642"
 _LONGEST_NAME = 200
 _LONGEST_EMAIL = 254

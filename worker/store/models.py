@@ -141,7 +141,7 @@ class Subscriber(Base):
     # The address as email-validator normalised it (domain lower-cased, IDN in Unicode).
     email: Mapped[str] = mapped_column(String(320))
     # The de-duplication key: NFC local part, ASCII letters lower-cased, @ the domain's
-    # lower-case IDNA 2008 A-label (worker.ingest.subscribers.address_key).
+    # lower-case IDNA 2008 A-label (worker.readers.subscribers.address_key).
     email_key: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # Ordered region codes, space separated ("RU UA"). One text value per
@@ -152,7 +152,7 @@ class Subscriber(Base):
     status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
-    # The one live confirmation link (worker/ingest/readers.py): its nonce, when it was
+    # The one live confirmation link (worker/readers/signup.py): its nonce, when it was
     # mailed (at most one mail an hour), and what confirming it applies. What was asked
     # is kept here, not in the link: a link carries no personal data, and a later
     # request cannot change what an earlier mail said it would confirm.
@@ -214,7 +214,8 @@ class ChangeVia(StrEnum):
     IMPORT = "import"
     CLI = "cli"
     OPERATOR_PAGE = "operator-page"      # /operator (a reactivation)
-    BOUNCE = "bounce"
+    BOUNCE = "bounce"                    # a report after the relay accepted the message (worker/bounces)
+    REFUSED_AT_SEND = "refused-at-send"  # the relay's permanent 5xx while sending (the ledger)
 
 
 class SubscriberEvent(Base):

@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from worker.bounces.verp import ReturnPath
 from worker.delivery.outcome import Outcome, Outgoing, Sender
 from worker.delivery.senders import make_sender
-from worker.ingest.readers import ConfirmationDue, release_confirmation
+from worker.readers.signup import ConfirmationDue, release_confirmation
 from worker.render.confirmation import build_confirmation
 from worker.settings import Settings
 from worker.tokens import confirm_token, message_id

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, redirect, request
 
-from worker.delivery.local_time import reader_zone
-from worker.ingest.history import KEEP
-from worker.ingest.readers import LeaveOutcome, change_subscription, leave, request_subscription
-from worker.ingest.subscribers import (
+from worker.readers.history import KEEP
+from worker.readers.manage import LeaveOutcome, change_subscription, leave
+from worker.readers.signup import request_subscription
+from worker.readers.subscribers import (
     MAX_NAME,
     InvalidSubscriber,
     SubscriberInput,
@@ -19,6 +19,7 @@ from worker.ingest.subscribers import (
     check_regions,
     check_timezone,
 )
+from worker.readers.zones import reader_zone
 from worker.regions import RegionError, normalise_region
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker.delivery.plan import find_edition
 from worker.delivery.variants import VariantStore
 from worker.digest import RegionSet
-from worker.ingest.subscribers import set_status_by_id
+from worker.readers.subscribers import set_status_by_id
 from worker.render.cache import Stored
 from worker.render.public_copy import public_copy
 from worker.store.db import session_scope

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from worker.ingest.subscribers import mailbox_of
+from worker.readers.subscribers import mailbox_of
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from functools import lru_cache
 
 from flask import Blueprint, Response, jsonify, request
 
-from worker.ingest.history import KEEP
-from worker.ingest.readers import (
+from worker.origins import origin_of
+from worker.readers.history import KEEP
+from worker.readers.signup import (
     ConfirmOutcome,
     check_confirmation,
     confirm_subscription,
@@ -19,7 +20,7 @@ from worker.ingest.readers import (
     release_confirmation,
     request_subscription,
 )
-from worker.ingest.subscribers import (
+from worker.readers.subscribers import (
     InvalidSubscriber,
     SubscriberInput,
     check_address,
@@ -27,7 +28,6 @@ from worker.ingest.subscribers import (
     check_regions,
     check_timezone,
 )
-from worker.origins import origin_of
 from worker.store.models import ChangeVia
 from worker.tokens import TokenProblem, form_token, manage_token, read_confirm_token
 from worker.web.crosssite import origin_refused, takes_other_sites

@@ -13,8 +13,9 @@ from typing import Protocol
 from sqlalchemy import Connection, Engine, bindparam, case, update
 
 from worker.delivery.ledger.rows import PENDING, SENDING, D, due, edition_sending
-from worker.delivery.outcome import Outcome, SendResult, backoff
-from worker.store.models import DeliveryState, Subscriber, SubscriberStatus
+from worker.delivery.outcome import Outcome, SendResult, backoff, enhanced_code
+from worker.readers.history import change_status
+from worker.store.models import ChangeVia, DeliveryState, Subscriber, SubscriberStatus
 
 ACTIVE, SKIPPED = SubscriberStatus.ACTIVE.value, DeliveryState.SKIPPED.value
 
@@ -132,6 +133,14 @@ class Pending:
         return self.result.outcome in (Outcome.PERMANENT, Outcome.SENDER)
 
 
+def refusal_note(result: SendResult) -> str:
+    """What a reader's history keeps of a refusal at send: its codes, not its words (a
+    reply often quotes the address; the ledger row keeps it, and a purge deletes both)."""
+    enhanced = enhanced_code(result.reply)
+    codes = [str(result.code) if result.code else "", ".".join(map(str, enhanced)) if enhanced else ""]
+    return " ".join(["refused at send", *filter(None, codes)])
+
+
 class PortableLedger:
     """Claims and results in ordinary transactions, on any database SQLAlchemy speaks.
 
@@ -216,8 +225,22 @@ class PortableLedger:
     def _write_pending(self) -> tuple[int, list[int]]:
         """Write the waiting results inside the caller's transaction: (how many, the late ones).
         They stay waiting until that transaction commits (`_written`): a result the relay
-        took is never dropped with a statement that failed."""
-        late = [item.delivery_id for item in self.pending if not self._write(self.conn, item)]
+        took is never dropped with a statement that failed. The readers a relay refused for
+        good are marked bounced, with their history, in two statements for all of them."""
+        late: list[int] = []
+        refused: dict[int, Pending] = {}
+        for item in self.pending:
+            subscriber_id = self._write(self.conn, item)
+            if subscriber_id is None:
+                late.append(item.delivery_id)
+            elif item.result.outcome is Outcome.PERMANENT:
+                refused[subscriber_id] = item
+        if refused:
+            # One instant for all: a refusal is written as soon as it is recorded, so a
+            # flush seldom holds two, and then they are moments apart.
+            change_status(self.conn, refused.keys(), SubscriberStatus.BOUNCED, was=SubscriberStatus.ACTIVE,
+                          via=ChangeVia.REFUSED_AT_SEND, at=max(item.now for item in refused.values()),
+                          note={subscriber_id: refusal_note(item.result) for subscriber_id, item in refused.items()})
         return len(self.pending), late
 
     def _written(self, written: tuple[int, list[int]]) -> None:
@@ -225,21 +248,12 @@ class PortableLedger:
         del self.pending[:count]
         self.late.extend(late)
 
-    def _write(self, conn: Connection, item: Pending) -> bool:
-        """One result, inside the caller's transaction. False if the row was no longer
-        ours: the reconciler had already called it `unknown`."""
+    def _write(self, conn: Connection, item: Pending) -> int | None:
+        """One result, inside the caller's transaction: its row's subscriber, or None if
+        the row was no longer ours (the reconciler had already called it `unknown`)."""
         # enqueued_at is cleared: no queued batch holds this row any more, so a
         # retry is handed out as soon as it is due.
         params = {"did": item.delivery_id, "worker": self.worker, "now": item.now,
                   **record_values(item.result, message_id=item.message_id, attempts=item.attempts,
                                   max_attempts=self.max_attempts, retry_base=self.retry_base, now=item.now)}
-        done = conn.execute(_record_stmt(item.result.outcome is Outcome.SENDER), params).first()
-        if done is None:
-            return False
-        if item.result.outcome is Outcome.PERMANENT:
-            conn.execute(
-                update(Subscriber).where(Subscriber.id == done.subscriber_id,
-                                         Subscriber.status == SubscriberStatus.ACTIVE.value)
-                .values(status=SubscriberStatus.BOUNCED.value, status_changed_at=item.now)
-            )
-        return True
+        return conn.execute(_record_stmt(item.result.outcome is Outcome.SENDER), params).scalar()

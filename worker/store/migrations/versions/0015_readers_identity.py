@@ -28,7 +28,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from alembic import context, op
 
-from worker.ingest.subscribers import InvalidSubscriber, check_address
+from worker.readers.subscribers import InvalidSubscriber, check_address
 from worker.text import visible_line, visible_text
 from worker.tokens import new_link_key
 

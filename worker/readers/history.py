@@ -1,17 +1,21 @@
 """Every change to a subscriber, with when and how: made in one place, read in one place.
 
-`apply_change` is the only way a subscriber's status, regions or name change here
-(import, CLI, the readers' pages), and it records what it changed in the same
-transaction. `subscriber_record` reads a subscriber back with their history and their
-rows in the ledger: what `newsletter subscribers show` and `export` print.
+`change_status` is the one way a reader's status changes, wherever the change comes from
+(import, CLI, the readers' pages, the operator, a late bounce or complaint, the relay's
+refusal at send): it writes each reader's event in the same transaction, so the
+history cannot miss a change. `apply_change` is how a loaded subscriber's status (through
+`change_status`), regions, name or zone change, recording what it changed.
+`subscriber_record` reads a subscriber back with their history and their rows in the
+ledger: what `newsletter subscribers show` and `export` print.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from worker.store.db import session_scope
@@ -19,7 +23,6 @@ from worker.store.models import (
     BounceEvent,
     ChangeVia,
     Delivery,
-    DeliveryState,
     Edition,
     EventKind,
     Subscriber,
@@ -51,7 +54,33 @@ def record(session: Session, row: Subscriber, kind: EventKind, via: ChangeVia, *
            note: str | None = None) -> None:
     """One event, with the status and regions the subscriber has now (flushed rows only)."""
     session.add(SubscriberEvent(subscriber_id=row.id, at=at, kind=kind.value, via=via.value, status=row.status,
-                                regions=row.regions, note=note[:MAX_NOTE] if note else None))
+                                regions=row.regions, note=_clip(note)))
+
+
+def change_status(db: Session | Connection, subscriber_ids: Iterable[int], status: SubscriberStatus, *,
+                  was: SubscriberStatus, via: ChangeVia, at: datetime,
+                  note: str | Mapping[int, str] | None = None) -> list[int]:
+    """Those of the readers whose status is `was` get `status`, each with its event, in the
+    caller's transaction; the ids that changed (a reader whose status is no longer `was`
+    is left as it is). A note is one for all, or one per id.
+
+    Two statements however many readers: an UPDATE ... RETURNING and one INSERT of the
+    events. The ledger passes a batch's refusals at send here, on its hot path."""
+    ids = sorted(set(subscriber_ids))
+    if status == was or not ids:
+        return []
+    changed = sorted(db.execute(
+        update(Subscriber).where(Subscriber.id.in_(ids), Subscriber.status == was.value)
+        .values(status=status.value, status_changed_at=at)
+        .returning(Subscriber.id, Subscriber.regions)
+    ).all())  # RETURNING's order is the database's: the events go in by id
+    if changed:
+        kind = status_event(was, status, via)
+        db.execute(insert(SubscriberEvent.__table__), [
+            {"subscriber_id": subscriber_id, "at": at, "kind": kind.value, "via": via.value, "status": status.value,
+             "regions": regions, "note": _clip(note.get(subscriber_id) if isinstance(note, Mapping) else note)}
+            for subscriber_id, regions in changed])
+    return [subscriber_id for subscriber_id, _ in changed]
 
 
 def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datetime,
@@ -62,28 +91,30 @@ def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datet
     new regions, else a regions change; then a name change (without the name) and a zone
     change (the zone is on the row), except the name and zone a sign-up brings when it is
     confirmed."""
-    kinds: list[EventKind] = []
-    was_pending = row.status == SubscriberStatus.PENDING
+    was = SubscriberStatus(row.status)
     regions_changed = regions is not None and " ".join(regions) != row.regions
     if regions_changed:
         row.regions = " ".join(regions)
-    if status is not None and status != row.status:
-        kinds.append(status_event(row.status, status, via))
-        row.status = status.value
-        row.status_changed_at = at
-    elif regions_changed:
-        kinds.append(EventKind.REGIONS_CHANGED)
+    # Recorded here; a status change's event is written by change_status, before these.
+    recorded: list[EventKind] = []
     if name is not KEEP and name != row.name:
         row.name = name
-        if not was_pending:  # a sign-up's name arrives with its confirmation
-            kinds.append(EventKind.NAME_CHANGED)
+        if was is not SubscriberStatus.PENDING:  # a sign-up's name arrives with its confirmation
+            recorded.append(EventKind.NAME_CHANGED)
     if timezone is not KEEP and timezone != row.timezone:
         row.timezone = timezone
-        if not was_pending:
-            kinds.append(EventKind.ZONE_CHANGED)
-    for kind in kinds:
+        if was is not SubscriberStatus.PENDING:
+            recorded.append(EventKind.ZONE_CHANGED)
+    # Its UPDATE flushes the new regions first, so the status event shows them.
+    if status is not None and change_status(session, [row.id], status, was=was, via=via, at=at, note=note):
+        kinds = [status_event(was, status, via)]
+    else:
+        kinds = []
+        if regions_changed:
+            recorded.insert(0, EventKind.REGIONS_CHANGED)
+    for kind in recorded:
         record(session, row, kind, via, at=at, note=note)
-    return kinds
+    return kinds + recorded
 
 
 def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None = None) -> dict | None:
@@ -94,7 +125,7 @@ def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None 
         if row is None:
             return None
         events = session.scalars(select(SubscriberEvent).where(SubscriberEvent.subscriber_id == row.id)
-                                 .order_by(SubscriberEvent.id)).all()
+                                 .order_by(SubscriberEvent.at, SubscriberEvent.id)).all()
         query = (select(Delivery, Edition.key, Edition.created_at).join(Edition, Edition.id == Delivery.edition_id)
                  .where(Delivery.subscriber_id == row.id).order_by(Delivery.id.desc()))
         ledger = session.execute(query.limit(deliveries) if deliveries else query).all()
@@ -117,7 +148,7 @@ def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None 
             "name": row.confirm_name,
             "live": row.confirm_nonce is not None,
         },
-        "history": _with_bounces(history, rows),
+        "history": history,
         "deliveries": rows,
         # Bounces and complaints heard after the relay accepted a message, with their reason.
         "late_reports": [{"at": _when(e.received_at), "edition": key, "kind": e.kind, "reason": e.reason,
@@ -137,15 +168,8 @@ def _delivery(row: Delivery, edition_key: str, planned: datetime) -> dict:
             "last_reply": row.last_reply, "updated_at": _when(row.updated_at)}
 
 
-def _with_bounces(history: list[dict], rows: list[dict]) -> list[dict]:
-    """The ledger marks a subscriber bounced without an event of its own: the bounced
-    rows stand in for it, so the history says when and why."""
-    seen = {e["at"] for e in history if e["kind"] == EventKind.BOUNCED}
-    extra = [{"at": r["updated_at"], "kind": EventKind.BOUNCED.value, "via": ChangeVia.BOUNCE.value,
-              "status": SubscriberStatus.BOUNCED.value, "regions": r["regions"],
-              "note": f"{r['edition']}: {r['last_reply'] or 'refused'}"}
-             for r in rows if r["state"] == DeliveryState.BOUNCED and r["updated_at"] not in seen]
-    return sorted(history + extra, key=lambda e: e["at"] or "")
+def _clip(note: str | None) -> str | None:
+    return note[:MAX_NOTE] if note else None
 
 
 def _when(moment: datetime | None) -> str | None:

@@ -15,8 +15,8 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Engine, select
 
 from worker.errors import UsageError
-from worker.ingest.history import KEEP, apply_change
-from worker.ingest.history import record as record_event
+from worker.readers.history import KEEP, apply_change
+from worker.readers.history import record as record_event
 from worker.regions import RegionError, parse_regions
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
