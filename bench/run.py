@@ -521,14 +521,13 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
                  groups: int = 1, concurrency: int = 2, profile: Path | None = None) -> dict:
     """Deliver one edition through `groups` celery workers of `concurrency` processes each
     (with `profile`, sampled by py-spy into that directory)."""
-    from worker.celery_app import create_app
-    from worker.delivery.pipeline import utcnow
+    from worker.celery_app import create_app, publisher
+    from worker.clock import utcnow
     from worker.delivery.plan import find_edition, plan_edition
     from worker.delivery.schedule import dispatch
     from worker.digest import week_window
     from worker.settings import load_settings
     from worker.store.db import create_db_engine
-    from worker.tasks import publisher
 
     flush_broker()
     sink = Sink(delay_ms)
@@ -637,7 +636,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
 
 
 def run_naive(url: str, count: int) -> float:
-    from worker.delivery.pipeline import utcnow
+    from worker.clock import utcnow
     from worker.delivery.plan import find_edition, plan_edition
     from worker.digest import week_window
     from worker.settings import load_settings

@@ -71,7 +71,7 @@ def test_every_subscriber_with_stories_gets_exactly_one_message_with_their_secti
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     status = edition_status(engine, get_edition(engine, planned.edition_id))
     assert status["state"] == "done"
-    assert status["counts"]["sent"] == len(smtp_server.received) == 21
+    assert status.counts["sent"] == len(smtp_server.received) == 21
     assert status["smtp_codes"] == {"sent 250": 21}
 
 
@@ -159,7 +159,7 @@ def test_connection_dropped_after_the_final_dot_is_unknown_and_not_resent(world,
     assert ledger(engine, KEY)[victim] == ("unknown", None)
     assert len(smtp_server.dropped) == 1 and smtp_server.count_for(victim) == 0
     status = edition_status(engine, get_edition(engine, planned.edition_id))
-    assert status["counts"]["unknown"] == 1
+    assert status.counts["unknown"] == 1
     assert status["unknown"][0]["email"] == victim
     assert status["unknown"][0]["reason"].startswith("no reply after end of data")
     assert status["state"] == "done"

@@ -128,26 +128,24 @@ def _send_demo_week(ctx: Context) -> int:
 
 def _say_already_sent(ctx: Context, settings, key: str) -> None:
     """A second run: the sample week was sent by the first one and is not sent twice."""
+    from worker import editions
     from worker.delivery.plan import find_edition
-    from worker.delivery.status import edition_status
     from worker.store.db import sqlite_path
 
-    data = edition_status(ctx.engine, find_edition(ctx.engine, key), list_unknown=0)
+    data = editions.status(ctx.engine, find_edition(ctx.engine, key))
     path = sqlite_path(settings.database_url)
     fresh = (f"delete {path} (and {settings.outbox_dir}) and run `newsletter demo` again" if path
              else "point NEWSLETTER_DATABASE_URL at an empty database and run `newsletter demo` again")
-    click.echo(f"the demo already ran on this database: its sample week {key} is {data['state']} "
-               f"({data['counts']['sent']} sent), so nothing was sent again. To see it afresh, {fresh}")
+    click.echo(f"the demo already ran on this database: its sample week {key} is {data.state} "
+               f"({data.counts['sent']} sent), so nothing was sent again. To see it afresh, {fresh}")
 
 
 def _say_where_smtp_went(ctx: Context, settings, key: str, *, sent_now: bool) -> None:
+    from worker import editions
     from worker.delivery.plan import find_edition
-    from worker.delivery.status import edition_status
 
-    edition = find_edition(ctx.engine, key)
-    data = edition_status(ctx.engine, edition, list_unknown=0)
-    counts = data["counts"]
-    open_rows = counts["pending"] + counts["sending"] + data["retry_scheduled"]
+    data = editions.status(ctx.engine, find_edition(ctx.engine, key))
+    counts, open_rows = data.counts, data.open_rows
     relay = f"{settings.smtp_host}:{settings.smtp_port}"
     line = f"smtp: {key}: {counts['sent']} messages sent through {relay}"
     if not sent_now:
