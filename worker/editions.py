@@ -77,7 +77,7 @@ __all__ = [
     "TestCopy", "Resume", "Resumed", "FullStatus", "BrokerUnreachable",
     "resolve_window", "resolve_edition", "original_key", "plan_or_reuse", "release", "hand_out", "run_inline",
     "follow", "dry_run", "send_test_copies", "count_failed", "pause", "resume", "status", "full_status",
-    "recent", "overview", "approval_sends", "guard_view", "recipients", "window_story_count",
+    "recent", "overview", "find", "require", "approval_sends", "guard_view", "recipients", "window_story_count",
     "deliver_batch", "reconcile", "recover",
 ]
 
@@ -471,15 +471,30 @@ class FullStatus:
         return data
 
 
-def status(engine: Engine, edition: int | Edition, *, list_unknown: int = 0) -> EditionStatus:
-    """An edition's counts (by id, or the row), listing up to `list_unknown` unknown rows."""
-    row = get_edition(engine, edition) if isinstance(edition, int) else edition
-    return edition_status(engine, row, list_unknown=list_unknown)
+def find(engine: Engine, key: str) -> Edition | None:
+    return find_edition(engine, key)
 
 
-def full_status(engine: Engine, settings: Settings, edition: int | Edition, *,
+def require(engine: Engine, key: str) -> Edition:
+    """The edition by that key; UsageError naming the key it may mean (`2025-W05` for
+    `weekly-2025-W05`) when there is none."""
+    return require_edition(engine, key)
+
+
+def _row(engine: Engine, edition: int | str | Edition) -> Edition:
+    if isinstance(edition, int):
+        return get_edition(engine, edition)
+    return require_edition(engine, edition) if isinstance(edition, str) else edition
+
+
+def status(engine: Engine, edition: int | str | Edition, *, list_unknown: int = 0) -> EditionStatus:
+    """An edition's counts (by id, key or row), listing up to `list_unknown` unknown rows."""
+    return edition_status(engine, _row(engine, edition), list_unknown=list_unknown)
+
+
+def full_status(engine: Engine, settings: Settings, edition: int | str | Edition, *,
                 now: datetime | None = None) -> FullStatus:
-    row = get_edition(engine, edition) if isinstance(edition, int) else edition
+    row = _row(engine, edition)
     now = now or utcnow()
     held = row.state == EditionState.HELD.value
     return FullStatus(

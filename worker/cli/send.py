@@ -130,9 +130,8 @@ def _confirm_send(engine, settings, *, key: str, window, force: bool, retry: boo
     week when nobody can be asked. Returns when sending may go ahead. The view and the
     question go to stderr: stdout stays what scripts read (the planned line first)."""
     from worker import editions
-    from worker.delivery.plan import find_edition
 
-    existing = find_edition(engine, key)
+    existing = editions.find(engine, key)
     if retry:
         if existing is None:
             return  # plan_or_reuse says there is nothing to retry
@@ -178,9 +177,8 @@ def _confirm_approval(engine, settings, key: str, *, yes: bool) -> None:
     """--approve on a terminal: the hold, what the guard sees now, and the question. Not on
     a terminal, --approve is itself the decision and goes ahead as before."""
     from worker import editions
-    from worker.delivery.plan import find_edition
 
-    edition = find_edition(engine, key)
+    edition = editions.find(engine, key)
     if edition is None or edition.state != EditionState.HELD.value:
         return  # release_held says why there is nothing to approve
     if not _interactive():
@@ -236,10 +234,9 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
     EDITION the recent editions."""
     from worker import editions
     from worker.cli.report import late_lines, print_status, resolution_lines
-    from worker.delivery.plan import require_edition
 
     if edition:
-        full = editions.full_status(ctx.engine, ctx.settings, require_edition(ctx.engine, edition))
+        full = editions.full_status(ctx.engine, ctx.settings, edition)
         if as_json:
             click.echo(json.dumps(full.to_json(), indent=2, ensure_ascii=False))
         else:

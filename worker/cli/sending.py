@@ -122,7 +122,8 @@ def release_held(engine: Engine, settings: Settings, key: str, *, approve: bool)
     done = editions.release(engine, settings, key, approve=approve, who=current_user())
     match done.outcome:
         case Released.MISSING:
-            editions.resolve_edition(engine, settings, key)  # raises: no such edition, with a hint
+            editions.require(engine, key)  # raises: no such edition, and the key it may mean
+            raise UsageError(f"no edition {key!r}")  # made between the two reads
         case Released.NOT_HELD:
             raise UsageError(f"{done.key} is {done.state}, not held: nothing to "
                              f"{'approve' if approve else 'discard'}")
