@@ -1,4 +1,4 @@
-"""worker/editions.py, the one door to an edition: its decisions as values, the cheap
+"""worker/editions/, the one door to an edition: its decisions as values, the cheap
 progress and count held to the full status, one Celery app per broker however many
 editions are handed out. (What the CLI says over it: test_cli_editions.py, test_send_cli.py.)"""
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from tests.support.data import add_subscribers, delivery_rows, load_stories
 from worker import editions
 from worker.delivery.status import edition_progress
-from worker.editions import Decision, Released
+from worker.editions import Decision, Released, handout
 from worker.store.db import session_scope
 from worker.store.models import Delivery, Edition, EditionState
 
@@ -87,7 +87,7 @@ def test_handing_out_keeps_one_celery_app_per_broker(engine, settings, tmp_path,
     made = []
     real = celery_app.create_app
     monkeypatch.setattr(celery_app, "create_app", lambda s: made.append(s.broker_url) or real(s))
-    monkeypatch.setattr(editions, "_APPS", {})
+    monkeypatch.setattr(handout, "_APPS", {})
     settings = settings.model_copy(update={"broker_url": redis_url, "batch_size": 5})
     planned = _plan(engine, settings, tmp_path)
     assert editions.hand_out(engine, settings, planned.edition_id, now=NOW) == 3  # 14 rows to send
@@ -96,7 +96,7 @@ def test_handing_out_keeps_one_celery_app_per_broker(engine, settings, tmp_path,
 
 
 def test_a_broker_that_is_down_is_said_and_the_rows_stay_pending(engine, settings, tmp_path, monkeypatch):
-    monkeypatch.setattr(editions, "_APPS", {})
+    monkeypatch.setattr(handout, "_APPS", {})
     settings = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     planned = _plan(engine, settings, tmp_path)
     with pytest.raises(editions.BrokerUnreachable, match=r"^cannot reach the broker at redis://127.0.0.1:1/0: "):

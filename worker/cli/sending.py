@@ -1,4 +1,4 @@
-"""What `newsletter send` says, step by step: each step asks worker/editions.py to act and
+"""What `newsletter send` says, step by step: each step asks worker/editions/ to act and
 puts what came back into words (stdout for what scripts read, stderr for warnings)."""
 
 from __future__ import annotations

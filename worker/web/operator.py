@@ -14,7 +14,7 @@ refused unless:
   site cannot read the page, so it cannot have the token.
 
 Approve and discard are the CLI's (`newsletter send --approve/--discard`): the same
-functions of worker/editions.py, and an approved edition's rows are handed to the broker
+functions of worker/editions/, and an approved edition's rows are handed to the broker
 through it, as the CLI does (this module imports no Celery code); if the broker is down
 they stay pending and the reconciler hands them out. Every title, reason, error and URL on the page is data,
 escaped by Jinja's autoescape.
