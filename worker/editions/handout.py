@@ -97,7 +97,6 @@ def follow(engine: Engine, settings: Settings, edition_id: int) -> Iterator[Prog
             last_hand_out = time.monotonic()
 
 
-
 def reconcile(engine: Engine, settings: Settings, publish: Publish, *, now: datetime | None = None) -> Reconciled:
     """The tick: plan the week that is due, expire stale leases, hand out due rows, finish
     what is done (worker/delivery/schedule.py)."""

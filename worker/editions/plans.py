@@ -24,7 +24,7 @@ from worker.delivery.plan import (
 )
 from worker.delivery.plan import retry_failed as _requeue_failed
 from worker.delivery.schedule import release_local_send
-from worker.delivery.status import EditionStatus, count_in_state, edition_status
+from worker.delivery.status import EditionStatus, count_in_state
 from worker.digest import Window, custom_window
 from worker.editions.standing import status
 from worker.errors import UsageError
@@ -65,8 +65,6 @@ def resolve_edition(engine: Engine, settings: Settings, key: str) -> Target:
 def original_key(key: str) -> str:
     """`weekly-2025-W05-force-3` -> `weekly-2025-W05` (next_force_key's suffix taken off)."""
     return _FORCED.sub("", key)
-
-
 
 
 class Decision(StrEnum):
@@ -113,7 +111,7 @@ def plan_or_reuse(engine: Engine, target: Target, *, force: bool, retry: bool, w
     if existing is not None and existing.state == EditionState.HELD.value:
         return Plan(Decision.HELD, key, None, EditionState.HELD, existing.reason)
     if existing is not None:
-        data = edition_status(engine, existing, list_unknown=0)
+        data = status(engine, existing)
         if continue_open and data.state is EditionState.SENDING:
             return Plan(Decision.CONTINUED, key, existing.id, data.state, existing.reason, data)
         return Plan(Decision.EXISTS, key, None, data.state, existing.reason, data)
@@ -168,7 +166,6 @@ def release(engine: Engine, settings: Settings, key: str, *, approve: bool, who:
         return Release(Released.RACED, edition.key, edition.id)
     return Release(Released.APPROVED if approve else Released.DISCARDED, edition.key, edition.id,
                    held_reason=edition.reason)
-
 
 
 def count_failed(engine: Engine, edition_id: int) -> int:

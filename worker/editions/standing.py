@@ -45,8 +45,8 @@ def find(engine: Engine, key: str) -> Edition | None:
 
 
 def require(engine: Engine, key: str) -> Edition:
-    """The edition by that key; UsageError naming the key it may mean (`2025-W05` for
-    `weekly-2025-W05`) when there is none."""
+    """The edition by that key; when there is none, UsageError naming the key it may mean
+    (`weekly-2025-W05` for `2025-W05`)."""
     return require_edition(engine, key)
 
 
