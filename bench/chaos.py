@@ -28,15 +28,14 @@ import sqlalchemy as sa  # noqa: E402
 from tests.support.data import add_subscribers, load_stories  # noqa: E402
 from tests.support.smtp import SmtpServer  # noqa: E402
 from tests.support.worker import WorkerProcess  # noqa: E402
-from worker.celery_app import create_app  # noqa: E402
-from worker.delivery.pipeline import utcnow  # noqa: E402
+from worker.celery_app import create_app, publisher  # noqa: E402
+from worker.clock import utcnow  # noqa: E402
 from worker.delivery.plan import find_edition, plan_edition  # noqa: E402
 from worker.delivery.schedule import reconcile  # noqa: E402
 from worker.digest import week_window  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
 from worker.store.db import create_db_engine, session_scope, upgrade_schema  # noqa: E402
 from worker.store.models import Delivery, Subscriber  # noqa: E402
-from worker.tasks import publisher  # noqa: E402
 
 SETS = [("RU", "UA"), ("UA", "RU"), ("DE", "FR", "GB"), ("US",), ("CN", "RU"), ("PL", "UA", "DE"), ("FR",),
         ("GB", "US"), ("DE",), ("RU",)]

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sqlalchemy as sa  # noqa: E402
 
 from bench.run import KEY, WEEK, Database, oldest, seed, tree_cpu  # noqa: E402
+from worker.clock import utcnow  # noqa: E402
 from worker.delivery import ledger  # noqa: E402
 from worker.delivery.outcome import Outcome, SendResult  # noqa: E402
-from worker.delivery.pipeline import utcnow  # noqa: E402
 from worker.delivery.plan import plan_edition  # noqa: E402
 from worker.digest import week_window  # noqa: E402
 from worker.store.db import create_db_engine  # noqa: E402

@@ -441,6 +441,25 @@ class WorkerGroup:
         return found
 
 
+def wait_for_pools(engine, workers: list[WorkerGroup], concurrency: int, timeout: float = 60) -> None:
+    """Until every pool process beats. A pool process loads the delivery path as it starts,
+    which may be after its main process said " ready." (worker/tasks.py): what is measured
+    is delivery, from when every process can deliver, not their start."""
+    from worker.store.models import Worker
+
+    host = socket.gethostname()
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = [pid for group in workers for pid in children(group.proc.pid)]
+        with engine.connect() as conn:
+            beating = set(conn.execute(sa.select(Worker.name)).scalars())
+        if len(pids) >= concurrency * len(workers) and {f"{host}:{pid}" for pid in pids} <= beating:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pool processes {pids} not all beating after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 def start_groups(url: str, sink_port: int, extra: dict[str, str], *, groups: int,
                  concurrency: int) -> list[WorkerGroup]:
     started: list[WorkerGroup] = []
@@ -521,14 +540,13 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
                  groups: int = 1, concurrency: int = 2, profile: Path | None = None) -> dict:
     """Deliver one edition through `groups` celery workers of `concurrency` processes each
     (with `profile`, sampled by py-spy into that directory)."""
-    from worker.celery_app import create_app
-    from worker.delivery.pipeline import utcnow
+    from worker.celery_app import create_app, publisher
+    from worker.clock import utcnow
     from worker.delivery.plan import find_edition, plan_edition
     from worker.delivery.schedule import dispatch
     from worker.digest import week_window
     from worker.settings import load_settings
     from worker.store.db import create_db_engine
-    from worker.tasks import publisher
 
     flush_broker()
     sink = Sink(delay_ms)
@@ -536,6 +554,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
     settings = load_settings({k: v for k, v in env.items() if k.startswith("NEWSLETTER_")})
     engine = create_db_engine(url)
     workers = start_groups(url, sink.port, extra, groups=groups, concurrency=concurrency)
+    wait_for_pools(engine, workers, concurrency)
     procs = [p for group in workers for p in group.processes()]
     postmaster = oldest("postgres")  # PostgreSQL's postmaster is its oldest process
     # Roots of process trees.
@@ -637,7 +656,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
 
 
 def run_naive(url: str, count: int) -> float:
-    from worker.delivery.pipeline import utcnow
+    from worker.clock import utcnow
     from worker.delivery.plan import find_edition, plan_edition
     from worker.digest import week_window
     from worker.settings import load_settings

@@ -306,12 +306,11 @@ def start_worker(worker_env, tmp_path):
 @pytest.fixture
 def tick(worker_env):
     """One reconciler tick with the real clock, publishing to the test broker."""
-    from worker.celery_app import create_app
-    from worker.delivery.pipeline import utcnow
+    from worker.celery_app import create_app, publisher
+    from worker.clock import utcnow
     from worker.delivery.schedule import reconcile
     from worker.settings import load_settings
     from worker.store.db import create_db_engine
-    from worker.tasks import publisher
 
     apps = {}
 

@@ -261,7 +261,7 @@ def test_refusals_for_our_side_are_shown_and_never_held_against_the_reader(engin
     with engine.connect() as conn:
         key = conn.exec_driver_sql("SELECT key FROM editions ORDER BY id DESC LIMIT 1").scalar()
     data = edition_status(engine, find_edition(engine, key))
-    assert data["late"]["sender"] == 1 and data["late"]["transient"] == 0
+    assert data.late["sender"] == 1 and data.late["transient"] == 0
     lines = late_lines(data)
     assert lines[1] == "  by reason: securityerror 1"
     assert lines[2].startswith("WARNING: 1 refused for our side after the relay accepted them (x.7.x")

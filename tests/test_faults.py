@@ -206,9 +206,8 @@ def test_copies_of_a_batch_racing_each_other_send_once(engine, tmp_path, smtp_se
     or sending. Every subscriber gets exactly one message and each row was claimed once."""
     import redis
 
-    from worker.celery_app import create_app
+    from worker.celery_app import create_app, publisher
     from worker.settings import load_settings
-    from worker.tasks import publisher
 
     everyone = _emails(_setup(engine, tmp_path, count=20))
     smtp_server.plan.delay = 0.2  # 20 rows over 2 lanes: ~2 s of sending for the copies to meet
@@ -367,10 +366,9 @@ def test_beat_down_across_the_slot_then_back_in_time_sends_once_and_too_late_ski
         engine, tmp_path, smtp_server, start_worker, worker_env, run_cli):
     from datetime import UTC, datetime, timedelta
 
-    from worker.celery_app import create_app
+    from worker.celery_app import create_app, publisher
     from worker.delivery.schedule import reconcile
     from worker.settings import load_settings
-    from worker.tasks import publisher
 
     everyone = _emails(_setup(engine, tmp_path, count=20))
     env = {**worker_env, **FAST}

@@ -28,8 +28,7 @@ def test_premailer_parses_each_stylesheet_through_parse_style_rules():
 def test_celery_on_redis_hands_out_a_lower_priority_number_first(redis_url, settings):
     """worker/celery_app.py: recovered batches (priority 0) overtake fresh ones (6) on the real
     broker: kombu keeps one list per priority step and takes from the first that is not empty."""
-    from worker.celery_app import FRESH_PRIORITY, RECOVERED_PRIORITY, SEND_QUEUE, create_app
-    from worker.tasks import publisher
+    from worker.celery_app import FRESH_PRIORITY, RECOVERED_PRIORITY, SEND_QUEUE, create_app, publisher
 
     app = create_app(settings.model_copy(update={"broker_url": redis_url}))
     publisher(app)(1, [1, 2])

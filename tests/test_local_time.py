@@ -220,10 +220,10 @@ def test_status_says_how_many_rows_wait_for_their_hour_and_when(engine, berlin, 
                                 liveness_timeout=berlin.liveness_timeout)
     assert where["awaiting_hour"] == {"rows": 3, "next_due": "2025-02-03T06:00:00+00:00", "next_rows": 2,
                                       "last_due": "2025-02-03T15:00:00+00:00"}
-    from worker.cli.report import full_status
+    from worker.editions import full_status
 
     data = full_status(engine, berlin, find_edition(engine, KEY), now=now)
-    print_status(data, tz=ZoneInfo("Europe/Berlin"), now=now)
+    print_status(data, tz=ZoneInfo("Europe/Berlin"))
     out = capsys.readouterr().out
     assert ("  3 rows wait for the send time in their reader's zone: the next 2 at 2025-02-03 07:00:00 CET, "
             "in 60 min; the last at 2025-02-03 16:00:00 CET, in 10.0 h\n") in out

@@ -11,11 +11,10 @@ import pytest
 from tests.support.data import load_stories
 from tests.support.worker import wait_for
 from tests.test_local_time import READERS, add_readers
-from worker.celery_app import create_app
+from worker.celery_app import create_app, publisher
 from worker.delivery.plan import find_edition
 from worker.delivery.schedule import reconcile
 from worker.settings import load_settings
-from worker.tasks import publisher
 
 pytestmark = pytest.mark.slow  # a real Celery worker process
 

@@ -70,9 +70,9 @@ def test_every_subscriber_with_stories_gets_exactly_one_message_with_their_secti
         assert positions == sorted(positions)  # sections in the subscriber's order
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     status = edition_status(engine, get_edition(engine, planned.edition_id))
-    assert status["state"] == "done"
-    assert status["counts"]["sent"] == len(smtp_server.received) == 21
-    assert status["smtp_codes"] == {"sent 250": 21}
+    assert status.state == "done"
+    assert status.counts["sent"] == len(smtp_server.received) == 21
+    assert status.smtp_codes == {"sent 250": 21}
 
 
 def test_a_second_run_of_the_same_batch_sends_nothing(world, smtp_server):
@@ -162,10 +162,10 @@ def test_connection_dropped_after_the_final_dot_is_unknown_and_not_resent(world,
     assert ledger(engine, KEY)[victim] == ("unknown", None)
     assert len(smtp_server.dropped) == 1 and smtp_server.count_for(victim) == 0
     status = edition_status(engine, get_edition(engine, planned.edition_id))
-    assert status["counts"]["unknown"] == 1
-    assert status["unknown"][0]["email"] == victim
-    assert status["unknown"][0]["reason"].startswith("no reply after end of data")
-    assert status["state"] == "done"
+    assert status.counts["unknown"] == 1
+    assert status.unknown[0].email == victim
+    assert status.unknown[0].reason.startswith("no reply after end of data")
+    assert status.state == "done"
 
 
 def test_a_refused_connection_stops_the_batch_and_leaves_the_rest_pending(world):

@@ -12,14 +12,13 @@ from sqlalchemy import select
 from tests.support.data import add_subscribers
 from tests.support.worker import wait_for
 from tests.test_sources import Feed, feed  # noqa: F401 - the feed server fixture
-from worker.celery_app import create_app
+from worker.celery_app import create_app, publisher
 from worker.delivery.plan import find_edition
 from worker.delivery.schedule import reconcile
 from worker.ingest.sources import add_source
 from worker.settings import load_settings
 from worker.store.db import session_scope
 from worker.store.models import Source, Story
-from worker.tasks import publisher
 
 pytestmark = pytest.mark.slow  # a real Celery worker process
 

@@ -237,3 +237,24 @@ def test_migration_0021_gives_each_refusal_at_send_its_history_once_and_nothing_
         assert rows[0][0] in (refused, str(refused))  # SQLite hands raw text back
         _at(engine, "0020")
     engine.dispose()
+
+
+def _alembic_current(engine):
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def test_the_revisions_read_without_alembic_are_alembics(db_url, tmp_path):
+    """current_revision and head_revision skip alembic (the worker's main process and every
+    command ask them at start); they answer as alembic does."""
+    from worker.store.db import _alembic_head
+
+    assert head_revision() == _alembic_head() is not None
+    engine = create_db_engine(db_url)
+    assert current_revision(engine) == _alembic_current(engine) == head_revision()
+    fresh = create_db_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert current_revision(fresh) is _alembic_current(fresh) is None
+    upgrade_schema(fresh, "0007")
+    assert current_revision(fresh) == _alembic_current(fresh) == "0007"

@@ -7,6 +7,7 @@ import pytest
 
 from worker.digest import (
     StoryItem,
+    custom_window,
     parse_week,
     previous_week,
     select_sections,
@@ -105,3 +106,24 @@ def test_empty_sections_are_dropped_and_no_stories_is_empty():
 def test_equal_times_are_ordered_by_id_for_stable_digests():
     a, b = _story(2, ["RU"], 27), _story(1, ["RU"], 27)
     assert [x.id for x in select_sections([a, b], ["RU"], per_region=5).sections[0].stories] == [1, 2]
+
+
+@pytest.mark.parametrize(("window", "zone"), [
+    (week_window("2025-W05", BERLIN), BERLIN),
+    (week_window("2025-W13", BERLIN), BERLIN),   # the spring DST change, on the last Sunday
+    (week_window("2025-W43", ZoneInfo("America/New_York")), ZoneInfo("America/New_York")),
+    (week_window("2025-W05", ZoneInfo("Pacific/Kiritimati")), ZoneInfo("Pacific/Kiritimati")),  # UTC+14
+    (custom_window(date(2025, 3, 28), date(2025, 3, 31), BERLIN), BERLIN),
+])
+def test_an_editions_window_read_back_has_the_days_it_was_planned_with(window, zone):
+    """Window.of_edition is the one arithmetic for a stored window (the pipeline's render,
+    `send --edition`, approval): its days are those week_window and custom_window gave."""
+    from types import SimpleNamespace
+
+    from worker.digest import Window
+
+    stored = SimpleNamespace(window_start=window.start, window_end=window.end, label=window.label)
+    assert Window.of_edition(stored, zone) == window
+    in_utc = Window.of_edition(stored)
+    assert (in_utc.start, in_utc.end, in_utc.label) == (window.start, window.end, window.label)
+    assert in_utc.first_day == window.start.date()

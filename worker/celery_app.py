@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from worker.health import touch_beat
 from worker.settings import Settings, load_settings
 
 SEND_QUEUE = "send"
+# The tasks by name (worker/tasks.py): publishing and scheduling need no task code.
+SEND_BATCH = "worker.tasks.send_batch"
+RECONCILE = "worker.tasks.reconcile"
+PROCESS_BOUNCES = "worker.tasks.process_bounces"
 # Batch priorities. On Redis a lower number goes first (kombu keeps one list per step of
 # priority_steps and BRPOPs them in order; a message without one counts as 0): rows
 # handed out again after a crash overtake the backlog of fresh batches.
@@ -70,7 +75,7 @@ def create_app(settings: Settings) -> Celery:
                                   "unacked_restore_throttle": 1,
                                   "priority_steps": [RECOVERED_PRIORITY, FRESH_PRIORITY]},
         broker_connection_retry_on_startup=True,
-        task_routes={"worker.tasks.send_batch": {"queue": SEND_QUEUE}},
+        task_routes={SEND_BATCH: {"queue": SEND_QUEUE}},
         task_default_queue="celery",
         # Declared, so a plain `celery -A worker worker` consumes both (`-Q` still narrows it).
         task_queues=(Queue("celery"), Queue(SEND_QUEUE)),
@@ -81,23 +86,31 @@ def create_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "weekly-send": {
-                "task": "worker.tasks.reconcile",
+                "task": RECONCILE,
                 "schedule": crontab(minute=int(minute), hour=int(hour),
                                     day_of_week=DAY_NUMBERS[settings.send_day], app=app),
             },
-            "reconcile": {"task": "worker.tasks.reconcile", "schedule": 60.0},
+            "reconcile": {"task": RECONCILE, "schedule": 60.0},
         },
     )
     if settings.bounce_mailbox is not None and settings.bounce_mailbox.get_secret_value() \
             or settings.bounce_maildir is not None:
         # Bounces arrive over minutes to days; every five minutes is prompt enough.
-        app.conf.beat_schedule["bounces"] = {"task": "worker.tasks.process_bounces", "schedule": 300.0}
+        app.conf.beat_schedule["bounces"] = {"task": PROCESS_BOUNCES, "schedule": 300.0}
     return app
 
 
 @cache
 def get_app() -> Celery:
     return create_app(load_settings())
+
+
+def publisher(app: Celery | None = None, *, priority: int = FRESH_PRIORITY) -> Callable[[int, list[int]], None]:
+    """publish(edition_id, ids): one send_batch message; ids only, never addresses."""
+    def publish(edition_id: int, delivery_ids: list[int]) -> None:
+        (app or get_app()).send_task(SEND_BATCH, args=[edition_id, list(delivery_ids)], priority=priority)
+
+    return publish
 
 
 class _ReconnectIsAWarning(logging.Filter):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, select
 
+from worker.clock import utcnow
 from worker.digest import Selection, Window, previous_week, select_sections, week_window, weekly_edition_key
 from worker.digest.queries import fetch_window_stories
 from worker.errors import NothingToSend, UsageError
@@ -33,7 +34,7 @@ class Preview:
 
 def resolve_week(week: str | None, settings: Settings, now: datetime | None = None) -> Window:
     try:
-        return week_window(week or previous_week(now or datetime.now(UTC), settings.tz), settings.tz)
+        return week_window(week or previous_week(now or utcnow(), settings.tz), settings.tz)
     except ValueError as exc:
         raise UsageError(f"--week: {exc}") from None
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from worker.cli.app import Context, cli, pass_ctx
 from worker.cli.who import who
+from worker.clock import utcnow
 from worker.errors import UsageError
 
 
@@ -32,7 +32,7 @@ def process(ctx: Context, maildir: Path | None, mbox: Path | None, dry_run: bool
         raise UsageError("give --maildir or --mbox, not both")
     if as_json and not dry_run:
         raise UsageError("--json goes with --dry-run (what a mailbox would do)")
-    now = datetime.now(UTC)
+    now = utcnow()
     if maildir:
         if not maildir.is_dir():
             raise UsageError(f"cannot read {maildir}: not a folder")
@@ -81,7 +81,7 @@ def review(ctx: Context, permanent: int | None, ignore: int | None, as_json: boo
     if permanent is not None or ignore is not None:
         event_id = permanent if permanent is not None else ignore
         try:
-            event = decide(ctx.engine, event_id, permanent=permanent is not None, now=datetime.now(UTC),
+            event = decide(ctx.engine, event_id, permanent=permanent is not None, now=utcnow(),
                            who=_who())
         except NotForReview as exc:
             raise UsageError(str(exc)) from None
@@ -121,7 +121,7 @@ def _register_reactivate() -> None:
 
         try:
             before = reactivate(ctx.engine, email, reason=reason, who=_who(), via=ChangeVia.CLI,
-                                now=datetime.now(UTC), force=force)
+                                now=utcnow(), force=force)
         except CannotReactivate as exc:
             raise UsageError(str(exc)) from None
         click.echo(f"{email}: {before} -> active")

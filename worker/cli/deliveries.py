@@ -26,7 +26,7 @@ def resolve(ctx: Context, edition: str, addresses: tuple[str, ...], as_sent: boo
     """Decide an edition's `unknown` rows (the server may have accepted the message when
     the worker died or the connection dropped): --sent or --resend, for ADDR... or --all.
     Each decision is kept on the row with who made it and when (`newsletter status EDITION`)."""
-    from worker.delivery.pipeline import utcnow
+    from worker.clock import utcnow
     from worker.delivery.plan import finish_if_done, require_edition
     from worker.delivery.resolve import Resolution, resolve_unknown
     from worker.readers.subscribers import InvalidSubscriber, check_address

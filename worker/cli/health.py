@@ -7,11 +7,12 @@ What each check proves: worker/health.py.
 from __future__ import annotations
 
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import click
 
 from worker.cli.app import Context, cli, pass_ctx
+from worker.clock import utcnow
 
 
 @cli.group()
@@ -33,7 +34,7 @@ def worker(ctx: Context, host: str | None, max_age: float | None) -> None:
 
     limit = timedelta(seconds=max_age) if max_age else ctx.settings.liveness_timeout
     try:
-        result = check_worker(ctx.engine, host=host or socket.gethostname(), now=datetime.now(UTC),
+        result = check_worker(ctx.engine, host=host or socket.gethostname(), now=utcnow(),
                               max_age=limit)
     except SQLAlchemyError as exc:
         result = Health(False, f"cannot read the workers' heartbeats: {type(exc).__name__}")
@@ -51,7 +52,7 @@ def beat(schedule: str | None, max_age: float | None) -> None:
     from worker.health import BEAT_MAX_AGE, check_beat
 
     limit = timedelta(seconds=max_age) if max_age else BEAT_MAX_AGE
-    _report(check_beat(schedule or BEAT_SCHEDULE_FILE, now=datetime.now(UTC), max_age=limit))
+    _report(check_beat(schedule or BEAT_SCHEDULE_FILE, now=utcnow(), max_age=limit))
 
 
 def _report(result) -> None:

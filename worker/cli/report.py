@@ -2,87 +2,76 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import click
-from sqlalchemy import Engine
 
-from worker.delivery.plan import edition_window, recipients_now
-from worker.delivery.status import BOUNCE_ALARM, BOUNCE_WARN, edition_status, edition_whereabouts
-from worker.settings import Settings
-from worker.store.models import Edition, EditionState
+from worker.delivery.status import BOUNCE_ALARM, BOUNCE_WARN, EditionStatus
+from worker.store.models import EditionState
 
-
-def full_status(engine: Engine, settings: Settings, edition: Edition, *, now: datetime) -> dict:
-    """The counts and the whereabouts of open and failed rows, as one JSON-ready dict."""
-    data = edition_status(engine, edition)
-    data.update(edition_whereabouts(engine, edition.id, now=now,
-                                    redispatch_after=settings.redispatch_after,
-                                    liveness_timeout=settings.liveness_timeout))
-    if edition.state == EditionState.HELD.value:
-        # Its rows are those of the hold; approval plans them again from what is stored now.
-        data["approval_sends"] = recipients_now(engine, edition_window(edition))
-    return data
+if TYPE_CHECKING:  # the CLI starts without the delivery path; print_status is called after it ran
+    from worker.editions import FullStatus
 
 
-def print_status(data: dict, *, tz: ZoneInfo | None = None, now: datetime | None = None) -> None:
-    click.echo(f"{data['edition']} ({data['label']}): {data['state']}"
-               + (f" ({data['reason']})" if data["reason"] else ""))
-    if data["state"] == "held":
-        click.echo(f"  {held_hint(data['edition'])}")
-        if "approval_sends" in data:
-            click.echo(f"  approving it sends to {data['approval_sends']} subscribers: its rows below are those of "
+def print_status(full: FullStatus, *, tz: ZoneInfo | None = None) -> None:
+    data, where = full.status, full.whereabouts
+    click.echo(f"{data.key} ({data.label}): {data.state}" + (f" ({data.reason})" if data.reason else ""))
+    if data.state is EditionState.HELD:
+        click.echo(f"  {held_hint(data.key)}")
+        if full.approval_sends is not None:
+            click.echo(f"  approving it sends to {full.approval_sends} subscribers: its rows below are those of "
                        "the hold, and are planned again from the stories and subscribers stored at the approval")
-    if data["note"]:
-        click.echo(f"  note: {data['note']}")
-    if data["state"] == "paused" and data.get("resume_at"):
-        click.echo(f"  resumes by itself if the relay answers a probe at {data['resume_at']}")
-    click.echo(f"  {data['total']} deliveries: " + ", ".join(f"{n} {s}" for s, n in data["counts"].items()))
+    if data.note:
+        click.echo(f"  note: {data.note}")
+    if data.state is EditionState.PAUSED and data.resume_at:
+        click.echo(f"  resumes by itself if the relay answers a probe at {data.resume_at.isoformat()}")
+    click.echo(f"  {data.total} deliveries: " + ", ".join(f"{n} {s}" for s, n in data.counts.items()))
     nothing = nothing_sent(data)
     if nothing:
         click.echo(f"  {nothing}")
-    if data["retry_scheduled"]:
-        click.echo(f"  {data['retry_scheduled']} failed rows have a retry scheduled")
-    for reason, n in data["skip_reasons"].items():
+    if data.retry_scheduled:
+        click.echo(f"  {data.retry_scheduled} failed rows have a retry scheduled")
+    for reason, n in data.skip_reasons.items():
         click.echo(f"  skipped {reason}: {n}")
-    for code, n in data["smtp_codes"].items():
+    for code, n in data.smtp_codes.items():
         click.echo(f"  smtp {code}: {n}")
-    if "failures" in data:
-        _print_whereabouts(data, tz=tz, now=now)
-    final = data["counts"]["failed"] - data["retry_scheduled"]
+    _print_whereabouts(where, tz=tz, now=full.at)
+    final = data.counts["failed"] - data.retry_scheduled
     if final:
-        click.echo(f"  {final} failed for good: `newsletter send --edition {data['edition']} --retry-failed` "
+        click.echo(f"  {final} failed for good: `newsletter send --edition {data.key} --retry-failed` "
                    "tries them again")
-    for row in data["unknown"]:
-        click.echo(f"  unknown: delivery {row['delivery']} {row['email']}: {row['reason']}")
-    if data["unknown"] and data["unknown_more"]:
-        click.echo(f"  ... and {data['unknown_more']} more unknown rows")
+    for row in data.unknown:
+        click.echo(f"  unknown: delivery {row.delivery} {row.email}: {row.reason}")
+    if data.unknown and data.unknown_more:
+        click.echo(f"  ... and {data.unknown_more} more unknown rows")
     for line in resolution_lines(data):
         click.echo(f"  {line}")
     for line in late_lines(data):
         click.echo(f"  {line}")
 
 
-def resolution_lines(data: dict) -> list[str]:
+def resolution_lines(data: EditionStatus) -> list[str]:
     """How the edition's unknown rows were decided, and the command for those still open."""
     lines = []
-    resolved = data.get("resolved") or {}
+    resolved = data.resolved
     if resolved.get("sent") or resolved.get("resend"):
         lines.append(f"resolved unknown rows: {resolved['sent']} marked sent, {resolved['resend']} sent again "
                      f"(last by {resolved['last_by']} at {resolved['last_at'][:16].replace('T', ' ')} UTC)")
-    unknown = data["counts"]["unknown"]
+    unknown = data.counts["unknown"]
     if unknown:
         lines.append(f"{unknown} unknown {'row' if unknown == 1 else 'rows'} (the reader has zero or one copy) "
-                     f"wait for a decision: `newsletter deliveries resolve {data['edition']} --sent|--resend "
+                     f"wait for a decision: `newsletter deliveries resolve {data.key} --sent|--resend "
                      "(ADDR... | --all)`")
     return lines
 
 
-def late_lines(data: dict) -> list[str]:
+def late_lines(data: EditionStatus) -> list[str]:
     """Late bounces and complaints (docs/bounces.md), and a warning past the bulk senders'
     complaint limits."""
-    late = data.get("late")
+    late = data.late
     if not late:
         return []
     lines = _bounce_rate_lines(late.get("bounce_rate"))
@@ -125,21 +114,20 @@ def held_hint(key: str) -> str:
             f"`--discard` drops it (`newsletter preview --week ...` shows it)")
 
 
-def nothing_sent(data: dict) -> str | None:
+def nothing_sent(data: EditionStatus) -> str | None:
     """A plain sentence for an edition that has sent nothing and has nothing left to send."""
-    counts = data["counts"]
-    if counts["sent"] or counts["pending"] or counts["sending"] or data["retry_scheduled"]:
+    if data.counts["sent"] or data.open_rows:
         return None
-    if data["total"] == 0:
+    if data.total == 0:
         return "nothing to send: there were no active subscribers when it was planned"
-    no_stories = data["skip_reasons"].get("no-stories", 0)
-    if no_stories == data["total"]:
-        return (f"nothing was sent: nobody had stories in their regions in {data['label']} "
+    no_stories = data.skip_reasons.get("no-stories", 0)
+    if no_stories == data.total:
+        return (f"nothing was sent: nobody had stories in their regions in {data.label} "
                 f"(all {no_stories} subscribers skipped, no-stories)")
     return None
 
 
-def _print_whereabouts(data: dict, *, tz: ZoneInfo | None, now: datetime | None) -> None:
+def _print_whereabouts(data: Mapping[str, Any], *, tz: ZoneInfo | None, now: datetime | None) -> None:
     def when(iso: str | None) -> str:
         return _when(iso, tz=tz, now=now)
 

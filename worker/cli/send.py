@@ -12,6 +12,7 @@ from worker.cli.report import held_hint
 from worker.errors import UsageError
 from worker.readiness import require_ready
 from worker.render.links import one_click_warning
+from worker.store.models import EditionState
 
 
 @cli.command()
@@ -52,6 +53,7 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
     on both paths, naming that edition and its window, unless --allow-overlap (--force
     re-sends its own edition without it).
     """
+    from worker import editions
     from worker.cli import sending
 
     if week and (since or until):
@@ -67,9 +69,9 @@ def send(ctx: Context, week, since, until, edition_key, to, regions, dry_run, fo
     if warning:
         click.echo(f"warning: {warning}", err=True)
     if edition_key:
-        window, key, kind = sending.resolve_edition(ctx.engine, settings, edition_key)
+        window, key, kind = editions.resolve_edition(ctx.engine, settings, edition_key)
         if force:  # a forced copy of a forced copy is one more copy of the original
-            key = sending.original_key(key)
+            key = editions.original_key(key)
     else:
         window, key, kind = sending.resolve_window(settings, week, since and since.date(), until and until.date())
     if approve or discard:
@@ -127,14 +129,13 @@ def _confirm_send(engine, settings, *, key: str, window, force: bool, retry: boo
     """Show the guard's view of what is about to go out and ask, or refuse a held-looking
     week when nobody can be asked. Returns when sending may go ahead. The view and the
     question go to stderr: stdout stays what scripts read (the planned line first)."""
-    from worker.cli.sending import count_failed
-    from worker.delivery.plan import find_edition
+    from worker import editions
 
-    existing = find_edition(engine, key)
+    existing = editions.find(engine, key)
     if retry:
         if existing is None:
             return  # plan_or_reuse says there is nothing to retry
-        count = count_failed(engine, existing.id)
+        count = editions.count_failed(engine, existing.id)
         if count and not yes and _interactive():
             _ask(f"Send again to {count} subscribers whose delivery failed?",
                  refused="the failed rows stay as they are")
@@ -175,16 +176,14 @@ def _confirm_send(engine, settings, *, key: str, window, force: bool, retry: boo
 def _confirm_approval(engine, settings, key: str, *, yes: bool) -> None:
     """--approve on a terminal: the hold, what the guard sees now, and the question. Not on
     a terminal, --approve is itself the decision and goes ahead as before."""
-    from worker.cli.sending import resolve_edition
-    from worker.delivery.plan import find_edition
-    from worker.store.models import EditionState
+    from worker import editions
 
-    edition = find_edition(engine, key)
+    edition = editions.find(engine, key)
     if edition is None or edition.state != EditionState.HELD.value:
         return  # release_held says why there is nothing to approve
     if not _interactive():
         return
-    window = resolve_edition(engine, settings, key)[0]
+    window = editions.resolve_edition(engine, settings, key).window
     click.echo(f"{key} is held: {edition.reason}", err=True)
     _show_guard(_guard(engine, settings, window, key=key), window, tz=settings.tz)
     # Approval plans the rows again from what is stored now: this is the count it will send.
@@ -194,17 +193,13 @@ def _confirm_approval(engine, settings, key: str, *, yes: bool) -> None:
 
 
 def _guard(engine, settings, window, *, key: str, allow_overlap: bool = False):
-    """What worker/delivery/guard.py sees for the window, as a scheduled send would check it
-    (review mode aside: a person sending by hand is the review)."""
-    from worker.delivery.guard import check_week
+    from worker import editions
 
-    return check_week(engine, settings.model_copy(update={"review": False}), window, key=key,
-                      allow_overlap=allow_overlap)
+    return editions.guard_view(engine, settings, window, key=key, allow_overlap=allow_overlap)
 
 
 def _show_guard(check, window, *, tz) -> None:
-    from datetime import UTC, datetime
-
+    from worker.clock import utcnow
     from worker.delivery.guard import HISTORY_WEEKS
 
     click.echo(f"the guard's view of {window.label} (what a scheduled send would check):", err=True)
@@ -214,7 +209,7 @@ def _show_guard(check, window, *, tz) -> None:
         click.echo(f"  {region}: {count} {'story' if count == 1 else 'stories'} "
                    f"(usual {check.usual[region]:g}, median of the last {HISTORY_WEEKS} weeks)", err=True)
     if check.newest is not None:
-        end = min(window.end, datetime.now(UTC))
+        end = min(window.end, utcnow())
         age = (end - check.newest).total_seconds() / 86400
         click.echo(f"  newest story: {check.newest:%Y-%m-%d %H:%M} UTC, {max(age, 0):.1f} days before "
                    f"{'the window ended' if end == window.end else 'now'}", err=True)
@@ -224,9 +219,9 @@ def _show_guard(check, window, *, tz) -> None:
 
 
 def _recipients(engine, window) -> int:
-    from worker.delivery.plan import recipients_now
+    from worker import editions
 
-    return recipients_now(engine, window)
+    return editions.recipients(engine, window)
 
 
 @cli.command()
@@ -237,31 +232,28 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
     """An edition's counts by state, skip reason and SMTP code, why rows failed, which
     workers hold its rows (alive or dead) and what waits for the broker; without
     EDITION the recent editions."""
-    from worker.cli.report import full_status, late_lines, print_status, resolution_lines
-    from worker.delivery.pipeline import utcnow
-    from worker.delivery.plan import require_edition
-    from worker.delivery.status import edition_status, recent_editions
+    from worker import editions
+    from worker.cli.report import late_lines, print_status, resolution_lines
 
     if edition:
-        now = utcnow()
-        data = full_status(ctx.engine, ctx.settings, require_edition(ctx.engine, edition), now=now)
+        full = editions.full_status(ctx.engine, ctx.settings, edition)
         if as_json:
-            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+            click.echo(json.dumps(full.to_json(), indent=2, ensure_ascii=False))
         else:
-            print_status(data, tz=ctx.settings.tz, now=now)
+            print_status(full, tz=ctx.settings.tz)
         return
-    editions = [edition_status(ctx.engine, e, list_unknown=0) for e in recent_editions(ctx.engine)]
+    recent = editions.recent(ctx.engine)
     if as_json:
-        click.echo(json.dumps(editions, indent=2, ensure_ascii=False))
+        click.echo(json.dumps([data.to_json() for data in recent], indent=2, ensure_ascii=False))
         return
-    if not editions:
+    if not recent:
         click.echo("no editions yet")
-    for data in editions:
-        counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n)
-        click.echo(f"{data['edition']}  {data['state']}  {data['total']} rows: {counts or 'none'}")
-        if data["state"] == "held":
-            click.echo(f"  held: {data['reason']}")
-            click.echo(f"  {held_hint(data['edition'])}")
+    for data in recent:
+        counts = ", ".join(f"{n} {s}" for s, n in data.counts.items() if n)
+        click.echo(f"{data.key}  {data.state}  {data.total} rows: {counts or 'none'}")
+        if data.state is EditionState.HELD:
+            click.echo(f"  held: {data.reason}")
+            click.echo(f"  {held_hint(data.key)}")
         for line in [*resolution_lines(data), *late_lines(data)]:
             click.echo(f"  {line}")
 
@@ -271,11 +263,11 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
 @pass_ctx
 def pause(ctx: Context, edition: str) -> None:
     """Stop handing out batches of an edition."""
-    from worker.delivery.plan import pause_edition, require_edition
+    from worker import editions
 
-    row = require_edition(ctx.engine, edition)
-    if not pause_edition(ctx.engine, row.id, "paused by operator"):
-        raise UsageError(f"{edition} is {row.state}; only a sending edition can be paused")
+    state = editions.pause(ctx.engine, edition)
+    if state is not None:
+        raise UsageError(f"{edition} is {state}; only a sending edition can be paused")
     click.echo(f"{edition}: paused (batches in flight finish their current message and stop)")
 
 
@@ -287,18 +279,17 @@ def pause(ctx: Context, edition: str) -> None:
 def resume(ctx: Context, edition: str, wait: bool, inline: bool) -> None:
     """Continue an edition from the ledger: a paused one, or one still sending whose rows
     wait for a worker. Any key, forced and manual ones included."""
-    from worker.cli.sending import count_failed, deliver
-    from worker.delivery.plan import require_edition, resume_edition
-    from worker.store.models import EditionState
+    from worker import editions
+    from worker.cli.sending import deliver
+    from worker.editions import Resumed
 
-    row = require_edition(ctx.engine, edition)
-    if resume_edition(ctx.engine, row.id):
+    done = editions.resume(ctx.engine, edition)
+    if done.outcome is Resumed.RESUMED:
         click.echo(f"{edition}: resumed")
-    elif row.state == EditionState.SENDING.value:
+    elif done.outcome is Resumed.STILL_SENDING:
         click.echo(f"{edition}: still sending; handing out its due rows now")
     else:
-        failed = count_failed(ctx.engine, row.id) if row.state == EditionState.DONE.value else 0
-        hint = (f"; `newsletter send --edition {edition} --retry-failed` re-queues its {failed} failed rows"
-                if failed else "")
-        raise UsageError(f"{edition} is {row.state}; only a paused or sending edition can be resumed{hint}")
-    raise click.exceptions.Exit(deliver(ctx.engine, ctx.settings, row.id, inline=inline, wait=wait))
+        hint = (f"; `newsletter send --edition {edition} --retry-failed` re-queues its {done.failed} failed rows"
+                if done.failed else "")
+        raise UsageError(f"{edition} is {done.state}; only a paused or sending edition can be resumed{hint}")
+    raise click.exceptions.Exit(deliver(ctx.engine, ctx.settings, done.edition_id, inline=inline, wait=wait))

@@ -98,7 +98,7 @@ def list_(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def poll(ctx: Context) -> None:
     """Poll every source now (conditional GET: an unchanged feed costs one 304)."""
-    from worker.delivery.pipeline import utcnow
+    from worker.clock import utcnow
     from worker.ingest.sources import poll_all_sources
 
     results = poll_all_sources(ctx.engine, ctx.settings, utcnow())

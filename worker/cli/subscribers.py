@@ -10,6 +10,7 @@ import click
 from sqlalchemy import func, select
 
 from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
+from worker.clock import utcnow
 from worker.delivery.plan import active_region_sets
 from worker.errors import UsageError
 from worker.readers.zones import reader_zone
@@ -206,11 +207,11 @@ def export(ctx: Context, email: str) -> None:
 @pass_ctx
 def expire(ctx: Context) -> None:
     """Delete sign-ups nobody confirmed within NEWSLETTER_PENDING_EXPIRY_DAYS (the web app also does it)."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from worker.readers.signup import expire_pending
 
-    count = expire_pending(ctx.engine, now=datetime.now(UTC), after=timedelta(days=ctx.settings.pending_expiry_days))
+    count = expire_pending(ctx.engine, now=utcnow(), after=timedelta(days=ctx.settings.pending_expiry_days))
     click.echo(f"{count} unconfirmed sign-ups older than {ctx.settings.pending_expiry_days} days deleted")
 
 

@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -23,6 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import metrics
 from worker.bounces.verp import ReturnPath
+from worker.clock import utcnow
 from worker.delivery import ledger
 from worker.delivery.ledger import ClaimState
 from worker.delivery.outcome import Outcome, SendResult
@@ -47,10 +48,6 @@ Clock = Callable[[], datetime]
 T = TypeVar("T")
 # While the database is away a lane asks again after 0.25 s, then twice as long each time up to this.
 _OUTAGE_STEP_MAX = 5.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def worker_name() -> str:
@@ -131,9 +128,7 @@ def renderer_for(engine: Engine, settings: Settings, edition) -> VariantRenderer
     key = (engine.url.render_as_string(hide_password=True), edition.id, edition.key, edition.created_at)
     renderer = _RENDERERS.get(key)
     if renderer is None:
-        window = Window(start=edition.window_start, end=edition.window_end, label=edition.label,
-                        first_day=edition.window_start.astimezone(settings.tz).date(),
-                        last_day=(edition.window_end.astimezone(settings.tz) - timedelta(seconds=1)).date())
+        window = Window.of_edition(edition, settings.tz)
         renderer = _renderer(engine, settings, window=window, edition_key=edition.key,
                              store=VariantStore(engine, edition_id=edition.id, edition_key=edition.key))
         _RENDERERS[key] = renderer

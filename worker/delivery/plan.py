@@ -49,13 +49,6 @@ def region_sets_with_stories(session, window: Window, region_sets: list[str]) ->
     return {regions for regions in region_sets if tagged & set(regions.split())}
 
 
-def edition_window(edition: Edition) -> Window:
-    """An edition's window for queries: only its start and end are read (the days, in UTC
-    here, are for display; `newsletter send --edition` rebuilds them in the local zone)."""
-    return Window(start=edition.window_start, end=edition.window_end, label=edition.label,
-                  first_day=edition.window_start.date(), last_day=edition.window_end.date())
-
-
 def recipients_now(engine: Engine, window: Window) -> int:
     """Active subscribers with at least one story stored in their regions: who a plan made
     now would send to (and so who approving a held edition sends to)."""
@@ -200,7 +193,7 @@ def approve_edition(engine: Engine, edition_id: int, *, now: datetime, who: str,
             return False
         record = f"held ({edition.reason}); approved by {who} at {now.isoformat()}"
         note = f"{edition.note}; {record}" if edition.note else record
-        window = edition_window(edition)
+        window = Window.of_edition(edition)
         moved = session.execute(
             update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.HELD.value)
             .values(state=EditionState.SENDING.value, reason=None, note=note)).rowcount

@@ -3,7 +3,10 @@ open rows are: why rows failed, which worker holds which rows, what waits for th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
@@ -11,7 +14,7 @@ from worker.delivery.ledger.rows import waiting
 from worker.delivery.liveness import alive
 from worker.delivery.resolve import resolution_counts
 from worker.store.db import session_scope
-from worker.store.models import BounceEvent, BounceKind, Delivery, DeliveryState, Edition, Subscriber
+from worker.store.models import BounceEvent, BounceKind, Delivery, DeliveryState, Edition, EditionState, Subscriber
 
 D = Delivery.__table__
 STATES = [s.value for s in DeliveryState]
@@ -28,10 +31,97 @@ COMPLAINT_WARN, COMPLAINT_ALARM = 0.001, 0.003
 BOUNCE_WARN, BOUNCE_ALARM = 0.02, 0.05
 
 
-def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) -> dict:
+@dataclass(frozen=True)
+class UnknownRow:
+    """A row that ended `unknown`: the server may have accepted it (docs: guarantees)."""
+
+    delivery: int
+    email: str
+    reason: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class EditionStatus:
+    """An edition's accounting: what `newsletter status` prints, the operator page shows
+    and `--json` writes (`to_json()`, in the keys and order scripts read)."""
+
+    key: str
+    label: str
+    state: EditionState
+    reason: str | None
+    note: str | None
+    start: datetime
+    end: datetime
+    created_at: datetime
+    finished_at: datetime | None
+    total: int
+    # Rows by state: every DeliveryState, in its order, zeros included.
+    counts: Mapping[str, int]
+    # Failed rows with a retry time: still open, unlike the final ones.
+    retry_scheduled: int
+    skip_reasons: Mapping[str, int]
+    # "state code" (e.g. "sent 250") -> rows.
+    smtp_codes: Mapping[str, int]
+    # The first `list_unknown` unknown rows; `unknown_more` counts the rest (the count is never cut).
+    unknown: tuple[UnknownRow, ...]
+    unknown_more: int
+    # Paused by a run of temporary failures: when it asks the relay again (worker/delivery/relay.py).
+    resume_at: datetime | None
+    # Late bounces and complaints and the bounce rate (_late_reports), JSON-ready.
+    late: Mapping[str, Any]
+    # How unknown rows were decided (worker/delivery/resolve.py), JSON-ready.
+    resolved: Mapping[str, Any]
+
+    @property
+    def open_rows(self) -> int:
+        """Rows that may still be sent: pending, in an SMTP transaction, or due for a retry."""
+        return self.counts[PENDING] + self.counts[SENDING] + self.retry_scheduled
+
+    @property
+    def skipped(self) -> int:
+        return self.counts[DeliveryState.SKIPPED.value]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "edition": self.key,
+            "label": self.label,
+            "state": self.state.value,
+            "reason": self.reason,
+            "note": self.note,
+            "window": [self.start.isoformat(), self.end.isoformat()],
+            "created_at": self.created_at.isoformat(),
+            "finished_at": _iso(self.finished_at),
+            "total": self.total,
+            "counts": dict(self.counts),
+            "retry_scheduled": self.retry_scheduled,
+            "skip_reasons": dict(self.skip_reasons),
+            "smtp_codes": dict(self.smtp_codes),
+            "unknown": [{"delivery": r.delivery, "email": r.email, "reason": r.reason, "at": r.at.isoformat()}
+                        for r in self.unknown],
+            "unknown_more": self.unknown_more,
+            "resume_at": _iso(self.resume_at),
+            "late": self.late,
+            "resolved": self.resolved,
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What following an edition needs: its state and how many rows are still open."""
+
+    key: str
+    state: EditionState
+    total: int
+    done: int
+    open_rows: int
+    # Open rows that are pending for their reader's hour, not yet due.
+    waiting_for_hour: int
+
+
+def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) -> EditionStatus:
     with session_scope(engine) as session:
-        by_state = dict(session.execute(
-            select(D.c.state, func.count()).where(D.c.edition_id == edition.id).group_by(D.c.state)).all())
+        by_state, retrying = _counts(session, edition.id)
         skips = dict(session.execute(
             select(D.c.skip_reason, func.count()).where(D.c.edition_id == edition.id,
                                                         D.c.state == DeliveryState.SKIPPED.value)
@@ -40,38 +130,69 @@ def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) 
             select(D.c.state, D.c.last_code, func.count()).where(D.c.edition_id == edition.id,
                                                                  D.c.last_code.is_not(None))
             .group_by(D.c.state, D.c.last_code)).all()
-        retrying = session.scalar(select(func.count()).select_from(D).where(
-            D.c.edition_id == edition.id, D.c.state == DeliveryState.FAILED.value,
-            D.c.next_attempt_at.is_not(None))) or 0
         unknown = session.execute(
             select(D.c.id, Subscriber.email, D.c.last_reply, D.c.updated_at)
             .join(Subscriber, Subscriber.id == D.c.subscriber_id)
             .where(D.c.edition_id == edition.id, D.c.state == DeliveryState.UNKNOWN.value)
             .order_by(D.c.id).limit(list_unknown)).all()
-    return {
-        "edition": edition.key,
-        "label": edition.label,
-        "state": edition.state,
-        "reason": edition.reason,
-        "note": edition.note,
-        "window": [edition.window_start.isoformat(), edition.window_end.isoformat()],
-        "created_at": edition.created_at.isoformat(),
-        "finished_at": edition.finished_at.isoformat() if edition.finished_at else None,
-        "total": edition.total,
-        "counts": {state: by_state.get(state, 0) for state in STATES},
-        "retry_scheduled": retrying,
-        "skip_reasons": {str(k): v for k, v in sorted(skips.items(), key=lambda kv: str(kv[0]))},
-        "smtp_codes": {f"{state} {code}": n for state, code, n in sorted(codes)},
-        "unknown": [{"delivery": r.id, "email": r.email, "reason": r.last_reply,
-                     "at": r.updated_at.isoformat()} for r in unknown],
-        # Beyond the listed ones: a list is cut at `list_unknown`, the count never is.
-        "unknown_more": by_state.get(DeliveryState.UNKNOWN.value, 0) - len(unknown),
-        # Paused by a run of temporary failures: when it asks the relay again (worker/delivery/relay.py).
-        "resume_at": edition.resume_at.isoformat() if edition.resume_at else None,
-        "late": _late_reports(engine, edition.id, sent=by_state.get(DeliveryState.SENT.value, 0),
-                              bounced=by_state.get(BOUNCED, 0)),
-        "resolved": resolution_counts(engine, edition.id),
-    }
+    return EditionStatus(
+        key=edition.key, label=edition.label, state=EditionState(edition.state), reason=edition.reason,
+        note=edition.note, start=edition.window_start, end=edition.window_end, created_at=edition.created_at,
+        finished_at=edition.finished_at, total=edition.total,
+        counts={state: by_state.get(state, 0) for state in STATES},
+        retry_scheduled=retrying,
+        skip_reasons={str(k): v for k, v in sorted(skips.items(), key=lambda kv: str(kv[0]))},
+        smtp_codes={f"{state} {code}": n for state, code, n in sorted(codes)},
+        unknown=tuple(UnknownRow(delivery=r.id, email=r.email, reason=r.last_reply, at=r.updated_at)
+                      for r in unknown),
+        unknown_more=by_state.get(DeliveryState.UNKNOWN.value, 0) - len(unknown),
+        resume_at=edition.resume_at,
+        late=_late_reports(engine, edition.id, sent=by_state.get(DeliveryState.SENT.value, 0),
+                           bounced=by_state.get(BOUNCED, 0)),
+        resolved=resolution_counts(engine, edition.id),
+    )
+
+
+def _counts(session, edition_id: int) -> tuple[dict[str, int], int]:
+    """Rows by state, and the failed ones with a retry scheduled, in one query."""
+    retry = and_(D.c.state == FAILED, D.c.next_attempt_at.is_not(None)).label("retry")
+    by_state: dict[str, int] = {}
+    retrying = 0
+    for state, is_retry, n in session.execute(
+            select(D.c.state, retry, func.count()).where(D.c.edition_id == edition_id)
+            .group_by(D.c.state, retry)).all():
+        by_state[state] = by_state.get(state, 0) + n
+        retrying += n if is_retry else 0
+    return by_state, retrying
+
+
+def count_in_state(engine: Engine, edition_id: int, state: DeliveryState) -> int:
+    """One number, one query: e.g. the failed rows `--retry-failed` would re-queue."""
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count()).select_from(D).where(
+            D.c.edition_id == edition_id, D.c.state == state.value)) or 0
+
+
+def edition_progress(engine: Engine, edition_id: int, *, now: datetime) -> Progress | None:
+    """How far an edition is, cheaply enough to ask twice a second: its state and total
+    (one row), and its rows counted as open and waiting for their hour (one grouped
+    query). None when there is no such edition."""
+    is_open = or_(D.c.state.in_([PENDING, SENDING]),
+                  and_(D.c.state == FAILED, D.c.next_attempt_at.is_not(None))).label("is_open")
+    later = waiting(now).label("later")
+    with session_scope(engine) as session:
+        edition = session.execute(select(Edition.key, Edition.state, Edition.total)
+                                  .where(Edition.id == edition_id)).first()
+        if edition is None:
+            return None
+        open_rows = later_rows = 0
+        for row_open, row_later, n in session.execute(
+                select(is_open, later, func.count()).where(D.c.edition_id == edition_id)
+                .group_by(is_open, later)).all():
+            open_rows += n if row_open else 0
+            later_rows += n if row_later else 0
+    return Progress(key=edition.key, state=EditionState(edition.state), total=edition.total,
+                    done=edition.total - open_rows, open_rows=open_rows, waiting_for_hour=later_rows)
 
 
 def _late_reports(engine: Engine, edition_id: int, *, sent: int, bounced: int = 0) -> dict:
@@ -132,12 +253,6 @@ def edition_whereabouts(engine: Engine, edition_id: int, *, now: datetime, redis
         "awaiting_broker": _awaiting_broker(engine, edition_id, now=now, redispatch_after=redispatch_after),
         "awaiting_hour": _awaiting_hour(engine, edition_id, now=now),
     }
-
-
-def waiting_for_hour(engine: Engine, edition_id: int, *, now: datetime) -> int:
-    """Pending rows whose send time in their reader's zone has not come."""
-    with session_scope(engine) as session:
-        return session.scalar(select(func.count()).where(D.c.edition_id == edition_id, waiting(now)))
 
 
 def _awaiting_hour(engine: Engine, edition_id: int, *, now: datetime) -> dict:

@@ -9,10 +9,10 @@ region set) across all workers, and "view online" shows what was sent.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from sqlalchemy import Engine, and_, delete, select, update
 
+from worker.clock import utcnow
 from worker.digest import RegionSet
 from worker.render.cache import Stored
 from worker.render.digest import RenderedVariant
@@ -67,7 +67,7 @@ class VariantStore:
             # RETURNING, not rowcount: an ORM-level insert may report -1 for "unknown".
             won = conn.execute(
                 insert(V).values(edition_id=self.edition_id, regions=RegionSet(regions).text, story_count=0,
-                                 created_at=datetime.now(UTC))
+                                 created_at=utcnow())
                 .on_conflict_do_nothing(index_elements=["edition_id", "regions"])
                 .returning(V.c.id)
             ).first()

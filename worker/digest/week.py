@@ -5,9 +5,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+# The last instant inside a half-open window [start, end): datetimes resolve microseconds.
+_LAST_INSTANT = timedelta(microseconds=1)
+
+
+class StoredWindow(Protocol):
+    """What an edition row (worker/store/models.py: Edition) keeps of its window."""
+
+    window_start: datetime
+    window_end: datetime
+    label: str
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,17 @@ class Window:
 
     def contains(self, moment: datetime) -> bool:
         return self.start <= moment < self.end
+
+    @classmethod
+    def of_edition(cls, edition: StoredWindow, tz: ZoneInfo | None = None) -> Window:
+        """An edition's stored window, its days read in `tz` (the configured zone; UTC when
+        not given, for queries, which read only start and end). The last day is the one
+        the window's last instant falls on: for a window planned from local midnights
+        (week_window, custom_window) the same days they gave it."""
+        zone = tz or UTC
+        return cls(start=edition.window_start, end=edition.window_end, label=edition.label,
+                   first_day=edition.window_start.astimezone(zone).date(),
+                   last_day=(edition.window_end - _LAST_INSTANT).astimezone(zone).date())
 
 
 def parse_week(text: str) -> tuple[int, int]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import format_datetime
 from functools import lru_cache
 
 from worker import metrics
+from worker.clock import utcnow
 from worker.render.digest import RenderedVariant
 from worker.render.links import links
 from worker.render.message import Envelope, build_message, mailbox, message_bytes, needs_smtputf8, sign
@@ -88,7 +89,7 @@ def compose(
     unsubscribe_header = f"<{unsubscribe_url}>"
     if settings.unsubscribe_mailto:
         unsubscribe_header += f", <mailto:{settings.unsubscribe_mailto}?subject=unsubscribe>"
-    date = format_datetime(now or datetime.now(UTC))
+    date = format_datetime(now or utcnow())
     clock.lap("personalise")
     data = _skeleton(variant, settings.from_address, settings.effective_list_id, test_send).render(
         to=to, recipient=recipient, message_id=mid, date=date, unsubscribe_header=unsubscribe_header,

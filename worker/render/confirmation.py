@@ -13,13 +13,14 @@ put words of a stranger's choosing into a mail from us.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import lru_cache
 from pathlib import Path
 
+from worker.clock import utcnow
 from worker.regions import region_name
 from worker.render.digest import check_header_text, prose_list
 from worker.render.env import get_template
@@ -68,7 +69,7 @@ def build_confirmation(settings: Settings, *, email: str, regions: tuple[str, ..
         name, _, value = line.partition(": ")
         # Written by us, stored raw: the email package would decode encoded-words (headers.py).
         msg.set_raw(name, value.removesuffix("\r\n"))
-    msg["Date"] = format_datetime(now or datetime.now(UTC))
+    msg["Date"] = format_datetime(now or utcnow())
     msg["Message-ID"] = message_id
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(fill(rendered.text, values, nonce=rendered.nonce, escape=False),

@@ -9,7 +9,7 @@ anything is built; the ones that come from outside are written by `headers`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -20,6 +20,7 @@ from pathlib import Path
 import dkim
 from email_validator import EmailNotValidError, validate_email
 
+from worker.clock import utcnow
 from worker.errors import ConfigError, HeaderInjectionError
 from worker.render.digest import check_header_text
 from worker.render.headers import DIGEST_FIELDS, check_header_block, mailbox_header, unstructured
@@ -116,7 +117,7 @@ def _set_raw(msg: EmailMessage, line: str) -> None:
 
 
 def _now() -> str:
-    return format_datetime(datetime.now(UTC))
+    return format_datetime(utcnow())
 
 
 def needs_smtputf8(msg: EmailMessage) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from worker.errors import ConfigError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version"  # alembic's default name; migrations/env.py keeps it
 
 
 # Spellings of PostgreSQL that SQLAlchemy does not take (Heroku, docker images and
@@ -130,8 +132,10 @@ def upgrade_schema(engine: Engine, revision: str = "head", *,
 
 
 def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
+    """The revision the database is at (None: never upgraded). Read with one query, not
+    through alembic: every command and the worker's main process ask it at start, and
+    alembic is 10 MB of a process that never migrates (tests/test_store.py holds it equal
+    to alembic's answer). A branched history, which ours never is, gives its heads joined."""
     try:
         conn = engine.connect()
     except OperationalError as exc:
@@ -141,7 +145,11 @@ def current_revision(engine: Engine) -> str | None:
             raise MissingDatabase(_create_it(engine.url)) from None
         raise
     with conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        # alembic's own test: the version table in the connection's default schema.
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        heads = sorted(conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())
+    return " ".join(heads) or None
 
 
 # libpq's words when connecting to a database that is not there (SQLSTATE 3D000 is not
@@ -158,6 +166,42 @@ def _create_it(url: URL) -> str:
 
 
 def head_revision() -> str | None:
+    """The newest revision of this code's migrations. Read from the revision files' text
+    (their `revision` and `down_revision` lines), not by importing them through alembic,
+    for the reason current_revision gives; alembic decides when that text is not one
+    straight line of revisions."""
+    revisions: dict[str, tuple[str, ...]] = {}
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        found = _revision_of(path)
+        if found is None:
+            return _alembic_head()
+        revisions[found[0]] = found[1]
+    below = {down for downs in revisions.values() for down in downs}
+    heads = [revision for revision in revisions if revision not in below]
+    return heads[0] if len(heads) == 1 else _alembic_head()
+
+
+def _revision_of(path: Path) -> tuple[str, tuple[str, ...]] | None:
+    """(revision, down revisions) as the file assigns them at its top level, when both are
+    plain literals; None otherwise."""
+    values = {}
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                    try:
+                        values[target.id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        return None
+    revision, down = values.get("revision"), values.get("down_revision")
+    if not isinstance(revision, str):
+        return None
+    downs = () if down is None else (down,) if isinstance(down, str) else tuple(down)
+    return revision, downs
+
+
+def _alembic_head() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()

@@ -17,13 +17,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
 from worker.bounces.verp import ReturnPath
-from worker.delivery.outcome import Outcome, Outgoing, Sender
-from worker.delivery.senders import make_sender
+from worker.clock import utcnow
+from worker.delivery.mail import open_sender, send_mail
+from worker.delivery.outcome import Outcome, Sender
 from worker.readers.signup import ConfirmationDue, release_confirmation
 from worker.render.confirmation import build_confirmation
 from worker.settings import Settings
@@ -40,7 +40,7 @@ def confirm_url(settings: Settings, secret: str, due: ConfirmationDue) -> str:
 
 def send_confirmation(engine: Engine, settings: Settings, due: ConfirmationDue, sender: Sender) -> bool:
     """Build and send one confirmation mail; on failure record it and release the hold."""
-    now = datetime.now(UTC)
+    now = utcnow()
     try:
         secret = settings.require_secret_key()
         mail = build_confirmation(
@@ -52,8 +52,7 @@ def send_confirmation(engine: Engine, settings: Settings, due: ConfirmationDue, 
             return_path=(ReturnPath.parse(settings.bounce_address, secret).for_signup(due.subscriber_id, due.nonce)
                          if settings.bounce_address else None),
         )
-        result = sender.send(Outgoing(mail.envelope_from, mail.envelope_to, mail.data, mail.message_id,
-                                      mail.smtputf8))
+        result = send_mail(sender, mail)
         reason = None if result.outcome is Outcome.SENT else f"not sent: {result.summary}"
     except Exception as exc:  # noqa: BLE001 - one mail's failure is recorded, never the thread's end
         log.exception("confirmation mail to subscriber %s", due.subscriber_id)
@@ -66,7 +65,7 @@ def send_confirmation(engine: Engine, settings: Settings, due: ConfirmationDue, 
 
 class ConfirmationMailer:
     def __init__(self, engine: Engine, settings: Settings,
-                 sender_factory: Callable[[Settings], Sender] = make_sender) -> None:
+                 sender_factory: Callable[[Settings], Sender] = open_sender) -> None:
         self.engine, self.settings, self.sender_factory = engine, settings, sender_factory
         self._queue: queue.Queue[ConfirmationDue] = queue.Queue(QUEUE_SIZE)
         self._thread: threading.Thread | None = None
@@ -82,7 +81,7 @@ class ConfirmationMailer:
         except queue.Full:
             self._done()
             release_confirmation(self.engine, due, reason="not sent: too many sign-ups queued",
-                                 now=datetime.now(UTC))
+                                 now=utcnow())
             return
         self._start()
 

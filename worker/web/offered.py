@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pycountry
 from sqlalchemy import Engine, select
 
+from worker.clock import utcnow
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import Source, Story, StoryRegion
@@ -44,7 +45,7 @@ def offered_regions(engine: Engine, settings: Settings) -> Callable[[], frozense
 
     def offered() -> frozenset[str]:
         if time.monotonic() >= cache["due"]:
-            codes = covered_regions(engine, settings, datetime.now(UTC))
+            codes = covered_regions(engine, settings, utcnow())
             cache["codes"] = codes or frozenset(c.alpha_2 for c in pycountry.countries)
             cache["due"] = time.monotonic() + CACHE_SECONDS
         return cache["codes"]  # type: ignore[return-value]

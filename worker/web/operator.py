@@ -14,9 +14,9 @@ refused unless:
   site cannot read the page, so it cannot have the token.
 
 Approve and discard are the CLI's (`newsletter send --approve/--discard`): the same
-compare-and-set in worker/delivery/plan.py, and an approved edition's rows are handed
-to the broker as the CLI does; if the broker is down they stay pending and the
-reconciler hands them out. Every title, reason, error and URL on the page is data,
+functions of worker/editions/, and an approved edition's rows are handed to the broker
+through it, as the CLI does (this module imports no Celery code); if the broker is down
+they stay pending and the reconciler hands them out. Every title, reason, error and URL on the page is data,
 escaped by Jinja's autoescape.
 """
 
@@ -25,22 +25,20 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from flask import Blueprint, Response, redirect, render_template, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import Engine, select
 
-from worker.celery_app import create_app as create_celery_app
-from worker.delivery.plan import approve_edition, discard_edition, edition_window, find_edition, recipients_now
-from worker.delivery.schedule import dispatch, release_local_send
-from worker.delivery.status import edition_status, recent_editions
+from worker import editions
+from worker.clock import utcnow
+from worker.editions import Released
 from worker.ingest.sources import list_sources
 from worker.redact import mask_url
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, Edition, EditionState
-from worker.tasks import publisher
 from worker.web.crosssite import browser_origin
 from worker.web.shared import problem as problem_page
 
@@ -49,9 +47,6 @@ OPERATOR_SALT = "newsletter.operator.v1"
 # The page stays usable this long after it was shown.
 FORM_MAX_AGE = 3600
 RECENT = 20
-# Unfinished editions are a handful; a page of them is still bounded if something piles them up.
-MAX_UNFINISHED = 200
-_UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
 # A URL is shown whole (the operator configured it) but bounded, and never with its credentials.
 MAX_URL = 300
 
@@ -92,13 +87,13 @@ def register_operator(app: Blueprint, settings: Settings, engine: Engine) -> Non
 
     @app.get("/operator")
     def operator_page():
-        editions = _editions(engine)
+        shown = editions.overview(engine, recent_limit=RECENT)
         done = _notice(engine, request.args)
-        return render_template("operator.html", settings=settings, editions=editions, notice=done,
-                               held=[_with_recipients(engine, e) for e in editions
-                                     if e["state"] == EditionState.HELD.value],
-                               sources=_sources(engine), token=token, can_send=bool(secret),
-                               now=datetime.now(UTC))
+        # A held edition's counts are those of the hold; approving plans its rows again from
+        # the stories and subscribers stored now: the page says how many that is.
+        held = [(e, editions.approval_sends(engine, e.key)) for e in shown if e.state is EditionState.HELD]
+        return render_template("operator.html", settings=settings, editions=shown, notice=done, held=held,
+                               sources=_sources(engine), token=token, can_send=bool(secret), now=utcnow())
 
     @app.post("/operator/editions/<key>/<action>")
     def release(key: str, action: str):
@@ -107,24 +102,18 @@ def register_operator(app: Blueprint, settings: Settings, engine: Engine) -> Non
         stop = refused(action, key, "nothing can be approved or discarded")
         if stop is not None:
             return stop
-        edition = find_edition(engine, key)
-        if edition is None:
+        done = editions.release(engine, settings, key, approve=action == "approve", who=_who())
+        if done.outcome is Released.MISSING:
             return problem(404, "No such edition", "There is no edition by that key.")
-        if edition.state != EditionState.HELD.value:
-            return problem(409, "Not held", f"{edition.key} is {edition.state}, not held: nothing was changed.")
-        now, who = datetime.now(UTC), _who()
-        if action == "approve":
-            moved = approve_edition(engine, edition.id, now=now, who=who,
-                                    local=release_local_send(edition, settings))
-        else:
-            moved = discard_edition(engine, edition.id, now=now, who=who)
-        if not moved:
-            return problem(409, "Not held", f"{edition.key} was released by someone else just now: nothing was "
+        if done.outcome is Released.NOT_HELD:
+            return problem(409, "Not held", f"{done.key} is {done.state}, not held: nothing was changed.")
+        if done.outcome is Released.RACED:
+            return problem(409, "Not held", f"{done.key} was released by someone else just now: nothing was "
                            "changed.")
         outcome = "discarded"
-        if action == "approve":
-            outcome = "approved" if _hand_out(engine, settings, edition.id, now) else "approved-queued"
-        return redirect(f"/operator?{outcome}={edition.id}", code=303)
+        if done.outcome is Released.APPROVED:
+            outcome = "approved" if _hand_out(engine, settings, done.edition_id) else "approved-queued"
+        return redirect(f"/operator?{outcome}={done.edition_id}", code=303)
 
     @app.post("/operator/readers/reactivate")
     def reactivate_reader():
@@ -137,7 +126,7 @@ def register_operator(app: Blueprint, settings: Settings, engine: Engine) -> Non
         email = request.form.get("email", "")[:320]
         try:
             before = reactivate(engine, email, reason=request.form.get("reason", "")[:1000], who=_who(),
-                                via=ChangeVia.OPERATOR_PAGE, now=datetime.now(UTC),
+                                via=ChangeVia.OPERATOR_PAGE, now=utcnow(),
                                 force=request.form.get("force") == "1")
         except CannotReactivate as exc:
             return problem(409, "Not reactivated", str(exc))
@@ -147,21 +136,14 @@ def register_operator(app: Blueprint, settings: Settings, engine: Engine) -> Non
         return Response(body, status=200, mimetype="text/html")
 
 
-def _with_recipients(engine: Engine, edition: dict) -> dict:
-    """A held edition's counts are those of the hold; approving plans its rows again from
-    the stories and subscribers stored now (worker/delivery/plan.py): say how many that is."""
-    held = find_edition(engine, edition["edition"])
-    return {**edition, "sends_now": recipients_now(engine, edition_window(held)) if held else 0}
-
-
-def _hand_out(engine: Engine, settings: Settings, edition_id: int, now: datetime) -> bool:
+def _hand_out(engine: Engine, settings: Settings, edition_id: int) -> bool:
     """The approved edition's rows to the broker, as the CLI's send does; False when the
     broker cannot be reached (the rows stay pending for the reconciler)."""
     try:
-        dispatch(engine, settings, edition_id, publisher(create_celery_app(settings)), now)
-    except Exception as exc:  # noqa: BLE001 - kombu raises OperationalError and friends
+        editions.hand_out(engine, settings, edition_id)
+    except editions.BrokerUnreachable as exc:
         log.warning("operator: approved edition %s, but the broker is unreachable (%s): the reconciler "
-                    "hands its rows out", edition_id, type(exc).__name__)
+                    "hands its rows out", edition_id, type(exc.cause).__name__)
         return False
     return True
 
@@ -176,17 +158,6 @@ def _notice(engine: Engine, args) -> dict | None:
             if key is not None:
                 return {"outcome": outcome, "edition": key}
     return None
-
-
-def _editions(engine: Engine) -> list[dict]:
-    """Every unfinished edition and the ones created last, newest first."""
-    with session_scope(engine) as session:
-        unfinished = list(session.scalars(select(Edition).where(Edition.state.in_(_UNFINISHED))
-                                          .order_by(Edition.created_at.desc(), Edition.id.desc())
-                                          .limit(MAX_UNFINISHED)))
-    listed = {e.id: e for e in [*unfinished, *recent_editions(engine, RECENT)]}
-    ordered = sorted(listed.values(), key=lambda e: (e.created_at, e.id), reverse=True)
-    return [edition_status(engine, e, list_unknown=0) for e in ordered]
 
 
 def _sources(engine: Engine) -> list[SourceRow]:

@@ -28,7 +28,6 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from alembic import context, op
 
-from worker.readers.subscribers import InvalidSubscriber, check_address
 from worker.text import visible_line, visible_text
 from worker.tokens import new_link_key
 
@@ -79,17 +78,26 @@ def downgrade() -> None:
             batch_op.drop_column("link_key")
 
 
+# The reader's address rules are imported where this data migration runs, not at the top:
+# alembic imports every revision to find the head, which the worker's main process does at
+# start (worker/tasks.py), and it must not load the feed and reader code for that.
 def _new_key(email: str) -> str:
+    from worker.readers.subscribers import check_address
+
     return check_address(email)[1]
 
 
 def _old_key(email: str) -> str:
+    from worker.readers.subscribers import check_address
+
     return check_address(email)[0].casefold()
 
 
 def _rekey(bind, key_of: Callable[[str], str]) -> None:
     """Every row's key as `key_of` makes it, except rows whose new key another row would
     share (or that cannot be read as an address now): those keep theirs, and are reported."""
+    from worker.readers.subscribers import InvalidSubscriber
+
     rows = bind.execute(sa.select(subscribers.c.id, subscribers.c.email, subscribers.c.email_key)).all()
     old = {row.id: row.email_key for row in rows}
     new: dict[int, str] = {}
