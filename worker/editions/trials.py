@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from worker.clock import utcnow
 from worker.delivery.guard import Overlap, overlapping_editions
 from worker.delivery.outcome import Outcome
 from worker.delivery.pipeline import draft_renderer
-from worker.delivery.plan import find_edition, next_force_key, region_sets_with_stories
+from worker.delivery.plan import active_region_sets, find_edition, next_force_key, region_sets_with_stories
 from worker.delivery.senders import Outgoing, make_sender
 from worker.delivery.status import EditionStatus
 from worker.digest import Window
@@ -23,7 +23,7 @@ from worker.render.compose import Addressee, compose
 from worker.render.digest import RenderedVariant
 from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.store.models import EditionState, Subscriber, SubscriberStatus
+from worker.store.models import EditionState
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,8 @@ def dry_run(engine: Engine, settings: Settings, target: Target, regions: tuple[s
 
 
 def _active_sets(engine: Engine) -> list[tuple[str, int]]:
-    """Active subscribers' region sets, the commonest first."""
     with session_scope(engine) as session:
-        return list(session.execute(
-            select(Subscriber.regions, func.count()).where(Subscriber.status == SubscriberStatus.ACTIVE.value)
-            .group_by(Subscriber.regions).order_by(func.count().desc(), Subscriber.regions)).all())
+        return active_region_sets(session)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@ import io
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Engine, select
 
+from worker.clock import utcnow
 from worker.errors import UsageError
 from worker.readers.history import KEEP, apply_change
 from worker.readers.history import record as record_event
@@ -182,7 +183,7 @@ def import_csv(engine: Engine, path: Path) -> SubscriberReport:
 
 
 def _upsert(engine: Engine, items: list[SubscriberInput], report: SubscriberReport) -> None:
-    now = datetime.now(UTC)
+    now = utcnow()
     with session_scope(engine) as session:
         keys = [i.email_key for i in items]
         existing = {
@@ -245,7 +246,7 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
 
     A missing name keeps the stored one (add is also how regions are changed).
     """
-    now = datetime.now(UTC)
+    now = utcnow()
     with session_scope(engine) as session:
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == item.email_key))
         if row is None:
@@ -279,7 +280,7 @@ def set_status(engine: Engine, email: str, status: SubscriberStatus, *,
     with session_scope(engine) as session:
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
         if row is not None:
-            apply_change(session, row, via=via, at=datetime.now(UTC), status=status)
+            apply_change(session, row, via=via, at=utcnow(), status=status)
         return row
 
 
@@ -289,7 +290,7 @@ def set_status_by_id(engine: Engine, subscriber_id: int, status: SubscriberStatu
         row = session.get(Subscriber, subscriber_id, with_for_update=True)
         if row is None or row.status == status:
             return False
-        apply_change(session, row, via=via, at=datetime.now(UTC), status=status)
+        apply_change(session, row, via=via, at=utcnow(), status=status)
         return True
 
 

@@ -8,12 +8,11 @@ operator.py's, registered as the blueprint `operator` (operator_blueprint).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask import Blueprint, Response, abort, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from sqlalchemy import Engine
 
+from worker.clock import utcnow
 from worker.delivery.plan import active_region_sets
 from worker.digest import RegionSet, select_sections
 from worker.digest.queries import fetch_window_stories
@@ -74,7 +73,7 @@ def preview_html(week: str, variant: str):
 
 def _window(week: str | None):
     try:
-        return resolve_week(week, web().settings, datetime.now(UTC))
+        return resolve_week(week, web().settings, utcnow())
     except (NewsletterError, OverflowError):
         # OverflowError: a week at the edge of the calendar (9999-W52) has no next Monday.
         abort(404)

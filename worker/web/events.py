@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 
 from flask import Blueprint, Response, abort, request
 
@@ -21,6 +20,7 @@ from worker.bounces.apply import Applied, apply_report
 from worker.bounces.providers import BadEvent, read_generic, read_ses, verify_sns
 from worker.bounces.reports import Reading
 from worker.bounces.verp import ReturnPath
+from worker.clock import utcnow
 from worker.text import single_line
 from worker.web.shared import public, web
 
@@ -58,7 +58,7 @@ def ses_events():
     if not isinstance(message, dict):
         return Response("not an SNS message\n", status=400, mimetype="text/plain")
     try:
-        verify_sns(message, topic_arn=settings.ses_topic_arn, now=datetime.now(UTC),
+        verify_sns(message, topic_arn=settings.ses_topic_arn, now=utcnow(),
                    fetch_certificate=web().certificates)
     except BadEvent as exc:
         log.warning("SES event refused: %s", exc)
@@ -89,7 +89,7 @@ def _return_path() -> ReturnPath | None:
 
 def _apply(readings: list[Reading | BadEvent]) -> dict:
     counts = {"applied": 0, "duplicates": 0, "unmatched": 0, "ignored": 0, "rejected": []}
-    now = datetime.now(UTC)
+    now = utcnow()
     engine, limit = web().engine, web().settings.bounce_transient_limit
     for index, reading in enumerate(readings):
         if isinstance(reading, BadEvent):

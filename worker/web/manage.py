@@ -4,10 +4,9 @@ rules are in readers.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from flask import Blueprint, Response, redirect, request
 
+from worker.clock import utcnow
 from worker.readers.history import KEEP
 from worker.readers.manage import LeaveOutcome, change_subscription, leave
 from worker.readers.signup import request_subscription
@@ -50,7 +49,7 @@ def manage(token: str):
     refused = check_form(row.id, "manage", f"/manage/{token}")
     if refused is not None:
         return refused
-    engine, now = web().engine, datetime.now(UTC)
+    engine, now = web().engine, utcnow()
     action = request.form.get("action", "save")
     if action == "resubscribe" and row.status != SubscriberStatus.ACTIVE:
         item = SubscriberInput(row.email, row.email_key, None, tuple(row.region_list))
@@ -103,7 +102,7 @@ def leave_region(token: str, code: str):
     refused = check_form(row.id, "leave", f"/manage/{token}/leave/{region.code}")
     if refused is not None:
         return refused
-    result = leave(web().engine, row.id, region.code, via=ChangeVia.REGION_LINK, now=datetime.now(UTC))
+    result = leave(web().engine, row.id, region.code, via=ChangeVia.REGION_LINK, now=utcnow())
     if result.outcome in (LeaveOutcome.NOT_FOLLOWED, LeaveOutcome.NOT_ACTIVE):
         return leave_page(token, region.code)
     return page("left.html", region=region, remaining=names(result.regions), manage_url=f"/manage/{token}")

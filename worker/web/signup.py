@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from flask import Blueprint, Response, jsonify, request
 
+from worker.clock import utcnow
 from worker.origins import origin_of
 from worker.readers.history import KEEP
 from worker.readers.signup import (
@@ -82,7 +83,7 @@ def subscribe():
                 "timezone": str(fields.get("timezone_text") or "")[:MAX_ZONE * 2]}
         return page("subscribe.html", 400, form=form, wanted=names(fields.get("regions") or ()),
                     choices=choices(), zones=zone_choices(), errors=errors)
-    now = datetime.now(UTC)
+    now = utcnow()
     _housekeeping(now)
     item = SubscriberInput(fields["email"], fields["key"], fields["name"], fields["regions"],
                            fields["timezone"] or KEEP)
@@ -116,7 +117,7 @@ def confirm(token: str):
     refused = check_form(subscriber_id, "confirm", f"/confirm/{token}")
     if refused is not None:
         return refused
-    done = confirm_subscription(web().engine, subscriber_id, nonce, now=datetime.now(UTC))
+    done = confirm_subscription(web().engine, subscriber_id, nonce, now=utcnow())
     if done.outcome is not ConfirmOutcome.CONFIRMED:
         return _used_link()
     return page("confirm.html", done=True, regions=names(done.regions),
