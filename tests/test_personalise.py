@@ -106,3 +106,38 @@ def test_stored_variants_keep_their_markers_across_processes(sample_engine, sett
     assert stored == variant
     copy = compose(stored, READER, settings=settings, secret="s", now=NOW)
     assert "Hello Reader," in copy.digest.text and "%%NL" not in copy.digest.html
+
+
+def test_a_claim_whose_reply_was_lost_is_known_as_ours_on_the_next_try(sample_engine, settings):
+    """The database wrote our claim and went down before answering: the retry knows the claim
+    as its own and renders, instead of waiting a minute for a render nobody is doing, while
+    another process still sees the claim as taken."""
+    from sqlalchemy.exc import OperationalError
+
+    window = week_window("2025-W05", settings.tz)
+    planned = plan_edition(sample_engine, key="weekly-2025-W05", kind="weekly", window=window, now=NOW)
+
+    class ReplyLostOnce(VariantStore):
+        lost = False
+
+        def _connect(self):
+            conn = super()._connect()
+            if not self.lost:
+                self.lost = True
+                original = conn.execute
+
+                def execute(*args, **kwargs):
+                    original(*args, **kwargs)  # written and committed (autocommit)...
+                    raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+                conn.execute = execute
+            return conn
+
+    ours = ReplyLostOnce(sample_engine, edition_id=planned.edition_id, edition_key="weekly-2025-W05")
+    other = VariantStore(sample_engine, edition_id=planned.edition_id, edition_key="weekly-2025-W05")
+    with pytest.raises(OperationalError):
+        ours.claim(("RU",))
+    assert not other.claim(("RU",))
+    assert ours.claim(("RU",))  # ...and the retry knows it
+    assert not other.claim(("RU",))
+    ours.save(("RU",), None)
+    assert not ours.claim(("RU",))  # saved: nothing left to claim, for anyone

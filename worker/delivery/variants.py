@@ -38,6 +38,10 @@ class VariantStore:
         self.edition_id = edition_id
         self.edition_key = edition_key
         self.wait_seconds = wait_seconds
+        # The instant each claim of this process was written with: it names the claim, so a
+        # claim whose reply the database never sent (it went down in between) is known as
+        # ours on the next try, instead of waited for as somebody else's render.
+        self._claimed_at: dict[tuple[str, ...], object] = {}
 
     def _connect(self):
         return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -61,17 +65,24 @@ class VariantStore:
                                nonce=row.marker or "", online_html=row.online_html)
 
     def claim(self, regions: tuple[str, ...]) -> bool:
-        """True if this process is now the one to render it."""
+        """True if this process is now the one to render it: it wrote the claim now, or an
+        earlier try of it did (its reply was lost) and nothing was saved since."""
         insert = _insert(self.engine)
+        earlier = self._claimed_at.get(regions)
+        at = self._claimed_at[regions] = utcnow()
         with self._connect() as conn:
             # RETURNING, not rowcount: an ORM-level insert may report -1 for "unknown".
             won = conn.execute(
                 insert(V).values(edition_id=self.edition_id, regions=RegionSet(regions).text, story_count=0,
-                                 created_at=utcnow())
+                                 created_at=at)
                 .on_conflict_do_nothing(index_elements=["edition_id", "regions"])
                 .returning(V.c.id)
             ).first()
-            return won is not None
+            if won is not None or earlier is None:
+                return won is not None
+            self._claimed_at[regions] = earlier
+            return conn.execute(select(V.c.id).where(self._row(regions), V.c.created_at == earlier,
+                                                     V.c.html.is_(None))).first() is not None
 
     def wait(self, regions: tuple[str, ...]) -> RenderedVariant | Stored:
         """The stored variant, once its renderer has saved it; MISSING if nobody claimed it
