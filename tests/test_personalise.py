@@ -118,26 +118,29 @@ def test_a_claim_whose_reply_was_lost_is_known_as_ours_on_the_next_try(sample_en
     planned = plan_edition(sample_engine, key="weekly-2025-W05", kind="weekly", window=window, now=NOW)
 
     class ReplyLostOnce(VariantStore):
-        lost = False
+        """The first claim is written but its reply lost; the second finds the database down."""
+        tries = 0
 
         def _connect(self):
             conn = super()._connect()
-            if not self.lost:
-                self.lost = True
-                original = conn.execute
+            self.tries += 1
+            if self.tries <= 2:
+                original, write = conn.execute, self.tries == 1
 
                 def execute(*args, **kwargs):
-                    original(*args, **kwargs)  # written and committed (autocommit)...
+                    if write:
+                        original(*args, **kwargs)  # written and committed (autocommit)...
                     raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
                 conn.execute = execute
             return conn
 
     ours = ReplyLostOnce(sample_engine, edition_id=planned.edition_id, edition_key="weekly-2025-W05")
     other = VariantStore(sample_engine, edition_id=planned.edition_id, edition_key="weekly-2025-W05")
-    with pytest.raises(OperationalError):
-        ours.claim(("RU",))
+    for _ in range(2):
+        with pytest.raises(OperationalError):
+            ours.claim(("RU",))
     assert not other.claim(("RU",))
-    assert ours.claim(("RU",))  # ...and the retry knows it
+    assert ours.claim(("RU",))  # ...and a later try knows it
     assert not other.claim(("RU",))
     ours.save(("RU",), None)
     assert not ours.claim(("RU",))  # saved: nothing left to claim, for anyone

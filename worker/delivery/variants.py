@@ -38,10 +38,10 @@ class VariantStore:
         self.edition_id = edition_id
         self.edition_key = edition_key
         self.wait_seconds = wait_seconds
-        # The instant each claim of this process was written with: it names the claim, so a
+        # The instants this process's claims were tried with: each names its claim, so a
         # claim whose reply the database never sent (it went down in between) is known as
-        # ours on the next try, instead of waited for as somebody else's render.
-        self._claimed_at: dict[tuple[str, ...], object] = {}
+        # ours on a later try, instead of waited for as somebody else's render.
+        self._tried: dict[tuple[str, ...], list] = {}
 
     def _connect(self):
         return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -68,8 +68,10 @@ class VariantStore:
         """True if this process is now the one to render it: it wrote the claim now, or an
         earlier try of it did (its reply was lost) and nothing was saved since."""
         insert = _insert(self.engine)
-        earlier = self._claimed_at.get(regions)
-        at = self._claimed_at[regions] = utcnow()
+        tried = self._tried.setdefault(regions, [])
+        earlier = list(tried)
+        at = utcnow()
+        tried.append(at)
         with self._connect() as conn:
             # RETURNING, not rowcount: an ORM-level insert may report -1 for "unknown".
             won = conn.execute(
@@ -78,10 +80,9 @@ class VariantStore:
                 .on_conflict_do_nothing(index_elements=["edition_id", "regions"])
                 .returning(V.c.id)
             ).first()
-            if won is not None or earlier is None:
+            if won is not None or not earlier:
                 return won is not None
-            self._claimed_at[regions] = earlier
-            return conn.execute(select(V.c.id).where(self._row(regions), V.c.created_at == earlier,
+            return conn.execute(select(V.c.id).where(self._row(regions), V.c.created_at.in_(earlier),
                                                      V.c.html.is_(None))).first() is not None
 
     def wait(self, regions: tuple[str, ...]) -> RenderedVariant | Stored:
