@@ -201,7 +201,7 @@ def test_the_operator_page_reactivates_a_bounced_reader_under_the_forms_rules(en
     done = client.post(url, data=form, environ_base=REMOTE, headers={**auth, "Origin": "http://localhost"})
     assert done.status_code == 200 and f"{A} was bounced and is active again" in done.text
     assert subscriber(engine, A).status == "active"
-    assert events(engine, A)[-1] == ("reactivated", "operator-page", "reactivated by operator page: mailbox fixed <b>")
+    assert events(engine, A)[-1] == ("reactivated", "operator-page", "reactivated by operator token: mailbox fixed <b>")
     refused = client.post(url, data={**form, "email": B}, environ_base=REMOTE, headers=auth)
     assert refused.status_code == 409 and "complained" in refused.text and subscriber(engine, B).status == "complained"
     forced = client.post(url, data={**form, "email": B, "force": "1"}, environ_base=REMOTE, headers=auth)

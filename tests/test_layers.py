@@ -23,7 +23,7 @@ LAYERS = [
     # Tables, sessions, migrations.
     ("store", {"store"}),
     # What the newsletter does, each package on its own data; they may use one another.
-    ("domain", {"ingest", "readers", "digest", "render", "delivery", "bounces", "preview", "metrics", "health",
+    ("domain", {"operators", "console", "ingest", "readers", "digest", "render", "delivery", "bounces", "preview", "metrics", "health",
                 "readiness"}),
     # The Celery app and the publisher (tasks by name): what the door hands editions out with.
     ("broker", {"celery_app"}),

@@ -72,7 +72,7 @@ def test_approve_releases_it_and_a_second_post_is_harmless(world, redis_url):
     assert done.status_code == 303 and done.headers["Location"] == f"/operator?approved={edition_id}"
     edition = find_edition(engine, KEY)
     assert edition.state == "sending" and edition.reason is None
-    assert "approved by operator page" in edition.note and "far below its usual 5" in edition.note
+    assert "approved by loopback" in edition.note and "far below its usual 5" in edition.note
     assert _queued(redis_url) == 1  # its 14 rows, one batch, handed to the broker as the CLI does
     shown = client.get(done.headers["Location"], environ_base=LOOPBACK).text
     assert f"{KEY}:\napproved; its rows were handed to the workers." in shown and "No edition is held." in shown
@@ -90,7 +90,7 @@ def test_discard_drops_it(world, redis_url):
                        environ_base=LOOPBACK)
     assert done.status_code == 303 and done.headers["Location"] == f"/operator?discarded={edition_id}"
     edition = find_edition(engine, KEY)
-    assert edition.state == "skipped" and edition.reason.startswith("discarded by operator page at ")
+    assert edition.state == "skipped" and edition.reason.startswith("discarded by loopback at ")
     assert {state for state, _ in ledger(engine, KEY).values()} == {"skipped"}
     assert _queued(redis_url) == 0
     # The token of one action is worthless for the other.

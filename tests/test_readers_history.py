@@ -49,9 +49,12 @@ def test_show_answers_why_someone_did_or_did_not_get_an_edition(loaded, engine, 
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0] == ANNA and lines[2].startswith("  status:   unsubscribed since ")
-    history = [line.split()[3:6] for line in lines if line.startswith("20") and "UTC" in line[:25]]
-    assert history[:3] == [["subscribed", "import", "active"], ["regions-changed", "cli", "active"],
-                           ["unsubscribed", "cli", "unsubscribed"]]
+    history = [line.split() for line in lines if line.startswith("20") and "UTC" in line[:25]]
+    # when (3 words), what, how, by ("cli (user)": 2 words), status
+    assert [row[3:5] + row[7:8] for row in history[:3]] == [
+        ["subscribed", "import", "active"], ["regions-changed", "cli", "active"],
+        ["unsubscribed", "cli", "unsubscribed"]]
+    assert all(row[5] == "cli" and row[6].startswith("(") for row in history[:3])
     editions = {line.split()[0]: line for line in lines if line.startswith("weekly-")}
     assert " sent " in editions["weekly-2025-W05"] and " UA " in editions["weekly-2025-W05"]
     assert "weekly-2025-W06" not in editions  # planned after they left: no row at all

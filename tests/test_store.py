@@ -236,6 +236,7 @@ def test_migration_0021_gives_each_refusal_at_send_its_history_once_and_nothing_
             ("bounced", "bounce", "RU", "late bounce 5.1.1")]
         assert rows[0][0] in (refused, str(refused))  # SQLite hands raw text back
         _at(engine, "0020")
+    upgrade_schema(engine)  # the shared PostgreSQL database is left at head for the next test
     engine.dispose()
 
 

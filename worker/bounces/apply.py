@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from worker import metrics
 from worker.bounces.reports import Report
+from worker.operators.audit import audit
 from worker.readers.history import apply_change
 from worker.readers.signup import confirmation_returned
 from worker.readers.subscribers import InvalidSubscriber, check_address
@@ -186,6 +187,7 @@ def decide(engine: Engine, event_id: int, *, permanent: bool, now: datetime, who
             if subscriber is not None:
                 confirmation_returned(session, subscriber, BounceKind.PERMANENT, now=now,
                                       note=f"confirmation mail reviewed by {who}: permanent")
+        audit(session, "bounce-reviewed", f"report {event_id}", "permanent" if permanent else "dismissed")
         session.flush()
         session.expunge(event)
         return event

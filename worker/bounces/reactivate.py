@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, select
 
+from worker.operators.audit import audit
 from worker.readers.history import apply_change
 from worker.readers.subscribers import InvalidSubscriber, check_address
 from worker.store.db import session_scope
@@ -47,4 +48,5 @@ def reactivate(engine: Engine, email: str, *, reason: str, who: str, via: Change
         row.transient_bounces = 0
         apply_change(session, row, via=via, at=now, status=SubscriberStatus.ACTIVE,
                      note=f"reactivated by {who}: {reason}"[:300])
+        audit(session, "subscriber-reactivated", row.email, f"was {before}: {reason}")
     return before

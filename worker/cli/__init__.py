@@ -22,6 +22,7 @@ from worker.cli import db as _db  # noqa: F401,E402
 from worker.cli import deliveries as _deliveries  # noqa: F401,E402
 from worker.cli import demo as _demo  # noqa: F401,E402
 from worker.cli import health as _health  # noqa: F401,E402
+from worker.cli import operators as _operators  # noqa: F401,E402
 from worker.cli import preview as _preview  # noqa: F401,E402
 from worker.cli import send as _send  # noqa: F401,E402
 from worker.cli import sources as _sources  # noqa: F401,E402

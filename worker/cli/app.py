@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 from sqlalchemy import Engine
 
+from worker.cli.who import who
 from worker.errors import ConfigError, UsageError
+from worker.operators.actor import Actor, reset_actor, set_actor
 from worker.settings import Settings, load_settings, unknown_env_vars
 
 
@@ -90,6 +92,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     NEWSLETTER_* variables; `newsletter config` shows them and where each came from.
     """
     ctx.obj = ctx.obj if isinstance(ctx.obj, Context) else Context(debug=debug)
+    # Whatever this command changes for a reader or an edition names who ran it (worker/operators).
+    acting = set_actor(Actor(who=f"cli ({who()})", via="cli"))
+    ctx.call_on_close(lambda: reset_actor(acting))
 
 
 def print_table(columns: list[str], rows: list[list[str]]) -> None:

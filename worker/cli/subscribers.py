@@ -175,9 +175,9 @@ def show(ctx: Context, email: str, as_json: bool, limit: int) -> None:
         click.echo(f"  confirmation link: mailed {_short(confirmation['mailed_at'])} for "
                    f"{' '.join(confirmation['regions'])} ({state})")
     click.echo("history:")
-    print_table(["when", "what", "how", "status", "regions", "note"],
-                [[_short(e["at"]), e["kind"], e["via"], e["status"], " ".join(e["regions"]), e["note"] or ""]
-                 for e in record["history"]] or [["-", "no change recorded", "", "", "", ""]])
+    print_table(["when", "what", "how", "by", "status", "regions", "note"],
+                [[_short(e["at"]), e["kind"], e["via"], e["by"] or "", e["status"], " ".join(e["regions"]),
+                  e["note"] or ""] for e in record["history"]] or [["-", "no change recorded", "", "", "", "", ""]])
     if record.get("late_reports"):
         click.echo("late reports (after the relay accepted the message):")
         print_table(["when", "edition", "kind", "reason", "code"],

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from sqlalchemy import Engine, select, update
 
+from worker.operators.audit import audit
 from worker.store.db import session_scope
 from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Subscriber
 
@@ -61,6 +62,8 @@ def resolve_unknown(engine: Engine, edition_id: int, *, resolution: Resolution, 
             out.reopened = bool(session.execute(
                 update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.DONE.value)
                 .values(state=EditionState.SENDING.value, finished_at=None)).rowcount)
+        if out.changed:
+            audit(session, "unknown-resolved", f"edition {edition_id}", f"{out.changed} rows {resolution.value}")
     return out
 
 

@@ -28,6 +28,7 @@ from worker.delivery.status import EditionStatus, count_in_state
 from worker.digest import Window, custom_window
 from worker.editions.standing import status
 from worker.errors import UsageError
+from worker.operators.audit import audit
 from worker.preview import resolve_week, weekly_edition_key
 from worker.settings import Settings
 from worker.store.models import DeliveryState, EditionState
@@ -102,9 +103,11 @@ def plan_or_reuse(engine: Engine, target: Target, *, force: bool, retry: bool, w
         new_key = next_force_key(engine, key)
         note = f"forced re-send of {key} by {who} at {now.isoformat()}"
         planned = plan_edition(engine, key=new_key, kind=target.kind, window=target.window, now=now, note=note)
+        audit(engine, "edition-forced", new_key, f"a re-send of {key}")
         return _planned(engine, Decision.FORCED, planned.edition_id, note=note)
     if existing is not None and retry:
         count = _requeue_failed(engine, existing.id, now)
+        audit(engine, "edition-retried", key, f"{count} failed rows queued again")
         state = EditionState(existing.state)
         go = count and state is not EditionState.PAUSED  # a paused one's rows go after `resume`
         return Plan(Decision.REQUEUED, key, existing.id if go else None, state, existing.reason, requeued=count)
@@ -118,6 +121,7 @@ def plan_or_reuse(engine: Engine, target: Target, *, force: bool, retry: bool, w
     if retry:
         raise UsageError(f"no edition {key!r} to retry")
     planned = plan_edition(engine, key=key, kind=target.kind, window=target.window, now=now)
+    audit(engine, "edition-planned", key)
     return _planned(engine, Decision.PLANNED, planned.edition_id)
 
 
@@ -164,6 +168,7 @@ def release(engine: Engine, settings: Settings, key: str, *, approve: bool, who:
         moved = discard_edition(engine, edition.id, now=now, who=who)
     if not moved:
         return Release(Released.RACED, edition.key, edition.id)
+    audit(engine, "edition-approved" if approve else "edition-discarded", edition.key)
     return Release(Released.APPROVED if approve else Released.DISCARDED, edition.key, edition.id,
                    held_reason=edition.reason)
 
@@ -177,7 +182,10 @@ def pause(engine: Engine, key: str, *, reason: str = "paused by operator") -> Ed
     """Stop handing out the edition's batches; None when paused, else the state it is in
     (only a sending edition can be paused)."""
     edition = require_edition(engine, key)
-    return None if pause_edition(engine, edition.id, reason) else EditionState(edition.state)
+    if not pause_edition(engine, edition.id, reason):
+        return EditionState(edition.state)
+    audit(engine, "edition-paused", edition.key, reason)
+    return None
 
 
 class Resumed(StrEnum):
@@ -200,6 +208,7 @@ def resume(engine: Engine, key: str) -> Resume:
     edition = require_edition(engine, key)
     state = EditionState(edition.state)
     if resume_edition(engine, edition.id):
+        audit(engine, "edition-resumed", edition.key)
         return Resume(Resumed.RESUMED, edition.key, edition.id, EditionState.SENDING)
     if state is EditionState.SENDING:
         return Resume(Resumed.STILL_SENDING, edition.key, edition.id, state)

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from worker.ingest.fetch import FETCH_DEADLINE, SourceError, fetch_source
 from worker.ingest.importer import MAX_REASON, Rejection, import_data
+from worker.operators.audit import audit
 from worker.redact import mask_url
 from worker.settings import Settings
 from worker.store.db import session_scope
@@ -71,6 +72,8 @@ def add_source(engine: Engine, url: str, *, region: str | None = None, origin: s
             row = Source(url=url, region=region, origin=origin, items_added=0, last_rejected=0,
                          consecutive_failures=0)
             session.add(row)
+            session.flush()
+            audit(session, "source-added", mask_url(url), region)
         return row
     except IntegrityError:
         raise SourceExists(url) from None
@@ -86,6 +89,7 @@ def remove_source(engine: Engine, url: str) -> Source | None:
             row = shown[0] if len(shown) == 1 else None
         if row is not None:
             session.delete(row)
+            audit(session, "source-removed", mask_url(row.url))
         return row
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.orm import Session
 
+from worker.operators.actor import current_by
 from worker.store.db import session_scope
 from worker.store.models import (
     BounceEvent,
@@ -31,6 +32,7 @@ from worker.store.models import (
 )
 
 MAX_NOTE = 1000
+BY_A_PERSON = frozenset({ChangeVia.CLI, ChangeVia.IMPORT, ChangeVia.OPERATOR_PAGE})
 # A missing name argument keeps the stored name; None removes it.
 KEEP: Any = object()
 
@@ -54,7 +56,7 @@ def record(session: Session, row: Subscriber, kind: EventKind, via: ChangeVia, *
            note: str | None = None) -> None:
     """One event, with the status and regions the subscriber has now (flushed rows only)."""
     session.add(SubscriberEvent(subscriber_id=row.id, at=at, kind=kind.value, via=via.value, status=row.status,
-                                regions=row.regions, note=_clip(note)))
+                                regions=row.regions, note=_clip(note), by=_by(via)))
 
 
 def change_status(db: Session | Connection, subscriber_ids: Iterable[int], status: SubscriberStatus, *,
@@ -76,9 +78,11 @@ def change_status(db: Session | Connection, subscriber_ids: Iterable[int], statu
     ).all())  # RETURNING's order is the database's: the events go in by id
     if changed:
         kind = status_event(was, status, via)
+        by = _by(via)
         db.execute(insert(SubscriberEvent.__table__), [
             {"subscriber_id": subscriber_id, "at": at, "kind": kind.value, "via": via.value, "status": status.value,
-             "regions": regions, "note": _clip(note.get(subscriber_id) if isinstance(note, Mapping) else note)}
+             "regions": regions, "note": _clip(note.get(subscriber_id) if isinstance(note, Mapping) else note),
+             "by": by}
             for subscriber_id, regions in changed])
     return [subscriber_id for subscriber_id, _ in changed]
 
@@ -158,7 +162,7 @@ def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None 
 
 def _event(event: SubscriberEvent) -> dict:
     return {"at": _when(event.at), "kind": event.kind, "via": event.via, "status": event.status,
-            "regions": event.regions.split(), "note": event.note}
+            "regions": event.regions.split(), "note": event.note, "by": event.by}
 
 
 def _delivery(row: Delivery, edition_key: str, planned: datetime) -> dict:
@@ -166,6 +170,12 @@ def _delivery(row: Delivery, edition_key: str, planned: datetime) -> dict:
             "state": row.state, "skip_reason": row.skip_reason, "attempts": row.attempts,
             "sent_at": _when(row.sent_at), "message_id": row.message_id, "last_code": row.last_code,
             "last_reply": row.last_reply, "updated_at": _when(row.updated_at)}
+
+
+def _by(via: ChangeVia) -> str | None:
+    """Who, for a change a person made for the reader; a change by the reader, a mail server
+    or the worker names nobody (an operator's `send --inline` does not refuse addresses)."""
+    return current_by() if via in BY_A_PERSON else None
 
 
 def _clip(note: str | None) -> str | None:

@@ -12,19 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from worker.clock import utcnow
 from worker.errors import UsageError
+from worker.operators.audit import audit
 from worker.readers.history import KEEP, apply_change
 from worker.readers.history import record as record_event
 from worker.regions import RegionError, parse_regions
 from worker.store.db import session_scope
-from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
+from worker.store.models import AuditEvent, ChangeVia, EventKind, Subscriber, SubscriberStatus
 from worker.text import contains_control, visible_text
 from worker.zones import ZoneError, optional_zone
 
 MAX_NAME = 200
+# What the audit trail says of a reader after their erasure.
+PURGED = "(a purged reader)"
 MAX_REGIONS = 20
 # What is read of a raw field before any check: a longer value is refused unparsed.
 MAX_ADDRESS = 320  # RFC 3696 errata: 64 + 1 + 255
@@ -179,6 +182,9 @@ def import_csv(engine: Engine, path: Path) -> SubscriberReport:
     items = [r for _, r in rows.values()]
     for begin in range(0, len(items), 500):
         _upsert(engine, items[begin : begin + 500], report)
+    audit(engine, "subscribers-imported", path.name,
+          f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+          f"{report.suppressed} suppressed, {len(report.rejected)} rejected")
     return report
 
 
@@ -254,6 +260,7 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
             session.add(row)
             session.flush()
             record_event(session, row, EventKind.SUBSCRIBED, ChangeVia.CLI, at=now)
+            audit(session, "subscriber-added", row.email, " ".join(item.regions))
             return "added"
         name = KEEP if item.name is None else item.name
         if row.status == SubscriberStatus.PENDING:
@@ -267,9 +274,12 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
                 )
             apply_change(session, row, via=ChangeVia.CLI, at=now, status=SubscriberStatus.ACTIVE,
                          regions=item.regions, name=name, timezone=item.timezone)
+            audit(session, "subscriber-resubscribed", row.email, " ".join(item.regions))
             return "updated"
         changed = _respell(row, item) | bool(apply_change(
             session, row, via=ChangeVia.CLI, at=now, regions=item.regions, name=name, timezone=item.timezone))
+        if changed:
+            audit(session, "subscriber-changed", row.email, " ".join(item.regions))
         return "updated" if changed else "unchanged"
 
 
@@ -279,8 +289,8 @@ def set_status(engine: Engine, email: str, status: SubscriberStatus, *,
     _, key = check_address(email)
     with session_scope(engine) as session:
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
-        if row is not None:
-            apply_change(session, row, via=via, at=utcnow(), status=status)
+        if row is not None and apply_change(session, row, via=via, at=utcnow(), status=status):
+            audit(session, f"subscriber-{status.value}", row.email)
         return row
 
 
@@ -304,4 +314,7 @@ def purge_subscriber(engine: Engine, email: str) -> bool:
         if row is None:
             return False
         session.delete(row)
+        # Erasure reaches the operators' record too: it keeps that a reader was purged, not whom.
+        session.execute(update(AuditEvent).where(AuditEvent.target == row.email).values(target=PURGED))
+        audit(session, "subscriber-purged", PURGED)
         return True

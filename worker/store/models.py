@@ -232,8 +232,13 @@ class SubscriberEvent(Base):
     regions: Mapped[str] = mapped_column(String(200))
     # A reason or reply (at most 1,000 characters); never a name or an address.
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Who made the change when a person did it for the reader: an operator's name, or the
+    # OS user of a command ("cli (anna)"); NULL: the reader, a mail server or the worker.
+    by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_subscriber_events_subscriber_id", "subscriber_id", "id"),)
+    __table_args__ = (Index("ix_subscriber_events_subscriber_id", "subscriber_id", "id"),
+                      # The console's weekly counts read a range of instants by kind.
+                      Index("ix_subscriber_events_at", "at", "kind"))
 
 
 class EditionState(StrEnum):
@@ -441,3 +446,38 @@ class Source(Base):
     # Due when NULL or past; pushed back exponentially while failing.
     next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Operator(Base):
+    """A named operator of the console and the machine routes (worker/operators). Only a
+    slow hash of the token is kept: the token itself is printed once, when it is made."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(64))
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+class AuditEvent(Base):
+    """One change an operator made, through the console or the command line: who, when,
+    what and on what. Kept when the reader it names is purged (the target then says only
+    "a purged reader"): it is the operators' record, not the reader's."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    who: Mapped[str] = mapped_column(String(64))
+    # 'cli' or 'console'.
+    via: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(48))
+    target: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_audit_events_at", "at"),)

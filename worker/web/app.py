@@ -24,11 +24,22 @@ from sqlalchemy import Engine
 from worker.bounces.providers import CertificateCache, CertificateFetcher, fetch_sns_certificate
 from worker.errors import ConfigError
 from worker.metrics import LedgerCollector
+from worker.operators.accounts import Verifier
 from worker.origins import origin_of
 from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision
-from worker.web import console, events, manage, public, signup
-from worker.web.guard import deny_by_default
+from worker.web import (
+    console,
+    console_audit,
+    console_editions,
+    console_readers,
+    events,
+    manage,
+    operator,
+    public,
+    signup,
+)
+from worker.web.guard import deny_by_default, forget_actor
 from worker.web.mailer import ConfirmationMailer
 from worker.web.offered import offered_regions
 from worker.web.ratelimit import RefusedConfirmations, SubscribeLimiter
@@ -37,7 +48,8 @@ from worker.web.shared import EXTENSION, Every, WebContext, page
 # Readers post small forms: anything bigger is refused before it is read.
 MAX_BODY = 64 * 1024
 MAX_FORM_PARTS = 100
-BLUEPRINTS = (public.bp, signup.bp, manage.bp, events.bp, console.bp)
+BLUEPRINTS = (public.bp, signup.bp, manage.bp, events.bp, console.bp, operator.bp, console_audit.bp,
+              console_editions.bp, console_readers.bp)
 
 
 def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer | None = None,
@@ -52,9 +64,9 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
     app.extensions["newsletter_mailer"] = context.mailer
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
-    app.register_blueprint(console.operator_blueprint(settings, engine))
     # Deny by default: a new route is the operator's until marked public.
     app.before_request(deny_by_default)
+    app.teardown_request(forget_actor)
     app.after_request(_headers)
     app.register_error_handler(404, _not_found)
     app.register_error_handler(413, _too_large)
@@ -72,6 +84,7 @@ def _context(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer, 
                       certificates=CertificateCache(sns_certificates), offered=offered_regions(engine, settings),
                       metrics=metrics, housekeeping=Every(signup.HOUSEKEEPING_SECONDS),
                       secret=settings.optional_secret_key(), operator_token=operator_token,
+                      operators=Verifier(engine),
                       own_origin=origin_of(settings.public_url))
 
 

@@ -3,14 +3,13 @@ the preview of any week and region set, and /metrics. Operator-only like every r
 not marked public (guard.py); /metrics is a machine route (Bearer only).
 
 The operator's page with forms (/operator: editions, held editions, sources) is
-operator.py's, registered as the blueprint `operator` (operator_blueprint).
+operator.py's.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, abort, request
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from sqlalchemy import Engine
 
 from worker.clock import utcnow
 from worker.delivery.plan import active_region_sets
@@ -18,20 +17,10 @@ from worker.digest import RegionSet, select_sections
 from worker.digest.queries import fetch_window_stories
 from worker.errors import NewsletterError
 from worker.preview import build_preview, resolve_week
-from worker.settings import Settings
 from worker.store.db import session_scope
-from worker.web.operator import register_operator
 from worker.web.shared import SANDBOX_CSP, page, variant_codes, web
 
 bp = Blueprint("console", __name__)
-
-
-def operator_blueprint(settings: Settings, engine: Engine) -> Blueprint:
-    """/operator and its forms (operator.py), as a blueprint of their own. Made per app:
-    register_operator's views close over this app's settings and engine."""
-    blueprint = Blueprint("operator", __name__)
-    register_operator(blueprint, settings, engine)
-    return blueprint
 
 
 @bp.get("/")

@@ -18,8 +18,7 @@ resends) and never a loopback address as proof.
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from flask import Request, Response
 
@@ -69,14 +68,16 @@ def is_machine_route(rule: str) -> bool:
     return rule.startswith(MACHINE_PREFIXES)
 
 
-def machine_refusal(request: Request, token: bytes) -> Response | None:
-    """None when the request carries the operator token as a Bearer token."""
-    if not token:
-        return Response("Machine routes (/events/*, /metrics) need NEWSLETTER_OPERATOR_TOKEN, sent as "
-                        "`Authorization: Bearer TOKEN`; a loopback address is not enough.\n",
+def machine_refusal(request: Request, identify: Callable[[str], str | None], *,
+                    configured: bool) -> Response | None:
+    """None when the request carries a credential `identify` knows (NEWSLETTER_OPERATOR_TOKEN
+    or an operator's token) as a Bearer token; `configured`: one of them exists."""
+    if not configured:
+        return Response("Machine routes (/events/*, /metrics) need NEWSLETTER_OPERATOR_TOKEN or an operator's "
+                        "token, sent as `Authorization: Bearer TOKEN`; a loopback address is not enough.\n",
                         status=403, mimetype="text/plain")
     scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token):
+    if scheme.lower() == "bearer" and presented.strip() and identify(presented.strip()) is not None:
         return None
     return Response("This route needs the operator token as `Authorization: Bearer TOKEN` (never basic).\n",
                     status=401, mimetype="text/plain", headers={"WWW-Authenticate": MACHINE_REALM})

@@ -1,10 +1,16 @@
 """Who may reach which route: deny by default, run before every request of the app.
 
 A route is the operator's unless its view is marked `public` (shared.py): it then needs
-NEWSLETTER_OPERATOR_TOKEN (Bearer, or the password of basic auth), or, while no token is
-set, a loopback client asking for a loopback name. Machine routes take the token only as
-Bearer, and no route that changes anything takes a request another site's page made,
-unless it is marked `takes_other_sites` and checks the origin itself (crosssite.py).
+credentials, Bearer or the password of basic auth: a named operator's token
+(`newsletter operators add`, worker/operators/accounts.py) or NEWSLETTER_OPERATOR_TOKEN.
+While neither exists, a loopback client asking for a loopback name is let in (a fresh
+install on a laptop); once either exists, nobody is, from loopback either. Machine routes
+take credentials only as Bearer, and no route that changes anything takes a request
+another site's page made, unless it is marked `takes_other_sites` and checks the origin
+itself (crosssite.py).
+
+Who got in is `g.operator` and the acting operator (worker/operators/actor.py) for the
+request: what the request changes names them in the reader's history and the audit trail.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 
+from worker.operators.actor import Actor, reset_actor, set_actor
 from worker.web.crosssite import (
     SAFE_METHODS,
     cross_site_refusal,
@@ -45,19 +52,60 @@ def deny_by_default() -> Response | None:
         return problem(403, "Not from here", "This form can only be sent from our own page.",
                        link=(request.path, "Open the page again"))
     if machine:
-        return None if getattr(view, "public", False) else machine_refusal(request, context.operator_token)
+        if getattr(view, "public", False):
+            return None
+        refused = machine_refusal(request, lambda token: _identify(context, token, None),
+                                  configured=bool(context.operator_token) or context.operators.exists())
+        if refused is None:
+            _act_as(_identify(context, _bearer(), None) or "operator")
+        return refused
     if getattr(view, "public", False):
         return None
-    if context.operator_token:
-        if hmac.compare_digest(_presented_token(), context.operator_token):
-            return None
-        return Response("This page needs the operator token.\n", status=401, mimetype="text/plain",
-                        headers={"WWW-Authenticate": REALM})
+    auth = request.authorization
+    name = _identify(context, _presented_token().decode("utf-8", "replace"),
+                     auth.username if auth is not None and auth.type == "basic" else None)
+    if name is not None:
+        _act_as(name)
+        return None
+    if context.operator_token or context.operators.exists():
+        return Response("This page needs an operator's token (`newsletter operators add NAME`) or "
+                        "NEWSLETTER_OPERATOR_TOKEN, as the password (any user name) or a Bearer token.\n",
+                        status=401, mimetype="text/plain", headers={"WWW-Authenticate": REALM})
     if _is_local() and _loopback_name(request.host):
+        _act_as("loopback")
         return None
     return Response("Operator pages are served only to loopback clients, asking for localhost, 127.0.0.1 or "
                     "[::1], while no operator token is set: set NEWSLETTER_OPERATOR_TOKEN to reach them from "
                     "elsewhere.\n", status=403, mimetype="text/plain")
+
+
+def forget_actor(_error=None) -> None:
+    """After the request: the acting operator is this request's only."""
+    token = g.pop("actor_token", None)
+    if token is not None:
+        try:
+            reset_actor(token)
+        except ValueError:  # set in another context (a streamed response): it ends with it
+            pass
+
+
+def _act_as(name: str) -> None:
+    g.operator = name
+    g.actor_token = set_actor(Actor(who=name, via="console"))
+
+
+def _identify(context, presented: str, user: str | None) -> str | None:
+    """Whose credential this is: "operator token", an operator's name, or None."""
+    if not presented:
+        return None
+    if context.operator_token and hmac.compare_digest(presented.encode("utf-8", "replace"), context.operator_token):
+        return "operator token"
+    return context.operators.verify(presented, user)
+
+
+def _bearer() -> str:
+    scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
+    return presented.strip() if scheme.lower() == "bearer" else ""
 
 
 def _presented_token() -> bytes:

@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from worker.bounces.providers import CertificateCache
 from worker.digest import RegionSet
+from worker.operators.accounts import Verifier
 from worker.settings import Settings
 from worker.web.mailer import ConfirmationMailer
 from worker.web.ratelimit import SubscribeLimiter
@@ -61,8 +62,10 @@ class WebContext:
     housekeeping: Every
     # NEWSLETTER_SECRET_KEY, or "": the pages that need it say so.
     secret: str
-    # NEWSLETTER_OPERATOR_TOKEN, or b"" (guard.py: then loopback only).
+    # NEWSLETTER_OPERATOR_TOKEN, or b"" (guard.py: then loopback only, while no operator exists).
     operator_token: bytes
+    # The named operators' tokens (worker/operators/accounts.py).
+    operators: Verifier
     # NEWSLETTER_PUBLIC_URL's origin: where our own forms are.
     own_origin: str
 
