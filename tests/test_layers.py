@@ -23,12 +23,13 @@ LAYERS = [
     # Tables, sessions, migrations.
     ("store", {"store"}),
     # What the newsletter does, each package on its own data; they may use one another.
-    ("domain", {"operators", "console", "ingest", "readers", "digest", "render", "delivery", "bounces", "preview", "metrics", "health",
+    ("domain", {"operators", "ingest", "readers", "digest", "render", "delivery", "bounces", "preview", "metrics", "health",
                 "readiness"}),
     # The Celery app and the publisher (tasks by name): what the door hands editions out with.
     ("broker", {"celery_app"}),
-    # The one door for the operator's actions on an edition.
-    ("editions", {"editions"}),
+    # The one door for the operator's actions on an edition, and the console's read models
+    # (what the operator pages show, read through the door and the domain).
+    ("editions", {"editions", "console"}),
     # What people and processes start: the command line, the web app, the task shells.
     ("entry", {"cli", "web", "tasks"}),
 ]
