@@ -35,4 +35,5 @@ def test_every_web_route_belongs_to_a_blueprint():
     endpoints = {rule.rule: rule.endpoint for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
     assert endpoints and not {rule: e for rule, e in endpoints.items() if "." not in e}
     assert {e.split(".")[0] for e in endpoints.values()} == {"public", "signup", "manage", "events", "console",
-                                                              "operator"}
+                                                              "operator", "console_audit", "console_editions",
+                                                              "console_readers"}
