@@ -178,3 +178,17 @@ def test_the_last_seen_time_is_kept(engine, name):
     assert verifier.verify(token) == name
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT last_seen_at FROM operators")).scalar() is not None
+
+
+def test_wrong_tokens_cost_a_bounded_number_of_checks_and_a_known_token_still_opens(engine, monkeypatch):
+    from worker.operators import accounts
+
+    token = add_operator(engine, "anna")
+    verifier = Verifier(engine)
+    assert verifier.verify(token) == "anna"
+    calls = []
+    real = accounts.token_matches
+    monkeypatch.setattr(accounts, "token_matches", lambda *a: calls.append(a) or real(*a))
+    assert all(verifier.verify(f"anna.wrong{n}") is None for n in range(accounts.MAX_FAILED_CHECKS + 15))
+    assert len(calls) == accounts.MAX_FAILED_CHECKS
+    assert verifier.verify(token) == "anna"

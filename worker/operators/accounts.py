@@ -10,6 +10,10 @@ scrypt is slow on purpose, tens of milliseconds a check; `Verifier` remembers th
 for a presented token against a stored hash (a bounded cache keyed by both), so a console
 page costs one check per browser session, not one per request. The account row is read
 on every request: a removed operator is refused at once, whatever the cache holds.
+
+Wrong tokens for a real name would each cost a check: a process spends at most
+MAX_FAILED_CHECKS of them per FAILED_WINDOW seconds, and refuses further unknown tokens
+unchecked until the window passes (a token already known good still opens at once).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime
 from threading import Lock
@@ -34,12 +40,15 @@ from worker.operators.audit import audit
 from worker.store.db import session_scope
 from worker.store.models import Operator
 
+log = logging.getLogger(__name__)
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 # scrypt's cost: 16 MiB and tens of milliseconds per check on a small server (OWASP's
 # minimum is N=2^17 with r=8 for passwords; these tokens carry 256 random bits, so no
 # guess is ever cheap enough to matter and the cost only slows a stolen database's use).
 N, R, P = 2**14, 8, 1
 CACHE = 256
+MAX_FAILED_CHECKS = 20
+FAILED_WINDOW = 10.0
 
 
 class OperatorError(NewsletterError):
@@ -134,6 +143,7 @@ class Verifier:
         self._lock = Lock()
         self._seen: dict[str, datetime] = {}
         self._seen_every = seen_every
+        self._failed: deque[float] = deque(maxlen=MAX_FAILED_CHECKS)
 
     def exists(self) -> bool:
         return any_operator(self.engine)
@@ -154,7 +164,11 @@ class Verifier:
             if known is not None:
                 self._answers.move_to_end(key)
         if known is None:
+            if not self._may_check():
+                return None
             known = token_matches(secret, stored)
+            if not known:
+                self._failed.append(time.monotonic())
             with self._lock:
                 self._answers[key] = known
                 while len(self._answers) > CACHE:
@@ -162,6 +176,14 @@ class Verifier:
         if known:
             self._mark_seen(name)
         return name if known else None
+
+    def _may_check(self) -> bool:
+        full = len(self._failed) == MAX_FAILED_CHECKS
+        if full and time.monotonic() - self._failed[0] < FAILED_WINDOW:
+            log.warning("operator sign-in: %s wrong tokens within %s s; unknown tokens are refused unchecked "
+                        "for now", MAX_FAILED_CHECKS, FAILED_WINDOW)
+            return False
+        return True
 
     def _mark_seen(self, name: str) -> None:
         now = utcnow()
