@@ -188,11 +188,12 @@ def reader_record(engine: Engine, settings: Settings, address: str, *, deliverie
     return ReaderRecord(email_key=key, record=record, zone=zone, zone_from=source)
 
 
-def export_csv(engine: Engine, *, chunk: int = EXPORT_CHUNK) -> Iterator[str]:
+def export_csv(engine: Engine, *, chunk: int | None = None) -> Iterator[str]:
     """The whole list as CSV text, a chunk of readers at a time (keyset on the key): the
     list is never in memory at once. Every cell goes through `guarded_cell`: one that a
     spreadsheet would run as a formula (= + - @ first) is written with a leading '
     (CSV injection); the import takes it off again."""
+    chunk = chunk or EXPORT_CHUNK
     yield _csv_line(EXPORT_HEADER)
     after = ""
     while True:
