@@ -29,7 +29,7 @@ from worker.store.models import Subscriber, SubscriberStatus
 
 PAGE = 50
 # How many readers, in key order, one page of a search or a filter looks through at most.
-WINDOW = 200_000
+WINDOW = 100_000
 # Readers per query of the CSV export.
 EXPORT_CHUNK = 1000
 MAX_QUERY = 320
