@@ -32,7 +32,9 @@ def console(engine, settings):
         def post(self, path, data, headers=None, **kw):
             return client.post(path, data=data, environ_base=REMOTE, headers={**auth, **(headers or {})}, **kw)
 
-        def anonymous(self, path, data):
+        def anonymous(self, path, data=None):
+            if data is None:
+                return client.get(path, environ_base=REMOTE)
             return client.post(path, data=data, environ_base=REMOTE)
 
         def form(self, address, action):
@@ -270,6 +272,13 @@ def test_bad_uploads_are_refused_with_one_message_and_change_nothing(engine, con
             (b"", 400, "the header must be email,name,regions")]:
         refused = _upload(console, content)
         assert refused.status_code == status and says in refused.text and "Nothing was changed" in refused.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', console.get("/operator/subscribers/import").text)[1]
+    form = lambda **kw: {"csrf": csrf, "file": (io.BytesIO(b"email,regions\nb@example.org,RU\n"), "l.csv"), **kw}  # noqa: E731
+    url = "/operator/subscribers/import"
+    assert console.anonymous(url, form()).status_code == 401
+    assert console.post(url, form(), headers={"Origin": "https://evil.example"}).status_code == 403
+    assert console.post(url, form(csrf=csrf + "x")).status_code == 400
+    assert console.post(url, {"csrf": csrf}).status_code == 400
     monkeypatch.setattr(console_readers, "MAX_UPLOAD", 100)
     monkeypatch.setattr(console_readers, "UPLOAD_SLACK", 10_000)
     refused = _upload(console, b"email,regions\n" + b"b@example.org,RU\n" * 20)
@@ -305,6 +314,8 @@ def test_the_export_round_trips_through_the_import_and_defuses_formulas(engine, 
                     ["b@example.org", "'+1 @SUM(A1)", "UA", "", "active"],
                     ["c@example.org", "", "DE", "", "unsubscribed"]]
     assert _audit(engine)[-1][:3] == ("anna", "console", "subscribers-exported")
+    assert console.anonymous("/operator/subscribers/export").status_code == 401
+    assert console.anonymous(f"/operator/subscribers/{A}").status_code == 401
     kept = _state(engine)[0]
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM subscribers"))
