@@ -156,10 +156,31 @@ def import_csv(engine: Engine, path: Path) -> SubscriberReport:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return import_text(engine, text, where=str(path), name=path.name)
+
+
+def import_text(engine: Engine, text: str, *, where: str, name: str) -> SubscriberReport:
+    """`import_csv` of a text already read (the console's upload): every row is checked
+    before anything is written, so a bad header or a text that is not CSV (UsageError,
+    naming `where`) changes nothing. `name` is what the audit trail calls the file."""
+    try:
+        rows, report = _read_rows(text, where)
+    except csv.Error as exc:
+        raise UsageError(f"{where}: not a CSV file ({exc})") from None
+    items = [r for _, r in rows.values()]
+    for begin in range(0, len(items), 500):
+        _upsert(engine, items[begin : begin + 500], report)
+    audit(engine, "subscribers-imported", name,
+          f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+          f"{report.suppressed} suppressed, {len(report.rejected)} rejected")
+    return report
+
+
+def _read_rows(text: str, where: str) -> tuple[dict[str, tuple[int, SubscriberInput]], SubscriberReport]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip().lower() for h in reader.fieldnames or []]
     if "email" not in header or "regions" not in header:
-        raise UsageError(f"{path}: the header must be email,name,regions (got {','.join(header)!r})")
+        raise UsageError(f"{where}: the header must be email,name,regions (got {','.join(header)!r})")
     reader.fieldnames = header
     report = SubscriberReport()
     rows: dict[str, tuple[int, SubscriberInput]] = {}
@@ -168,6 +189,14 @@ def import_csv(engine: Engine, path: Path) -> SubscriberReport:
         start, line = line, reader.line_num + 1
         if None in record:
             report.rejected.append((start, "too many fields (quote names that contain commas)"))
+            continue
+        record = {key: unguarded_cell(value) for key, value in record.items()}
+        if "status" in header and (record.get("status") or "").strip().lower() not in ("", "active"):
+            # The console's export says who left or never confirmed: not made active here.
+            if (record.get("status") or "").strip().lower() in {s.value for s in SubscriberStatus}:
+                report.suppressed += 1
+            else:
+                report.rejected.append((start, f"unknown status {(record.get('status') or '')[:40]!r}"))
             continue
         try:
             row = make_input(record.get("email") or "", record.get("name"), record.get("regions") or "",
@@ -179,13 +208,25 @@ def import_csv(engine: Engine, path: Path) -> SubscriberReport:
             report.rejected.append((start, f"duplicate of line {rows[row.email_key][0]}"))
             continue
         rows[row.email_key] = (start, row)
-    items = [r for _, r in rows.values()]
-    for begin in range(0, len(items), 500):
-        _upsert(engine, items[begin : begin + 500], report)
-    audit(engine, "subscribers-imported", path.name,
-          f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
-          f"{report.suppressed} suppressed, {len(report.rejected)} rejected")
-    return report
+    return rows, report
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@")
+
+
+def guarded_cell(value: str) -> str:
+    """A cell as the list's CSV export writes it: one a spreadsheet would run as a formula
+    gets a leading ' (OWASP's advice), which `unguarded_cell` takes off on import."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def unguarded_cell(value: str | None) -> str | None:
+    """A cell of an imported CSV: the ' the export put before a formula's first character
+    comes off, so an export imports back as it was (an address may begin with - + or =)."""
+    if value and value.startswith("'") and value[1:2] in FORMULA_STARTS:
+        return value[1:]
+    return value
 
 
 def _upsert(engine: Engine, items: list[SubscriberInput], report: SubscriberReport) -> None:
@@ -247,24 +288,34 @@ def clear_confirmation(row: Subscriber) -> None:
     row.confirm_nonce = row.confirm_sent_at = row.confirm_regions = row.confirm_name = row.confirm_timezone = None
 
 
-def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool = False) -> str:
+def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool = False,
+                   via: ChangeVia = ChangeVia.CLI, note: str | None = None,
+                   only: frozenset[SubscriberStatus] | None = None) -> str:
     """Add or update one subscriber; returns 'added', 'updated' or 'unchanged'.
 
-    A missing name keeps the stored one (add is also how regions are changed).
+    A missing name keeps the stored one (add is also how regions are changed). With
+    `only`, an existing reader in another status is refused (UsageError) and nothing
+    changes: the console changes only an active reader's regions, and resubscribes only
+    an unsubscribed one. `note` (a reason) goes into the history with a status change.
     """
     now = utcnow()
     with session_scope(engine) as session:
-        row = session.scalar(select(Subscriber).where(Subscriber.email_key == item.email_key))
+        query = select(Subscriber).where(Subscriber.email_key == item.email_key)
+        row = session.scalar(query.with_for_update() if only is not None else query)
+        if row is None and only is not None:
+            raise UsageError(f"no subscriber {item.email!r}")
         if row is None:
             row = _new(item)
             session.add(row)
             session.flush()
-            record_event(session, row, EventKind.SUBSCRIBED, ChangeVia.CLI, at=now)
+            record_event(session, row, EventKind.SUBSCRIBED, via, at=now)
             audit(session, "subscriber-added", row.email, " ".join(item.regions))
             return "added"
+        if only is not None and row.status not in only:
+            raise UsageError(f"{row.email} is {row.status}")
         name = KEEP if item.name is None else item.name
         if row.status == SubscriberStatus.PENDING:
-            _confirm_by_operator(session, row, item, via=ChangeVia.CLI, at=now)
+            _confirm_by_operator(session, row, item, via=via, at=now)
             _set_zone(row, item)
             return "updated"
         if row.status != SubscriberStatus.ACTIVE:
@@ -272,12 +323,13 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
                 raise UsageError(
                     f"{row.email} is {row.status}; pass --resubscribe if they asked to come back"
                 )
-            apply_change(session, row, via=ChangeVia.CLI, at=now, status=SubscriberStatus.ACTIVE,
-                         regions=item.regions, name=name, timezone=item.timezone)
-            audit(session, "subscriber-resubscribed", row.email, " ".join(item.regions))
+            apply_change(session, row, via=via, at=now, status=SubscriberStatus.ACTIVE,
+                         regions=item.regions, name=name, timezone=item.timezone, note=note)
+            audit(session, "subscriber-resubscribed", row.email,
+                  " ".join(item.regions) + (f": {note}" if note else ""))
             return "updated"
         changed = _respell(row, item) | bool(apply_change(
-            session, row, via=ChangeVia.CLI, at=now, regions=item.regions, name=name, timezone=item.timezone))
+            session, row, via=via, at=now, regions=item.regions, name=name, timezone=item.timezone))
         if changed:
             audit(session, "subscriber-changed", row.email, " ".join(item.regions))
         return "updated" if changed else "unchanged"
