@@ -213,10 +213,13 @@ def _reasons(session, edition_id: int) -> list[FailureReason]:
 
 
 def _unknown(session, edition_id: int) -> list[UnknownRow]:
+    # Ordered as the (edition_id, id) index is, so the first rows are read from the
+    # edition's own rows, not after every older edition's.
     found = session.execute(
         select(D.c.id, Subscriber.email, D.c.last_reply, D.c.updated_at)
         .join(Subscriber, Subscriber.id == D.c.subscriber_id)
-        .where(D.c.edition_id == edition_id, D.c.state == UNKNOWN).order_by(D.c.id).limit(UNKNOWN_SHOWN)).all()
+        .where(D.c.edition_id == edition_id, D.c.state == UNKNOWN).order_by(D.c.edition_id, D.c.id)
+        .limit(UNKNOWN_SHOWN)).all()
     return [UnknownRow(r.id, r.email, (r.last_reply or "")[:REPLY_CHARS] or None, r.updated_at) for r in found]
 
 
