@@ -26,10 +26,9 @@ def resolve(ctx: Context, edition: str, addresses: tuple[str, ...], as_sent: boo
     """Decide an edition's `unknown` rows (the server may have accepted the message when
     the worker died or the connection dropped): --sent or --resend, for ADDR... or --all.
     Each decision is kept on the row with who made it and when (`newsletter status EDITION`)."""
-    from worker.clock import utcnow
-    from worker.delivery.plan import finish_if_done, require_edition
-    from worker.delivery.resolve import Resolution, resolve_unknown
+    from worker import editions
     from worker.readers.subscribers import InvalidSubscriber, check_address
+    from worker.store.models import EditionState
 
     if as_sent == resend:
         raise UsageError("give --sent (they arrived) or --resend (send them again)")
@@ -39,23 +38,18 @@ def resolve(ctx: Context, edition: str, addresses: tuple[str, ...], as_sent: boo
         keys = None if all_rows else [check_address(address)[1] for address in addresses]
     except InvalidSubscriber as exc:
         raise UsageError(str(exc)) from None
-    row = require_edition(ctx.engine, edition)
-    who, now = current_user(), utcnow()
-    resolution = Resolution.SENT if as_sent else Resolution.RESEND
-    result = resolve_unknown(ctx.engine, row.id, resolution=resolution, keys=keys, who=who, now=now)
+    result = editions.decide_unknown(ctx.engine, edition, sent=as_sent, keys=keys, who=current_user())
     verb = "marked sent" if as_sent else "to be sent again"
-    click.echo(f"{row.key}: {result.changed} unknown {'row' if result.changed == 1 else 'rows'} {verb} "
-               f"(by {who} at {now:%Y-%m-%d %H:%M} UTC)")
+    click.echo(f"{result.key}: {result.changed} unknown {'row' if result.changed == 1 else 'rows'} {verb} "
+               f"(by {result.who} at {result.at:%Y-%m-%d %H:%M} UTC)")
     for key, state in result.not_unknown.items():
         where = f"its row is {state}" if state else "no row in this edition"
-        click.echo(f"error: {key}: not unknown in {row.key} ({where}): left as it is", err=True)
-    if as_sent:
-        finish_if_done(ctx.engine, row.id, now)
-    elif result.changed:
-        if row.state == "paused":
-            click.echo(f"{row.key} is paused: they go out after `newsletter resume {row.key}`")
+        click.echo(f"error: {key}: not unknown in {result.key} ({where}): left as it is", err=True)
+    if not as_sent and result.changed:
+        if result.state is EditionState.PAUSED:
+            click.echo(f"{result.key} is paused: they go out after `newsletter resume {result.key}`")
         else:
             click.echo(f"a running worker sends them within a minute (the reconciler hands them out); "
-                       f"`newsletter resume {row.key} --inline` sends them now")
+                       f"`newsletter resume {result.key} --inline` sends them now")
     if result.not_unknown:
         raise click.exceptions.Exit(1)

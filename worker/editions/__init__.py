@@ -1,9 +1,9 @@
 """The operator's actions on an edition, behind one door: find the window, plan the edition
 or reuse the one that exists, approve or discard a held one, hand it to the broker or run
 it in this process, follow it, dry-run it, send test copies, retry its failures, pause
-and resume it, and say where it stands.
+and resume it, decide its unknown rows, and say where it stands.
 
-The command line (worker/cli/sending.py, send.py), the operator page (worker/web/operator.py)
+The command line (worker/cli/sending.py, send.py, deliveries.py), the console (worker/web/)
 and the task shells (worker/tasks.py) call these and print or render what comes back:
 nothing here prints, and every result is a small frozen dataclass. A refusal each caller
 words for its own reader (not held, released by someone else a moment ago) is a value;
@@ -48,12 +48,13 @@ from worker.editions.standing import (
     window_story_count,
 )
 from worker.editions.trials import DryRun, DrySet, TestCopy, dry_run, send_test_copies
+from worker.editions.unknown import Decided, decide_unknown
 
 __all__ = [
     "EditionStatus", "Progress", "Target", "Plan", "Decision", "Release", "Released", "DryRun", "DrySet",
-    "TestCopy", "Resume", "Resumed", "FullStatus", "BrokerUnreachable",
+    "TestCopy", "Resume", "Resumed", "FullStatus", "BrokerUnreachable", "Decided",
     "resolve_window", "resolve_edition", "original_key", "plan_or_reuse", "release", "hand_out", "run_inline",
     "follow", "dry_run", "send_test_copies", "count_failed", "pause", "resume", "status", "full_status",
     "recent", "overview", "find", "require", "approval_sends", "guard_view", "recipients", "window_story_count",
-    "deliver_batch", "reconcile", "recover",
+    "deliver_batch", "reconcile", "recover", "decide_unknown",
 ]
