@@ -1,52 +1,34 @@
-"""The operator's page, /operator: editions in flight and recent ones with their counts,
-held editions to approve or discard, and the sources' health.
+"""The operator's dashboard, /operator: active readers per region; the list's weeks
+(sign-ups, confirmations, unsubscribes, bounces, complaints) as charts and as a table;
+the editions created last and those in flight, with their bounce and complaint rates
+against the thresholds `newsletter status` uses; held editions, with the forms that
+approve or discard them; the sources' health; and the form that undoes a bounce.
 
-Operator-only like every route not marked public (guard.py); its POSTs are under the
-console's form rules (forms.py: our own origin, a token signed for that action and that
-operator).
-
-Approve and discard are the CLI's (`newsletter send --approve/--discard`): the same
-functions of worker/editions/, and an approved edition's rows are handed to the broker
-through it, as the CLI does (this module imports no Celery code); if the broker is down
-they stay pending and the reconciler hands them out. Every title, reason, error and URL on the page is data,
-escaped by Jinja's autoescape.
+The numbers are the read model's (worker/console/dashboard.py); this module only renders.
+Operator-only like every route not marked public (guard.py). The forms post elsewhere,
+under the console's form rules (forms.py: our own origin, a token signed for that action
+and that operator): approve and discard to worker/web/console_editions.py, the CLI's own
+functions of worker/editions/; the reactivation to worker/web/console_readers.py. Every title,
+reason, error, region and URL on the page is data, escaped by Jinja's autoescape and by
+the charts (charts.py).
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from datetime import datetime
-
 from flask import Blueprint, request
 from sqlalchemy import Engine, select
 
-from worker import editions
-from worker.clock import utcnow
-from worker.ingest.sources import list_sources
-from worker.redact import mask_url
+from worker.console.dashboard import MEASURES, THRESHOLDS, dashboard
 from worker.store.db import session_scope
-from worker.store.models import Edition, EditionState
+from worker.store.models import Edition
+from worker.web.charts import bar_chart
 from worker.web.forms import form_token
 from worker.web.shared import page, web
 
-log = logging.getLogger(__name__)
-RECENT = 20
-# A URL is shown whole (the operator configured it) but bounded, and never with its credentials.
-MAX_URL = 300
-
-
-@dataclass(frozen=True)
-class SourceRow:
-    id: int   # the `source` label of the metrics
-    url: str
-    region: str | None
-    last_success: datetime | None
-    last_error: str | None
-    last_error_at: datetime | None
-    failures: int
-    next_poll: datetime | None
-
+# A label under every fourth bar of a week chart: a month apart, and they do not overlap.
+WEEK_LABEL_EVERY = 4
+# The regions charted (the table lists all of them): beyond these the bars are too thin to read.
+CHART_REGIONS = 20
 
 bp = Blueprint("operator", __name__)
 
@@ -54,13 +36,15 @@ bp = Blueprint("operator", __name__)
 @bp.get("/operator")
 def operator_page():
     context = web()
-    shown = editions.overview(context.engine, recent_limit=RECENT)
-    done = _notice(context.engine, request.args)
-    # A held edition's counts are those of the hold; approving plans its rows again from
-    # the stories and subscribers stored now: the page says how many that is.
-    held = [(e, editions.approval_sends(context.engine, e.key)) for e in shown if e.state is EditionState.HELD]
-    return page("operator.html", editions=shown, notice=done, held=held, sources=_sources(context.engine),
-                token=form_token, can_send=bool(context.secret), now=utcnow())
+    shown = dashboard(context.engine, region_names=context.settings.region_names)
+    charts = [(heading, bar_chart(f"{heading} per week, last {len(shown.weeks)} weeks",
+                                  [(w.label, w.counts[measure]) for w in shown.weeks], label_every=WEEK_LABEL_EVERY))
+              for measure, heading, _ in MEASURES]
+    regions_chart = bar_chart("Active readers per region",
+                              [(r.code, r.active) for r in shown.regions[:CHART_REGIONS]]) if shown.regions else None
+    return page("operator.html", board=shown, measures=MEASURES, charts=charts, regions_chart=regions_chart,
+                chart_regions=CHART_REGIONS, thresholds=THRESHOLDS, notice=_notice(context.engine, request.args),
+                token=form_token, can_send=bool(context.secret))
 
 
 def _notice(engine: Engine, args) -> dict | None:
@@ -73,14 +57,3 @@ def _notice(engine: Engine, args) -> dict | None:
             if key is not None:
                 return {"outcome": outcome, "edition": key}
     return None
-
-
-def _sources(engine: Engine) -> list[SourceRow]:
-    return [SourceRow(id=s.id, url=_shown_url(s.url), region=s.region, last_success=s.last_success_at,
-                      last_error=s.last_error, last_error_at=s.last_error_at, failures=s.consecutive_failures,
-                      next_poll=s.next_poll_at) for s in list_sources(engine)]
-
-
-def _shown_url(url: str) -> str:
-    url = mask_url(url)  # an unparsable one (a file path, or odd) as it is, escaped
-    return url if len(url) <= MAX_URL else url[:MAX_URL] + "…"
