@@ -192,3 +192,22 @@ def test_wrong_tokens_cost_a_bounded_number_of_checks_and_a_known_token_still_op
     assert all(verifier.verify(f"anna.wrong{n}") is None for n in range(accounts.MAX_FAILED_CHECKS + 15))
     assert len(calls) == accounts.MAX_FAILED_CHECKS
     assert verifier.verify(token) == "anna"
+
+
+def test_a_form_with_origin_null_is_ours_only_when_the_browser_says_same_origin(engine, settings):
+    """Chromium sends `Origin: null` with a page's own form under a no-referrer policy;
+    Sec-Fetch-Site (which no page can set) says whether it was ours."""
+    token = add_operator(engine, "anna")
+    client = web_client(engine, settings)
+    page = client.get("/operator", environ_base=REMOTE, headers=_bearer(token)).text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page[page.index("/operator/readers/reactivate"):])[1]
+    form = {"csrf": csrf, "email": A, "reason": "x"}
+
+    def post(**headers):
+        return client.post("/operator/readers/reactivate", environ_base=REMOTE, data=form,
+                           headers={**_bearer(token), **headers}).status_code
+
+    assert post(Origin="null") == 403
+    assert post(Origin="null", **{"Sec-Fetch-Site": "cross-site"}) == 403
+    assert post(Origin="null", **{"Sec-Fetch-Site": "same-origin"}) == 409  # through the checks: no such reader
+    assert post(Origin="https://evil.example", **{"Sec-Fetch-Site": "same-origin"}) == 403

@@ -80,7 +80,7 @@ def test_the_manage_page_shows_regions_in_order_and_changes_nothing_on_get(reade
     assert page.status_code == 200 and ANNA in page.text and 'value="Anna Petrova"' in page.text
     assert page.text.index("Russia") < page.text.index(">Ukraine<")
     assert '<label for="add">Add a region</label>' in page.text and 'value="RU">Russian' not in page.text
-    assert page.headers["Cache-Control"] == "no-store" and page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Cache-Control"] == "no-store" and page.headers["Referrer-Policy"] == "same-origin"
     assert readers.events(ANNA) == [("subscribed", "import", "active", "RU UA")]
 
 

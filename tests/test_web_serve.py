@@ -100,7 +100,7 @@ def test_serve_with_workers_becomes_gunicorn(serve):
     # exec'd in place: the process we started is gunicorn's master, with its workers under it.
     cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
     assert b"gunicorn" in cmdline and b"worker.web:create_app_from_env()" in cmdline
-    assert b"--no-control-socket" in cmdline
+    assert b"--no-control-socket" in cmdline and cmdline[cmdline.index(b"--worker-class") + 1] == b"gthread"
 
 
 @pytest.mark.slow

@@ -9,6 +9,9 @@ import click
 from worker.cli.app import Context, cli, pass_ctx
 from worker.errors import UsageError
 
+# Per gunicorn worker process (`serve --workers N`).
+THREADS = 4
+
 
 @cli.command()
 @click.option("--week", help="ISO week such as 2025-W05 (default: the week that ended last).")
@@ -76,7 +79,11 @@ def serve(ctx: Context, host: str, port: int, workers: int | None) -> None:
         # exec, not a child: gunicorn takes over this process id and its signals (PID 1 in a container).
         # Each gunicorn worker builds its own settings and engine through the factory.
         # No control socket: gunicorn would otherwise open a management interface in $HOME.
+        # Threads: a long download (the subscriber list's export) neither blocks the other
+        # requests of its process nor gets it killed by the 30 s timeout of a sync worker,
+        # which reads a busy request as a hung process.
         os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(workers),
+                                  "--worker-class", "gthread", "--threads", str(THREADS),
                                   "--no-control-socket", "worker.web:create_app_from_env()"])
     click.echo(f"serving on http://{host}:{port}/ (Ctrl-C to stop)")
     from werkzeug.serving import run_simple

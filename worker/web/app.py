@@ -90,7 +90,9 @@ def _context(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer, 
 
 def _headers(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # Our own origin still sees where a form came from (a browser then sends a real Origin
+    # with it, not "null"); no other site is told a page's address, with its token.
+    response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
     # Pages show addresses and counts; only the archive says it may be cached.
     response.headers.setdefault("Cache-Control", "no-store")

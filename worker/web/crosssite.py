@@ -37,10 +37,16 @@ def takes_other_sites(view):
 
 def browser_origin(request: Request) -> str | None:
     """Where the browser says the request comes from: Origin, else the Referer's origin;
-    None when it says neither. 'null' (a sandboxed or privacy-stripped origin) is nobody's."""
+    None when it says neither. 'null' (a sandboxed or privacy-stripped origin) is nobody's,
+    except with `Sec-Fetch-Site: same-origin`: a page whose referrer policy is no-referrer
+    makes Chromium send `Origin: null` with that page's own forms, and Sec-Fetch-Site is a
+    header no page can set, so it vouches that the form was ours."""
     origin = request.headers.get("Origin")
     if origin is not None:
-        return origin.strip().lower()
+        origin = origin.strip().lower()
+        if origin == "null" and request.headers.get("Sec-Fetch-Site", "").strip().lower() == "same-origin":
+            return served_origin(request)
+        return origin
     referrer = request.headers.get("Referer")
     return origin_of(referrer) if referrer else None
 
