@@ -112,13 +112,13 @@ def tallies_of(db: Engine | Session, editions: list[Edition]) -> dict[int, Talli
     if isinstance(db, Engine):
         with session_scope(db) as session:
             return tallies_of(session, editions)
-    finished = [e for e in editions if is_finished(e)]
-    found = _stored(db, {e.id: e.finished_at for e in finished})
+    finished = {e.id: e.finished_at for e in editions if is_finished(e)}
+    found = _stored(db, finished)
     out: dict[int, Tallies] = {}
     for edition in editions:
         if edition.id in found:
             out[edition.id] = found[edition.id]
-        elif edition in finished:
+        elif edition.id in finished:
             out[edition.id] = make_tallies(_engine_of(db), edition.id) or count_tallies(db, edition.id)
         else:
             out[edition.id] = count_tallies(db, edition.id)
