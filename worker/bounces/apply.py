@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from worker import metrics
 from worker.bounces.reports import Report
+from worker.delivery.tallies import forget
 from worker.operators.audit import audit
 from worker.readers.history import apply_change
 from worker.readers.signup import confirmation_returned
@@ -244,6 +245,8 @@ def _bounce(session: Session, delivery: Delivery, subscriber: Subscriber, report
         # The same instant as the subscriber's event, as the ledger does for a refusal at
         # send: `subscribers show` lines the row up with the history.
         delivery.updated_at = now
+        # A finished edition's stored counts had this row sent (or unknown).
+        forget(session, [delivery.edition_id])
     if subscriber.status == SubscriberStatus.ACTIVE:
         subscriber.transient_bounces = 0
         # The note carries the code, never the diagnostic (it quotes the address).

@@ -14,7 +14,10 @@
   reactivations and changes of region, name or zone count in none;
 - the editions created last and every unfinished one, with their rows by state and their
   bounce and complaint rates against the thresholds `newsletter status` warns at
-  (worker/delivery/status.py), each edition's rows scanned once, all editions in one query;
+  (worker/delivery/status.py): a finished edition's from its stored tallies
+  (worker/delivery/tallies.py), an unfinished one's counted at each look when it has at
+  most LIVE_COUNT rows; a larger unfinished one shows its state and total, and its report
+  has the counts;
 - held editions, and how many readers approving each would send to now;
 - the sources' health.
 """
@@ -23,10 +26,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, func, select
 
 from worker import editions
 from worker.clock import utcnow
@@ -40,6 +43,7 @@ from worker.delivery.status import (
     bounce_rate,
     recent_editions,
 )
+from worker.delivery.tallies import Tallies, count_tallies, is_finished, tallies_of
 from worker.editions.standing import MAX_UNFINISHED
 from worker.ingest.sources import list_sources
 from worker.redact import mask_url
@@ -50,6 +54,9 @@ from worker.store.models import SubscriberEvent as Event
 
 WEEKS = 26
 RECENT_EDITIONS = 10
+# An unfinished edition with more rows than this is not counted on the dashboard: at each
+# look that is a scan of all its rows (its report counts them).
+LIVE_COUNT = 50_000
 # A URL is shown whole (the operator configured it) but bounded, and never with its credentials.
 MAX_URL = 300
 
@@ -64,8 +71,7 @@ MEASURES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 # (warn, alarm) for each edition rate, as `newsletter status` judges them.
 THRESHOLDS = {"bounces": (BOUNCE_WARN, BOUNCE_ALARM), "complaints": (COMPLAINT_WARN, COMPLAINT_ALARM)}
 _MEASURE_OF = {kind: measure for measure, _, kinds in MEASURES for kind in kinds}
-D = Delivery.__table__
-SENT, BOUNCED, FAILED = DeliveryState.SENT.value, DeliveryState.BOUNCED.value, DeliveryState.FAILED.value
+SENT, BOUNCED = DeliveryState.SENT.value, DeliveryState.BOUNCED.value
 UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
 
 
@@ -101,11 +107,15 @@ class EditionLine:
     reason: str | None
     note: str | None
     created_at: datetime
-    counts: Mapping[str, int]      # every DeliveryState, in order, zeros included
-    retry_scheduled: int
-    skip_reasons: Mapping[str, int]
-    bounces: Rate                  # readers bounced over messages tried (at RCPT and late)
-    complaints: Rate               # complaints over messages the relay accepted
+    total: int
+    # False: a live edition with more than LIVE_COUNT rows, not counted at each look (its
+    # report counts them); the fields below are then empty.
+    counted: bool = False
+    counts: Mapping[str, int] = field(default_factory=dict)   # every DeliveryState, in order, zeros included
+    retry_scheduled: int = 0
+    skip_reasons: Mapping[str, int] = field(default_factory=dict)
+    bounces: Rate | None = None        # readers bounced over messages tried (at RCPT and late)
+    complaints: Rate | None = None     # complaints over messages the relay accepted
 
 
 @dataclass(frozen=True)
@@ -191,35 +201,22 @@ def _iso_week(monday: date) -> str:
 
 
 def edition_lines(engine: Engine, *, recent: int = RECENT_EDITIONS) -> tuple[EditionLine, ...]:
-    """Every unfinished edition and the `recent` created last, newest first."""
+    """Every unfinished edition and the `recent` created last, newest first. A finished
+    edition's rows are its stored tallies (worker/delivery/tallies.py); an unfinished one's
+    are counted now when it has at most LIVE_COUNT rows, and not at all past that: its
+    line says its state and total, and its report has the counts."""
     with session_scope(engine) as session:
         unfinished = list(session.scalars(select(Edition).where(Edition.state.in_(UNFINISHED))
                                           .order_by(Edition.created_at.desc(), Edition.id.desc())
                                           .limit(MAX_UNFINISHED)))
     listed = {e.id: e for e in [*unfinished, *recent_editions(engine, recent)]}
     shown = sorted(listed.values(), key=lambda e: (e.created_at, e.id), reverse=True)
-    rows = _row_counts(engine, list(listed))
-    reports = _reports(engine, list(listed))
-    return tuple(_line(e, rows.get(e.id, {}), reports.get(e.id, {})) for e in shown)
-
-
-def _row_counts(engine: Engine, ids: list[int]) -> dict[int, dict]:
-    """Per edition: rows by state, failed rows with a retry scheduled, skip reasons; one
-    query that reads each listed edition's rows once."""
-    if not ids:
-        return {}
-    retry = and_(D.c.state == FAILED, D.c.next_attempt_at.is_not(None)).label("retry")
-    out: dict[int, dict] = {}
     with session_scope(engine) as session:
-        for edition_id, state, skip, is_retry, n in session.execute(
-                select(D.c.edition_id, D.c.state, D.c.skip_reason, retry, func.count())
-                .where(D.c.edition_id.in_(ids)).group_by(D.c.edition_id, D.c.state, D.c.skip_reason, retry)):
-            entry = out.setdefault(edition_id, {"states": Counter(), "retry": 0, "skips": Counter()})
-            entry["states"][state] += n
-            entry["retry"] += n if is_retry else 0
-            if state == DeliveryState.SKIPPED.value:
-                entry["skips"][str(skip)] += n
-    return out
+        rows = tallies_of(session, [e for e in shown if is_finished(e)])
+        rows.update({e.id: count_tallies(session, e.id, minutes=False, reasons=False) for e in shown
+                     if not is_finished(e) and e.total <= LIVE_COUNT})
+    reports = _reports(engine, list(rows))
+    return tuple(_line(e, rows.get(e.id), reports.get(e.id, {})) for e in shown)
 
 
 def _reports(engine: Engine, ids: list[int]) -> dict[int, dict[str, int]]:
@@ -243,19 +240,23 @@ def _reports(engine: Engine, ids: list[int]) -> dict[int, dict[str, int]]:
     return out
 
 
-def _line(edition: Edition, rows: dict, reports: dict[str, int]) -> EditionLine:
-    states = rows.get("states", Counter())
-    sent, bounced = states[SENT], states[BOUNCED]
+def _line(edition: Edition, rows: Tallies | None, reports: dict[str, int]) -> EditionLine:
+    """The edition's line; without `rows` (a live edition too large to count at each look),
+    its state and total only."""
+    line = EditionLine(key=edition.key, label=edition.label, state=edition.state, reason=edition.reason,
+                       note=edition.note, created_at=edition.created_at, total=edition.total)
+    if rows is None:
+        return line
+    sent, bounced = rows.counts[SENT], rows.counts[BOUNCED]
     bounce = bounce_rate(sent=sent, bounced=bounced, late_bounced=reports.get("late-bounced", 0))
     accepted = sent + reports.get(BounceKind.PERMANENT.value, 0)
     complaints = reports.get(BounceKind.COMPLAINT.value, 0)
     complaint_rate = complaints / accepted if accepted else 0.0
     complaint_level = ("alarm" if complaint_rate >= COMPLAINT_ALARM
                        else "warn" if complaint_rate >= COMPLAINT_WARN else "ok")
-    return EditionLine(
-        key=edition.key, label=edition.label, state=edition.state, reason=edition.reason, note=edition.note,
-        created_at=edition.created_at, counts={state: states[state] for state in STATES},
-        retry_scheduled=rows.get("retry", 0), skip_reasons=dict(sorted(rows.get("skips", {}).items())),
+    return replace(
+        line, counted=True, counts={state: rows.counts.get(state, 0) for state in STATES},
+        retry_scheduled=rows.retry_scheduled, skip_reasons=dict(sorted(rows.skips.items())),
         bounces=Rate(count=bounce["at_rcpt"] + bounce["late"], over=bounce["tried"], value=bounce["rate"],
                      level=bounce["alert"] or "ok"),
         complaints=Rate(count=complaints, over=accepted, value=complaint_rate, level=complaint_level))

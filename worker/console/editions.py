@@ -1,13 +1,14 @@
 """The console's editions: the list (newest first, a page at a time) and one edition's
 report, as plain data.
 
-At scale an edition has as many rows as the list has readers, so the report reads them in
-as few passes as it can: one grouped pass gives the counts by state, by SMTP code and by
-region set and the sending span; the sends per minute are one more grouped pass (grouping
-sets in one scan were slower on PostgreSQL: it sorted the minutes); the failure reasons
-and the unknown rows are bounded queries, asked only when there are such rows. The list counts
-nothing per edition beyond what the edition row stores: its page answers alike for two
-editions or fifty of a million rows each.
+At scale an edition has as many rows as the list has readers, too many to count at each
+look. The report's counts (by state, SMTP code and region set, the sending
+span, the sends per minute, the commonest failure reasons) are the edition's tallies
+(worker/delivery/tallies.py): stored once a finished edition (done or skipped) is counted,
+when it finishes or at its first look, and counted at each look while it is live (sending,
+paused, held). The unknown rows are a bounded query, asked only when there are such rows.
+The list counts nothing per edition beyond what the edition row stores: its page answers
+alike for two editions or fifty of a million rows each.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, select
 
 from worker.clock import utcnow
 from worker.delivery.status import _late_reports
+from worker.delivery.tallies import REPLY_CHARS, FailureReason, state_order, tallies_for
 from worker.store.db import session_scope
 from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Subscriber
 
@@ -30,8 +32,6 @@ STATES = [s.value for s in DeliveryState]
 FAILED, UNKNOWN = DeliveryState.FAILED.value, DeliveryState.UNKNOWN.value
 # Bounds on what one page lists; the counts behind them are never cut.
 PAGE = 50
-REASONS = 10
-REPLY_CHARS = 160
 UNKNOWN_SHOWN = 20
 REGION_SETS = 50
 # The chart's bars: a long span is bucketed wider than a minute to stay within this.
@@ -77,14 +77,6 @@ class RegionSetCounts:
     regions: str
     total: int
     counts: Mapping[str, int]   # by state, only states with rows
-
-
-@dataclass(frozen=True)
-class FailureReason:
-    code: int | None
-    reply: str | None           # trimmed to REPLY_CHARS
-    rows: int
-    retry_scheduled: int        # of them, with a retry time (still open)
 
 
 @dataclass(frozen=True)
@@ -137,99 +129,31 @@ class Report:
 
 
 def edition_report(engine: Engine, key: str) -> Report | None:
-    """The edition's report; None when there is no edition by that key."""
+    """The edition's report; None when there is no edition by that key. A finished
+    edition's tallies are read as stored (worker/delivery/tallies.py), a live one's
+    counted now."""
     with session_scope(engine) as session:
         edition = session.scalar(select(Edition).where(Edition.key == key))
         if edition is None:
             return None
-        read = _main_pass(session, edition.id)
+        read = tallies_for(session, edition)
         counts = read.counts
-        reasons = _reasons(session, edition.id) if counts[FAILED] else []
-        unknown = _unknown(session, edition.id, read.first_id) if counts[UNKNOWN] else []
-        minutes = _minutes(session, edition.id) if read.span is not None else {}
+        unknown = _unknown(session, edition.id, read.first_id or 0) if counts[UNKNOWN] else []
     listed = sorted(read.sets.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
     return Report(
         id=edition.id, key=edition.key, label=edition.label, kind=edition.kind, state=EditionState(edition.state),
         reason=edition.reason, note=edition.note, window_start=edition.window_start, window_end=edition.window_end,
         created_at=edition.created_at, finished_at=edition.finished_at, resume_at=edition.resume_at,
-        total=edition.total, counts=counts, retry_scheduled=read.retrying, codes=read.codes,
-        region_sets=[RegionSetCounts(regions, sum(by.values()), dict(sorted(by.items(), key=_state_order)))
+        total=edition.total, counts=counts, retry_scheduled=read.retry_scheduled, codes=read.codes,
+        region_sets=[RegionSetCounts(regions, sum(by.values()),
+                                     dict(sorted(by.items(), key=lambda kv: state_order(kv[0]))))
                      for regions, by in listed[:REGION_SETS]],
         region_sets_more=max(0, len(listed) - REGION_SETS),
-        reasons=reasons, reasons_more=counts[FAILED] - sum(r.rows for r in reasons),
+        reasons=read.reasons, reasons_more=counts[FAILED] - sum(r.rows for r in read.reasons),
         unknown=unknown, unknown_more=counts[UNKNOWN] - len(unknown),
         late=_late_reports(engine, edition.id, sent=counts[DeliveryState.SENT.value],
                            bounced=counts[DeliveryState.BOUNCED.value]),
-        chart=_chart(minutes, read.span) if read.span is not None else None)
-
-
-def _state_order(item: tuple[str, int]) -> int:
-    return STATES.index(item[0]) if item[0] in STATES else len(STATES)
-
-
-@dataclass
-class _Read:
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
-    retrying: int = 0
-    codes: list[tuple[str, int, int]] = field(default_factory=list)
-    sets: dict[str, dict[str, int]] = field(default_factory=dict)
-    first_id: int = 0
-    span: tuple[datetime, datetime] | None = None
-
-
-def _main_pass(session, edition_id: int) -> _Read:
-    """One grouped read of the edition's rows: counts by state (failed ones with a retry
-    time apart), by state and SMTP code, by region set and state, the sending span and
-    the edition's first row."""
-    retry = and_(D.c.state == FAILED, D.c.next_attempt_at.is_not(None)).label("retry")
-    columns = [D.c.state, D.c.last_code, retry, D.c.regions]
-    query = (select(*columns, func.count(), func.min(D.c.sent_at), func.max(D.c.sent_at), func.min(D.c.id))
-             .where(D.c.edition_id == edition_id).group_by(*columns))
-    read, codes = _Read(), {}
-    for state, code, is_retry, regions, n, low, high, first_id in session.execute(query).all():
-        read.counts[state] = read.counts.get(state, 0) + n
-        read.retrying += n if is_retry else 0
-        if code is not None:
-            codes[(state, code)] = codes.get((state, code), 0) + n
-        by = read.sets.setdefault(regions, {})
-        by[state] = by.get(state, 0) + n
-        read.first_id = min(read.first_id or first_id, first_id)
-        low, high = _aware(low), _aware(high)
-        if low is not None:
-            read.span = (min(read.span[0], low), max(read.span[1], high)) if read.span else (low, high)
-    read.codes = sorted(((s, c, n) for (s, c), n in codes.items()), key=lambda t: (_state_order((t[0], 0)), t[1]))
-    return read
-
-
-def _aware(value):
-    # A MIN/MAX or a truncation of the UTC column may come back as a plain value: either
-    # way, an aware UTC datetime.
-    if value is None or isinstance(value, datetime) and value.tzinfo is not None:
-        return value
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC)
-
-
-def _minutes(session, edition_id: int) -> dict[datetime, int]:
-    """Messages sent per minute, counted in SQL: as many rows as minutes with a send."""
-    if session.get_bind().dialect.name == "postgresql":
-        minute = func.date_trunc("minute", D.c.sent_at).label("minute")
-    else:
-        minute = func.strftime("%Y-%m-%d %H:%M:00", D.c.sent_at).label("minute")
-    found = session.execute(select(minute, func.count()).where(D.c.edition_id == edition_id,
-                                                               D.c.sent_at.is_not(None)).group_by(minute)).all()
-    return {_aware(at): n for at, n in found}
-
-
-def _reasons(session, edition_id: int) -> list[FailureReason]:
-    reply = func.substr(D.c.last_reply, 1, REPLY_CHARS).label("reply")
-    rows = func.count().label("rows")
-    found = session.execute(
-        select(D.c.last_code, reply, rows, func.count(D.c.next_attempt_at))
-        .where(D.c.edition_id == edition_id, D.c.state == FAILED)
-        .group_by(D.c.last_code, reply).order_by(rows.desc(), D.c.last_code, reply).limit(REASONS)).all()
-    return [FailureReason(code, text, n, scheduled) for code, text, n, scheduled in found]
+        chart=_chart(read.minutes, read.span) if read.span is not None else None)
 
 
 def _unknown(session, edition_id: int, first_id: int) -> list[UnknownRow]:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from worker.delivery.ledger import has_open_rows
 from worker.delivery.local_time import LocalSend, due_times
+from worker.delivery.tallies import forget, store_at_finish
 from worker.digest import Window
 from worker.digest.queries import fetch_window_stories
 from worker.errors import UsageError
@@ -221,14 +222,21 @@ def discard_edition(engine: Engine, edition_id: int, *, now: datetime, who: str)
         if moved:
             session.execute(update(D).where(D.c.edition_id == edition_id, D.c.state == DeliveryState.PENDING.value)
                             .values(state=DeliveryState.SKIPPED.value, skip_reason="discarded", updated_at=now))
-        return bool(moved)
+    if moved:
+        store_at_finish(engine, edition_id)
+    return bool(moved)
 
 
 def finish_if_done(engine: Engine, edition_id: int, now: datetime) -> bool:
-    """A sending edition with no open row left becomes done."""
+    """A sending edition with no open row left becomes done, and its tallies are counted
+    and stored (once: only the call that moved it), so the console reads them from then
+    on; a failure there is logged and leaves the edition done."""
     if has_open_rows(engine, edition_id=edition_id):
         return False
-    return _move(engine, edition_id, source=EditionState.SENDING, target=EditionState.DONE, finished_at=now)
+    if not _move(engine, edition_id, source=EditionState.SENDING, target=EditionState.DONE, finished_at=now):
+        return False
+    store_at_finish(engine, edition_id)
+    return True
 
 
 def retry_failed(engine: Engine, edition_id: int, now: datetime) -> int:
@@ -240,6 +248,7 @@ def retry_failed(engine: Engine, edition_id: int, now: datetime) -> int:
                     lease_until=None, enqueued_at=None, updated_at=now)
         ).rowcount or 0
         if count:
+            forget(session, [edition_id])
             session.execute(update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.DONE.value)
                             .values(state=EditionState.SENDING.value, finished_at=None))
         return count

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from sqlalchemy import Engine, select, update
 
+from worker.delivery.tallies import forget
 from worker.operators.audit import audit
 from worker.store.db import session_scope
 from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Subscriber
@@ -58,6 +59,8 @@ def resolve_unknown(engine: Engine, edition_id: int, *, resolution: Resolution, 
             wanted = select(Subscriber.id).where(Subscriber.email_key.in_(keys))
             query = query.where(D.c.subscriber_id.in_(wanted.scalar_subquery()))
         out.changed = session.execute(query.values(**values)).rowcount or 0
+        if out.changed:
+            forget(session, [edition_id])
         if resolution is Resolution.RESEND and out.changed:
             out.reopened = bool(session.execute(
                 update(Edition).where(Edition.id == edition_id, Edition.state == EditionState.DONE.value)

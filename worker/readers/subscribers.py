@@ -15,6 +15,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Engine, select, update
 
 from worker.clock import utcnow
+from worker.delivery.tallies import editions_with_rows_of, forget
 from worker.errors import UsageError
 from worker.operators.audit import audit
 from worker.readers.history import KEEP, apply_change
@@ -365,7 +366,12 @@ def purge_subscriber(engine: Engine, email: str) -> bool:
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
         if row is None:
             return False
+        # Its editions' stored counts lose its rows: found before the delete takes them,
+        # forgotten after it (the edition rows are held last, as every change of rows holds them).
+        editions = editions_with_rows_of(session, row.id)
         session.delete(row)
+        session.flush()
+        forget(session, editions)
         # Erasure reaches the operators' record too: it keeps that a reader was purged, not whom.
         session.execute(update(AuditEvent).where(AuditEvent.target == row.email).values(target=PURGED))
         audit(session, "subscriber-purged", PURGED)

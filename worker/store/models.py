@@ -483,3 +483,18 @@ class AuditEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+
+class EditionTally(Base):
+    """What the console counts from a finished edition's deliveries (worker/delivery/tallies.py),
+    stored: an edition has as many rows as the list has readers, too many to count at each
+    look. Good while `finished_at` is the edition's; whatever changes the edition's rows
+    afterwards deletes it in the same transaction."""
+
+    __tablename__ = "edition_tallies"
+
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"), primary_key=True,
+                                            autoincrement=False)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    made_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    body: Mapped[str] = mapped_column(Text)

@@ -1,0 +1,36 @@
+"""an edition's tallies, stored once it is finished (issue 25)
+
+edition_tallies: what the console's report and dashboard count from a finished edition's
+deliveries (worker/delivery/tallies.py), as JSON, with the edition's finished_at they were
+made for. An edition has as many rows as the list has readers; its rows change after it
+finishes only by a late bounce, an operator's decision or a purge, and each of those
+deletes the stored tallies in its own transaction.
+
+Revision ID: 0024
+Revises: 0023
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0024"
+down_revision = "0023"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "edition_tallies",
+        sa.Column("edition_id", sa.Integer(), nullable=False),
+        sa.Column("finished_at", sa.DateTime(), nullable=False),
+        sa.Column("made_at", sa.DateTime(), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(["edition_id"], ["editions.id"], name=op.f("fk_edition_tallies_edition_id_editions"),
+                                ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("edition_id", name=op.f("pk_edition_tallies")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("edition_tallies")
