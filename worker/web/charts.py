@@ -22,7 +22,9 @@ def bar_chart(title: str, bars: Sequence[tuple[str, int | float]], *, unit: str 
     the largest value rounded up to a readable number. `label_every` shows every n-th label
     under the axis (all of them in the bars' titles)."""
     values = [max(0, v) for _, v in bars]
-    top = _nice(max(values, default=0))
+    # Counts get an even top, so the middle line is a whole number too; nothing at all
+    # still gets a scale (0, 1, 2), not three lines all labelled 0.
+    top = _nice(max(values, default=0), whole=all(float(v).is_integer() for v in values)) or 2
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - BOTTOM - TOP
     step = plot_w / max(1, len(bars))
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" '
@@ -44,8 +46,10 @@ def bar_chart(title: str, bars: Sequence[tuple[str, int | float]], *, unit: str 
     return Markup("".join(parts))
 
 
-def _nice(value: float) -> float:
-    """The smallest of 1, 2, 2.5 or 5 times a power of ten at or above `value` (0 stays 0)."""
+def _nice(value: float, *, whole: bool = False) -> float:
+    """The smallest of 1, 2, 2.5 or 5 times a power of ten at or above `value` (0 stays 0);
+    `whole`: an even whole number from 2, 4, 6, 8 or 10 times a power of ten, so that
+    half of it is whole too."""
     if value <= 0:
         return 0
     power = 1
@@ -53,7 +57,12 @@ def _nice(value: float) -> float:
         power *= 10
     while power > value * 10:
         power /= 10
-    for factor in (1, 2, 2.5, 5, 10):
+    if whole:
+        power = max(power, 1)
+        factors: tuple[float, ...] = (2, 4, 6, 8, 10)
+    else:
+        factors = (1, 2, 2.5, 5, 10)
+    for factor in factors:
         if factor * power >= value:
             return factor * power
     return 10 * power
