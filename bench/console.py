@@ -156,8 +156,28 @@ def fill(url: str, readers: int, editions: int, now: datetime, log) -> dict:
     with step("vacuum analyze"):
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("VACUUM (ANALYZE)"))
+    with step("tallies of the finished editions"):
+        store_missing_tallies(engine, log)
     engine.dispose()
     return timings
+
+
+def store_missing_tallies(engine, log) -> int:
+    """What the worker does as each edition finishes (worker/delivery/tallies.py), for the
+    editions this script wrote as finished in SQL: their counts stored once."""
+    from worker.delivery.tallies import store_at_finish
+    from worker.store.models import EditionTally
+
+    with engine.connect() as conn:
+        missing = conn.execute(sa.select(sa.text("id")).select_from(sa.text("editions")).where(
+            sa.text("state IN ('done', 'skipped') AND finished_at IS NOT NULL"),
+            sa.text(f"id NOT IN (SELECT edition_id FROM {EditionTally.__tablename__})")).order_by(sa.text("id"))
+        ).scalars().all()
+    for edition_id in missing:
+        began = time.perf_counter()
+        store_at_finish(engine, edition_id)
+        log(f"  edition {edition_id}: tallies stored in {time.perf_counter() - began:.1f} s")
+    return len(missing)
 
 
 class _Step:
@@ -652,6 +672,12 @@ def main(argv: list[str] | None = None) -> int:
             if not db.exists():
                 raise SystemExit(f"--reuse: no database {args.database}")
             report["fill"] = "reused"
+            from worker.store.db import create_db_engine, upgrade_schema  # a database from an older commit
+
+            engine = create_db_engine(db.url)
+            upgrade_schema(engine)
+            report["tallies_stored_on_reuse"] = store_missing_tallies(engine, log)
+            engine.dispose()
         else:
             log(f"filling {args.database}: {args.readers:,} readers, {args.editions} editions")
             db.create()

@@ -306,6 +306,7 @@ def test_the_dashboard_reads_stored_tallies_and_shows_a_large_live_edition_uncou
     with session_scope(engine) as session:
         row = session.get(EditionTally, edition_id)
         row.body = row.body.replace('"sent":8', '"sent":80')
+        row.summary = row.summary.replace('"sent":8', '"sent":80')  # what the dashboard reads
     lines = {line.key: line for line in dashboard(engine, now=DONE_AT).editions}
     assert lines[KEY].counted and lines[KEY].counts["sent"] == 80 and lines[OTHER].counts["sent"] == 8
     # A change forgets them: the dashboard shows the fresh count.
@@ -346,3 +347,31 @@ def test_a_count_made_while_a_change_is_open_waits_for_it(world):
     counter.join()
     assert done[0].counts["bounced"] == 4 and done[0].counts["failed"] == 0
     _consistent(world)
+
+
+def test_a_large_live_edition_is_counted_at_most_once_per_live_max_age(world, monkeypatch):
+    """A live edition past LIVE_SNAPSHOT_FROM rows: its count is stored without a finished_at
+    and shown (with its time) until LIVE_MAX_AGE; then counted again; a change forgets it."""
+    from worker.delivery import tallies as module
+
+    engine = world[0]
+    edition_id = find_edition(engine, KEY).id
+    retry_failed(engine, edition_id, DONE_AT)  # live again, with pending rows
+    monkeypatch.setattr(module, "LIVE_SNAPSHOT_FROM", 10)
+    monkeypatch.setattr(dashboard_module, "LIVE_COUNT", 10)
+    first = _as_console_reads(engine, KEY)
+    stored = _stored(engine, KEY)
+    assert stored is not None and stored.finished_at is None and first.counts["pending"] == 3
+    with engine.begin() as conn:  # a row moves on; the stored count stands for now
+        conn.execute(sa.text("UPDATE deliveries SET state = 'sent' WHERE edition_id = :e AND state = 'pending' "
+                             "AND id = (SELECT min(id) FROM deliveries WHERE edition_id = :e AND state = 'pending')"),
+                     {"e": edition_id})
+    again = _as_console_reads(engine, KEY)
+    assert again.counts["pending"] == 3 and again.made_at == first.made_at
+    lines = {line.key: line for line in dashboard(engine, now=DONE_AT).editions}
+    assert lines[KEY].counted and lines[KEY].counts["pending"] == 3  # the dashboard shows the stored count
+    monkeypatch.setattr(module, "LIVE_MAX_AGE", timedelta(0))
+    assert _as_console_reads(engine, KEY).counts["pending"] == 2
+    with session_scope(engine) as session:
+        forget(session, [edition_id])
+    assert _stored(engine, KEY) is None

@@ -153,7 +153,7 @@ def edition_report(engine: Engine, key: str) -> Report | None:
         unknown=unknown, unknown_more=counts[UNKNOWN] - len(unknown),
         late=_late_reports(engine, edition.id, sent=counts[DeliveryState.SENT.value],
                            bounced=counts[DeliveryState.BOUNCED.value]),
-        chart=_chart(read.minutes, read.span) if read.span is not None else None)
+        chart=_chart(read.minutes, read.span) if read.span is not None else None, read_at=read.made_at)
 
 
 def _unknown(session, edition_id: int, first_id: int) -> list[UnknownRow]:

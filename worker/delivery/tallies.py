@@ -6,6 +6,10 @@ in one more (grouping sets in one scan were slower on PostgreSQL: it sorted the 
 the failure reasons only when rows failed.
 
 An edition has as many rows as the list has readers, too many to count at each look.
+A live edition (sending, paused, held) of more than LIVE_SNAPSHOT_FROM rows is counted at
+most once per LIVE_MAX_AGE: the count is stored without a finished_at and shown, with the
+time it was made, to every look until it is that old (its rows change by the second
+anyway); a smaller live edition is counted at each look.
 Once it is finished (done or skipped) its rows change only by a late bounce, an
 operator's decision (retry, resolve) or a purge, so its tallies are counted once (when
 it finishes, or at the first look) and stored in edition_tallies with the edition's
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
@@ -48,6 +52,8 @@ REASONS = 10
 REPLY_CHARS = 160
 # What a stored body's shape is; a body of another version is counted again.
 VERSION = 1
+LIVE_SNAPSHOT_FROM = 50_000
+LIVE_MAX_AGE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,23 @@ class Tallies:
     minutes: dict[datetime, int]                # sends per minute
     reasons: list[FailureReason]                # the REASONS commonest among failed rows
     stored: bool = False                        # read from edition_tallies
+    whole: bool = True                          # False: the summary only (counts, retry, skips)
     made_at: datetime = field(default_factory=utcnow)
+
+    def summary(self) -> str:
+        """The part the dashboard reads for many editions at once: a few hundred bytes,
+        where the body (every region set) runs to hundreds of kilobytes on a large list."""
+        return json.dumps({"version": VERSION, "counts": self.counts, "retry": self.retry_scheduled,
+                           "skips": self.skips}, separators=(",", ":"))
+
+    @classmethod
+    def from_summary(cls, edition_id: int, summary: str, made_at: datetime) -> Tallies | None:
+        data: dict[str, Any] = json.loads(summary)
+        if data.get("version") != VERSION:
+            return None
+        return cls(edition_id=edition_id, counts={**dict.fromkeys(STATES, 0), **data["counts"]},
+                   retry_scheduled=data["retry"], skips=data["skips"], codes=[], sets={}, first_id=None, span=None,
+                   minutes={}, reasons=[], stored=True, made_at=made_at, whole=False)
 
     def body(self) -> str:
         return json.dumps({
@@ -107,22 +129,59 @@ def tallies_for(db: Engine | Session, edition: Edition) -> Tallies:
     return tallies_of(db, [edition])[edition.id]
 
 
-def tallies_of(db: Engine | Session, editions: list[Edition]) -> dict[int, Tallies]:
-    """tallies_for each edition, the stored ones read in one query."""
+def tallies_of(db: Engine | Session, editions: list[Edition], *, summary: bool = False) -> dict[int, Tallies]:
+    """tallies_for each edition, the stored ones read in one query; with `summary`, only
+    their counts, retries and skip reasons are read back (the dashboard's lines)."""
     if isinstance(db, Engine):
         with session_scope(db) as session:
-            return tallies_of(session, editions)
+            return tallies_of(session, editions, summary=summary)
     finished = {e.id: e.finished_at for e in editions if is_finished(e)}
-    found = _stored(db, finished)
+    found = _stored(db, finished, summary=summary)
+    large = [e.id for e in editions if not is_finished(e) and e.total > LIVE_SNAPSHOT_FROM]
+    found.update(stored_live(db, large, summary=summary))
     out: dict[int, Tallies] = {}
     for edition in editions:
         if edition.id in found:
             out[edition.id] = found[edition.id]
         elif edition.id in finished:
             out[edition.id] = make_tallies(_engine_of(db), edition.id) or count_tallies(db, edition.id)
+        elif edition.id in large:
+            out[edition.id] = _snapshot(_engine_of(db), edition.id)
         else:
             out[edition.id] = count_tallies(db, edition.id)
     return out
+
+
+def stored_live(session: Session, edition_ids: list[int], *, summary: bool) -> dict[int, Tallies]:
+    """The live editions' counts stored less than LIVE_MAX_AGE ago."""
+    if not edition_ids:
+        return {}
+    read = Tallies.from_summary if summary else Tallies.from_body
+    since = utcnow() - LIVE_MAX_AGE
+    out = {}
+    for edition_id, made_at, text in session.execute(
+            select(T.c.edition_id, T.c.made_at, T.c.summary if summary else T.c.body)
+            .where(T.c.edition_id.in_(edition_ids), T.c.finished_at.is_(None))):
+        if _aware(made_at) >= since and (tallies := read(edition_id, text, _aware(made_at))) is not None:
+            out[edition_id] = tallies
+    return out
+
+
+def _snapshot(engine: Engine, edition_id: int) -> Tallies:
+    """Count a large live edition now and store the count for the next LIVE_MAX_AGE. Not
+    under the edition's lock (the sending workers update its row): a change racing the
+    count can be missing from it, for as long as the count is shown, and its time says
+    how old it is."""
+    with session_scope(engine) as session:
+        tallies = count_tallies(session, edition_id)
+    try:
+        with session_scope(engine) as session:
+            session.execute(delete(T).where(T.c.edition_id == edition_id, T.c.finished_at.is_(None)))
+            session.execute(insert(T).values(edition_id=edition_id, finished_at=None, made_at=tallies.made_at,
+                                             summary=tallies.summary(), body=tallies.body()))
+    except IntegrityError:
+        pass  # another look stored one at the same moment, or the edition finished: theirs stand
+    return tallies
 
 
 def _engine_of(session: Session) -> Engine:
@@ -130,15 +189,17 @@ def _engine_of(session: Session) -> Engine:
     return bind.engine if isinstance(bind, Connection) else bind
 
 
-def _stored(session: Session, wanted: dict[int, datetime]) -> dict[int, Tallies]:
+def _stored(session: Session, wanted: dict[int, datetime], *, summary: bool = False) -> dict[int, Tallies]:
     """The stored tallies made for these finished_at (edition id -> finished_at)."""
     if not wanted:
         return {}
     out = {}
-    for edition_id, finished_at, made_at, body in session.execute(
-            select(T.c.edition_id, T.c.finished_at, T.c.made_at, T.c.body).where(T.c.edition_id.in_(list(wanted)))):
+    read = Tallies.from_summary if summary else Tallies.from_body
+    for edition_id, finished_at, made_at, text in session.execute(
+            select(T.c.edition_id, T.c.finished_at, T.c.made_at, T.c.summary if summary else T.c.body)
+            .where(T.c.edition_id.in_(list(wanted)))):
         if _aware(finished_at) == wanted[edition_id]:
-            tallies = Tallies.from_body(edition_id, body, _aware(made_at))
+            tallies = read(edition_id, text, _aware(made_at))
             if tallies is not None:
                 out[edition_id] = tallies
     return out
@@ -164,7 +225,8 @@ def make_tallies(engine: Engine, edition_id: int) -> Tallies | None:
         try:
             with session.begin_nested():
                 session.execute(insert(T).values(edition_id=edition_id, finished_at=row.finished_at,
-                                                 made_at=tallies.made_at, body=tallies.body()))
+                                                 made_at=tallies.made_at, summary=tallies.summary(),
+                                                 body=tallies.body()))
         except IntegrityError:
             # Stored by a concurrent call that the lock did not hold back: theirs stand.
             log.info("edition %s: tallies stored by another process meanwhile", edition_id)

@@ -495,6 +495,9 @@ class EditionTally(Base):
 
     edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"), primary_key=True,
                                             autoincrement=False)
-    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # NULL: a live edition's count, shown until it is LIVE_MAX_AGE old.
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     made_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Counts by state, retries, skip reasons: what the dashboard reads for many editions.
+    summary: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from worker import editions
 from worker.console.editions import edition_list, edition_report
+from worker.delivery.tallies import LIVE_MAX_AGE, LIVE_SNAPSHOT_FROM
 from worker.editions import Decision, Released, Resumed
 from worker.settings import Settings
 from worker.store.models import EditionState
@@ -74,7 +75,8 @@ def edition_page(key: str):
                           label_every=max(1, len(report.chart.bars) // 8))
     done = request.args.get("done", "")
     return page("console_edition.html", report=report, chart=chart, notice=OUTCOMES.get(done), token=form_token,
-                can_send=bool(context.secret), States=EditionState)
+                can_send=bool(context.secret), States=EditionState, live_snapshot_from=LIVE_SNAPSHOT_FROM,
+                live_max_age=int(LIVE_MAX_AGE.total_seconds()))
 
 
 @bp.post("/operator/editions/<key>/<action>")
