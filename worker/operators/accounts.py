@@ -144,6 +144,7 @@ class Verifier:
         self._seen: dict[str, datetime] = {}
         self._seen_every = seen_every
         self._failed: deque[float] = deque(maxlen=MAX_FAILED_CHECKS)
+        self._quiet_until = 0.0
 
     def exists(self) -> bool:
         return any_operator(self.engine)
@@ -178,10 +179,12 @@ class Verifier:
         return name if known else None
 
     def _may_check(self) -> bool:
-        full = len(self._failed) == MAX_FAILED_CHECKS
-        if full and time.monotonic() - self._failed[0] < FAILED_WINDOW:
-            log.warning("operator sign-in: %s wrong tokens within %s s; unknown tokens are refused unchecked "
-                        "for now", MAX_FAILED_CHECKS, FAILED_WINDOW)
+        now = time.monotonic()
+        if len(self._failed) == MAX_FAILED_CHECKS and now - self._failed[0] < FAILED_WINDOW:
+            if now >= self._quiet_until:  # one line per window, not one per refused request
+                self._quiet_until = now + FAILED_WINDOW
+                log.warning("operator sign-in: %s wrong tokens within %s s; unknown tokens are refused "
+                            "unchecked for now", MAX_FAILED_CHECKS, FAILED_WINDOW)
             return False
         return True
 
