@@ -375,3 +375,26 @@ def test_a_large_live_edition_is_counted_at_most_once_per_live_max_age(world, mo
     with session_scope(engine) as session:
         forget(session, [edition_id])
     assert _stored(engine, KEY) is None
+
+
+def test_the_worker_keeps_a_large_live_editions_count_fresh_and_leaves_the_rest(world, monkeypatch):
+    """Beat's "live-counts" entry: a large live edition's count is made when it is missing or
+    older than LIVE_REFRESH, so that no look at the page counts it; small, finished and fresh
+    ones are left alone."""
+    from worker.celery_app import COUNT_LIVE_EDITIONS, create_app
+    from worker.delivery import tallies as module
+
+    engine, settings, _ = world
+    assert create_app(settings).conf.beat_schedule["live-counts"] == {"task": COUNT_LIVE_EDITIONS,
+                                                                      "schedule": 60.0}
+    edition_id = find_edition(engine, KEY).id
+    assert module.refresh_live(engine) == []  # finished, and small
+    retry_failed(engine, edition_id, DONE_AT)  # live again
+    assert module.refresh_live(engine) == []  # live, but small: counted at each look
+    monkeypatch.setattr(module, "LIVE_SNAPSHOT_FROM", 10)
+    assert module.refresh_live(engine) == [edition_id]
+    made = _stored(engine, KEY).made_at
+    assert module.refresh_live(engine) == []  # fresh
+    monkeypatch.setattr(module, "LIVE_REFRESH", timedelta(0))
+    assert module.refresh_live(engine) == [edition_id] and _stored(engine, KEY).made_at >= made
+    assert _as_console_reads(engine, KEY).made_at == _stored(engine, KEY).made_at  # the page reads it

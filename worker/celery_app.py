@@ -22,6 +22,7 @@ SEND_QUEUE = "send"
 SEND_BATCH = "worker.tasks.send_batch"
 RECONCILE = "worker.tasks.reconcile"
 PROCESS_BOUNCES = "worker.tasks.process_bounces"
+COUNT_LIVE_EDITIONS = "worker.tasks.count_live_editions"
 # Batch priorities. On Redis a lower number goes first (kombu keeps one list per step of
 # priority_steps and BRPOPs them in order; a message without one counts as 0): rows
 # handed out again after a crash overtake the backlog of fresh batches.
@@ -91,6 +92,9 @@ def create_app(settings: Settings) -> Celery:
                                     day_of_week=DAY_NUMBERS[settings.send_day], app=app),
             },
             "reconcile": {"task": RECONCILE, "schedule": 60.0},
+            # The console's counts of a large edition while it sends (worker/delivery/tallies.py):
+            # a task of its own, so a long count never delays the reconcile tick.
+            "live-counts": {"task": COUNT_LIVE_EDITIONS, "schedule": 60.0},
         },
     )
     if settings.bounce_mailbox is not None and settings.bounce_mailbox.get_secret_value() \

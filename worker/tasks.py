@@ -35,6 +35,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import metrics
 from worker.celery_app import (
+    COUNT_LIVE_EDITIONS,
     PROCESS_BOUNCES,
     RECONCILE,
     RECOVERED_PRIORITY,
@@ -198,6 +199,16 @@ def reconcile() -> str:
         f"{result.expired} expired, {result.batches} batches, finished {result.finished}"
     log.info("reconcile: %s", summary)
     return summary
+
+
+@shared_task(name=COUNT_LIVE_EDITIONS)
+def count_live_editions() -> str:
+    from worker.delivery.tallies import refresh_live
+
+    counted = refresh_live(_runtime().engine)
+    if counted:
+        log.info("live counts: editions %s counted for the console", counted)
+    return f"{len(counted)} counted"
 
 
 # Its own schedule entry (worker/celery_app.py, only with NEWSLETTER_BOUNCE_MAILBOX set):

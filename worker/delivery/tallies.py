@@ -6,10 +6,11 @@ in one more (grouping sets in one scan were slower on PostgreSQL: it sorted the 
 the failure reasons only when rows failed.
 
 An edition has as many rows as the list has readers, too many to count at each look.
-A live edition (sending, paused, held) of more than LIVE_SNAPSHOT_FROM rows is counted at
-most once per LIVE_MAX_AGE: the count is stored without a finished_at and shown, with the
-time it was made, to every look until it is that old (its rows change by the second
-anyway); a smaller live edition is counted at each look.
+A live edition (sending, paused, held) of more than LIVE_SNAPSHOT_FROM rows is counted
+by the worker once a minute (`refresh_live`, beat's "live-counts" entry): the count is
+stored without a finished_at and shown, with the time it was made, to every look while it
+is younger than LIVE_MAX_AGE (its rows change by the second anyway); a look that finds none
+that young counts and stores it itself. A smaller live edition is counted at each look.
 Once it is finished (done or skipped) its rows change only by a late bounce, an
 operator's decision (retry, resolve) or a purge, so its tallies are counted once (when
 it finishes, or at the first look) and stored in edition_tallies with the edition's
@@ -53,7 +54,10 @@ REPLY_CHARS = 160
 # What a stored body's shape is; a body of another version is counted again.
 VERSION = 1
 LIVE_SNAPSHOT_FROM = 50_000
-LIVE_MAX_AGE = timedelta(seconds=30)
+# Beat asks every minute; a count older than LIVE_REFRESH is made again, so a look finds
+# one under LIVE_MAX_AGE while the worker runs.
+LIVE_REFRESH = timedelta(seconds=45)
+LIVE_MAX_AGE = timedelta(seconds=90)
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,20 @@ def stored_live(session: Session, edition_ids: list[int], *, summary: bool) -> d
         if _aware(made_at) >= since and (tallies := read(edition_id, text, _aware(made_at))) is not None:
             out[edition_id] = tallies
     return out
+
+
+def refresh_live(engine: Engine) -> list[int]:
+    """Count the large live editions whose stored count is older than LIVE_REFRESH (or
+    missing), so that no look at them has to: the ids counted."""
+    since = utcnow() - LIVE_REFRESH
+    with session_scope(engine) as session:
+        fresh = select(T.c.edition_id).where(T.c.finished_at.is_(None), T.c.made_at >= since)
+        due = list(session.scalars(select(Edition.id).where(
+            Edition.state.in_([EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value]),
+            Edition.total > LIVE_SNAPSHOT_FROM, Edition.id.not_in(fresh)).order_by(Edition.id)))
+    for edition_id in due:
+        _snapshot(engine, edition_id)
+    return due
 
 
 def _snapshot(engine: Engine, edition_id: int) -> Tallies:
