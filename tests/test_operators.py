@@ -211,3 +211,20 @@ def test_a_form_with_origin_null_is_ours_only_when_the_browser_says_same_origin(
     assert post(Origin="null", **{"Sec-Fetch-Site": "cross-site"}) == 403
     assert post(Origin="null", **{"Sec-Fetch-Site": "same-origin"}) == 409  # through the checks: no such reader
     assert post(Origin="https://evil.example", **{"Sec-Fetch-Site": "same-origin"}) == 403
+
+
+def test_expiring_sign_ups_by_command_is_audited_and_by_the_web_app_is_not(run_cli, engine):
+    from datetime import timedelta
+
+    from worker.clock import utcnow
+    from worker.readers.signup import expire_pending
+
+    old = utcnow() - timedelta(days=30)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO subscribers (email, email_key, regions, status, created_at, updated_at, "
+                             "link_key) VALUES ('p@example.org', 'p@example.org', 'RU', 'pending', :t, :t, 'k')"),
+                     {"t": old})
+    assert run_cli("subscribers", "expire").code == 0
+    audit = [json.loads(line) for line in run_cli("audit", "--json").out.splitlines()]
+    assert [(a["action"], a["detail"]) for a in audit] == [("sign-ups-expired", "1 never confirmed")]
+    assert expire_pending(engine, now=utcnow(), after=timedelta(0)) == 0  # nobody acting: nothing written

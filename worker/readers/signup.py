@@ -27,6 +27,7 @@ from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from worker.operators.audit import audit
 from worker.readers.history import KEEP, apply_change, record
 from worker.readers.subscribers import SubscriberInput, clear_confirmation
 from worker.store.db import session_scope
@@ -185,9 +186,12 @@ def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now:
 def expire_pending(engine: Engine, *, now: datetime, after: timedelta) -> int:
     """Delete sign-ups not confirmed within `after` of their last confirmation mail."""
     with session_scope(engine) as session:
-        return session.execute(
+        deleted = session.execute(
             delete(Subscriber)
             .where(Subscriber.status == SubscriberStatus.PENDING.value,
                    func.coalesce(Subscriber.confirm_sent_at, Subscriber.created_at) < now - after)
             .execution_options(synchronize_session=False)
         ).rowcount or 0
+        if deleted:  # by an operator's `subscribers expire`; the web app's housekeeping acts for nobody
+            audit(session, "sign-ups-expired", None, f"{deleted} never confirmed")
+        return deleted
