@@ -154,3 +154,29 @@ def test_an_editions_report_in_a_browser(signed_in, sample_engine):
     page.get_by_role("button", name="Retry failed").click()
     with sample_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT state FROM deliveries WHERE id = 1")).scalar() == "pending"
+
+
+def test_change_regions_import_and_purge_in_a_browser(signed_in, sample_engine, tmp_path):
+    page = signed_in
+    page.goto(f"/operator/subscribers?q={READER}")
+    page.get_by_role("link", name=READER).click()
+    page.get_by_label("Regions").fill("UA RU")
+    page.get_by_role("button", name="Change regions").click()
+    with sample_engine.connect() as conn:
+        regions = conn.execute(sa.text("SELECT regions FROM subscribers WHERE email_key = :k"), {"k": READER})
+        assert regions.scalar() == "UA RU"
+    page.get_by_label("Type the address to purge").fill("someone.else@example.org")
+    page.get_by_role("button", name="Purge").click()
+    assert _status(sample_engine) == "active"  # not the typed address: nothing purged
+    page.goto(f"/operator/subscribers/{READER}")
+    page.get_by_label("Type the address to purge").fill(READER)
+    page.get_by_role("button", name="Purge").click()
+    assert _status(sample_engine) is None
+    upload = tmp_path / "readers.csv"
+    upload.write_text("email,name,regions\nnew.reader@example.org,New,RU\nnot-an-address,X,RU\n")
+    page.goto("/operator/subscribers/import")
+    page.get_by_label("CSV file").set_input_files(str(upload))
+    page.get_by_role("button", name="Import").click()
+    text = page.inner_text("main")
+    assert "1 added" in text and "line 3" in text, text[:500]
+    _accessible(page, "import report")
