@@ -259,3 +259,43 @@ def test_the_revisions_read_without_alembic_are_alembics(db_url, tmp_path):
     assert current_revision(fresh) is _alembic_current(fresh) is None
     upgrade_schema(fresh, "0007")
     assert current_revision(fresh) == _alembic_current(fresh) == "0007"
+
+
+def test_postgresql_ends_a_session_left_idle_in_its_transaction(pg_url):
+    """A worker stopped mid-transaction (SIGSTOP) kept its row locks and the other workers'
+    recovery, heartbeats included, waited on them for as long as it was stopped (a CI run:
+    176 s); PostgreSQL now ends such a session after IDLE_IN_TRANSACTION_MS."""
+    from worker.store.db import IDLE_IN_TRANSACTION_MS
+
+    engine = create_db_engine(pg_url)
+    with engine.connect() as conn:
+        shown = conn.execute(sa.text("SHOW idle_in_transaction_session_timeout")).scalar()
+    assert shown == f"{IDLE_IN_TRANSACTION_MS // 60_000}min"
+    engine.dispose()
+
+
+def test_a_session_stopped_in_its_transaction_lets_go_of_its_locks(pg_url, monkeypatch):
+    from sqlalchemy.exc import DBAPIError
+
+    from worker.store import db
+
+    with create_db_engine(pg_url).begin() as conn:
+        conn.execute(sa.text(_ADD_READER), {"e": "held@example.org", "t": _T})
+    monkeypatch.setattr(db, "IDLE_IN_TRANSACTION_MS", 1000)
+    stopped = create_db_engine(pg_url)
+    holder = stopped.connect()
+    holder.execute(sa.text("UPDATE subscribers SET name = 'stopped' WHERE email_key = 'held@example.org'"))
+    # ... and the process holding it stops here. Another worker's write waits for the lock,
+    # then gets it when PostgreSQL ends the idle session (bounded here, to fail, not hang).
+    other = create_db_engine(pg_url)
+    with other.begin() as conn:
+        conn.execute(sa.text("SET LOCAL statement_timeout = '30s'"))
+        conn.execute(sa.text("UPDATE subscribers SET name = 'other' WHERE email_key = 'held@example.org'"))
+    with pytest.raises(DBAPIError):
+        holder.execute(sa.text("SELECT 1"))  # the stopped one wakes: its session is gone, nothing it did stays
+    holder.close()
+    with other.connect() as conn:
+        assert conn.execute(sa.text("SELECT name FROM subscribers WHERE email_key = 'held@example.org'")).scalar() \
+            == "other"
+    stopped.dispose()
+    other.dispose()

@@ -59,6 +59,14 @@ def describe_database(url: str) -> str:
     return parse_database_url(url).render_as_string(hide_password=True)
 
 
+# A process stopped (SIGSTOP, a frozen VM, a debugger) in the middle of a transaction keeps
+# its row locks, and the workers that would take its rows over wait on them, heartbeats
+# included: PostgreSQL ends such a session after this long idle in its transaction, so
+# recovery goes on. No transaction of ours waits on anything but the database (the claim
+# commits before the SMTP conversation; the export reads a chunk per connection).
+IDLE_IN_TRANSACTION_MS = 60_000
+
+
 def create_db_engine(url: str, *, pool_size: int = 5, create: bool = True) -> Engine:
     """An engine for `url`; SQLite files get their folder, WAL and a busy timeout.
 
@@ -80,7 +88,9 @@ def create_db_engine(url: str, *, pool_size: int = 5, create: bool = True) -> En
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:
-        return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+        options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+        return create_engine(parsed, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
+                             connect_args={"options": options})
     except NoSuchModuleError:
         raise ConfigError(f"setting NEWSLETTER_DATABASE_URL: unsupported database {parsed.drivername!r}: "
                           "use sqlite:///PATH or postgresql://USER@HOST/NAME") from None
