@@ -42,10 +42,8 @@ from worker.delivery.status import (
     COMPLAINT_WARN,
     STATES,
     bounce_rate,
-    recent_editions,
 )
 from worker.delivery.tallies import LIVE_SNAPSHOT_FROM, Tallies, count_tallies, is_finished, stored_live, tallies_of
-from worker.editions.standing import MAX_UNFINISHED
 from worker.ingest.sources import list_sources
 from worker.redact import mask_url
 from worker.regions import region_name
@@ -73,7 +71,6 @@ MEASURES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 THRESHOLDS = {"bounces": (BOUNCE_WARN, BOUNCE_ALARM), "complaints": (COMPLAINT_WARN, COMPLAINT_ALARM)}
 _MEASURE_OF = {kind: measure for measure, _, kinds in MEASURES for kind in kinds}
 SENT, BOUNCED = DeliveryState.SENT.value, DeliveryState.BOUNCED.value
-UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
 
 
 @dataclass(frozen=True)
@@ -213,12 +210,7 @@ def edition_lines(engine: Engine, *, recent: int = RECENT_EDITIONS) -> tuple[Edi
     edition's rows are its stored tallies (worker/delivery/tallies.py); an unfinished one's
     are counted now when it has at most LIVE_COUNT rows, and not at all past that: its
     line says its state and total, and its report has the counts."""
-    with session_scope(engine) as session:
-        unfinished = list(session.scalars(select(Edition).where(Edition.state.in_(UNFINISHED))
-                                          .order_by(Edition.created_at.desc(), Edition.id.desc())
-                                          .limit(MAX_UNFINISHED)))
-    listed = {e.id: e for e in [*unfinished, *recent_editions(engine, recent)]}
-    shown = sorted(listed.values(), key=lambda e: (e.created_at, e.id), reverse=True)
+    shown = editions.in_view(engine, recent_limit=recent)
     with session_scope(engine) as session:
         rows = tallies_of(session, [e for e in shown if is_finished(e)], summary=True)
         rows.update({e.id: count_tallies(session, e.id, minutes=False, reasons=False) for e in shown

@@ -40,7 +40,7 @@ from worker.editions.standing import (
     find,
     full_status,
     guard_view,
-    overview,
+    in_view,
     recent,
     recipients,
     require,
@@ -55,6 +55,6 @@ __all__ = [
     "TestCopy", "Resume", "Resumed", "FullStatus", "BrokerUnreachable", "Decided",
     "resolve_window", "resolve_edition", "original_key", "plan_or_reuse", "release", "hand_out", "run_inline",
     "follow", "dry_run", "send_test_copies", "count_failed", "pause", "resume", "status", "full_status",
-    "recent", "overview", "find", "require", "approval_sends", "guard_view", "recipients", "window_story_count",
+    "recent", "in_view", "find", "require", "approval_sends", "guard_view", "recipients", "window_story_count",
     "deliver_batch", "reconcile", "recover", "decide_unknown",
 ]

@@ -83,15 +83,15 @@ MAX_UNFINISHED = 200
 _UNFINISHED = (EditionState.SENDING.value, EditionState.PAUSED.value, EditionState.HELD.value)
 
 
-def overview(engine: Engine, *, recent_limit: int = 20) -> list[EditionStatus]:
-    """Every unfinished edition and the ones created last, newest first."""
+def in_view(engine: Engine, *, recent_limit: int = 20) -> list[Edition]:
+    """Every unfinished edition and the ones created last, newest first: the editions the
+    dashboard shows (it counts them from their tallies, never one status each)."""
     with session_scope(engine) as session:
         unfinished = list(session.scalars(select(Edition).where(Edition.state.in_(_UNFINISHED))
                                           .order_by(Edition.created_at.desc(), Edition.id.desc())
                                           .limit(MAX_UNFINISHED)))
     listed = {e.id: e for e in [*unfinished, *recent_editions(engine, recent_limit)]}
-    ordered = sorted(listed.values(), key=lambda e: (e.created_at, e.id), reverse=True)
-    return [edition_status(engine, e, list_unknown=0) for e in ordered]
+    return sorted(listed.values(), key=lambda e: (e.created_at, e.id), reverse=True)
 
 
 def approval_sends(engine: Engine, edition: str | Edition) -> int:

@@ -18,7 +18,7 @@ resends) and never a loopback address as proof.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from flask import Request, Response
 
@@ -74,17 +74,13 @@ def is_machine_route(rule: str) -> bool:
     return rule.startswith(MACHINE_PREFIXES)
 
 
-def machine_refusal(request: Request, identify: Callable[[str], str | None], *,
-                    configured: bool) -> Response | None:
-    """None when the request carries a credential `identify` knows (NEWSLETTER_OPERATOR_TOKEN
-    or an operator's token) as a Bearer token; `configured`: one of them exists."""
+def machine_refusal(*, configured: bool) -> Response:
+    """The answer to a machine route's request without a known Bearer credential
+    (NEWSLETTER_OPERATOR_TOKEN or an operator's token); `configured`: one of them exists."""
     if not configured:
         return Response("Machine routes (/events/*, /metrics) need NEWSLETTER_OPERATOR_TOKEN or an operator's "
                         "token, sent as `Authorization: Bearer TOKEN`; a loopback address is not enough.\n",
                         status=403, mimetype="text/plain")
-    scheme, _, presented = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer" and presented.strip() and identify(presented.strip()) is not None:
-        return None
     return Response("This route needs the operator token as `Authorization: Bearer TOKEN` (never basic).\n",
                     status=401, mimetype="text/plain", headers={"WWW-Authenticate": MACHINE_REALM})
 

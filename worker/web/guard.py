@@ -54,11 +54,11 @@ def deny_by_default() -> Response | None:
     if machine:
         if getattr(view, "public", False):
             return None
-        refused = machine_refusal(request, lambda token: _identify(context, token, None),
-                                  configured=bool(context.operator_token) or context.operators.exists())
-        if refused is None:
-            _act_as(_identify(context, _bearer(), None) or "operator")
-        return refused
+        name = _identify(context, _bearer(), None)
+        if name is None:
+            return machine_refusal(configured=bool(context.operator_token) or context.operators.exists())
+        _act_as(name)
+        return None
     if getattr(view, "public", False):
         return None
     auth = request.authorization

@@ -15,12 +15,9 @@ the charts (charts.py).
 
 from __future__ import annotations
 
-from flask import Blueprint, request
-from sqlalchemy import Engine, select
+from flask import Blueprint
 
 from worker.console.dashboard import MEASURES, THRESHOLDS, dashboard
-from worker.store.db import session_scope
-from worker.store.models import Edition
 from worker.web.charts import bar_chart
 from worker.web.forms import form_token
 from worker.web.shared import page, web
@@ -43,17 +40,4 @@ def operator_page():
     regions_chart = bar_chart("Active readers per region",
                               [(r.code, r.active) for r in shown.regions[:CHART_REGIONS]]) if shown.regions else None
     return page("operator.html", board=shown, measures=MEASURES, charts=charts, regions_chart=regions_chart,
-                chart_regions=CHART_REGIONS, thresholds=THRESHOLDS, notice=_notice(context.engine, request.args),
-                token=form_token, can_send=bool(context.secret))
-
-
-def _notice(engine: Engine, args) -> dict | None:
-    """What the last POST did, named by edition id (never text from the query string)."""
-    for outcome in ("approved", "approved-queued", "discarded"):
-        value = args.get(outcome, "")
-        if value.isdigit() and len(value) < 12:
-            with session_scope(engine) as session:
-                key = session.scalar(select(Edition.key).where(Edition.id == int(value)))
-            if key is not None:
-                return {"outcome": outcome, "edition": key}
-    return None
+                chart_regions=CHART_REGIONS, thresholds=THRESHOLDS, token=form_token, can_send=bool(context.secret))
