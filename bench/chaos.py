@@ -30,6 +30,7 @@ from tests.support.smtp import SmtpServer  # noqa: E402
 from tests.support.worker import WorkerProcess  # noqa: E402
 from worker.celery_app import create_app, publisher  # noqa: E402
 from worker.clock import utcnow  # noqa: E402
+from worker.delivery.lanes import most_lanes  # noqa: E402
 from worker.delivery.plan import find_edition, plan_edition  # noqa: E402
 from worker.delivery.schedule import reconcile  # noqa: E402
 from worker.digest import week_window  # noqa: E402
@@ -136,7 +137,7 @@ def main() -> int:
             "left_open": states.get("pending", 0) + states.get("sending", 0),
             # A SIGKILL can leave, per pool process and lane, the transaction in flight and the
             # previous result (written with the next claim) unknown.
-            "unknown_beyond_faults": len(unknown - dropped) - kills["SIGKILL"] * 2 * settings.smtp_connections * 2,
+            "unknown_beyond_faults": len(unknown - dropped) - kills["SIGKILL"] * 2 * most_lanes(settings) * 2,
         }
         ok = (verdict["duplicates"] == 0 and verdict["sent_not_received"] == 0
               and verdict["received_not_in_ledger"] == 0 and verdict["left_open"] == 0

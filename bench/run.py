@@ -410,10 +410,14 @@ class Timeline:
     def __init__(self, ports: list[int], started: float) -> None:
         self.ports, self.started = ports, started
         self.counts: list[float] = []
+        self.lanes: list[int] = []  # delivery lanes running, all workers
 
     def sample(self) -> None:
         if time.perf_counter() - self.started >= len(self.counts) + 1:
-            self.counts.append(sum(sent_count(scrape(port)) for port in self.ports))
+            found = [scrape(port) for port in self.ports]
+            self.counts.append(sum(sent_count(one) for one in found))
+            self.lanes.append(int(sum(sum(one.get("newsletter_delivery_lanes", Counter()).values())
+                                      for one in found)))
 
     def rates(self) -> list[int]:
         return [int(b - a) for a, b in zip([0.0, *self.counts], self.counts, strict=False)]
@@ -619,6 +623,7 @@ def run_pipeline(url: str, subscribers: int, sets: int, extra: dict[str, str], d
             "messages_per_second": round(sent / elapsed, 1),
             # Messages sent in each second of the run: the first seconds render the region sets.
             "messages_per_second_timeline": timeline.rates(),
+            "lanes_timeline": timeline.lanes,
             "plan_seconds": round(plan_seconds, 2), "plan_cpu_ms_per_message": round(plan_cpu / max(sent, 1) * 1000, 4),
             "cpu_ms_per_message": {k: round(v / max(sent, 1) * 1000, 3) for k, v in per_message.items()},
             "worker_main_process_cpu_ms_per_message": round(main_cpu / max(sent, 1) * 1000, 3),
@@ -735,9 +740,11 @@ def run_once(args: argparse.Namespace, extra: dict[str, str]) -> dict:
         size = message_size(db.url)
         result["message_bytes"] = size
         if args.relay_delay_ms:
-            # The same number of SMTP sessions as the workers keep open: processes x lanes.
-            sessions = (args.worker_groups * args.concurrency
-                        * int(extra.get("NEWSLETTER_SMTP_CONNECTIONS", "4")))
+            # As many SMTP sessions as the workers may hold: processes x their most lanes.
+            from worker.delivery.lanes import AUTO_CAP
+
+            lanes = extra.get("NEWSLETTER_SMTP_CONNECTIONS", "auto")
+            sessions = args.worker_groups * args.concurrency * (AUTO_CAP if lanes == "auto" else int(lanes))
             result["relay_delay_ms"] = args.relay_delay_ms
             result["smtp_sessions"] = sessions
             rate, detail = baseline_smtp_source(size, 5000, sessions=sessions, delay_ms=args.relay_delay_ms)

@@ -14,6 +14,8 @@ Exposed (prometheus-client), name {labels}: what.
 - newsletter_smtp_transaction_seconds (histogram): wall time of one SMTP transaction,
   MAIL FROM to the final reply.
 - newsletter_smtp_connections_opened_total: SMTP connections opened (secured, authenticated).
+- newsletter_delivery_lanes: delivery lanes (SMTP conversations) running now, summed over
+  the live pool processes (worker/delivery/lanes.py).
 - newsletter_variants_inlined_total {inliner}: region sets rendered and CSS-inlined.
 - newsletter_late_reports_total {kind, source}: bounces and complaints heard after the relay
   accepted a message (worker/bounces/apply.py); kind permanent, transient, complaint,
@@ -71,7 +73,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -107,6 +109,8 @@ class Metrics:
                                       "Wall time of one SMTP transaction, MAIL FROM to the final reply.",
                                       buckets=SMTP_BUCKETS, registry=r)
         self.connections = Counter("newsletter_smtp_connections_opened", "SMTP connections opened.", registry=r)
+        self.lanes = Gauge("newsletter_delivery_lanes", "Delivery lanes (SMTP conversations) running now.",
+                           multiprocess_mode="livesum", registry=r)
         self.inlined = Counter("newsletter_variants_inlined", "Region sets rendered and CSS-inlined.",
                                ["inliner"], registry=r)
         self.late_reports = Counter("newsletter_late_reports", "Bounces and complaints heard after the relay "
@@ -198,6 +202,10 @@ def observe_smtp_transaction(seconds: float) -> None:
 
 def count_connection() -> None:
     current().connections.inc()
+
+
+def count_lanes(change: int) -> None:
+    current().lanes.inc(change)
 
 
 def count_inlined(inliner: str) -> None:

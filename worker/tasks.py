@@ -116,6 +116,7 @@ def _runtime() -> _Runtime:
     """Settings, engine, sender and throttle, once per worker process; and the process's
     heartbeat (worker/delivery/liveness.py), started before it can take any lease."""
     from worker import editions
+    from worker.delivery.lanes import database_pool
     from worker.delivery.liveness import Heartbeat
     from worker.delivery.pipeline import worker_name
     from worker.delivery.ratelimit import make_throttle
@@ -129,7 +130,7 @@ def _runtime() -> _Runtime:
     if warning:
         log.warning("%s", warning)
     # create=False: a worker started in the wrong directory must not leave an empty database there.
-    engine = create_db_engine(settings.database_url, pool_size=settings.smtp_connections + 2, create=False)
+    engine = create_db_engine(settings.database_url, pool_size=database_pool(settings), create=False)
     _check_schema(settings, engine)
     heartbeat = Heartbeat(
         engine, worker_name(), timeout=settings.liveness_timeout, clock=utcnow,

@@ -57,6 +57,9 @@ class FaultPlan:
     pipelining: bool = True
     # Advertise SMTPUTF8 (RFC 6531) in the EHLO reply.
     smtputf8: bool = True
+    # Connections beyond this many at once are greeted with `crowded_reply` and closed.
+    max_connections: int | None = None
+    crowded_reply: str = "421 4.7.0 too many connections from your address"
 
 
 class _Handler:
@@ -132,11 +135,25 @@ class _FaultySMTP(SMTP):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
 
+    def connection_lost(self, error):
+        server = self.event_handler.server
+        with server.lock:
+            server.live.discard(self)
+        super().connection_lost(error)
+
     async def _handle_client(self):
         server = self.event_handler.server
         server.connections += 1
-        if server.plan.greeting:
-            await self.push(server.plan.greeting)
+        with server.lock:
+            server.live.add(self)
+            crowded = server.plan.max_connections is not None and len(server.live) > server.plan.max_connections
+            if crowded:
+                server.crowded += 1
+            else:
+                server.most_open = max(server.most_open, len(server.live))
+        greeting = server.plan.crowded_reply if crowded else server.plan.greeting
+        if greeting:
+            await self.push(greeting)
             self.transport.close()
             return
         await super()._handle_client()
@@ -169,6 +186,9 @@ class SmtpServer:
         self.attempts: Counter[str] = Counter()
         self.connections = 0
         self.throttled = 0
+        self.live: set = set()    # connections open now
+        self.most_open = 0        # the most connections served at once
+        self.crowded = 0          # connections refused by plan.max_connections
         self.auth_attempts: list[tuple[str, str]] = []
         self.port = _free_port()
         kwargs = {}
@@ -177,8 +197,8 @@ class SmtpServer:
         if auth is not None:
             # aiosmtpd's auth_require_tls means STARTTLS: an implicit TLS connection is already encrypted.
             kwargs.update(authenticator=self._authenticator(auth), auth_require_tls=tls_context is not None)
-        self._controller = _Controller(self, ssl_context=implicit_tls, **kwargs)
         self.lock = threading.Lock()
+        self._controller = _Controller(self, ssl_context=implicit_tls, **kwargs)
 
     def _authenticator(self, users: dict[str, str]):
         def check(server, session, envelope, mechanism, data):
@@ -192,7 +212,7 @@ class SmtpServer:
 
     def start(self) -> SmtpServer:
         self._controller.start()
-        self.connections = 0  # the controller's own readiness probe is not a client
+        self.connections = self.most_open = 0  # the controller's own readiness probe is not a client
         return self
 
     def stop(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from typing import Protocol
@@ -27,6 +27,8 @@ class SendResult:
     # The connection itself failed (refused, greeting, auth): the rest of the
     # batch would fail the same way, so the batch stops and hands its rows back.
     connection_failed: bool = False
+    # Wall time of the SMTP transaction, MAIL FROM to the final reply (None: none took place).
+    seconds: float | None = field(default=None, compare=False)
 
     @property
     def summary(self) -> str:

@@ -13,7 +13,6 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
@@ -28,7 +27,8 @@ from worker.delivery import ledger
 from worker.delivery.ledger import ClaimState
 from worker.delivery.outcome import Outcome, SendResult
 from worker.delivery.plan import finish_if_done, get_edition, pause_edition
-from worker.delivery.ratelimit import RateLimiter
+from worker.delivery.lanes import gauge_for
+from worker.delivery.ratelimit import RateLimiter, is_throttle
 from worker.delivery.relay import pause_for_relay
 from worker.delivery.schedule import dispatch
 from worker.delivery.senders import Outgoing, Sender, SenderPool
@@ -247,34 +247,133 @@ class _Batch:
         self._lock = threading.Lock()
         self.report = BatchReport()
         self.late: list[int] = []
-        self.lanes = 1
+        self.gauge = gauge_for((engine.url.render_as_string(hide_password=True), edition.id, edition.key,
+                                edition.created_at, settings.smtp_connections), settings)
+        self.pool: SenderPool | None = None
+        self._threads: list[threading.Thread] = []
+        self._running = 0
+        self._open: set[int] = set()   # lanes (thread ids) holding an open conversation
+        self._connecting: set[int] = set()
+        self._errors: list[BaseException] = []
 
     def run(self, sender: Sender | SenderPool) -> None:
-        """Lanes, each with its own SMTP and database connections, so that the waits of one
-        (the relay's replies, the ledger's commits) overlap the work of the others."""
+        """Lanes, each with its own SMTP conversation, so that the waits of one (the relay's
+        replies, the ledger's commits) overlap the work of the others. How many is the
+        edition's gauge's to say (worker/delivery/lanes.py), batch after batch."""
         if not isinstance(sender, SenderPool):
             _run_lane(self, sender)
             return
+        self.pool = sender
         # With a rate limit a message may wait for its token: one lane is enough.
-        lanes = 1 if self.throttle is not None else max(1, min(self.settings.smtp_connections, len(self._rows)))
-        self.lanes = lanes
+        lanes = 1 if self.throttle is not None else max(1, min(self.gauge.lanes, len(self._rows)))
         # Lanes that claim at the same moment share one statement (group commit).
-        self.group = self.outlast(self._open_group) if lanes > 1 else None
+        if self.throttle is None and (self.gauge.auto or lanes > 1):
+            self.group = self.outlast(self._open_group)
+        self.gauge.start()
         try:
-            with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
-                futures = [pool.submit(self._pooled_lane, sender) for _ in range(lanes)]
+            with self._lock:
+                self._spawn(lanes)
+            while True:  # lanes may start more lanes
+                with self._lock:
+                    threads = list(self._threads)
+                for thread in threads:
+                    thread.join()
+                with self._lock:
+                    if len(self._threads) > len(threads):
+                        continue
+                    # A row a refused lane gave back after the others had run out of rows.
+                    if not self._rows or self.report.stopped or self._errors:
+                        break
+                    self._spawn(1)
         finally:
             if self.group is not None:
                 self.group.close()
-        for future in futures:
-            future.result()  # the first lane's error, raised once every lane has stopped
+        if self._errors:
+            raise self._errors[0]  # the first lane's error, raised once every lane has stopped
 
-    def _pooled_lane(self, pool: SenderPool) -> None:
-        sender = pool.acquire()
+    def _spawn(self, count: int) -> None:
+        for _ in range(count):
+            thread = threading.Thread(target=self._pooled_lane, name=f"lane-{len(self._threads) + 1}", daemon=True)
+            self._threads.append(thread)
+            self._lanes(+1)
+            thread.start()
+
+    def _pooled_lane(self) -> None:
+        pool, retired = self.pool, False
         try:
-            _run_lane(self, sender)
+            sender = pool.acquire()
+            try:
+                retired = _run_lane(self, sender)
+            finally:
+                if retired:
+                    sender.close()  # the relay's connection back to it
+                pool.release(sender)
+        except BaseException as exc:  # noqa: BLE001 - raised by run() once every lane has stopped
+            with self._lock:
+                self._errors.append(exc)
         finally:
-            pool.release(sender)
+            with self._lock:
+                self._open.discard(threading.get_ident())
+                self._connecting.discard(threading.get_ident())
+                if not retired:
+                    self._lanes(-1)
+
+    def _lanes(self, change: int) -> None:
+        self._running += change
+        metrics.count_lanes(change)
+
+    @property
+    def lanes(self) -> int:
+        """Lanes running now: the error budget is per lane."""
+        return max(1, self._running)
+
+    def opened(self, sender: Sender, row: ledger.Leased) -> SendResult | None | bool:
+        """Open the lane's conversation for `row`: None when it is open. False: the relay
+        refused one more while others of this batch hold theirs; the row goes back unclaimed
+        and the lane ends. A refusal with no other conversation open (the relay is down, or
+        refuses us) is returned, to be the row's result as a failed send's would be."""
+        if self.pool is None or not hasattr(sender, "open"):
+            return None
+        me = threading.get_ident()
+        with self._lock:
+            self._connecting.add(me)
+        failure = sender.open()
+        with self._lock:
+            self._connecting.discard(me)
+            if failure is None:
+                self._open.add(me)
+                return None
+            self._open.discard(me)
+            others = len(self._open) + len(self._connecting)
+            if failure.outcome is not Outcome.TEMPORARY or others == 0:
+                return failure
+            self._rows.appendleft(row)
+            self._lanes(-1)
+            # Only a refusal beside an open conversation says the relay is full; beside
+            # lanes still connecting it may as well be down: this lane just ends, and if
+            # the relay refuses them all, the last one reports the failure.
+            crowded = bool(self._open)
+        if crowded:
+            lanes = self.gauge.crowded(others, failure.summary)
+            log.warning("edition %s: %s; %d lanes from now on", self.edition_id, self.gauge.reason, lanes)
+        return False
+
+    def after(self, result: Delivered) -> bool:
+        """A lane finished a row: does it go on? Starts lanes the gauge now wants; ends this
+        one if there are more than it wants."""
+        if self.pool is None or self.throttle is not None:
+            return True
+        if isinstance(result, SendResult) and not result.connection_failed and is_throttle(result.code, result.reply):
+            self.gauge.slow_down(result.summary)
+            log.warning("edition %s: %s; %d lanes from now on", self.edition_id, self.gauge.reason, self.gauge.lanes)
+        want = self.gauge.observe(result.seconds if isinstance(result, SendResult) else None)
+        with self._lock:
+            if self._running > want:
+                self._lanes(-1)
+                return False
+            if self._running < want and len(self._rows) > self._running and not self.report.stopped:
+                self._spawn(min(want - self._running, len(self._rows) - self._running))
+        return True
 
     def open_ledger(self) -> ledger.Ledger:
         # Under a rate limit a result is written before the wait for the next token, not with
@@ -327,11 +426,22 @@ class _Prepared:
     blocked: str | None = None
 
 
-def _run_lane(batch: _Batch, sender: Sender) -> None:
+def _run_lane(batch: _Batch, sender: Sender) -> bool:
+    """Deliver rows until the batch is done or must stop: True if the lane ended early
+    (fewer lanes wanted, or the relay refused its conversation)."""
     book = batch.outlast(batch.open_ledger)
+    retired = False
     try:
         while (row := batch.take()) is not None:
-            batch.count(*_deliver(batch, book, sender, row))
+            refused = batch.opened(sender, row)
+            if refused is False:
+                retired = True
+                break
+            outcome, stop = _deliver(batch, book, sender, row, refused)
+            batch.count(outcome, stop)
+            if not batch.after(outcome):
+                retired = True
+                break
         # The last results, before the connection goes back (and across an outage).
         batch.outlast(book.flush, book.reconnect)
     finally:
@@ -339,10 +449,11 @@ def _run_lane(batch: _Batch, sender: Sender) -> None:
             book.close()
         finally:
             batch.add_late(book.late)
+    return retired
 
 
-def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender,
-             row: ledger.Leased) -> tuple[Delivered, str | None]:
+def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender, row: ledger.Leased,
+             refused: SendResult | None = None) -> tuple[Delivered, str | None]:
     """Claim the row, send it, record the result: (outcome, reason for the batch to stop).
     The message is composed before the claim, so the claim-to-record window holds only
     the SMTP transaction."""
@@ -365,7 +476,7 @@ def _deliver(batch: _Batch, book: ledger.Ledger, sender: Sender,
     if item.variant is None:
         batch.outlast(lambda: book.skip(row.id, reason="no-stories", now=now), book.reconnect)
         return NotSent("no-stories"), None
-    result = _send(batch, sender, item)
+    result = refused or _send(batch, sender, item)
     cpu.lap("smtp")
     try:
         book.record(row.id, result=result, message_id=item.composed.message_id if item.composed else None,

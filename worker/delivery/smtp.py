@@ -15,6 +15,7 @@ import smtplib
 import socket
 import ssl
 import time
+from dataclasses import replace
 
 from worker import metrics
 from worker.delivery.outcome import Outcome, Outgoing, SendResult, classify
@@ -167,6 +168,18 @@ class SmtpSender:
         self.close()
         return result
 
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def open(self) -> SendResult | None:
+        """A connection ready for the next message (a new one when this one has carried
+        NEWSLETTER_SMTP_MAX_PER_CONNECTION): None, or why the relay would not have us. A lane
+        asks before it claims a row, so a refused conversation costs the row nothing."""
+        if self._conn is not None and self._sent_on_conn >= self.settings.smtp_max_per_connection:
+            self.close()
+        return self._connect() if self._conn is None else None
+
     # -- one transaction ----------------------------------------------------
     def send(self, message: Outgoing) -> SendResult:
         if self._conn is not None and self._sent_on_conn >= self.settings.smtp_max_per_connection:
@@ -179,8 +192,9 @@ class SmtpSender:
             started = time.perf_counter()
             result = self._transaction(message, reused=attempt == 1)
             if result is not None:
-                metrics.observe_smtp_transaction(time.perf_counter() - started)
-                return result
+                seconds = time.perf_counter() - started
+                metrics.observe_smtp_transaction(seconds)
+                return replace(result, seconds=seconds)
             # The reused connection had been closed by the server before MAIL:
             # nothing was sent, so one fresh connection is safe.
         return SendResult(Outcome.TEMPORARY, None, "connection closed twice before MAIL FROM")

@@ -94,14 +94,27 @@ class Mail(Topic):
     dkim_key_file: str = feature("")
 
     smtp_timeout: float = tuning(30.0, gt=0, le=600)
-    # SMTP conversations in flight per worker process (delivery lanes, threads). Each
-    # waits for its relay's replies and its ledger commits while the others work;
-    # 64 at most (each also holds a database connection).
-    smtp_connections: int = tuning(4, ge=1, le=64)
+    # SMTP conversations in flight per worker process (delivery lanes, threads), each
+    # waiting for its relay's replies while the others work. `auto`: as many as the
+    # relay's distance needs (worker/delivery/lanes.py); a number: that many, always.
+    smtp_connections: int | Literal["auto"] = tuning("auto")
     # A relay keeps a connection for a while; a cap bounds the damage of a stuck one.
     smtp_max_per_connection: int = tuning(200, ge=1)
     # Messages per second across all workers; 0: unlimited.
     send_rate: float = tuning(0.0, ge=0)
+
+    @field_validator("smtp_connections", mode="before")
+    @classmethod
+    def _smtp_connections(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be auto or a whole number from 1 to 64") from None
+        if not 1 <= number <= 64:
+            raise ValueError("must be auto or a whole number from 1 to 64")
+        return number
 
     @field_validator("ehlo_name")
     @classmethod

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -37,7 +37,7 @@ LOST = Claim(ClaimState.LOST)
 
 
 class Ledger(Protocol):
-    """What a delivery lane needs from the ledger. One per lane: it holds a connection."""
+    """What a delivery lane needs from the ledger. One per lane."""
 
     late: list[int]  # results that arrived after the row was declared unknown
 
@@ -154,7 +154,7 @@ class PortableLedger:
     def __init__(self, engine: Engine, *, worker: str, max_attempts: int, retry_base: float,
                  pipeline: bool = True) -> None:
         self.engine = engine
-        self.conn = engine.connect()
+        self.conn: Connection | None = None  # during a transaction
         self.worker = worker
         self.max_attempts = max_attempts
         self.retry_base = retry_base
@@ -162,16 +162,21 @@ class PortableLedger:
         self.pending: list[Pending] = []
         self.late: list[int] = []
 
-    def _transaction(self) -> AbstractContextManager:
-        return self.conn.begin()
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A pooled connection for one transaction, given back after it: a lane holds none
+        between its transactions, so the database's connections do not grow with the lanes."""
+        with self.engine.connect() as conn:
+            self.conn = conn
+            try:
+                with conn.begin():
+                    yield
+            finally:
+                self.conn = None
 
     def reconnect(self) -> None:
-        """A fresh connection after a database error (the old one is dropped); what is
-        waiting to be written stays waiting. Raises while the database is still away."""
-        if not self.conn.closed:
-            self.conn.invalidate()
-            self.conn.close()
-        self.conn = self.engine.connect()
+        """After a database error: nothing to do, as each transaction takes a connection of
+        its own (the pool drops a broken one); what is waiting to be written stays waiting."""
 
     def claim(self, delivery_ids: Sequence[int], *, now: datetime, lease: timedelta) -> dict[int, Claim]:
         """Move leased rows to `sending`; rows not returned were lost to someone else."""
@@ -217,10 +222,7 @@ class PortableLedger:
         self._written(written)
 
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self.conn.close()
+        self.flush()
 
     def _write_pending(self) -> tuple[int, list[int]]:
         """Write the waiting results inside the caller's transaction: (how many, the late ones).

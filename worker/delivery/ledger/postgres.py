@@ -80,7 +80,11 @@ class PostgresLedger(PortableLedger):
     def __init__(self, engine: Engine, *, group: StatementGroup | None = None, **kwargs) -> None:
         super().__init__(engine, **kwargs)
         self.group = group
-        self._set_up()
+        # With a group, the usual step runs on the group's connection and anything else in
+        # a pooled transaction (the portable ledger's); alone, on a connection of its own.
+        if group is None:
+            self.conn = engine.connect()
+            self._set_up()
 
     def _set_up(self) -> None:
         self._raw = self.conn.connection.dbapi_connection
@@ -95,11 +99,22 @@ class PostgresLedger(PortableLedger):
             raise
 
     def reconnect(self) -> None:
-        super().reconnect()
+        """A fresh connection after a database error (the old one is dropped); what is
+        waiting to be written stays waiting. Raises while the database is still away."""
+        if self.group is not None:
+            return  # the group reconnects its own; transactions take theirs from the pool
+        if not self.conn.closed:
+            self.conn.invalidate()
+            self.conn.close()
+        self.conn = self.engine.connect()
         self._set_up()
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
+        if self.group is not None:
+            with super()._transaction():
+                yield
+            return
         self._raw.autocommit = False
         try:
             with self.conn.begin():
@@ -121,6 +136,9 @@ class PostgresLedger(PortableLedger):
         self._step([], now=self.pending[-1].now, lease=timedelta(0))
 
     def close(self) -> None:
+        if self.group is not None:
+            self.flush()
+            return
         try:
             self.flush()
         finally:
