@@ -278,6 +278,10 @@ def worker_env(smtp_settings, redis_url, smtp_server) -> dict[str, str]:
         "NEWSLETTER_PUBLIC_URL": "https://news.example",
         "NEWSLETTER_RETRY_BASE_SECONDS": "0.5",
         "NEWSLETTER_BATCH_SIZE": "25",
+        # Four lanes a process, as before `auto`: the tests that kill a worker need rows
+        # waiting for a lane, and `auto` gives a slow test relay a lane per row. `auto` in a
+        # worker process: tests/test_lanes.py.
+        "NEWSLETTER_SMTP_CONNECTIONS": "4",
         # Tests that start two workers would both ask for the default port; the one that
         # checks the exporter gives its worker a free port.
         "NEWSLETTER_METRICS_PORT": "0",

@@ -474,7 +474,7 @@ def _stall(arrivals: list[float], since: float, until: float) -> float:
     return max((b - a for a, b in zip([since, *times], [*times, until], strict=True)), default=until - since)
 
 
-# Default settings (leases, liveness, redispatch, batch size, lanes): only the relay is slow.
+# Default leases, liveness and redispatch, four lanes (worker_env): only the relay is slow.
 @pytest.mark.timeout(480)
 def test_a_backlog_at_default_settings_outlasts_a_database_restart_and_a_killed_worker(
         private_pg, tmp_path, smtp_server, start_worker, worker_env, run_cli, tick):

@@ -195,3 +195,54 @@ def test_the_setting_refuses_anything_else_with_what_it_takes(monkeypatch, value
     monkeypatch.setenv("NEWSLETTER_SMTP_CONNECTIONS", value)
     with pytest.raises(ConfigError, match="must be auto or a whole number from 1 to 64"):
         load_settings()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_worker_killed_with_many_lanes_leaves_at_most_two_rows_a_lane_unknown(
+        engine, tmp_path, smtp_server, start_worker, worker_env, run_cli, tick):
+    """A real worker at `auto` with a relay 50 ms away and the default batch size: its lanes
+    grow past the start, then it is killed mid-send. Each lane in flight may leave its
+    transaction and the result it had not written `unknown`; nobody is lost or sent twice,
+    and the worker's database connections stayed bounded however many lanes ran."""
+    import signal
+    import time
+
+    from tests.support.oracle import assert_oracle
+    from tests.support.worker import wait_for
+    from worker.delivery.plan import find_edition
+
+    load_stories(engine, tmp_path)
+    everyone = {email for _, email, _ in add_subscribers(engine, 1500, sets=[("RU", "UA"), ("DE",), ("US", "GB")])}
+    smtp_server.plan.delay = 0.05
+    env = {**worker_env, "NEWSLETTER_SMTP_CONNECTIONS": "auto", "NEWSLETTER_BATCH_SIZE": "200",
+           "NEWSLETTER_LIVENESS_SECONDS": "6"}
+    ours = _backends(engine)
+    w1 = start_worker("w1", concurrency=1, **env)
+    assert run_cli("send", "--week", "2025-W05", env=env).code == 0
+    wait_for(lambda: len(smtp_server.live) > 2 * START, timeout=120, interval=0.05, what="the lanes to grow")
+    connections = _backends(engine) - ours
+    lanes_at_kill = len(smtp_server.live)
+    w1.kill(signal.SIGKILL)
+    w1.proc.wait(10)
+    assert len(smtp_server.received) < len(everyone), "the send ended before the kill; nothing to prove"
+    start_worker("w2", concurrency=1, **env)
+    deadline = time.monotonic() + 180
+    while find_edition(engine, KEY).state != "done" and time.monotonic() < deadline:
+        tick(**{k: v for k, v in env.items() if k != "NEWSLETTER_BROKER_URL"})
+        time.sleep(1)
+    assert smtp_server.most_open <= AUTO_CAP
+    assert connections <= 6 + 6, f"{connections} database connections with {lanes_at_kill} lanes"
+    assert_oracle(engine, KEY, smtp_server, run_cli, env, expect_sent=everyone, allowed_unknown=2 * AUTO_CAP)
+    unknown = sum(1 for state, _ in ledger(engine, KEY).values() if state == "unknown")
+    print(f"\nauto lanes: {lanes_at_kill} conversations open at the kill, {smtp_server.most_open} at most; "
+          f"{connections} database connections of the worker's; {unknown} rows unknown", flush=True)
+    assert unknown <= 2 * smtp_server.most_open
+
+
+def _backends(engine) -> int:
+    """Connections to this test's database, but the one asking."""
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND pid <> pg_backend_pid()")).scalar()
