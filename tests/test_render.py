@@ -208,11 +208,11 @@ def test_css_inline_is_an_equivalent_inliner(sample_engine, settings):
 def test_kept_stylesheet_rules_inline_exactly_as_premailer_does(sample_engine, settings, monkeypatch):
     import premailer
 
-    import worker.render.digest as digest
+    import worker.render.sections as sections
     from worker.render.inline import PREMAILER_OPTIONS, inline_css
 
     seen: list[str] = []
-    monkeypatch.setattr(digest, "inline_css", lambda html, **kw: seen.append(html) or inline_css(html, **kw))
+    monkeypatch.setattr(sections, "inline_css", lambda html, **kw: seen.append(html) or inline_css(html, **kw))
     for regions in [("RU", "UA"), ("DE", "FR", "GB"), ("US",), ("CN", "RU")]:
         _variant(sample_engine, settings, regions=regions)
     # A second stylesheet in the same process: the rules are kept per stylesheet text.
