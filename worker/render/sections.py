@@ -10,19 +10,21 @@ bytes for every region set with the same structure: the text is written back as 
 same inliner writes it in a document of text only. What is cached, per edition (the
 VariantRenderer owns one cache) and per process:
 
-- a section, inlined, by its own rendered text and the skeleton's head and tail around
-  it: a trim, an edited story or the first section's missing divider is another text,
-  so another entry;
-- a skeleton, inlined with its body's text runs masked, by that masked text.
+- a skeleton, inlined bare (no sections) with its body's text runs masked, by that
+  masked text;
+- a section, inlined alone in its place in the skeleton, by its own rendered text and
+  the skeleton before and after the sections: a trim, an edited story or the first
+  section's missing divider is another text, so another entry.
 
-A region set then costs one inliner call for whatever is new to the cache and one for
-its text runs, both small. Equality with the whole document inlined (`inline_whole`, the
-reference) is claimed only where the reasoning holds; elsewhere, say a customised
-template, the document is inlined whole and the reason counted (`Fallback`): marks
+Once these are cached, a region set costs one inliner call, for its text runs.
+Equality with the whole document inlined (`inline_whole`, the reference) is claimed only
+where the reasoning holds; elsewhere, say a customised template or markup a parser has
+to repair, the document is inlined whole and the reason counted (`Fallback`): marks
 missing or not between white space, markup between sections, a stylesheet in a section,
 a raw-text element in the skeleton's body, a selector that looks at siblings, position
-or content. The first document of each skeleton is also compared with the reference,
-and a difference sends the rest of the edition the whole way.
+or content, a section that changes the skeleton around it. The first document of each
+skeleton is also compared with the reference, and a difference sends the rest of the
+edition the whole way.
 
 Markers: a rendered document carries its render's nonce in its personal markers
 (personalise.py). Cached pieces hold this cache's own nonce instead, as do the section
@@ -78,6 +80,7 @@ class Fallback(StrEnum):
     RAW_TEXT = "a raw-text element in the skeleton's body"
     SELECTORS = "a selector that looks at siblings, position or content"
     MOVED = "the inliner moved a section mark"
+    LEAKS = "a section changes the skeleton around it"
     DIFFERS = "the assembled document differs from the whole one inlined"
 
 
@@ -102,7 +105,7 @@ class SectionCache:
         self._token = re.compile(rf"%%NL{self._nonce}_T(\d+)%%")
         # (inliner, skeleton before the sections, after them, section) -> the section inlined
         self._sections: dict[tuple[str, str, str, str], str] = {}
-        # (inliner, masked skeleton) -> its inlined parts around the sections, split at the tokens
+        # (inliner, masked skeleton) -> its inlined parts around the sections' places, split at the tokens
         self._skeletons: dict[tuple[str, str], tuple[list, ...]] = {}
         self._lock = threading.Lock()
         self._broken: Fallback | None = None
@@ -123,7 +126,7 @@ class SectionCache:
         inlined = [self._sections.get((*context, section)) for section in sections]
         new = skeleton is None
         if new or None in inlined:
-            found = self._inline_new(masked, sections, inlined, inliner=inliner)
+            found = self._inline_new(masked, skeleton, sections, inlined, inliner=inliner)
             if isinstance(found, Fallback):
                 return self._whole(html, nonce=nonce, inliner=inliner, reason=found)
             skeleton, inlined = found
@@ -146,27 +149,42 @@ class SectionCache:
                 _keep(self._sections, (*context, section), done, _MAX_SECTIONS)
         return result
 
-    def _inline_new(self, masked: str, sections: list[str], inlined: list[str | None], *,
-                    inliner: str) -> tuple[tuple[list, ...], list[str]] | Fallback:
-        """One inliner call: the masked skeleton with every section not yet cached in its
-        place. Returns the skeleton's inlined parts and every section inlined."""
-        body = masked[_BODY.search(masked).end():]
-        if _RAW_TEXT.search(body):
-            return Fallback.RAW_TEXT
-        if not _local_selectors(masked):
-            return Fallback.SELECTORS
+    def _inline_new(self, masked: str, skeleton: tuple[list, ...] | None, sections: list[str],
+                    inlined: list[str | None], *, inliner: str) -> tuple[tuple[list, ...], list[str]] | Fallback:
+        """The skeleton inlined bare, unless cached, and each section not cached inlined
+        alone in its place. A section must leave the skeleton around it as it was: one that
+        leaves an element open, or closes or moves one of the skeleton's (a parser's repair
+        of broken markup), would change other documents than its own."""
         places = masked.split(self._mark)
-        for n, (section, done) in enumerate(zip(sections, inlined, strict=True)):
-            if done is None:
-                if _STYLESHEET.search(section):
-                    return Fallback.STYLESHEET
-                places[2 * n + 1] = section
+        if skeleton is None:
+            if _RAW_TEXT.search(masked, _BODY.search(masked).end()):
+                return Fallback.RAW_TEXT
+            if not _local_selectors(masked):
+                return Fallback.SELECTORS
+            skeleton = self._inline_skeleton(places, inliner=inliner)
+            if skeleton is None:
+                return Fallback.MOVED
+        done = list(inlined)
+        for n, section in enumerate(sections):
+            if done[n] is not None:
+                continue
+            if _STYLESHEET.search(section):
+                return Fallback.STYLESHEET
+            alone = places.copy()
+            alone[2 * n + 1] = section
+            parts = run_inliner(self._mark.join(alone), inliner=inliner).split(self._mark)
+            if len(parts) != len(places) or self._split(parts) != skeleton:
+                return Fallback.LEAKS
+            done[n] = parts[2 * n + 1]
+        return skeleton, done
+
+    def _inline_skeleton(self, places: list[str], *, inliner: str) -> tuple[list, ...] | None:
         parts = run_inliner(self._mark.join(places), inliner=inliner).split(self._mark)
-        if len(parts) != len(places):
-            return Fallback.MOVED
-        # Between a section's two marks: the section; around them, the skeleton.
-        skeleton = tuple(self._token.split(part) for part in parts[0::2])
-        return skeleton, [done if done is not None else parts[2 * n + 1] for n, done in enumerate(inlined)]
+        return self._split(parts) if len(parts) == len(places) else None
+
+    def _split(self, parts: list[str]) -> tuple[list, ...]:
+        # Around the sections' places, the skeleton: text and token numbers, alternating.
+        return tuple(self._token.split(part) for part in parts[0::2])
 
     def _whole(self, html: str, *, nonce: str, inliner: str, reason: Fallback) -> str:
         if not self.fallbacks[reason]:
