@@ -123,10 +123,11 @@ class SectionCache:
         # What a section's rules can see besides itself: the skeleton before and after the sections.
         context = (inliner, masked.split(self._mark, 1)[0], masked.rsplit(self._mark, 1)[1])
         skeleton = self._skeletons.get((inliner, masked))
-        inlined = [self._sections.get((*context, section)) for section in sections]
+        cached = [self._sections.get((*context, section)) for section in sections]
         new = skeleton is None
-        if new or None in inlined:
-            found = self._inline_new(masked, skeleton, sections, inlined, inliner=inliner)
+        inlined = cached
+        if new or None in cached:
+            found = self._inline_new(masked, skeleton, sections, cached, inliner=inliner)
             if isinstance(found, Fallback):
                 return self._whole(html, nonce=nonce, inliner=inliner, reason=found)
             skeleton, inlined = found
@@ -143,10 +144,13 @@ class SectionCache:
                 log.warning("a document inlined by sections differs from it inlined whole: "
                             "the rest of this edition is inlined whole")
                 return whole
-        with self._lock:
-            _keep(self._skeletons, (inliner, masked), skeleton, _MAX_SKELETONS)
-            for section, done in zip(sections, inlined, strict=True):
-                _keep(self._sections, (*context, section), done, _MAX_SECTIONS)
+        if new or None in cached:
+            with self._lock:
+                if new:
+                    _keep(self._skeletons, (inliner, masked), skeleton, _MAX_SKELETONS)
+                for section, done, was in zip(sections, inlined, cached, strict=True):
+                    if was is None:
+                        _keep(self._sections, (*context, section), done, _MAX_SECTIONS)
         return result
 
     def _inline_new(self, masked: str, skeleton: tuple[list, ...] | None, sections: list[str],
