@@ -504,7 +504,10 @@ def metrics_summary(found: dict[str, Counter]) -> dict:
         "smtp_transaction_ms_mean": round(total("newsletter_smtp_transaction_seconds_sum") / max(smtp_count, 1)
                                           * 1000, 3),
         "smtp_connections_opened": int(total("newsletter_smtp_connections_opened_total")),
-        "inliner_calls": int(total("newsletter_variants_inlined_total")),
+        # Documents inlined, one per region set (and per shortened form of one); calls into
+        # the inliner, of whole documents or of the sections and skeletons they are assembled from.
+        "variants_inlined": int(total("newsletter_variants_inlined_total")),
+        "inliner_calls": int(total("newsletter_inliner_calls_total")),
     }
 
 

@@ -72,3 +72,14 @@ def test_the_hot_path_benchmark_sends_every_row(pg_url):
     report = json.loads(out)
     assert report["sent"] == report["rows"] == 200
     assert set(report["thread_cpu_ms_per_message"]) == {"variant lookup", "compose", "ledger", "smtp"}
+
+
+@pytest.mark.slow
+def test_the_render_benchmark_finds_both_paths_equal():
+    out = subprocess.run([sys.executable, "bench/render.py", "--sets", "40", "--repeat", "1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    report = json.loads(out)
+    assert set(report) == {"premailer", "css-inline"}
+    for figures in report.values():
+        assert figures["identical"] and figures["fallbacks"] == {} and figures["region_sets"] == 40
+        assert figures["inliner_calls"]["reference"] == 40

@@ -15,7 +15,7 @@ from worker.render.clip import FULL, GMAIL_CLIP_BYTES, SEND_LIMIT_BYTES, Trim, s
 from worker.render.compose import Addressee, compose
 from worker.render.digest import TooLargeToSend, build_context, render_variant
 from worker.render.env import get_template
-from worker.render.inline import inline_css
+from worker.render.sections import inline_whole
 from worker.store.db import session_scope
 
 # The database is not what these test: the stories are made here.
@@ -110,7 +110,8 @@ def _full_html(settings, stories, regions):
     window = week_window("2025-W05", settings.tz)
     context = build_context(selection=select_sections(stories, regions, per_region=50), window=window,
                             edition_key="weekly-2025-W05", settings=settings, nonce="0" * 16)
-    return inline_css(get_template(settings.templates_dir, "weekly_digest/body.html").render(context))
+    return inline_whole(get_template(settings.templates_dir, "weekly_digest/body.html").render(context),
+                        nonce="0" * 16, inliner=settings.css_inliner)
 
 
 def test_many_regions_keep_fewer_stories_and_say_how_many_more_are_online(settings):
@@ -224,7 +225,8 @@ def test_a_normal_edition_is_not_touched(sample_engine, settings):
         assert variant.trim == FULL and variant.sent_bytes < SEND_LIMIT_BYTES
         context = build_context(selection=selection, window=window, edition_key="weekly-2025-W05",
                                 settings=settings, nonce=variant.nonce)
-        html = inline_css(get_template(settings.templates_dir, "weekly_digest/body.html").render(context))
+        html = inline_whole(get_template(settings.templates_dir, "weekly_digest/body.html").render(context),
+                            nonce=variant.nonce, inliner=settings.css_inliner)
         assert variant.html == html
         assert "more stories online" not in variant.html and "more story online" not in variant.text
         for story in (s for section in selection.sections for s in section.stories):

@@ -153,7 +153,7 @@ def test_hostile_story_content_renders_inert_in_both_parts(engine, settings, tmp
 
 # The database only supplies the week's stories here; one kind is enough.
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_premailer_runs_once_per_region_set_for_1000_subscribers(sample_engine, settings):
+def test_each_region_set_is_inlined_once_for_1000_subscribers(sample_engine, settings):
     window = week_window("2025-W05", settings.tz)
     with session_scope(sample_engine) as session:
         week = fetch_window_stories(session, window)
@@ -164,8 +164,9 @@ def test_premailer_runs_once_per_region_set_for_1000_subscribers(sample_engine, 
     renderer = VariantRenderer(settings=settings, window=window, edition_key="weekly-2025-W05",
                                load_stories=load)
     region_sets = [("RU", "UA"), ("UA", "RU"), ("DE", "FR", "GB"), ("US",), ("JP",), ("CN", "RU")]
-    inlined = "newsletter_variants_inlined_total"
+    inlined, calls = "newsletter_variants_inlined_total", "newsletter_inliner_calls_total"
     before = metrics.sample(inlined, inliner="premailer")
+    calls_before = metrics.sample(calls, inliner="premailer")
     sent = 0
     for n in range(1000):
         variant = renderer.variant(region_sets[n % len(region_sets)])
@@ -176,6 +177,9 @@ def test_premailer_runs_once_per_region_set_for_1000_subscribers(sample_engine, 
         assert f"Hello Reader {n}," in composed.digest.text
         sent += 1
     assert metrics.sample(inlined, inliner="premailer") - before == 5  # six sets, JP has no stories in 2025-W05
+    # Documents are assembled from sections inlined once per edition: more, smaller calls
+    # into premailer than documents, but never one per recipient.
+    assert 5 < metrics.sample(calls, inliner="premailer") - calls_before < 50
     assert sent == 1000 - 166
 
 
@@ -208,11 +212,11 @@ def test_css_inline_is_an_equivalent_inliner(sample_engine, settings):
 def test_kept_stylesheet_rules_inline_exactly_as_premailer_does(sample_engine, settings, monkeypatch):
     import premailer
 
-    import worker.render.digest as digest
+    import worker.render.sections as sections
     from worker.render.inline import PREMAILER_OPTIONS, inline_css
 
     seen: list[str] = []
-    monkeypatch.setattr(digest, "inline_css", lambda html, **kw: seen.append(html) or inline_css(html, **kw))
+    monkeypatch.setattr(sections, "inline_css", lambda html, **kw: seen.append(html) or inline_css(html, **kw))
     for regions in [("RU", "UA"), ("DE", "FR", "GB"), ("US",), ("CN", "RU")]:
         _variant(sample_engine, settings, regions=regions)
     # A second stylesheet in the same process: the rules are kept per stylesheet text.

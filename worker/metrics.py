@@ -16,7 +16,11 @@ Exposed (prometheus-client), name {labels}: what.
 - newsletter_smtp_connections_opened_total: SMTP connections opened (secured, authenticated).
 - newsletter_delivery_lanes: delivery lanes (SMTP conversations) running now, summed over
   the live pool processes (worker/delivery/lanes.py).
-- newsletter_variants_inlined_total {inliner}: region sets rendered and CSS-inlined.
+- newsletter_variants_inlined_total {inliner}: documents rendered and CSS-inlined: one per
+  region set (and per shortened form of one, clip.py), whether inlined whole or assembled
+  from inlined sections (worker/render/sections.py).
+- newsletter_inliner_calls_total {inliner}: calls into the CSS inliner: whole documents, and
+  the new sections, skeletons and text runs that documents are assembled from.
 - newsletter_late_reports_total {kind, source}: bounces and complaints heard after the relay
   accepted a message (worker/bounces/apply.py); kind permanent, transient, complaint,
   sender (refused for our side) or review,
@@ -111,8 +115,10 @@ class Metrics:
         self.connections = Counter("newsletter_smtp_connections_opened", "SMTP connections opened.", registry=r)
         self.lanes = Gauge("newsletter_delivery_lanes", "Delivery lanes (SMTP conversations) running now.",
                            multiprocess_mode="livesum", registry=r)
-        self.inlined = Counter("newsletter_variants_inlined", "Region sets rendered and CSS-inlined.",
-                               ["inliner"], registry=r)
+        self.inlined = Counter("newsletter_variants_inlined", "Documents rendered and CSS-inlined, one per "
+                               "region set and shortened form.", ["inliner"], registry=r)
+        self.inliner_calls = Counter("newsletter_inliner_calls", "Calls into the CSS inliner: whole documents, "
+                                     "and pieces documents are assembled from.", ["inliner"], registry=r)
         self.late_reports = Counter("newsletter_late_reports", "Bounces and complaints heard after the relay "
                                     "accepted a message.", ["kind", "source"], registry=r)
         self.late_reasons = Counter("newsletter_late_report_reasons", "Late bounces and complaints by their "
@@ -210,6 +216,10 @@ def count_lanes(change: int) -> None:
 
 def count_inlined(inliner: str) -> None:
     current().inlined.labels(inliner=inliner).inc()
+
+
+def count_inliner_call(inliner: str) -> None:
+    current().inliner_calls.labels(inliner=inliner).inc()
 
 
 def count_late_report(kind: str, source: str, reason: str | None = None) -> None:

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from worker.digest import Selection, StoryItem, Window, select_sections
 from worker.render.digest import RenderedVariant, render_variant
+from worker.render.sections import SectionCache
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class VariantRenderer:
         self._store = store
         self._locks: dict[tuple[str, ...], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # The edition's inlined sections: a region set's HTML is assembled from them.
+        self._sections = SectionCache()
 
     def selection(self, regions: Sequence[str]) -> Selection:
         return select_sections(self._load(regions), tuple(regions),
@@ -69,7 +72,7 @@ class VariantRenderer:
         if selection.is_empty:
             return None
         return render_variant(selection=selection, window=self._window, edition_key=self._edition_key,
-                              settings=self._settings)
+                              settings=self._settings, sections=self._sections)
 
     def _shared(self, key: tuple[str, ...]) -> RenderedVariant | None:
         store = self._store

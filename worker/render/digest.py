@@ -18,8 +18,8 @@ from worker.errors import HeaderInjectionError, NewsletterError
 from worker.regions import region_name
 from worker.render.clip import FULL, GMAIL_CLIP_BYTES, SEND_LIMIT_BYTES, Trim, fits, sent_html_bytes, trims
 from worker.render.env import get_template
-from worker.render.inline import inline_css
 from worker.render.personalise import leave_key, new_nonce, tokens
+from worker.render.sections import SectionCache, inline_whole, section_mark
 from worker.settings import Settings
 from worker.text import contains_control, visible_line
 
@@ -76,15 +76,17 @@ class TooLargeToSend(NewsletterError):
 
 
 def render_variant(
-    *, selection: Selection, window: Window, edition_key: str, settings: Settings
+    *, selection: Selection, window: Window, edition_key: str, settings: Settings,
+    sections: SectionCache | None = None,
 ) -> RenderedVariant:
     """The variant as every copy of it is sent: whole when its largest copy's HTML part fits
-    under Gmail's clip, else the least shortened form that fits (clip.py)."""
+    under Gmail's clip, else the least shortened form that fits (clip.py). With `sections`
+    (the edition's), its HTML is assembled from sections inlined once per edition."""
     nonce = new_nonce()
 
     def render(trim: Trim) -> RenderedVariant:
         return _render(selection=selection, window=window, edition_key=edition_key, settings=settings,
-                       nonce=nonce, trim=trim)
+                       nonce=nonce, trim=trim, sections=sections)
 
     whole = render(FULL)
     if fits(whole.sent_bytes):
@@ -109,12 +111,14 @@ def render_variant(
 
 
 def _render(*, selection: Selection, window: Window, edition_key: str, settings: Settings, nonce: str,
-            trim: Trim) -> RenderedVariant:
+            trim: Trim, sections: SectionCache | None = None) -> RenderedVariant:
     context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings,
                             nonce=nonce, trim=trim)
     folder = settings.templates_dir
     subject = check_header_text("subject", headline(get_template(folder, f"{TEMPLATE}/subject.txt").render(context)))
-    html = inline_css(get_template(folder, f"{TEMPLATE}/body.html").render(context), inliner=settings.css_inliner)
+    body = get_template(folder, f"{TEMPLATE}/body.html").render(context)
+    inline = sections.inline if sections is not None else inline_whole
+    html = inline(body, nonce=nonce, inliner=settings.css_inliner)
     text = get_template(folder, f"{TEMPLATE}/body.txt").render(context)
     key = RegionSet(selection.regions).key
     return RenderedVariant(
@@ -180,6 +184,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         # The subject's: the first story of the reader's first region.
         "top_story": {"title": titles[0] if titles else ""},
         "personal": personal,
+        "section_mark": section_mark(nonce),
     }
 
 
