@@ -147,6 +147,15 @@ def test_the_gauge_sets_the_lanes_from_the_relays_time_and_the_work(settings, re
     assert _window(gauge, clock, [relay] * 200, cpu) == lanes
 
 
+def test_the_estimate_only_raises_the_lanes(settings):
+    """A lane that ends closes its conversation and a new one opens another: lanes that
+    followed each window down and up again would spend their time on round trips."""
+    clock = _Clock()
+    gauge = _gauge_with(settings, clock)
+    assert _window(gauge, clock, [0.005] * 200, 0.001) == 9
+    assert _window(gauge, clock, [0.0003] * 200, 0.001) == 9
+
+
 def test_the_relays_time_is_a_low_percentile_not_the_lanes_queueing(settings):
     """Lanes queueing for the GIL or a core make most transactions slow: the fastest tenth
     is the relay's own time, and it asks for no more lanes."""

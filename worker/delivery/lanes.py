@@ -7,8 +7,8 @@ longer than it works, and only more conversations in flight fill the wait: about
 1 + wait / CPU lanes keep one core busy.
 
 `NEWSLETTER_SMTP_CONNECTIONS=auto` (the default) starts each edition with START lanes a
-process and, every half second of sending, sets them to HEADROOM x (1 + wait / CPU), at
-least START and at most AUTO_CAP. The wait is a low percentile of the window's SMTP
+process and, every half second of sending, raises them to HEADROOM x (1 + wait / CPU) if
+that is more, up to AUTO_CAP. The wait is a low percentile of the window's SMTP
 transactions (wall time, MAIL FROM to the final reply): lanes queueing for the GIL or for
 a core make some transactions slower, not all of them, so the low percentile is the
 relay's own time. The CPU is the process's CPU per message in the window, renders
@@ -91,7 +91,10 @@ class Gauge:
             wait = sorted(self._waits)[int(len(self._waits) * RELAY_PERCENTILE)]
             self.start_window()
             wanted = math.ceil(HEADROOM * (1 + wait / max(cpu, 1e-6)))
-            self.lanes = max(min(START, self.ceiling), min(self.ceiling, wanted))
+            # Only up: a lane that ends closes its conversation and one that starts opens
+            # another, several round trips to a distant relay; lanes following every
+            # window's estimate would spend their time doing that.
+            self.lanes = max(self.lanes, min(self.ceiling, wanted))
             return self.lanes
 
     def start_window(self) -> None:
