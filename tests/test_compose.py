@@ -491,7 +491,9 @@ def test_app_services_run_as_the_image_user_writing_only_var(image_user, pg_url,
         _wait(healthy, 60, "web /healthz", procs["web"], logs["web"])
         # The worker's and beat's healthchecks, as the image user: the worker's processes beat
         # in the database; beat has published nothing yet (its first tick is a minute away).
-        _wait(lambda: image_user.run(services["worker"]["healthcheck"]["test"][1:], env).returncode == 0, 30,
+        # A minute, as for web: a worker's pool processes beat once they have loaded the delivery
+        # path, which a loaded 2-core machine took over 30 s to do (a clean-clone run, 2026-12-07).
+        _wait(lambda: image_user.run(services["worker"]["healthcheck"]["test"][1:], env).returncode == 0, 60,
               "worker healthcheck", procs["worker"], logs["worker"])
         beat_check = image_user.run(_in_sim(services["beat"]["healthcheck"]["test"][1:], image_user), env)
         assert beat_check.returncode == 1, beat_check.stdout + beat_check.stderr
