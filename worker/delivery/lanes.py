@@ -73,7 +73,7 @@ class Gauge:
     def start(self) -> None:
         """A batch starts sending: the time between batches is not the lanes' to judge."""
         with self._lock:
-            self.start_window()
+            self._new_window()
 
     def observe(self, transaction: float | None) -> int:
         """A lane finished a row, after an SMTP transaction of `transaction` seconds (None:
@@ -89,7 +89,7 @@ class Gauge:
                 return self.lanes
             cpu = (self._cpu() - cpu0) / len(self._waits)
             wait = sorted(self._waits)[int(len(self._waits) * RELAY_PERCENTILE)]
-            self.start_window()
+            self._new_window()
             wanted = math.ceil(HEADROOM * (1 + wait / max(cpu, 1e-6)))
             # Only up: a lane that ends closes its conversation and one that starts opens
             # another, several round trips to a distant relay; lanes following every
@@ -97,7 +97,7 @@ class Gauge:
             self.lanes = max(self.lanes, min(self.ceiling, wanted))
             return self.lanes
 
-    def start_window(self) -> None:
+    def _new_window(self) -> None:
         self._window = (self._clock(), self._cpu())
         self._waits = []
 

@@ -168,22 +168,20 @@ class SmtpSender:
         self.close()
         return result
 
-    @property
-    def is_open(self) -> bool:
-        return self._conn is not None
-
     def open(self) -> SendResult | None:
-        """A connection ready for the next message (a new one when this one has carried
-        NEWSLETTER_SMTP_MAX_PER_CONNECTION): None, or why the relay would not have us. A lane
-        asks before it claims a row, so a refused conversation costs the row nothing."""
+        """A connection ready for the next message: None, or why the relay would not have us.
+        A lane asks before it claims a row, so a refused conversation costs the row nothing."""
+        self._close_if_spent()
+        return self._connect() if self._conn is None else None
+
+    def _close_if_spent(self) -> None:
+        # A connection carries NEWSLETTER_SMTP_MAX_PER_CONNECTION messages, then a new one is opened.
         if self._conn is not None and self._sent_on_conn >= self.settings.smtp_max_per_connection:
             self.close()
-        return self._connect() if self._conn is None else None
 
     # -- one transaction ----------------------------------------------------
     def send(self, message: Outgoing) -> SendResult:
-        if self._conn is not None and self._sent_on_conn >= self.settings.smtp_max_per_connection:
-            self.close()
+        self._close_if_spent()
         for attempt in (1, 2):
             if self._conn is None:
                 failure = self._connect()
