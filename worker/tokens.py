@@ -6,6 +6,8 @@ a token made for one purpose is worthless for any other:
   link dies with the row it was made for: after a purge, or for another row that got the id;
 - confirmation tokens: a subscriber id and the nonce of their one live link, expiring;
 - form tokens: the CSRF token of a readers' page form, bound to subscriber and purpose;
+- click tokens: an edition, a story and the section's region, never a reader: every
+  reader of a section holds the same link (worker/clicks.py);
 - Message-IDs.
 """
 
@@ -26,6 +28,7 @@ UNSUBSCRIBE_SALT = "newsletter.unsubscribe.v1"
 MANAGE_SALT = "newsletter.manage.v1"
 CONFIRM_SALT = "newsletter.confirm.v1"
 FORM_SALT = "newsletter.form.v1"
+CLICK_SALT = b"newsletter.click.v1"
 # A link is a path segment: anything longer than this was not made here.
 MAX_TOKEN = 400
 # Link keys as new_link_key makes them (and "" for a test send's links): JSON as they are.
@@ -157,6 +160,45 @@ def check_form_token(secret: str, token: str, *, subscriber_id: int, purpose: st
 
 def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass(frozen=True)
+class ClickTarget:
+    edition_id: int
+    story_id: int
+    region: str
+
+
+# 96 bits of HMAC: a forged link is a guess in 2**96. Ids in decimal, region as ISO letters.
+_CLICK = re.compile(r"([1-9][0-9]{0,9})\.([1-9][0-9]{0,11})\.([A-Z]{2})\.([A-Za-z0-9_-]{16})")
+
+
+def click_token(secret: str, target: ClickTarget) -> str:
+    """`<edition>.<story>.<REGION>.<mac>`: short, and the same for every reader of a section."""
+    payload = f"{target.edition_id}.{target.story_id}.{target.region}"
+    return f"{payload}.{_click_mac(secret, payload)}"
+
+
+def read_click_token(secret: str, token: str) -> ClickTarget | None:
+    """The link's target, or None for anything this deployment's key did not sign."""
+    found = _CLICK.fullmatch(token) if secret and len(token) <= 64 else None
+    if found is None:
+        return None
+    edition, story, region, mac = found.groups()
+    if not hmac.compare_digest(mac, _click_mac(secret, f"{edition}.{story}.{region}")):
+        return None
+    return ClickTarget(int(edition), int(story), region)
+
+
+def _click_mac(secret: str, payload: str) -> str:
+    digest = hmac.new(_click_key(secret), payload.encode(), hashlib.sha256).digest()
+    return base64_encode(digest[:12]).decode()
+
+
+@functools.lru_cache(maxsize=4)
+def _click_key(secret: str) -> bytes:
+    # Its own key, derived once: no other token's MAC can be replayed as a click's.
+    return hmac.new(secret.encode(), CLICK_SALT, hashlib.sha256).digest()
 
 
 def message_id(secret: str, *, edition_key: str, subscriber: str | int, domain: str) -> str:

@@ -39,6 +39,7 @@ from worker.errors import HeaderInjectionError
 from worker.render.cache import VariantRenderer
 from worker.render.compose import Addressee, Composed, compose
 from worker.render.digest import RenderedVariant, TooLargeToSend
+from worker.render.links import ClickLinks
 from worker.settings import Settings
 from worker.store.db import session_scope
 from worker.store.models import EditionState
@@ -130,7 +131,8 @@ def renderer_for(engine: Engine, settings: Settings, edition) -> VariantRenderer
     if renderer is None:
         window = Window.of_edition(edition, settings.tz)
         renderer = _renderer(engine, settings, window=window, edition_key=edition.key,
-                             store=VariantStore(engine, edition_id=edition.id, edition_key=edition.key))
+                             store=VariantStore(engine, edition_id=edition.id, edition_key=edition.key),
+                             clicks=ClickLinks.of_edition(settings, edition.id))
         _RENDERERS[key] = renderer
         while len(_RENDERERS) > _MAX_RENDERERS:
             _RENDERERS.popitem(last=False)
@@ -144,7 +146,7 @@ def draft_renderer(engine: Engine, settings: Settings, *, window: Window, editio
 
 
 def _renderer(engine: Engine, settings: Settings, *, window: Window, edition_key: str,
-              store: VariantStore | None) -> VariantRenderer:
+              store: VariantStore | None, clicks: ClickLinks | None = None) -> VariantRenderer:
     with session_scope(engine) as session:
         week: list[StoryItem] = fetch_window_stories(session, window)
 
@@ -152,7 +154,8 @@ def _renderer(engine: Engine, settings: Settings, *, window: Window, edition_key
         wanted = set(regions)
         return [s for s in week if wanted.intersection(s.regions)]
 
-    return VariantRenderer(settings=settings, window=window, edition_key=edition_key, load_stories=load, store=store)
+    return VariantRenderer(settings=settings, window=window, edition_key=edition_key, load_stories=load, store=store,
+                           clicks=clicks)
 
 
 def deliver_batch(

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from worker.digest import Selection, StoryItem, Window, select_sections
 from worker.render.digest import RenderedVariant, render_variant
+from worker.render.links import ClickLinks
 from worker.render.sections import SectionCache
 from worker.settings import Settings
 
@@ -37,6 +38,7 @@ class VariantRenderer:
         edition_key: str,
         load_stories: Callable[[Sequence[str]], list[StoryItem]],
         store=None,
+        clicks: ClickLinks | None = None,
     ) -> None:
         self._settings = settings
         self._window = window
@@ -45,6 +47,7 @@ class VariantRenderer:
         self._variants: dict[tuple[str, ...], RenderedVariant | None] = {}
         # Optional shared store (worker.delivery.variants.VariantStore): render once across processes.
         self._store = store
+        self._clicks = clicks
         self._locks: dict[tuple[str, ...], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # The edition's inlined sections: a region set's HTML is assembled from them.
@@ -72,7 +75,7 @@ class VariantRenderer:
         if selection.is_empty:
             return None
         return render_variant(selection=selection, window=self._window, edition_key=self._edition_key,
-                              settings=self._settings, sections=self._sections)
+                              settings=self._settings, sections=self._sections, clicks=self._clicks)
 
     def _shared(self, key: tuple[str, ...]) -> RenderedVariant | None:
         store = self._store

@@ -18,6 +18,7 @@ from worker.errors import HeaderInjectionError, NewsletterError
 from worker.regions import region_name
 from worker.render.clip import FULL, GMAIL_CLIP_BYTES, SEND_LIMIT_BYTES, Trim, fits, sent_html_bytes, trims
 from worker.render.env import get_template
+from worker.render.links import ClickLinks
 from worker.render.personalise import leave_key, new_nonce, tokens
 from worker.render.sections import SectionCache, inline_whole, section_mark
 from worker.settings import Settings
@@ -77,16 +78,17 @@ class TooLargeToSend(NewsletterError):
 
 def render_variant(
     *, selection: Selection, window: Window, edition_key: str, settings: Settings,
-    sections: SectionCache | None = None,
+    sections: SectionCache | None = None, clicks: ClickLinks | None = None,
 ) -> RenderedVariant:
     """The variant as every copy of it is sent: whole when its largest copy's HTML part fits
     under Gmail's clip, else the least shortened form that fits (clip.py). With `sections`
-    (the edition's), its HTML is assembled from sections inlined once per edition."""
+    (the edition's), its HTML is assembled from sections inlined once per edition; with
+    `clicks`, story links go through the counting redirect."""
     nonce = new_nonce()
 
     def render(trim: Trim) -> RenderedVariant:
         return _render(selection=selection, window=window, edition_key=edition_key, settings=settings,
-                       nonce=nonce, trim=trim, sections=sections)
+                       nonce=nonce, trim=trim, sections=sections, clicks=clicks)
 
     whole = render(FULL)
     if fits(whole.sent_bytes):
@@ -111,9 +113,9 @@ def render_variant(
 
 
 def _render(*, selection: Selection, window: Window, edition_key: str, settings: Settings, nonce: str,
-            trim: Trim, sections: SectionCache | None = None) -> RenderedVariant:
+            trim: Trim, sections: SectionCache | None = None, clicks: ClickLinks | None = None) -> RenderedVariant:
     context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings,
-                            nonce=nonce, trim=trim)
+                            nonce=nonce, trim=trim, clicks=clicks)
     folder = settings.templates_dir
     subject = check_header_text("subject", headline(get_template(folder, f"{TEMPLATE}/subject.txt").render(context)))
     body = get_template(folder, f"{TEMPLATE}/body.html").render(context)
@@ -136,7 +138,7 @@ def _render(*, selection: Selection, window: Window, edition_key: str, settings:
 
 
 def build_context(*, selection: Selection, window: Window, edition_key: str, settings: Settings,
-                  nonce: str, trim: Trim = FULL) -> dict:
+                  nonce: str, trim: Trim = FULL, clicks: ClickLinks | None = None) -> dict:
     tz = settings.tz
     names = {code: region_name(code, settings.region_names) for code in selection.regions}
     personal = tokens(nonce, selection.regions)
@@ -155,7 +157,8 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
             "hidden_url": more_url or personal["view_online_url"],
             # A marker: this reader's "Stop <region> news" link (personalise.py).
             "leave_url": personal[leave_key(section.region)],
-            "stories": [_story(story, tz, trim.summary) for story in shown],
+            "stories": [_story(story, tz, trim.summary,
+                               clicks.url(story.id, section.region) if clicks else story.url) for story in shown],
         })
     titles = [visible_line(story.title) for section in selection.sections for story in section.stories]
     # What this mail shows, once shortened under Gmail's clip (the rest is online).
@@ -188,7 +191,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
     }
 
 
-def _story(story, tz: ZoneInfo, summary_cut: int | None) -> dict:
+def _story(story, tz: ZoneInfo, summary_cut: int | None, url: str) -> dict:
     summary_html, summary_text = story.summary_html, story.summary_text
     if summary_cut is not None and len(" ".join(summary_text.split())) > summary_cut:
         # Cut as text at a word: a cut through sanitised markup could leave it unbalanced.
@@ -196,7 +199,7 @@ def _story(story, tz: ZoneInfo, summary_cut: int | None) -> dict:
         summary_html = f"<p>{escape(summary_text)}</p>" if summary_text else ""
     return {
         "title": visible_line(story.title),
-        "url": story.url,
+        "url": url,
         "date_label": _day(story.published_at, tz),
         "source": story.source,
         # Sanitised with nh3 at ingestion, or our own escaped cut: the only Markup in the context.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from worker.settings import Settings
-from worker.tokens import manage_token, unsubscribe_token
+from worker.tokens import ClickTarget, click_token, manage_token, unsubscribe_token
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,26 @@ def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str
         view_online=f"{settings.public_url}/archive/{edition_key}/{variant_key}",
         manage=f"{settings.public_url}/manage/{manage_token(secret, ident, key)}",
     )
+
+
+@dataclass(frozen=True)
+class ClickLinks:
+    """Story links through our counting redirect (NEWSLETTER_COUNT_CLICKS, worker/clicks.py):
+    they name the edition, the story and the section's region, never the reader, so every
+    copy of a section carries the same bytes and a section is still inlined once."""
+
+    public_url: str
+    secret: str
+    edition_id: int
+
+    def url(self, story_id: int, region: str) -> str:
+        return f"{self.public_url}/r/{click_token(self.secret, ClickTarget(self.edition_id, story_id, region))}"
+
+    @classmethod
+    def of_edition(cls, settings: Settings, edition_id: int) -> ClickLinks | None:
+        if not settings.count_clicks:
+            return None
+        return cls(settings.public_url, settings.require_secret_key(), edition_id)
 
 
 def one_click_warning(settings: Settings) -> str | None:

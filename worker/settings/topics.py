@@ -144,6 +144,12 @@ class Newsletter(Topic):
     region_url: str = feature("")
     unsubscribe_mailto: str = feature("")
     list_id: str = feature("")
+    # Story links go through our /r/ redirect, which counts opens per story, region and
+    # edition: never per reader (worker/clicks). Off: links go straight to the story.
+    count_clicks: bool = feature(False)
+    # A reader whose regions had no story this week: `skip` sends nothing (no-stories);
+    # `wider` sends a short digest of the week's most opened stories across the site.
+    quiet_week: Literal["skip", "wider"] = feature("skip")
 
     templates_dir: Path = tuning(PROJECT_ROOT / "templates" / "email")
     preview_dir: Path = tuning(Path("var/preview"))

@@ -501,3 +501,22 @@ class EditionTally(Base):
     # Counts by state, retries, skip reasons: what the dashboard reads for many editions.
     summary: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
+
+
+class StoryClick(Base):
+    """How often a story's link in one section of one edition was opened through the /r/
+    redirect (worker/clicks.py): a count per (edition, story, region), nothing about who.
+    `discounted` counts what looked like a machine (a link scanner, a prefetch) instead."""
+
+    __tablename__ = "story_clicks"
+
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"), primary_key=True,
+                                            autoincrement=False)
+    # No foreign key: an edition's counts outlive a story deleted since (its title is then gone).
+    story_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    region: Mapped[str] = mapped_column(String(2), primary_key=True)
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    discounted: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+    # The wider digest and `stories list` rank a week's stories by their opens in any edition.
+    __table_args__ = (Index("ix_story_clicks_story_id", "story_id"),)

@@ -3,6 +3,7 @@
 One blueprint per part, views at module level:
 
 - public.py: the links every email carries (unsubscribe, view online) and /healthz;
+- clicks.py: the story links' counting redirect, /r/<token>;
 - signup.py, manage.py: the readers' pages (rules in readers.py);
 - events.py: bounces and complaints posted by relays (machine routes);
 - console.py: the operator's week overview, previews and /metrics; operator.py: /operator
@@ -22,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from worker.bounces.providers import CertificateCache, CertificateFetcher, fetch_sns_certificate
+from worker.clicks import ClickCounter
 from worker.errors import ConfigError
 from worker.metrics import LedgerCollector
 from worker.operators.accounts import Verifier
@@ -29,6 +31,7 @@ from worker.origins import origin_of
 from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision
 from worker.web import (
+    clicks,
     console,
     console_audit,
     console_editions,
@@ -48,7 +51,7 @@ from worker.web.shared import EXTENSION, Every, WebContext, page
 # Readers post small forms: anything bigger is refused before it is read.
 MAX_BODY = 64 * 1024
 MAX_FORM_PARTS = 100
-BLUEPRINTS = (public.bp, signup.bp, manage.bp, events.bp, console.bp, operator.bp, console_audit.bp,
+BLUEPRINTS = (public.bp, clicks.bp, signup.bp, manage.bp, events.bp, console.bp, operator.bp, console_audit.bp,
               console_editions.bp, console_readers.bp)
 
 
@@ -85,7 +88,9 @@ def _context(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer, 
                       metrics=metrics, housekeeping=Every(signup.HOUSEKEEPING_SECONDS),
                       secret=settings.optional_secret_key(), operator_token=operator_token,
                       operators=Verifier(engine),
-                      own_origin=origin_of(settings.public_url))
+                      own_origin=origin_of(settings.public_url),
+                      clicks=ClickCounter(engine, redis_url=settings.ratelimit_storage_url,
+                                          secret=settings.optional_secret_key()))
 
 
 def _headers(response: Response) -> Response:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from worker.bounces.providers import CertificateCache
+from worker.clicks import ClickCounter
 from worker.digest import RegionSet
 from worker.operators.accounts import Verifier
 from worker.settings import Settings
@@ -68,6 +69,8 @@ class WebContext:
     operators: Verifier
     # NEWSLETTER_PUBLIC_URL's origin: where our own forms are.
     own_origin: str
+    # The story links' redirect (/r/, clicks.py).
+    clicks: ClickCounter
 
 
 def web() -> WebContext:
