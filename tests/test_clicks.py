@@ -238,3 +238,53 @@ def test_without_redis_the_reader_still_gets_the_story_and_nothing_is_counted(sa
     answer = _get(_client(sample_engine, down), f"/r/{_token(edition_id, story_id, 'RU')}")
     assert answer.status_code == 302
     assert _counts(sample_engine) == {}
+
+
+def test_counts_show_in_stories_list_status_metrics_and_the_operator_page(sample_engine, counting, run_cli,
+                                                                         monkeypatch):
+    import json
+
+    edition_id = _send(sample_engine, counting)
+    mailed = list(dict.fromkeys(int(link.rsplit("/", 1)[1].split(".")[1])
+                                for link in _links(_mail(counting, "anna.petrova@example.org"))[0]))
+    first, second = mailed[:2]
+    client = _client(sample_engine, counting)
+    for ip in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
+        _get(client, f"/r/{_token(edition_id, second, 'UA')}", ip=ip)
+    _get(client, f"/r/{_token(edition_id, second, 'RU')}", ip="203.0.113.1")
+    _get(client, f"/r/{_token(edition_id, first, 'RU')}", ip="203.0.113.4")
+    _get(client, f"/r/{_token(edition_id, first, 'RU')}", method="head")
+    with session_scope(sample_engine) as session:
+        titles = {s.id: s.title for s in session.scalars(sa.select(Story))}
+        guids = {s.id: s.guid for s in session.scalars(sa.select(Story))}
+    for name, value in (("NEWSLETTER_SECRET_KEY", "test-secret-key"), ("NEWSLETTER_TIMEZONE", "UTC")):
+        monkeypatch.setenv(name, value)
+
+    listed = run_cli("stories", "list", "--week", "2025-W05", "--json")
+    assert listed.code == 0, listed.err
+    by_guid = {row["id"]: row["clicks"] for row in map(json.loads, listed.out.splitlines())}
+    assert by_guid[guids[second]] == 4 and by_guid[guids[first]] == 1
+    assert sum(by_guid.values()) == 5
+
+    status = run_cli("status", "weekly-2025-W05")
+    assert "story links opened 5 times (not counted: 1 fetches" in status.out
+    lines = status.out.splitlines()
+    top = lines.index(next(line for line in lines if "most opened" in line))
+    assert titles[second] in lines[top + 1] and "UA 3, RU 1" in lines[top + 1] and " 4 " in lines[top + 1]
+    assert titles[first] in lines[top + 2]
+    data = json.loads(run_cli("status", "weekly-2025-W05", "--json").out)
+    assert data["clicks"]["opened"] == 5 and data["clicks"]["discounted"] == 1
+    assert [(s["story"], s["clicks"], s["regions"]) for s in data["clicks"]["stories"]] == [
+        (second, 4, {"UA": 3, "RU": 1}), (first, 1, {"RU": 1})]
+
+    from pydantic import SecretStr
+
+    operated = _client(sample_engine, counting.model_copy(update={"operator_token": SecretStr("op-token")}))
+    auth = {"Authorization": "Bearer op-token"}
+    metrics = operated.get("/metrics", headers=auth).text
+    assert 'newsletter_story_clicks_total{kind="counted"} 5.0' in metrics
+    assert 'newsletter_story_clicks_total{kind="discounted"} 1.0' in metrics
+    page = operated.get("/operator/editions/weekly-2025-W05", headers=auth)
+    assert page.status_code == 200
+    section = page.text.split('id="opened"')[1].split("</section>")[0]
+    assert "opened 5 times" in section and section.index(titles[second]) < section.index(titles[first])

@@ -271,6 +271,22 @@ def opened(engine: Engine, *, edition_ids: list[int] | None = None, story_ids: l
                    clicks, discounted, regions) for story_id, (clicks, discounted, regions) in ranked]
 
 
+@dataclass(frozen=True)
+class EditionOpens:
+    """An edition's opens: its most opened stories (each opened at least once), all its
+    readers' opens, and the fetches discounted as machines'."""
+
+    stories: tuple[Opened, ...] = ()
+    clicks: int = 0
+    discounted: int = 0
+
+
+def edition_opens(engine: Engine, edition_id: int, *, most: int = 10) -> EditionOpens:
+    every = opened(engine, edition_ids=[edition_id])
+    return EditionOpens(tuple(o for o in every[:most] if o.clicks), sum(o.clicks for o in every),
+                        sum(o.discounted for o in every))
+
+
 def totals(engine: Engine) -> tuple[int, int]:
     """Every open counted and every fetch discounted, over all editions: /metrics' counters."""
     with engine.connect() as conn:

@@ -49,6 +49,9 @@ newest of those), so a scrape costs the same in year five as in week one:
   `undefined` for none). newsletter_bounce_rate {edition}: readers bounced at RCPT or late over
   the messages tried (0 to 1; `status` warns from 0.02). newsletter_bounce_reports_for_review:
   reports of ours whose reason could not be read, waiting for `newsletter bounces review`.
+- newsletter_story_clicks_total {kind}: story links opened through the click redirect
+  (NEWSLETTER_COUNT_CLICKS, worker/clicks.py), every edition's: `counted` (readers) and
+  `discounted` (link scanners, prefetches, previews); counts only, never who.
 - newsletter_ledger_up: 1 if the ledger and editions could be read at this scrape;
   newsletter_sources_up, newsletter_bounces_up: the same for sources and bounce reports (each
   read on its own, so one failing leaves the others).
@@ -78,13 +81,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, values
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker.bounces.reasons import Reason
+from worker.clicks import totals as click_totals
 from worker.store.models import BounceEvent, BounceKind, Delivery, DeliveryState, Edition, EditionState, Source
 
 log = logging.getLogger(__name__)
@@ -369,6 +373,19 @@ class LedgerCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield from self._ledger()
         yield from self._sources()
+        yield from self._clicks()
+
+    def _clicks(self) -> Iterator[CounterMetricFamily]:
+        try:
+            counted, discounted = click_totals(self._engine)
+        except SQLAlchemyError as exc:
+            log.warning("metrics: cannot read the click counts: %s", type(exc).__name__)
+            return
+        family = CounterMetricFamily("newsletter_story_clicks", "Story links opened through the click redirect: "
+                                     "counted (readers) and discounted (scanners, prefetches).", labels=["kind"])
+        family.add_metric(["counted"], counted)
+        family.add_metric(["discounted"], discounted)
+        yield family
 
     def _ledger(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("newsletter_ledger_up", "1 if the ledger could be read at this scrape.")

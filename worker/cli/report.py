@@ -51,6 +51,22 @@ def print_status(full: FullStatus, *, tz: ZoneInfo | None = None) -> None:
         click.echo(f"  {line}")
     for line in late_lines(data):
         click.echo(f"  {line}")
+    for line in opened_lines(data):
+        click.echo(f"  {line}")
+
+
+def opened_lines(data: EditionStatus) -> list[str]:
+    """The stories readers opened most (NEWSLETTER_COUNT_CLICKS), counts only."""
+    opens = data.opens
+    if not opens.clicks and not opens.discounted:
+        return []
+    lines = [f"story links opened {opens.clicks} times (not counted: {opens.discounted} fetches by link "
+             "scanners and previews); most opened:"]
+    for n, story in enumerate(opens.stories, 1):
+        regions = ", ".join(f"{code} {count}" for code, count in sorted(story.regions.items(), key=lambda kv: -kv[1]))
+        title = story.title if story.title is not None else f"story {story.story_id} (deleted since)"
+        lines.append(f"  {n:>2}. {story.clicks:>6}  {title}  ({regions})")
+    return lines
 
 
 def resolution_lines(data: EditionStatus) -> list[str]:

@@ -9,6 +9,7 @@ import click
 from sqlalchemy import select
 
 from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
+from worker.clicks import opened
 from worker.store.db import session_scope
 from worker.store.models import Story, StoryRegion
 
@@ -65,15 +66,22 @@ def list_(ctx: Context, week: str | None, region: str | None, as_json: bool) -> 
         query = query.where(Story.id.in_(select(StoryRegion.story_id).where(StoryRegion.region == code)))
         label += f" for {code}"
     with session_scope(ctx.engine) as session:
-        rows = [_story_json(story) for story in session.scalars(query)]
+        found = list(session.scalars(query))
+        rows = [_story_json(story) for story in found]
+    # Opens through the click redirect, every edition's (worker/clicks.py): counts, never who.
+    ids = [story.id for story in found]
+    counts = {o.story_id: o.clicks for o in opened(ctx.engine, story_ids=ids if len(ids) <= 1000 else None)} \
+        if ids else {}
+    for story, row in zip(found, rows, strict=True):
+        row["clicks"] = counts.get(story.id, 0)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
         return
     tz = ctx.settings.tz
-    print_table(["published", "regions", "title", "source", "id"],
-                [[_local(row["published_at"], tz), " ".join(row["regions"]), row["title"], row["source"], row["id"]]
-                 for row in rows])
+    print_table(["published", "regions", "title", "source", "opened", "id"],
+                [[_local(row["published_at"], tz), " ".join(row["regions"]), row["title"], row["source"],
+                  row["clicks"], row["id"]] for row in rows])
     click.echo(f"{len(rows)} stories{label}")
 
 

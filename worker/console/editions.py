@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from worker.clicks import EditionOpens, edition_opens
 from worker.clock import utcnow
 from worker.delivery.status import _late_reports
 from worker.delivery.tallies import REPLY_CHARS, FailureReason, state_order, tallies_for
@@ -122,6 +123,8 @@ class Report:
     late: Mapping[str, Any]                        # worker/delivery/status.py: _late_reports
     chart: Chart | None                            # None: nothing sent yet
     read_at: datetime = field(default_factory=utcnow)
+    # Opens through the click redirect (worker/clicks.py).
+    opens: EditionOpens = EditionOpens()
 
     @property
     def failed(self) -> int:
@@ -153,7 +156,8 @@ def edition_report(engine: Engine, key: str) -> Report | None:
         unknown=unknown, unknown_more=counts[UNKNOWN] - len(unknown),
         late=_late_reports(engine, edition.id, sent=counts[DeliveryState.SENT.value],
                            bounced=counts[DeliveryState.BOUNCED.value]),
-        chart=_chart(read.minutes, read.span) if read.span is not None else None, read_at=read.made_at)
+        chart=_chart(read.minutes, read.span) if read.span is not None else None, read_at=read.made_at,
+        opens=edition_opens(engine, edition.id))
 
 
 def _unknown(session, edition_id: int, first_id: int) -> list[UnknownRow]:

@@ -10,9 +10,11 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select
 
+from worker.clicks import EditionOpens, edition_opens
 from worker.delivery.ledger.rows import waiting
 from worker.delivery.liveness import alive
 from worker.delivery.resolve import resolution_counts
+
 from worker.store.db import session_scope
 from worker.store.models import BounceEvent, BounceKind, Delivery, DeliveryState, Edition, EditionState, Subscriber
 
@@ -72,6 +74,8 @@ class EditionStatus:
     late: Mapping[str, Any]
     # How unknown rows were decided (worker/delivery/resolve.py), JSON-ready.
     resolved: Mapping[str, Any]
+    # Opens through the click redirect (worker/clicks.py).
+    opens: EditionOpens = EditionOpens()
 
     @property
     def open_rows(self) -> int:
@@ -103,6 +107,9 @@ class EditionStatus:
             "resume_at": _iso(self.resume_at),
             "late": self.late,
             "resolved": self.resolved,
+            "clicks": {"opened": self.opens.clicks, "discounted": self.opens.discounted,
+                       "stories": [{"story": o.story_id, "title": o.title, "url": o.url, "clicks": o.clicks,
+                                    "regions": o.regions} for o in self.opens.stories]},
         }
 
 
@@ -119,7 +126,8 @@ class Progress:
     waiting_for_hour: int
 
 
-def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) -> EditionStatus:
+def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50,
+                   most_opened: int = 10) -> EditionStatus:
     with session_scope(engine) as session:
         by_state, retrying = _counts(session, edition.id)
         skips = dict(session.execute(
@@ -150,6 +158,7 @@ def edition_status(engine: Engine, edition: Edition, *, list_unknown: int = 50) 
         late=_late_reports(engine, edition.id, sent=by_state.get(DeliveryState.SENT.value, 0),
                            bounced=by_state.get(BOUNCED, 0)),
         resolved=resolution_counts(engine, edition.id),
+        opens=edition_opens(engine, edition.id, most=most_opened),
     )
 
 

@@ -76,7 +76,7 @@ def edition_page(key: str):
     done = request.args.get("done", "")
     return page("console_edition.html", report=report, chart=chart, notice=OUTCOMES.get(done), token=form_token,
                 can_send=bool(context.secret), States=EditionState, live_snapshot_from=LIVE_SNAPSHOT_FROM,
-                live_max_age=int(LIVE_MAX_AGE.total_seconds()))
+                live_max_age=int(LIVE_MAX_AGE.total_seconds()), count_clicks=context.settings.count_clicks)
 
 
 @bp.post("/operator/editions/<key>/<action>")
