@@ -223,7 +223,7 @@ def _first(text: str, old: str, new: str) -> str:
 CUSTOMISED = {
     Fallback.NO_MARKS: dict(body=lambda s: s.replace("{{ section_mark }}", "")),
     Fallback.SELECTORS: dict(css=".story:first-child { color: red; }"),
-    Fallback.EDGES: dict(body=lambda s: _first(s, "</p>\n{{ section_mark }}{% endfor", "</p>{{ section_mark }}{% endfor")),
+    Fallback.EDGES: dict(body=lambda s: _first(s, "{%- endif %}\n{{ section_mark }}{% endfor", "{%- endif %}{{ section_mark }}{% endfor")),
     Fallback.BETWEEN: dict(body=lambda s: _first(s, "{{ section_mark }}{% endfor %}",
                                                  "{{ section_mark }}\n<hr>\n{% endfor %}")),
     Fallback.STYLESHEET: dict(body=lambda s: _first(s, '<h2 class="section-title">',

@@ -271,6 +271,14 @@ def opened(engine: Engine, *, edition_ids: list[int] | None = None, story_ids: l
                    clicks, discounted, regions) for story_id, (clicks, discounted, regions) in ranked]
 
 
+def opens_of(engine: Engine, story_ids: list[int]) -> dict[int, int]:
+    """Readers' opens of these stories in every edition: story id -> opens (absent: none)."""
+    if not story_ids:
+        return {}
+    found = opened(engine, story_ids=story_ids if len(story_ids) <= 1000 else None)
+    return {o.story_id: o.clicks for o in found if o.clicks}
+
+
 @dataclass(frozen=True)
 class EditionOpens:
     """An edition's opens: its most opened stories (each opened at least once), all its

@@ -9,7 +9,16 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from worker.clock import utcnow
-from worker.digest import Selection, Window, previous_week, select_sections, week_window, weekly_edition_key
+from worker.clicks import opens_of
+from worker.digest import (
+    Selection,
+    Window,
+    previous_week,
+    select_sections,
+    select_wider,
+    week_window,
+    weekly_edition_key,
+)
 from worker.digest.queries import fetch_window_stories
 from worker.errors import NothingToSend, UsageError
 from worker.readers.subscribers import InvalidSubscriber, check_address
@@ -51,10 +60,16 @@ def build_preview(
     with session_scope(engine) as session:
         stories = fetch_window_stories(session, window, regions)
     selection = select_sections(stories, regions, per_region=settings.stories_per_region)
+    if selection.is_empty and settings.wider:
+        with session_scope(engine) as session:
+            week = fetch_window_stories(session, window)
+        selection = select_wider(week, opens_of(engine, [story.id for story in week]), regions,
+                                 limit=settings.stories_per_region)
     if selection.is_empty:
         raise NothingToSend(
             f"no stories for {' '.join(regions)} in {window.label}: "
-            "such subscribers are skipped (no-stories)"
+            "such subscribers are skipped (no-stories)" if not settings.wider else
+            f"no stories at all in {window.label}: nobody gets a digest"
         )
     variant = render_variant(selection=selection, window=window,
                              edition_key=weekly_edition_key(window.label), settings=settings)

@@ -151,7 +151,7 @@ def _confirm_send(engine, settings, *, key: str, window, force: bool, retry: boo
                    + "; its readers would get the same stories twice. Nothing was planned; run it again "
                    "with --allow-overlap to send anyway", err=True)
         raise click.exceptions.Exit(1)
-    count = _recipients(engine, window)
+    count = _recipients(engine, settings, window)
     if not count:
         return  # nobody would get it: plan_or_reuse records and says so
     if _interactive():
@@ -187,7 +187,7 @@ def _confirm_approval(engine, settings, key: str, *, yes: bool) -> None:
     click.echo(f"{key} is held: {edition.reason}", err=True)
     _show_guard(_guard(engine, settings, window, key=key), window, tz=settings.tz)
     # Approval plans the rows again from what is stored now: this is the count it will send.
-    count = _recipients(engine, window)
+    count = _recipients(engine, settings, window)
     if count and not yes:
         _ask(f"Send to {count} subscribers?", refused=f"{key} stays held")
 
@@ -218,10 +218,10 @@ def _show_guard(check, window, *, tz) -> None:
     click.echo(f"  would hold: {check.hold}" if check.hold else "  nothing to hold", err=True)
 
 
-def _recipients(engine, window) -> int:
+def _recipients(engine, settings, window) -> int:
     from worker import editions
 
-    return editions.recipients(engine, window)
+    return editions.recipients(engine, window, wider=settings.wider)
 
 
 @cli.command()

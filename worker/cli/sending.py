@@ -95,7 +95,7 @@ def plan_or_reuse(engine: Engine, settings: Settings, *, key: str, kind: str, wi
                   retry: bool, continue_open: bool = False) -> int | None:
     """The edition to deliver, or None when there is nothing to do; says which."""
     plan = editions.plan_or_reuse(engine, Target(window, key, kind), force=force, retry=retry,
-                                  continue_open=continue_open, who=current_user())
+                                  continue_open=continue_open, who=current_user(), wider=settings.wider)
     match plan.decision:
         case Decision.FORCED:
             click.echo(f"{plan.key}: planned ({plan.note}): {_planned_counts(plan.status)}")

@@ -9,7 +9,7 @@ import click
 from sqlalchemy import select
 
 from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
-from worker.clicks import opened
+from worker.clicks import opens_of
 from worker.store.db import session_scope
 from worker.store.models import Story, StoryRegion
 
@@ -69,9 +69,7 @@ def list_(ctx: Context, week: str | None, region: str | None, as_json: bool) -> 
         found = list(session.scalars(query))
         rows = [_story_json(story) for story in found]
     # Opens through the click redirect, every edition's (worker/clicks.py): counts, never who.
-    ids = [story.id for story in found]
-    counts = {o.story_id: o.clicks for o in opened(ctx.engine, story_ids=ids if len(ids) <= 1000 else None)} \
-        if ids else {}
+    counts = opens_of(ctx.engine, [story.id for story in found])
     for story, row in zip(found, rows, strict=True):
         row["clicks"] = counts.get(story.id, 0)
     if as_json:

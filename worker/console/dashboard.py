@@ -140,7 +140,7 @@ class Dashboard:
 
 
 def dashboard(engine: Engine, *, region_names: Mapping[str, str] | None = None, now: datetime | None = None,
-              weeks: int = WEEKS, recent: int = RECENT_EDITIONS) -> Dashboard:
+              weeks: int = WEEKS, recent: int = RECENT_EDITIONS, wider: bool = False) -> Dashboard:
     now = now or utcnow()
     # The readers per region and the weeks each read a large part of the list, and neither
     # needs the other: each runs on a connection of its own, side by side on the database's
@@ -149,7 +149,7 @@ def dashboard(engine: Engine, *, region_names: Mapping[str, str] | None = None, 
         per_region = pool.submit(active_regions, engine, region_names)
         weeks_read = pool.submit(weekly, engine, now=now, weeks=weeks)
         lines = edition_lines(engine, recent=recent)
-        held = tuple((line, editions.approval_sends(engine, line.key)) for line in lines
+        held = tuple((line, editions.approval_sends(engine, line.key, wider=wider)) for line in lines
                      if line.state == EditionState.HELD.value)
         shown_sources = sources(engine)
         regions, active = per_region.result()

@@ -6,6 +6,7 @@ all call `deliver_batch`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from worker import metrics
 from worker.bounces.verp import ReturnPath
+from worker.clicks import opens_of
 from worker.clock import utcnow
 from worker.delivery import ledger
 from worker.delivery.ledger import ClaimState
@@ -33,7 +35,7 @@ from worker.delivery.relay import pause_for_relay
 from worker.delivery.schedule import dispatch
 from worker.delivery.senders import Outgoing, Sender, SenderPool
 from worker.delivery.variants import VariantStore
-from worker.digest import StoryItem, Window
+from worker.digest import Selection, StoryItem, Window, select_wider
 from worker.digest.queries import fetch_window_stories
 from worker.errors import HeaderInjectionError
 from worker.render.cache import VariantRenderer
@@ -154,8 +156,15 @@ def _renderer(engine: Engine, settings: Settings, *, window: Window, edition_key
         wanted = set(regions)
         return [s for s in week if wanted.intersection(s.regions)]
 
+    @functools.cache
+    def opens() -> dict[int, int]:
+        return opens_of(engine, [story.id for story in week])
+
+    def wider(regions: tuple[str, ...]) -> Selection:
+        return select_wider(week, opens(), regions, limit=settings.stories_per_region)
+
     return VariantRenderer(settings=settings, window=window, edition_key=edition_key, load_stories=load, store=store,
-                           clicks=clicks)
+                           clicks=clicks, wider=wider if settings.wider else None)
 
 
 def deliver_batch(

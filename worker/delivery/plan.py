@@ -44,28 +44,34 @@ def active_region_sets(session: Session) -> list[tuple[str, int]]:
         .group_by(Subscriber.regions).order_by(func.count().desc(), Subscriber.regions))]
 
 
-def region_sets_with_stories(session, window: Window, region_sets: list[str]) -> set[str]:
-    """Which ordered region sets ('RU UA') have at least one story in the window."""
+def region_sets_with_stories(session, window: Window, region_sets: list[str], *, wider: bool = False) -> set[str]:
+    """Which ordered region sets ('RU UA') get a digest: those with at least one story in
+    the window; with `wider` (NEWSLETTER_QUIET_WEEK=wider), every set once the window has
+    any story at all, a quiet set getting the site's most opened."""
     tagged = {region for story in fetch_window_stories(session, window) for region in story.regions}
+    if wider and tagged:
+        return set(region_sets)
     return {regions for regions in region_sets if tagged & set(regions.split())}
 
 
-def recipients_now(engine: Engine, window: Window) -> int:
+def recipients_now(engine: Engine, window: Window, *, wider: bool = False) -> int:
     """Active subscribers with at least one story stored in their regions: who a plan made
     now would send to (and so who approving a held edition sends to)."""
     with session_scope(engine) as session:
         sets = active_region_sets(session)
-        with_stories = region_sets_with_stories(session, window, [regions for regions, _ in sets])
+        with_stories = region_sets_with_stories(session, window, [regions for regions, _ in sets], wider=wider)
     return sum(count for regions, count in sets if regions in with_stories)
 
 
 def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: datetime,
-                 note: str | None = None, hold: str | None = None, local: LocalSend | None = None) -> Planned:
+                 note: str | None = None, hold: str | None = None, local: LocalSend | None = None,
+                 wider: bool = False) -> Planned:
     """Create the edition and its ledger rows in one transaction; idempotent by key.
 
     The recipient set is fixed here: every active subscriber gets a row with
     their region set as it is now. Rows for region sets without stories are
-    `skipped` with reason `no-stories` straight away. With `hold` (the reasons), the
+    `skipped` with reason `no-stories` straight away, unless `wider` (a quiet week's
+    readers get the site's most opened stories). With `hold` (the reasons), the
     edition is planned `held`: nothing is handed out until approve_edition. With
     `local`, each row is due at the send time in its reader's zone
     (worker/delivery/local_time.py); without, every row is due at once.
@@ -77,7 +83,7 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
                               state=(EditionState.HELD if hold else EditionState.SENDING).value, reason=hold)
             session.add(edition)
             session.flush()
-            edition.total = _plan_rows(session, edition.id, window=window, now=now, local=local)
+            edition.total = _plan_rows(session, edition.id, window=window, now=now, local=local, wider=wider)
             edition_id = edition.id
         _analyze(engine)
         # Nobody to send to (no subscriber, or no stories in anyone's regions): done now.
@@ -92,7 +98,8 @@ def plan_edition(engine: Engine, *, key: str, kind: str, window: Window, now: da
         return Planned(existing, key, False)
 
 
-def _plan_rows(session: Session, edition_id: int, *, window: Window, now: datetime, local: LocalSend | None) -> int:
+def _plan_rows(session: Session, edition_id: int, *, window: Window, now: datetime, local: LocalSend | None,
+               wider: bool = False) -> int:
     """The edition's ledger rows from the active subscribers and the stories stored now;
     region sets without stories skipped `no-stories`. Returns the row count."""
     due_at = due_times(session, local).column() if local else literal(None, D.c.due_at.type)
@@ -106,7 +113,7 @@ def _plan_rows(session: Session, edition_id: int, *, window: Window, now: dateti
         .order_by(Subscriber.regions, Subscriber.id),
     ))
     sets = list(session.scalars(select(D.c.regions).where(D.c.edition_id == edition_id).distinct()))
-    empty = sorted(set(sets) - region_sets_with_stories(session, window, sets))
+    empty = sorted(set(sets) - region_sets_with_stories(session, window, sets, wider=wider))
     for start in range(0, len(empty), 500):
         session.execute(
             update(D).where(D.c.edition_id == edition_id, D.c.regions.in_(empty[start:start + 500]))
@@ -178,7 +185,7 @@ def resume_edition(engine: Engine, edition_id: int) -> bool:
 
 
 def approve_edition(engine: Engine, edition_id: int, *, now: datetime, who: str,
-                    local: LocalSend | None = None) -> bool:
+                    local: LocalSend | None = None, wider: bool = False) -> bool:
     """Held to sending, the hold kept in the note for the record; True if this call did it
     (a second approve, or one racing it, finds it no longer held).
 
@@ -202,7 +209,7 @@ def approve_edition(engine: Engine, edition_id: int, *, now: datetime, who: str,
             return False
         session.execute(delete(D).where(D.c.edition_id == edition_id))
         session.execute(delete(Variant).where(Variant.edition_id == edition_id))
-        total = _plan_rows(session, edition_id, window=window, now=now, local=local)
+        total = _plan_rows(session, edition_id, window=window, now=now, local=local, wider=wider)
         session.execute(update(Edition).where(Edition.id == edition_id).values(total=total))
     _analyze(engine)
     finish_if_done(engine, edition_id, now)  # nothing to send (every row skipped): done now, as plan_edition does

@@ -125,7 +125,7 @@ def ensure_weekly_edition(engine: Engine, settings: Settings, now: datetime) -> 
     # One last look at every feed, so the edition has the stories of the week's last hours.
     _log_polls(poll_all_sources(engine, settings, now))
     hold = check_week(engine, settings, window, key=key).hold
-    planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now, hold=hold,
+    planned = plan_edition(engine, key=key, kind="weekly", window=window, now=now, hold=hold, wider=settings.wider,
                            local=local_send(slot, settings))
     if hold and planned.created:
         log.warning("%s held: %s", key, hold)

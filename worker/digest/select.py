@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,15 +35,25 @@ class Selection:
 
     regions: tuple[str, ...]
     sections: tuple[Section, ...]
+    # A quiet week (NEWSLETTER_QUIET_WEEK=wider): no section, and the site's stories of the
+    # week instead, the most opened first (`by_opens`), else the newest.
+    wider: tuple[StoryItem, ...] = ()
+    by_opens: bool = False
 
     @property
     def is_empty(self) -> bool:
         """No stories at all: delivery skips these subscribers with reason `no-stories`."""
-        return not self.sections
+        return not self.sections and not self.wider
+
+    @property
+    def shown(self) -> tuple[Section, ...]:
+        """What the digest shows: its sections, or a quiet week's one section of the site's
+        stories (region "")."""
+        return self.sections or ((Section(region="", stories=self.wider),) if self.wider else ())
 
     @property
     def story_count(self) -> int:
-        return sum(len(s.stories) for s in self.sections)
+        return sum(len(s.stories) for s in self.shown)
 
 
 def _newest_first(story: StoryItem) -> tuple:
@@ -73,3 +83,12 @@ def select_sections(
         if picked:
             sections.append(Section(region=region, stories=tuple(picked)))
     return Selection(regions=tuple(regions), sections=tuple(sections))
+
+
+def select_wider(stories: Iterable[StoryItem], opens: Mapping[int, int], regions: Sequence[str], *,
+                 limit: int) -> Selection:
+    """A quiet week's digest for `regions`: the week's stories across the site, the most
+    opened (`opens`: story id -> readers' opens) first, then the newest."""
+    ranked = sorted(stories, key=lambda story: (-opens.get(story.id, 0), *_newest_first(story)))[:limit]
+    return Selection(regions=tuple(regions), sections=(), wider=tuple(ranked),
+                     by_opens=any(opens.get(story.id, 0) for story in ranked))

@@ -91,18 +91,19 @@ class Plan:
 
 
 def plan_or_reuse(engine: Engine, target: Target, *, force: bool, retry: bool, who: str,
-                  continue_open: bool = False, now: datetime | None = None) -> Plan:
+                  continue_open: bool = False, now: datetime | None = None, wider: bool = False) -> Plan:
     """The edition to deliver, planned now, or what happened to the one that exists.
 
     An edition that exists is only reported, unless `retry` (its failed rows go back to
     pending), `force` (a new key) or `continue_open` (it is still sending: deliver its due
-    rows now, which --inline and --wait ask for)."""
+    rows now, which --inline and --wait ask for). `wider`: NEWSLETTER_QUIET_WEEK=wider."""
     key, now = target.key, now or utcnow()
     existing = find_edition(engine, key)
     if existing is not None and force:
         new_key = next_force_key(engine, key)
         note = f"forced re-send of {key} by {who} at {now.isoformat()}"
-        planned = plan_edition(engine, key=new_key, kind=target.kind, window=target.window, now=now, note=note)
+        planned = plan_edition(engine, key=new_key, kind=target.kind, window=target.window, now=now, note=note,
+                               wider=wider)
         audit(engine, "edition-forced", new_key, f"a re-send of {key}")
         return _planned(engine, Decision.FORCED, planned.edition_id, note=note)
     if existing is not None and retry:
@@ -120,7 +121,7 @@ def plan_or_reuse(engine: Engine, target: Target, *, force: bool, retry: bool, w
         return Plan(Decision.EXISTS, key, None, data.state, existing.reason, data)
     if retry:
         raise UsageError(f"no edition {key!r} to retry")
-    planned = plan_edition(engine, key=key, kind=target.kind, window=target.window, now=now)
+    planned = plan_edition(engine, key=key, kind=target.kind, window=target.window, now=now, wider=wider)
     audit(engine, "edition-planned", key)
     return _planned(engine, Decision.PLANNED, planned.edition_id)
 
@@ -163,7 +164,8 @@ def release(engine: Engine, settings: Settings, key: str, *, approve: bool, who:
         return Release(Released.NOT_HELD, edition.key, edition.id, EditionState(edition.state))
     now = now or utcnow()
     if approve:
-        moved = approve_edition(engine, edition.id, now=now, who=who, local=release_local_send(edition, settings))
+        moved = approve_edition(engine, edition.id, now=now, who=who, local=release_local_send(edition, settings),
+                                wider=settings.wider)
     else:
         moved = discard_edition(engine, edition.id, now=now, who=who)
     if not moved:

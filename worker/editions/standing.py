@@ -70,7 +70,7 @@ def full_status(engine: Engine, settings: Settings, edition: int | str | Edition
         edition_status(engine, row),
         edition_whereabouts(engine, row.id, now=now, redispatch_after=settings.redispatch_after,
                             liveness_timeout=settings.liveness_timeout),
-        now, approval_sends(engine, row) if held else None)
+        now, approval_sends(engine, row, wider=settings.wider) if held else None)
 
 
 def recent(engine: Engine, limit: int = 20) -> list[EditionStatus]:
@@ -94,16 +94,17 @@ def in_view(engine: Engine, *, recent_limit: int = 20) -> list[Edition]:
     return sorted(listed.values(), key=lambda e: (e.created_at, e.id), reverse=True)
 
 
-def approval_sends(engine: Engine, edition: str | Edition) -> int:
+def approval_sends(engine: Engine, edition: str | Edition, *, wider: bool = False) -> int:
     """How many subscribers approving a held edition sends to: approval plans its rows
     again from the stories and subscribers stored now (worker/delivery/plan.py)."""
     row = find_edition(engine, edition) if isinstance(edition, str) else edition
-    return recipients_now(engine, Window.of_edition(row)) if row is not None else 0
+    return recipients_now(engine, Window.of_edition(row), wider=wider) if row is not None else 0
 
 
-def recipients(engine: Engine, window: Window) -> int:
-    """Active subscribers with a story in their regions in `window`: who a plan made now sends to."""
-    return recipients_now(engine, window)
+def recipients(engine: Engine, window: Window, *, wider: bool = False) -> int:
+    """Active subscribers with a story in their regions in `window` (`wider`: any story at
+    all): who a plan made now sends to."""
+    return recipients_now(engine, window, wider=wider)
 
 
 def guard_view(engine: Engine, settings: Settings, window: Window, *, key: str,

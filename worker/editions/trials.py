@@ -82,7 +82,7 @@ def dry_run(engine: Engine, settings: Settings, target: Target, regions: tuple[s
         sets = [(r, n) for r, n in sets if tuple(r.split()) == regions]
     renderer = draft_renderer(engine, settings, window=window, edition_key=key)
     with session_scope(engine) as session:
-        with_stories = region_sets_with_stories(session, window, [r for r, _ in sets])
+        with_stories = region_sets_with_stories(session, window, [r for r, _ in sets], wider=settings.wider)
         overlaps = overlapping_editions(session, window, key=original_key(key))
     return DryRun(key, window, overlaps=tuple(overlaps), sets=tuple(
         DrySet(r, n, renderer.variant(tuple(r.split())) if r in with_stories else None) for r, n in sets))

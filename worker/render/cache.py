@@ -39,6 +39,7 @@ class VariantRenderer:
         load_stories: Callable[[Sequence[str]], list[StoryItem]],
         store=None,
         clicks: ClickLinks | None = None,
+        wider: Callable[[tuple[str, ...]], Selection] | None = None,
     ) -> None:
         self._settings = settings
         self._window = window
@@ -48,14 +49,18 @@ class VariantRenderer:
         # Optional shared store (worker.delivery.variants.VariantStore): render once across processes.
         self._store = store
         self._clicks = clicks
+        # NEWSLETTER_QUIET_WEEK=wider: a region set without stories gets this instead.
+        self._wider = wider
         self._locks: dict[tuple[str, ...], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # The edition's inlined sections: a region set's HTML is assembled from them.
         self._sections = SectionCache()
 
     def selection(self, regions: Sequence[str]) -> Selection:
-        return select_sections(self._load(regions), tuple(regions),
-                               per_region=self._settings.stories_per_region)
+        chosen = select_sections(self._load(regions), tuple(regions), per_region=self._settings.stories_per_region)
+        if chosen.is_empty and self._wider is not None:
+            return self._wider(tuple(regions))
+        return chosen
 
     def variant(self, regions: Sequence[str]) -> RenderedVariant | None:
         key = tuple(regions)

@@ -93,7 +93,7 @@ def render_variant(
     whole = render(FULL)
     if fits(whole.sent_bytes):
         return whole
-    levels = trims(max(len(section.stories) for section in selection.sections))
+    levels = trims(max(len(section.stories) for section in selection.shown))
     low, high, found = 0, len(levels) - 1, None
     while low <= high:
         middle = (low + high) // 2
@@ -143,27 +143,28 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
     names = {code: region_name(code, settings.region_names) for code in selection.regions}
     personal = tokens(nonce, selection.regions)
     sections = []
-    for section in selection.sections:
+    quiet = bool(selection.wider)
+    for section in selection.shown:
         shown = section.stories if trim.stories is None else section.stories[:trim.stories]
         # Codes are ISO 3166 alpha-2, validated at import: nothing else goes into the URL.
-        more_url = settings.region_url.replace("{region}", section.region) or None
+        more_url = settings.region_url.replace("{region}", section.region) if section.region else ""
         sections.append({
             "region": section.region,
-            "region_name": names[section.region],
-            "more_url": more_url,
+            "region_name": names[section.region] if section.region else (
+                "Most read this week" if selection.by_opens else "This week across the site"),
+            "more_url": more_url or None,
             # A shortened section's stories left out, and where they are: the region's page
             # on the site, else the edition online (a marker, as every copy's link differs).
             "hidden": len(section.stories) - len(shown),
             "hidden_url": more_url or personal["view_online_url"],
             # A marker: this reader's "Stop <region> news" link (personalise.py).
-            "leave_url": personal[leave_key(section.region)],
-            "stories": [_story(story, tz, trim.summary,
-                               clicks.url(story.id, section.region) if clicks else story.url) for story in shown],
+            "leave_url": personal[leave_key(section.region)] if section.region else None,
+            "stories": [_story(story, tz, trim.summary, _link(story, section.region, clicks)) for story in shown],
         })
-    titles = [visible_line(story.title) for section in selection.sections for story in section.stories]
+    titles = [visible_line(story.title) for section in selection.shown for story in section.stories]
     # What this mail shows, once shortened under Gmail's clip (the rest is online).
     shown = [story["title"] for section in sections for story in section["stories"]]
-    region_names = prose_list([names[s["region"]] for s in sections] or list(names.values()))
+    region_names = prose_list([names[s["region"]] for s in sections if s["region"]] or list(names.values()))
     return {
         "lang": "en",
         "newsletter": {
@@ -183,12 +184,24 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         "story_count": selection.story_count,
         "shown_count": len(shown),
         "sections": sections,
-        "preheader": _preheader(shown, region_names),
+        # A quiet week's digest (NEWSLETTER_QUIET_WEEK=wider): what it says instead, and the
+        # reader's "Stop <region> news" links, which no section carries then.
+        "quiet": {"by_opens": selection.by_opens,
+                  "leave": [{"name": names[code], "url": personal[leave_key(code)]} for code in selection.regions]}
+        if quiet else None,
+        "preheader": _preheader(shown, region_names, quiet=quiet),
         # The subject's: the first story of the reader's first region.
         "top_story": {"title": titles[0] if titles else ""},
         "personal": personal,
         "section_mark": section_mark(nonce),
     }
+
+
+def _link(story, region: str, clicks: ClickLinks | None) -> str:
+    """The story's link: straight to it, or through the click redirect under the section's
+    region (a quiet week's: the story's own first region)."""
+    region = region or (story.regions[0] if story.regions else "")
+    return clicks.url(story.id, region) if clicks and region else story.url
 
 
 def _story(story, tz: ZoneInfo, summary_cut: int | None, url: str) -> dict:
@@ -251,9 +264,11 @@ def prose_list(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _preheader(titles: list[str], region_names: str) -> str:
+def _preheader(titles: list[str], region_names: str, *, quiet: bool = False) -> str:
     """What the inbox shows after the subject: the stories after the subject's own (the
-    subject is the first title), else where this week's news is from."""
+    subject is the first title), else where this week's news is from; a quiet week says so."""
+    if quiet:
+        return f"Nothing new from {region_names} this week"
     after = titles[1:]
     if not after:
         return f"This week from {region_names}"

@@ -54,6 +54,11 @@ class Settings(Delivery, Bounces, Web, Schedule, Regions, Newsletter, Mail, Stor
         return frozenset(found | set(self.subscribe_origins.replace(",", " ").split()))
 
     @property
+    def wider(self) -> bool:
+        """A quiet week's readers get the site's most opened stories (NEWSLETTER_QUIET_WEEK=wider)."""
+        return self.quiet_week == "wider"
+
+    @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 

@@ -33,7 +33,7 @@ bp = Blueprint("operator", __name__)
 @bp.get("/operator")
 def operator_page():
     context = web()
-    shown = dashboard(context.engine, region_names=context.settings.region_names)
+    shown = dashboard(context.engine, region_names=context.settings.region_names, wider=context.settings.wider)
     charts = [(heading, bar_chart(f"{heading} per week, last {len(shown.weeks)} weeks",
                                   [(w.label, w.counts[measure]) for w in shown.weeks], label_every=WEEK_LABEL_EVERY))
               for measure, heading, _ in MEASURES]
