@@ -2,7 +2,8 @@
 
 One blueprint per part, views at module level:
 
-- public.py: the links every email carries (unsubscribe, view online) and /healthz;
+- public.py: the links every email carries (unsubscribe) and /healthz;
+- archive.py: view online, the list of sent digests and each region's Atom feed;
 - signup.py, manage.py: the readers' pages (rules in readers.py);
 - events.py: bounces and complaints posted by relays (machine routes);
 - console.py: the operator's week overview, previews and /metrics; operator.py: /operator
@@ -29,6 +30,7 @@ from worker.origins import origin_of
 from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision
 from worker.web import (
+    archive,
     console,
     console_audit,
     console_editions,
@@ -48,7 +50,7 @@ from worker.web.shared import EXTENSION, Every, WebContext, page
 # Readers post small forms: anything bigger is refused before it is read.
 MAX_BODY = 64 * 1024
 MAX_FORM_PARTS = 100
-BLUEPRINTS = (public.bp, signup.bp, manage.bp, events.bp, console.bp, operator.bp, console_audit.bp,
+BLUEPRINTS = (public.bp, archive.bp, signup.bp, manage.bp, events.bp, console.bp, operator.bp, console_audit.bp,
               console_editions.bp, console_readers.bp)
 
 
