@@ -14,6 +14,7 @@ read with bounded queries, and all of them may be cached.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -37,6 +38,7 @@ PER_PAGE = 20
 FEED_ENTRIES = 20
 # Beyond any archive a weekly newsletter will have; a larger number is a 404, not a query.
 MAX_PAGE = 10_000
+_PAGE = re.compile(r"[1-9][0-9]{0,4}")
 _COUNTS = "newsletter_archive_counts"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -50,13 +52,15 @@ def _keep_counts(state) -> None:
 @public
 def index():
     number = request.args.get("page", "1")
-    if not (number.isascii() and number.isdigit() and 1 <= int(number) <= MAX_PAGE):
+    # Checked as text first: int() of a 5,000-digit string raises, and a 500 is not an answer.
+    if not (_PAGE.fullmatch(number) and int(number) <= MAX_PAGE):
         abort(404)
     editions, more = archive_page(web().engine, _counts(), page=int(number), per_page=PER_PAGE)
     if not editions and number != "1":
         abort(404)
-    shown = [(_heading(edition), [(url_for(".copy", edition=edition.key, variant=c.key), _names(c.regions))
-                                  for c in copies]) for edition, copies in editions]
+    shown = [(_heading(edition), sorted(((url_for(".copy", edition=edition.key, variant=c.key), _names(c.regions))
+                                         for c in copies), key=lambda link: (", " in link[1], link[1])))
+             for edition, copies in editions]
     codes = sorted({code for _, copies in editions for c in copies for code in c.regions},
                    key=lambda code: _name(code))
     feeds = [(_name(code), url_for(".feed", region=code)) for code in codes]
