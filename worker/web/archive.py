@@ -58,8 +58,9 @@ def index():
     editions, more = archive_page(web().engine, _counts(), page=int(number), per_page=PER_PAGE)
     if not editions and number != "1":
         abort(404)
-    shown = [(_heading(edition), sorted(((url_for(".copy", edition=edition.key, variant=c.key), _names(c.regions))
-                                         for c in copies), key=lambda link: (", " in link[1], link[1])))
+    # Each edition's single regions first, then its sets, each by name.
+    shown = [(_heading(edition), [(url_for(".copy", edition=edition.key, variant=c.key), _names(c.regions))
+                                  for c in sorted(copies, key=lambda c: (len(c.regions) > 1, _names(c.regions)))])
              for edition, copies in editions]
     codes = sorted({code for _, copies in editions for c in copies for code in c.regions},
                    key=lambda code: _name(code))
