@@ -154,7 +154,8 @@ def test_a_valid_region_nobody_got_is_an_empty_feed_and_a_bad_one_is_404(sample_
     assert feed.entries == [] and feed.feed.title == "Melange News Weekly: Brazil" and "ETag" in answer.headers
     for path in ["/archive/XX.atom", "/archive/ru.atom", "/archive/Ru.atom", "/archive/RU.atom.atom",
                  "/archive/RUS.atom", "/archive/R.atom", "/archive/.atom", "/archive/RU.xml", "/archive/RU-UA.atom",
-                 "/archive/" + "A" * 10_000 + ".atom", "/archive/" + "A" * 10_000, "/archive/RU%00.atom"]:
+                 "/archive/" + "A" * 10_000 + ".atom", "/archive/" + "A" * 10_000, "/archive/RU%00.atom",
+                 "/archive/" + "a" * 10_000 + "/RU", "/archive/weekly-2025-W05/" + "RU-" * 3_000 + "UA"]:
         assert client.get(path).status_code == 404, path[:40]
 
 
