@@ -34,6 +34,6 @@ def test_every_web_route_belongs_to_a_blueprint():
     app = create_app(Settings(), sa.create_engine("sqlite://"))
     endpoints = {rule.rule: rule.endpoint for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
     assert endpoints and not {rule: e for rule, e in endpoints.items() if "." not in e}
-    assert {e.split(".")[0] for e in endpoints.values()} == {"public", "clicks", "signup", "manage", "events", "console",
-                                                              "operator", "console_audit", "console_editions",
-                                                              "console_readers"}
+    assert {e.split(".")[0] for e in endpoints.values()} == {"public", "archive", "clicks", "signup", "manage",
+                                                              "events", "console", "operator", "console_audit",
+                                                              "console_editions", "console_readers"}

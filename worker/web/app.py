@@ -2,7 +2,8 @@
 
 One blueprint per part, views at module level:
 
-- public.py: the links every email carries (unsubscribe, view online) and /healthz;
+- public.py: the links every email carries (unsubscribe) and /healthz;
+- archive.py: view online, the list of sent digests and each region's Atom feed;
 - clicks.py: the story links' counting redirect, /r/<token>;
 - signup.py, manage.py: the readers' pages (rules in readers.py);
 - events.py: bounces and complaints posted by relays (machine routes);
@@ -31,6 +32,7 @@ from worker.origins import origin_of
 from worker.settings import Settings, load_settings
 from worker.store.db import create_db_engine, current_revision, head_revision
 from worker.web import (
+    archive,
     clicks,
     console,
     console_audit,
@@ -51,8 +53,8 @@ from worker.web.shared import EXTENSION, Every, WebContext, page
 # Readers post small forms: anything bigger is refused before it is read.
 MAX_BODY = 64 * 1024
 MAX_FORM_PARTS = 100
-BLUEPRINTS = (public.bp, clicks.bp, signup.bp, manage.bp, events.bp, console.bp, operator.bp, console_audit.bp,
-              console_editions.bp, console_readers.bp)
+BLUEPRINTS = (public.bp, archive.bp, clicks.bp, signup.bp, manage.bp, events.bp, console.bp, operator.bp,
+              console_audit.bp, console_editions.bp, console_readers.bp)
 
 
 def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer | None = None,

@@ -1,9 +1,9 @@
 """The links every email carries, and /healthz: public, cheap, and nothing renders here.
 
 - GET /unsubscribe/<token> asks; POST (RFC 8058's one-click, or the page's button) does it.
-- GET /archive/<edition>/<variant> shows a sent variant as it was sent, without a
-  reader's data or links ("view online").
 - GET /healthz answers whether the database does.
+
+"View online" (/archive/<edition>/<variant>) is archive.py's, with the archive's list and feeds.
 """
 
 from __future__ import annotations
@@ -12,17 +12,12 @@ from flask import Blueprint, Response, abort, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from worker.delivery.plan import find_edition
-from worker.delivery.variants import VariantStore
-from worker.digest import RegionSet
 from worker.readers.subscribers import set_status_by_id
-from worker.render.cache import Stored
-from worker.render.public_copy import public_copy
 from worker.store.db import session_scope
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
 from worker.tokens import link_opens, read_unsubscribe_token
 from worker.web.crosssite import takes_other_sites
-from worker.web.shared import SANDBOX_CSP, page, problem, public, variant_codes, web
+from worker.web.shared import page, problem, public, web
 
 bp = Blueprint("public", __name__)
 
@@ -60,33 +55,6 @@ def unsubscribe(token: str):
     via = ChangeVia.UNSUBSCRIBE_PAGE if request.form.get("source") == "page" else ChangeVia.ONE_CLICK
     set_status_by_id(web().engine, subscriber.id, SubscriberStatus.UNSUBSCRIBED, via=via)
     return page("unsubscribe.html", subscriber=subscriber, token=token, done=True)
-
-
-@bp.get("/archive/<edition>/<variant>")
-@public
-def archive(edition: str, variant: str):
-    # Only what was sent, as it was sent: rendering here would let anyone make the
-    # server render any week and region set, and later story edits would show.
-    codes = variant_codes(variant)
-    engine = web().engine
-    row = find_edition(engine, edition)
-    # Only the spelling the emails carry ('RU-UA'): one URL per page, for caches too.
-    if row is None or variant != RegionSet(codes).key:
-        abort(404)
-    stored = VariantStore(engine, edition_id=row.id, edition_key=row.key).get(codes)
-    if isinstance(stored, Stored):  # missing, still rendering, or rendered empty
-        abort(404)
-    response = _anonymous_page(stored)
-    response.headers["Cache-Control"] = "public, max-age=3600"
-    return response
-
-
-def _anonymous_page(rendered) -> Response:
-    # No personal data and no reader's links: a sign-up link for these regions instead.
-    settings = web().settings
-    signup = f"{settings.public_url}/subscribe?regions={','.join(rendered.regions)}"
-    return Response(public_copy(rendered, signup_url=signup, newsletter_name=settings.newsletter_name),
-                    mimetype="text/html", headers={"Content-Security-Policy": SANDBOX_CSP})
 
 
 def _subscriber_for(token: str) -> Subscriber:
