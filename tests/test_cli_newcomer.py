@@ -138,14 +138,16 @@ def test_stories_list_filters_by_week_and_region_and_its_json_imports_back(run_c
     assert stories and all("RU" in s["regions"] for s in stories)
     assert all("2025-01-27" <= s["published_at"][:10] < "2025-02-03" for s in stories)
     assert [s["published_at"] for s in stories] == sorted((s["published_at"] for s in stories), reverse=True)
-    assert set(stories[0]) == {"id", "url", "title", "summary", "regions", "published_at", "source", "image_url"}
+    assert set(stories[0]) == {"id", "url", "title", "summary", "regions", "published_at", "source", "image_url",
+                               "clicks"}
+    assert {story["clicks"] for story in stories} == {0}  # nobody opened anything yet
     back = tmp_path / "back.jsonl"
     back.write_text(result.out)
     reimported = run_cli("stories", "import", str(back))
     assert reimported.out == f"stories: 0 added, 0 updated, {len(stories)} unchanged, 0 rejected\n"
 
     text = run_cli("stories", "list", "--week", "2025-W05", "--region", "RU")
-    assert text.out.splitlines()[0].split() == ["published", "regions", "title", "source", "id"]
+    assert text.out.splitlines()[0].split() == ["published", "regions", "title", "source", "opened", "id"]
     assert text.out.endswith(f"{len(stories)} stories in 2025-W05 for RU\n")
     every = run_cli("stories", "list", "--json").out.splitlines()
     assert len(every) == len(json.loads((EXAMPLES / "stories.json").read_text()))

@@ -9,6 +9,7 @@ them. Only the columns a listing needs are read; a copy's HTML only for the feed
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -61,21 +62,28 @@ class ReceivedCounts:
 
     Counting reads every ledger row of an edition, so a finished edition's counts are kept
     per process (they no longer change until it sends again, which clears finished_at);
-    an edition still sending is counted on each request."""
+    an edition still sending is counted again at most every LIVE_SECONDS, so a flood of
+    archive requests during a large send does not scan its ledger each time."""
 
     KEEP = 64
+    LIVE_SECONDS = 30
 
     def __init__(self) -> None:
         self._finished: OrderedDict[tuple[int, datetime], dict[str, int]] = OrderedDict()
+        self._live: dict[int, tuple[float, dict[str, int]]] = {}
         self._lock = threading.Lock()
 
     def of(self, engine: Engine, editions: list[ArchivedEdition]) -> dict[int, dict[str, int]]:
         """edition id -> {stored regions text: readers} for the copies of several regions
         that at least MIN_READERS readers received."""
         found, missing = {}, []
+        now = time.monotonic()
         with self._lock:
             for edition in editions:
                 kept = self._finished.get(self._key(edition))
+                live = self._live.get(edition.id)
+                if kept is None and live is not None and live[0] > now:
+                    kept = live[1]
                 if kept is None:
                     missing.append(edition)
                 else:
@@ -88,6 +96,10 @@ class ReceivedCounts:
                     self._finished[self._key(edition)] = found[edition.id]
                     while len(self._finished) > self.KEEP:
                         self._finished.popitem(last=False)
+                else:
+                    if len(self._live) >= self.KEEP:
+                        self._live.clear()
+                    self._live[edition.id] = (now + self.LIVE_SECONDS, found[edition.id])
         return found
 
     @staticmethod
