@@ -79,7 +79,7 @@ def list_(ctx: Context, week: str | None, region: str | None, as_json: bool) -> 
     tz = ctx.settings.tz
     print_table(["published", "regions", "title", "source", "opened", "id"],
                 [[_local(row["published_at"], tz), " ".join(row["regions"]), row["title"], row["source"],
-                  row["clicks"], row["id"]] for row in rows])
+                  str(row["clicks"]), row["id"]] for row in rows])
     click.echo(f"{len(rows)} stories{label}")
 
 
