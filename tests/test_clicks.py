@@ -7,6 +7,7 @@ from email import policy
 from email.parser import BytesParser
 
 import pytest
+import redis
 import sqlalchemy as sa
 
 from worker import clicks
@@ -63,7 +64,10 @@ def _get(client, path, *, ip="198.51.100.7", agent=BROWSER, method="get", **head
     return getattr(client, method)(path, headers=headers, environ_base={"REMOTE_ADDR": ip})
 
 
-def _counts(engine) -> dict[tuple[int, int, str], tuple[int, int]]:
+def _counts(engine, settings) -> dict[tuple[int, int, str], tuple[int, int]]:
+    """The counts in the database, once what waits in Redis is moved there (as the web
+    app's flusher does every couple of seconds)."""
+    clicks.flush(redis.Redis.from_url(settings.ratelimit_storage_url), engine, "test-secret-key")
     with engine.connect() as conn:
         return {(r.edition_id, r.story_id, r.region): (r.clicks, r.discounted)
                 for r in conn.execute(sa.select(StoryClick.__table__))}
@@ -106,13 +110,13 @@ def test_one_open_counts_once_and_redirects_to_the_story(sample_engine, counting
     path = link.removeprefix("https://news.example")
     first = _get(client, path)
     assert first.status_code == 302 and first.headers["Location"] == url
-    assert _counts(sample_engine) == {(edition_id, story_id, "RU"): (1, 0)}
+    assert _counts(sample_engine, counting) == {(edition_id, story_id, "RU"): (1, 0)}
     # The same reader again (a double click, a reload, a second look): still one.
     assert _get(client, path).status_code == 302
-    assert _counts(sample_engine) == {(edition_id, story_id, "RU"): (1, 0)}
+    assert _counts(sample_engine, counting) == {(edition_id, story_id, "RU"): (1, 0)}
     # Another reader: two.
     assert _get(client, path, ip="203.0.113.9").status_code == 302
-    assert _counts(sample_engine) == {(edition_id, story_id, "RU"): (2, 0)}
+    assert _counts(sample_engine, counting) == {(edition_id, story_id, "RU"): (2, 0)}
     # The redirect stores nothing but the count: no address, no agent, no cookie.
     assert "Set-Cookie" not in first.headers
     with sample_engine.connect() as conn:
@@ -139,7 +143,7 @@ def test_a_scanners_fetch_counts_zero(sample_engine, counting, method, agent, he
     answer = _get(client, f"/r/{_token(edition_id, story_id, 'RU')}", method=method, agent=agent, **headers)
     # The scanner still gets its answer (it checks where the link goes), and no reader is counted.
     assert answer.status_code == 302
-    assert _counts(sample_engine) == {(edition_id, story_id, "RU"): (0, 1)}
+    assert _counts(sample_engine, counting) == {(edition_id, story_id, "RU"): (0, 1)}
 
 
 def test_a_burst_from_one_client_is_a_scanner_and_its_opens_move_to_discounted(sample_engine, counting):
@@ -151,16 +155,16 @@ def test_a_burst_from_one_client_is_a_scanner_and_its_opens_move_to_discounted(s
     # A security gateway walks every link of the mail within a second.
     for story_id in stories[:6]:
         assert _get(client, f"/r/{_token(edition_id, story_id, 'RU')}", ip="192.0.2.44").status_code == 302
-    counts = _counts(sample_engine)
+    counts = _counts(sample_engine, counting)
     assert counts[(edition_id, stories[0], "RU")] == (1, 1)
     assert all(counts[(edition_id, s, "RU")] == (0, 1) for s in stories[1:6])
     # Marked for a while: its next fetch is discounted too.
     _get(client, f"/r/{_token(edition_id, stories[6], 'RU')}", ip="192.0.2.44")
-    assert _counts(sample_engine)[(edition_id, stories[6], "RU")] == (0, 1)
+    assert _counts(sample_engine, counting)[(edition_id, stories[6], "RU")] == (0, 1)
     # A reader who opens four stories in a row is still a reader.
     for story_id in stories[1:5]:
         _get(client, f"/r/{_token(edition_id, story_id, 'RU')}", ip="203.0.113.51")
-    assert all(_counts(sample_engine)[(edition_id, s, "RU")] == (1, 1) for s in stories[1:5])
+    assert all(_counts(sample_engine, counting)[(edition_id, s, "RU")] == (1, 1) for s in stories[1:5])
 
 
 def test_forged_truncated_and_dead_links_are_404_and_count_nothing(sample_engine, counting):
@@ -185,7 +189,7 @@ def test_forged_truncated_and_dead_links_are_404_and_count_nothing(sample_engine
         answer = _get(client, f"/r/{bad}")
         assert answer.status_code == 404, bad
         assert "Location" not in answer.headers
-    assert _counts(sample_engine) == {}
+    assert _counts(sample_engine, counting) == {}
 
 
 def test_a_flood_from_one_client_is_refused_429_and_counts_stay_bounded(sample_engine, counting):
@@ -195,7 +199,7 @@ def test_a_flood_from_one_client_is_refused_429_and_counts_stay_bounded(sample_e
     path = f"/r/{_token(edition_id, story_id, 'RU')}"
     answers = [_get(client, path, ip="192.0.2.99").status_code for _ in range(clicks.CLICKS_PER_MINUTE + 20)]
     assert answers.count(302) == clicks.CLICKS_PER_MINUTE and answers[-20:] == [429] * 20
-    assert _counts(sample_engine) == {(edition_id, story_id, "RU"): (1, 0)}
+    assert _counts(sample_engine, counting) == {(edition_id, story_id, "RU"): (1, 0)}
     # Another client is not held back by the first.
     assert _get(client, path, ip="192.0.2.100").status_code == 302
 
@@ -204,16 +208,21 @@ def test_counts_stop_at_their_cap_and_never_go_below_zero(sample_engine, countin
     edition_id = _send(sample_engine, counting)
     story_id = _stories(sample_engine, edition_id)[0].id
     target = ClickTarget(edition_id, story_id, "RU")
-    clicks.add(sample_engine, target, counted=True)
+    clicks.record(sample_engine, {target: [1, 0]})
     with sample_engine.begin() as conn:
-        conn.execute(sa.update(StoryClick.__table__).values(clicks=COUNT_CAP, discounted=COUNT_CAP))
-    clicks.add(sample_engine, target, counted=True)
-    clicks.add(sample_engine, target, counted=False)
-    assert _counts(sample_engine)[(edition_id, story_id, "RU")] == (COUNT_CAP, COUNT_CAP)
+        conn.execute(sa.update(StoryClick.__table__).values(clicks=COUNT_CAP - 1, discounted=COUNT_CAP))
+    clicks.record(sample_engine, {target: [5, 1]})
+    assert _counts(sample_engine, counting)[(edition_id, story_id, "RU")] == (COUNT_CAP, COUNT_CAP)
     with sample_engine.begin() as conn:
-        conn.execute(sa.update(StoryClick.__table__).values(clicks=0, discounted=0))
-    clicks.discount(sample_engine, [target, target])
-    assert _counts(sample_engine)[(edition_id, story_id, "RU")] == (0, 0)
+        conn.execute(sa.update(StoryClick.__table__).values(clicks=1, discounted=0))
+    # A burst's opens moved to discounted after the flush that counted them: never below zero.
+    clicks.record(sample_engine, {target: [-3, 3]})
+    assert _counts(sample_engine, counting)[(edition_id, story_id, "RU")] == (0, 3)
+    # A target of an edition deleted since is dropped, and a negative first count is zero.
+    clicks.record(sample_engine, {ClickTarget(edition_id + 50, story_id, "RU"): [1, 0],
+                                  ClickTarget(edition_id, story_id, "UA"): [-2, 0]})
+    assert _counts(sample_engine, counting) == {(edition_id, story_id, "RU"): (0, 3),
+                                                (edition_id, story_id, "UA"): (0, 0)}
 
 
 def test_off_by_default_links_go_straight_to_the_story_and_sent_links_keep_working(sample_engine, settings,
@@ -228,7 +237,7 @@ def test_off_by_default_links_go_straight_to_the_story_and_sent_links_keep_worki
     # A link mailed while counting was on still leads to its story once counting is off.
     answer = _get(_client(sample_engine, settings), f"/r/{_token(edition_id, story.id, 'RU')}")
     assert answer.status_code == 302 and answer.headers["Location"] == story.url
-    assert _counts(sample_engine) == {}
+    assert _counts(sample_engine, settings) == {}
 
 
 def test_without_redis_the_reader_still_gets_the_story_and_nothing_is_counted(sample_engine, counting):
@@ -237,7 +246,7 @@ def test_without_redis_the_reader_still_gets_the_story_and_nothing_is_counted(sa
     down = counting.model_copy(update={"ratelimit_url": "redis://127.0.0.1:1/0"})
     answer = _get(_client(sample_engine, down), f"/r/{_token(edition_id, story_id, 'RU')}")
     assert answer.status_code == 302
-    assert _counts(sample_engine) == {}
+    assert _counts(sample_engine, counting) == {}
 
 
 def test_counts_show_in_stories_list_status_metrics_and_the_operator_page(sample_engine, counting, run_cli,
@@ -257,7 +266,9 @@ def test_counts_show_in_stories_list_status_metrics_and_the_operator_page(sample
     with session_scope(sample_engine) as session:
         titles = {s.id: s.title for s in session.scalars(sa.select(Story))}
         guids = {s.id: s.guid for s in session.scalars(sa.select(Story))}
-    for name, value in (("NEWSLETTER_SECRET_KEY", "test-secret-key"), ("NEWSLETTER_TIMEZONE", "UTC")):
+    # The commands read the counts waiting in Redis (the broker's here) first, as the web app would move them.
+    for name, value in (("NEWSLETTER_SECRET_KEY", "test-secret-key"), ("NEWSLETTER_TIMEZONE", "UTC"),
+                        ("NEWSLETTER_BROKER_URL", counting.broker_url)):
         monkeypatch.setenv(name, value)
 
     listed = run_cli("stories", "list", "--week", "2025-W05", "--json")

@@ -96,10 +96,8 @@ def test_a_quiet_digest_leads_with_the_weeks_most_opened_stories(sample_engine, 
     oldest, older = sorted(week, key=lambda s: (s.published_at, s.id))[:2]
     # Readers opened two of the week's oldest stories in an earlier edition (a manual one).
     earlier = _send(sample_engine, wider.model_copy(update={"quiet_week": "skip"}), key="manual-earlier")
-    for _ in range(3):
-        clicks.add(sample_engine, ClickTarget(earlier, oldest.id, oldest.regions[0]), counted=True)
-    clicks.add(sample_engine, ClickTarget(earlier, older.id, older.regions[0]), counted=True)
-    clicks.add(sample_engine, ClickTarget(earlier, older.id, older.regions[0]), counted=False)
+    clicks.record(sample_engine, {ClickTarget(earlier, oldest.id, oldest.regions[0]): [3, 0],
+                                  ClickTarget(earlier, older.id, older.regions[0]): [1, 5]})
     for path in wider.outbox_dir.glob("*.eml"):
         path.unlink()
     _send(sample_engine, wider)

@@ -20,6 +20,10 @@ Fetches that are not a reader opening a story are counted apart, as `discounted`
 
 A client past CLICKS_PER_MINUTE gets 429 and no count. When Redis cannot be read the
 reader still gets the story, and nothing is counted.
+
+Counts are added up in Redis by the same round trip that judges the request, and moved
+into the database every FLUSH_SECONDS (ClickCounter, flush): a request never waits for a
+database write, and counts not moved yet stay in Redis until a flush takes them.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from enum import StrEnum
 
 import redis
 from redis.exceptions import RedisError
-from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy import Engine, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker.store.models import Edition, Story, StoryClick
@@ -89,26 +94,67 @@ def machine(method: str, headers) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class _Seen:
-    rate: int
-    new: bool
-    recent: int
-    scanner: bool
+# One round trip decides and counts a request, atomically (a script runs alone in Redis).
+# KEYS: the client's request count this minute, the links it opened, its scanner mark, the
+# counts not yet in the database. ARGV: now, the token, 1 to judge it as a reader's open
+# (0: a machine's by itself), then the limits. Counts are kept under "c:<token>" (opens)
+# and "d:<token>" (discounted) until flush() moves them into story_clicks.
+_HEAR = """
+local rate = redis.call('INCR', KEYS[1])
+if rate == 1 then redis.call('EXPIRE', KEYS[1], 120) end
+if rate > tonumber(ARGV[4]) then return 'limited' end
+local now, token = tonumber(ARGV[1]), ARGV[2]
+if ARGV[3] == '0' then
+  redis.call('HINCRBY', KEYS[4], 'd:' .. token, 1)
+  return 'discounted'
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[8]))
+local added = redis.call('ZADD', KEYS[2], 'NX', now, token)
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
+if added == 0 then return 'repeat' end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 'd:' .. token, 1)
+  return 'discounted'
+end
+local recent = redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[6]), '+inf')
+if #recent > tonumber(ARGV[5]) then
+  redis.call('SET', KEYS[3], 1, 'EX', tonumber(ARGV[7]))
+  for _, earlier in ipairs(recent) do
+    if earlier ~= token then
+      redis.call('HINCRBY', KEYS[4], 'c:' .. earlier, -1)
+      redis.call('HINCRBY', KEYS[4], 'd:' .. earlier, 1)
+    end
+  end
+  redis.call('HINCRBY', KEYS[4], 'd:' .. token, 1)
+  return 'discounted'
+end
+redis.call('HINCRBY', KEYS[4], 'c:' .. token, 1)
+return 'counted'
+"""
+# How often a web process moves the counts from Redis into the database.
+FLUSH_SECONDS = 2.0
 
 
 class ClickCounter:
-    """The redirect's side: what a link points to, and one count per open."""
+    """The redirect's side: what a link points to, and one count per open.
+
+    A request costs one HMAC, a cached lookup and one Redis round trip; the counts reach
+    the database every FLUSH_SECONDS, from whichever process flushes first, in one
+    transaction. Counts waiting in Redis survive a web process's end: the next flush of
+    any process takes them."""
 
     def __init__(self, engine: Engine, *, redis_url: str, secret: str) -> None:
         self._engine = engine
         self._url = redis_url
         self._secret = secret
         self._redis: redis.Redis | None = None
+        self._script = None
         self._lock = threading.Lock()
         # (edition, story) -> (URL or None, until): a flood of one link is one query a minute.
         self._targets: dict[tuple[int, int], tuple[str | None, float]] = {}
         self._quiet_until = 0.0
+        self._flusher: threading.Thread | None = None
+        self._space = namespace(engine, secret)
 
     def target(self, token: str) -> tuple[ClickTarget, str] | None:
         """The link's target and the story's URL; None for a link we did not sign, or a
@@ -128,74 +174,106 @@ class ClickCounter:
             found = self._targets[key] = (url, now + 60)
         return (target, found[0]) if found[0] else None
 
-    def hear(self, target: ClickTarget, token: str, *, client: str, method: str, headers) -> Heard:
-        """Count one request for `target` (already known good), or say why not."""
-        by_itself = machine(method, headers)
+    def hear(self, token: str, *, client: str, method: str, headers) -> Heard:
+        """Count one request for the link `token` (already known good), or say why not."""
+        who = hmac.new(self._secret.encode(), f"{PREFIX}\0{client}".encode(), hashlib.sha256).hexdigest()[:24]
+        now = time.time()
+        space = self._space
+        keys = [f"{space}/rate/{who}/{int(now // 60)}", f"{space}/links/{who}", f"{space}/scanner/{who}",
+                f"{space}/counts"]
+        reader = "0" if machine(method, headers) else "1"
         try:
-            seen = self._seen(client, token, track=by_itself is None)
+            script = self._hear_script()
+            heard = script(keys=keys, args=[repr(now), token, reader, CLICKS_PER_MINUTE, BURST_LINKS, BURST_SECONDS,
+                                            SCANNER_SECONDS, DEDUPE_SECONDS])
         except RedisError as exc:
             self._complain(exc)
             return Heard.UNCOUNTED
-        if seen.rate > CLICKS_PER_MINUTE:
-            return Heard.LIMITED
-        if by_itself is None and not seen.new:
-            return Heard.REPEAT
-        heard = Heard.COUNTED
-        if by_itself is not None or seen.scanner:
-            heard = Heard.DISCOUNTED
-        elif seen.recent > BURST_LINKS:
-            heard = Heard.DISCOUNTED
-            try:
-                self._burst(client, token)
-            except RedisError as exc:
-                self._complain(exc)
-        add(self._engine, target, counted=heard is Heard.COUNTED)
-        return heard
+        self._start_flusher()
+        return Heard(heard.decode())
 
-    def _client(self, client: str) -> str:
-        return hmac.new(self._secret.encode(), f"{PREFIX}\0{client}".encode(), hashlib.sha256).hexdigest()[:24]
+    def flush(self) -> int:
+        """Move the counts waiting in Redis into the database; how many fields moved."""
+        return flush(self._conn(), self._engine, self._secret)
 
-    def _conn(self) -> redis.Redis:
+    def _hear_script(self):
         with self._lock:
             if self._redis is None:
                 self._redis = redis.Redis.from_url(self._url, socket_timeout=0.5, socket_connect_timeout=0.5)
-            return self._redis
+                self._script = self._redis.register_script(_HEAR)
+            return self._script
 
-    def _seen(self, client: str, token: str, *, track: bool) -> _Seen:
-        who = self._client(client)
-        now = time.time()
-        minute = int(now // 60)
-        pipe = self._conn().pipeline(transaction=False)
-        pipe.incr(f"{PREFIX}/rate/{who}/{minute}")
-        pipe.expire(f"{PREFIX}/rate/{who}/{minute}", 120)
-        pipe.exists(f"{PREFIX}/scanner/{who}")
-        if track:
-            links = f"{PREFIX}/links/{who}"
-            pipe.zremrangebyscore(links, "-inf", now - DEDUPE_SECONDS)
-            pipe.zadd(links, {token: now}, nx=True)
-            pipe.zcount(links, now - BURST_SECONDS, "+inf")
-            pipe.expire(links, DEDUPE_SECONDS)
-        replies = pipe.execute()
-        if not track:
-            return _Seen(replies[0], False, 0, bool(replies[2]))
-        return _Seen(replies[0], bool(replies[4]), replies[5], bool(replies[2]))
+    def _conn(self) -> redis.Redis:
+        self._hear_script()
+        return self._redis
 
-    def _burst(self, client: str, token: str) -> None:
-        """The client turned out to be a scanner: what it opened in the burst, counted as
-        readers' opens a moment ago, moves to discounted (once, whichever process sees it)."""
-        who = self._client(client)
-        conn = self._conn()
-        if not conn.set(f"{PREFIX}/scanner/{who}", 1, nx=True, ex=SCANNER_SECONDS):
-            return
-        now = time.time()
-        earlier = conn.zrangebyscore(f"{PREFIX}/links/{who}", now - BURST_SECONDS - 1, "+inf")
-        targets = [read_click_token(self._secret, raw.decode()) for raw in earlier if raw.decode() != token]
-        discount(self._engine, [t for t in targets if t is not None][:BURST_LINKS])
+    def _start_flusher(self) -> None:
+        # Started by the first counted request, in the process that serves (after gunicorn's fork).
+        if self._flusher is None:
+            with self._lock:
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_forever, name="click-counts", daemon=True)
+                    self._flusher.start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except (RedisError, SQLAlchemyError) as exc:
+                self._complain(exc)
 
     def _complain(self, exc: Exception) -> None:
         if time.monotonic() >= self._quiet_until:
             self._quiet_until = time.monotonic() + 60
-            log.warning("clicks: Redis unavailable (%s): links redirect, nothing is counted", type(exc).__name__)
+            log.warning("clicks: %s unavailable (%s): links redirect, counts wait",
+                        "Redis" if isinstance(exc, RedisError) else "the database", type(exc).__name__)
+
+
+def namespace(engine: Engine, secret: str) -> str:
+    """This deployment's keys in Redis: two lists (or a test and a live one) sharing a
+    Redis never take each other's counts."""
+    where = engine.url.render_as_string(hide_password=True)
+    return f"{PREFIX}/{hmac.new(secret.encode(), where.encode(), hashlib.sha256).hexdigest()[:16]}"
+
+
+def flush_waiting(engine: Engine, secret: str, redis_url: str) -> None:
+    """For a reader of the counts (status, stories list, the console): what waits in Redis
+    moved first, if Redis answers at once; else the counts as the database has them."""
+    if not secret:
+        return
+    try:
+        flush(redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1), engine, secret)
+    except (RedisError, SQLAlchemyError) as exc:
+        log.info("clicks: counts waiting in Redis not moved (%s)", type(exc).__name__)
+
+
+def flush(conn: redis.Redis, engine: Engine, secret: str) -> int:
+    """Move the counts waiting in Redis into story_clicks: taken from Redis by renaming
+    (so no count is read twice or lost to a request counting meanwhile), written in one
+    transaction, then deleted. A batch the database refused stays in Redis, taken again
+    by the next flush."""
+    counts = f"{namespace(engine, secret)}/counts"
+    batches = list(conn.scan_iter(f"{counts}/taken/*", count=100))
+    taken = f"{counts}/taken/{secrets.token_hex(8)}"
+    try:
+        conn.rename(counts, taken)
+        batches.append(taken.encode())
+    except redis.ResponseError:
+        pass  # nothing counted since the last flush
+    moved = 0
+    for batch in batches:
+        fields = conn.hgetall(batch)
+        deltas: dict[ClickTarget, list[int]] = {}
+        for field, value in fields.items():
+            kind, _, token = field.decode().partition(":")
+            target = read_click_token(secret, token)
+            if target is not None and kind in ("c", "d"):
+                deltas.setdefault(target, [0, 0])[kind == "d"] += int(value)
+        record(engine, deltas)
+        conn.delete(batch)
+        moved += len(fields)
+    return moved
 
 
 def _insert(engine: Engine):
@@ -206,35 +284,27 @@ def _insert(engine: Engine):
     return insert
 
 
-def _plus_one(column):
-    return case((column < COUNT_CAP, column + 1), else_=column)
-
-
-def add(engine: Engine, target: ClickTarget, *, counted: bool) -> None:
-    """One open, or one discounted fetch, of the target: one statement."""
-    insert = _insert(engine)
-    statement = insert(C).values(edition_id=target.edition_id, story_id=target.story_id, region=target.region,
-                                 clicks=int(counted), discounted=int(not counted))
-    column = C.c.clicks if counted else C.c.discounted
-    statement = statement.on_conflict_do_update(index_elements=["edition_id", "story_id", "region"],
-                                                set_={column.name: _plus_one(column)})
-    try:
-        with engine.begin() as conn:
-            conn.execute(statement)
-    except SQLAlchemyError as exc:
-        # The edition went while the link was cached: the reader still gets the story.
-        log.warning("clicks: not counted (%s)", type(exc).__name__)
-
-
-def discount(engine: Engine, targets: list[ClickTarget]) -> None:
-    """Move one open of each target to discounted, never below zero."""
-    if not targets:
+def record(engine: Engine, deltas: dict[ClickTarget, list[int]]) -> None:
+    """Add each target's (opens, discounted) deltas; a count never goes below zero nor
+    past COUNT_CAP. An edition gone since is skipped (its rows went with it)."""
+    if not deltas:
         return
+    insert = _insert(engine)
     with engine.begin() as conn:
-        for target in targets:
-            conn.execute(update(C).where(C.c.edition_id == target.edition_id, C.c.story_id == target.story_id,
-                                         C.c.region == target.region, C.c.clicks > 0)
-                         .values(clicks=C.c.clicks - 1, discounted=_plus_one(C.c.discounted)))
+        alive = set(conn.scalars(select(Edition.id).where(Edition.id.in_({t.edition_id for t in deltas}))))
+        for target, (clicks, discounted) in sorted(deltas.items(), key=lambda kv: astuple(kv[0])):
+            if target.edition_id not in alive:
+                continue
+            statement = insert(C).values(edition_id=target.edition_id, story_id=target.story_id,
+                                         region=target.region, clicks=max(0, min(COUNT_CAP, clicks)),
+                                         discounted=max(0, min(COUNT_CAP, discounted)))
+            conn.execute(statement.on_conflict_do_update(
+                index_elements=["edition_id", "story_id", "region"],
+                set_={"clicks": _bounded(C.c.clicks + clicks), "discounted": _bounded(C.c.discounted + discounted)}))
+
+
+def _bounded(value):
+    return case((value < 0, 0), (value > COUNT_CAP, COUNT_CAP), else_=value)
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,9 @@ def status(ctx: Context, edition: str | None, as_json: bool) -> None:
     from worker.cli.report import late_lines, print_status, resolution_lines
 
     if edition:
+        from worker.clicks import flush_waiting
+
+        flush_waiting(ctx.engine, ctx.settings.optional_secret_key(), ctx.settings.ratelimit_storage_url)
         full = editions.full_status(ctx.engine, ctx.settings, edition)
         if as_json:
             click.echo(json.dumps(full.to_json(), indent=2, ensure_ascii=False))

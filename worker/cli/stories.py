@@ -9,7 +9,7 @@ import click
 from sqlalchemy import select
 
 from worker.cli.app import Context, cli, pass_ctx, print_table, region_option, require_readable
-from worker.clicks import opens_of
+from worker.clicks import flush_waiting, opens_of
 from worker.store.db import session_scope
 from worker.store.models import Story, StoryRegion
 
@@ -69,6 +69,7 @@ def list_(ctx: Context, week: str | None, region: str | None, as_json: bool) -> 
         found = list(session.scalars(query))
         rows = [_story_json(story) for story in found]
     # Opens through the click redirect, every edition's (worker/clicks.py): counts, never who.
+    flush_waiting(ctx.engine, ctx.settings.optional_secret_key(), ctx.settings.ratelimit_storage_url)
     counts = opens_of(ctx.engine, [story.id for story in found])
     for story, row in zip(found, rows, strict=True):
         row["clicks"] = counts.get(story.id, 0)

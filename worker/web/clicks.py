@@ -23,9 +23,9 @@ def click(token: str):
     found = context.clicks.target(token)
     if found is None:
         abort(404)
-    target, url = found
+    _target, url = found
     if context.settings.count_clicks:
-        heard = context.clicks.hear(target, token, method=request.method, headers=request.headers,
+        heard = context.clicks.hear(token, method=request.method, headers=request.headers,
                                     client=client_address(request, context.settings.trusted_proxies))
         if heard is Heard.LIMITED:
             return Response("Too many requests.\n", status=429, mimetype="text/plain", headers={"Retry-After": "60"})

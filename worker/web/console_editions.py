@@ -17,6 +17,7 @@ from flask import Blueprint, Response, redirect, request
 from sqlalchemy import Engine
 
 from worker import editions
+from worker.clicks import flush_waiting
 from worker.console.editions import edition_list, edition_report
 from worker.delivery.tallies import LIVE_MAX_AGE, LIVE_SNAPSHOT_FROM
 from worker.editions import Decision, Released, Resumed
@@ -65,6 +66,7 @@ def editions_page():
 @bp.get("/operator/editions/<key>")
 def edition_page(key: str):
     context = web()
+    flush_waiting(context.engine, context.secret, context.settings.ratelimit_storage_url)
     report = edition_report(context.engine, key)
     if report is None:
         return _missing()
