@@ -299,3 +299,38 @@ def test_counts_show_in_stories_list_status_metrics_and_the_operator_page(sample
     assert page.status_code == 200
     section = page.text.split('id="opened"')[1].split("</section>")[0]
     assert "opened 5 times" in section and section.index(titles[second]) < section.index(titles[first])
+
+
+def test_concurrent_flushes_move_each_count_once_and_an_abandoned_batch_is_taken_again(sample_engine, counting):
+    import threading
+    import time
+
+    edition_id = _send(sample_engine, counting)
+    story_id = _stories(sample_engine, edition_id)[0].id
+    client = _client(sample_engine, counting)
+    conn = redis.Redis.from_url(counting.ratelimit_storage_url)
+    space = clicks.namespace(sample_engine, "test-secret-key")
+    stop = threading.Event()
+
+    def flushing():
+        while not stop.is_set():
+            clicks.flush(conn, sample_engine, "test-secret-key")
+
+    flushers = [threading.Thread(target=flushing) for _ in range(3)]
+    for thread in flushers:
+        thread.start()
+    for n in range(200):
+        assert _get(client, f"/r/{_token(edition_id, story_id, 'RU')}", ip=f"198.51.100.{n}").status_code == 302
+    stop.set()
+    for thread in flushers:
+        thread.join()
+    assert _counts(sample_engine, counting) == {(edition_id, story_id, "RU"): (200, 0)}
+    # A batch whose flush died after taking it: left alone while its flush may still run,
+    # taken again by the next flush once it is a minute old.
+    token = _token(edition_id, story_id, "UA")
+    dead = f"{space}/counts/taken/{int(time.time()) - 5}/dead"
+    conn.hset(dead, f"c:{token}", 3)
+    assert _counts(sample_engine, counting).get((edition_id, story_id, "UA")) is None
+    conn.rename(dead, f"{space}/counts/taken/{int(time.time()) - 61}/dead")
+    assert _counts(sample_engine, counting)[(edition_id, story_id, "UA")] == (3, 0)
+    assert not list(conn.scan_iter(f"{space}/counts*"))

@@ -131,8 +131,10 @@ end
 redis.call('HINCRBY', KEYS[4], 'c:' .. token, 1)
 return 'counted'
 """
-# How often a web process moves the counts from Redis into the database.
+# How often a web process moves the counts from Redis into the database, and when a batch
+# taken by a flush that never finished is taken again.
 FLUSH_SECONDS = 2.0
+ABANDONED_SECONDS = 60
 
 
 class ClickCounter:
@@ -249,20 +251,24 @@ def flush_waiting(engine: Engine, secret: str, redis_url: str) -> None:
 
 
 def flush(conn: redis.Redis, engine: Engine, secret: str) -> int:
-    """Move the counts waiting in Redis into story_clicks: taken from Redis by renaming
-    (so no count is read twice or lost to a request counting meanwhile), written in one
-    transaction, then deleted. A batch the database refused stays in Redis, taken again
-    by the next flush."""
+    """Move the counts waiting in Redis into story_clicks; how many fields moved.
+
+    A batch is taken by renaming it to a name of its own (atomic: a request counting
+    meanwhile starts a new one, and no two flushes take the same batch), written in one
+    transaction, then deleted. A batch left behind (the database refused it, or its
+    process died) is taken again, by one flush, once ABANDONED_SECONDS old. A process
+    that dies between the commit and the delete counts that batch twice: a few seconds'
+    opens, once."""
     counts = f"{namespace(engine, secret)}/counts"
-    batches = list(conn.scan_iter(f"{counts}/taken/*", count=100))
-    taken = f"{counts}/taken/{secrets.token_hex(8)}"
-    try:
-        conn.rename(counts, taken)
-        batches.append(taken.encode())
-    except redis.ResponseError:
-        pass  # nothing counted since the last flush
+    now = int(time.time())
+    mine = []
+    for name in conn.scan_iter(f"{counts}/taken/*", count=100):
+        stamp = name.decode().rsplit("/", 2)[-2]
+        if stamp.isdigit() and now - int(stamp) > ABANDONED_SECONDS:
+            mine.append(_take(conn, name, f"{counts}/taken/{now}/{secrets.token_hex(8)}"))
+    mine.append(_take(conn, counts, f"{counts}/taken/{now}/{secrets.token_hex(8)}"))
     moved = 0
-    for batch in batches:
+    for batch in filter(None, mine):
         fields = conn.hgetall(batch)
         deltas: dict[ClickTarget, list[int]] = {}
         for field, value in fields.items():
@@ -274,6 +280,14 @@ def flush(conn: redis.Redis, engine: Engine, secret: str) -> int:
         conn.delete(batch)
         moved += len(fields)
     return moved
+
+
+def _take(conn: redis.Redis, name, new: str) -> str | None:
+    try:
+        conn.rename(name, new)
+    except redis.ResponseError:
+        return None  # nothing there: nothing counted since, or another flush took it
+    return new
 
 
 def _insert(engine: Engine):
