@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from worker.clock import utcnow
 from worker.clicks import opens_of
+from worker.clock import utcnow
 from worker.digest import (
     Selection,
     Window,

@@ -26,10 +26,10 @@ from worker.bounces.verp import ReturnPath
 from worker.clicks import opens_of
 from worker.clock import utcnow
 from worker.delivery import ledger
+from worker.delivery.lanes import gauge_for
 from worker.delivery.ledger import ClaimState
 from worker.delivery.outcome import Outcome, SendResult
 from worker.delivery.plan import finish_if_done, get_edition, pause_edition
-from worker.delivery.lanes import gauge_for
 from worker.delivery.ratelimit import RateLimiter, is_throttle
 from worker.delivery.relay import pause_for_relay
 from worker.delivery.schedule import dispatch

@@ -14,7 +14,6 @@ from worker.clicks import EditionOpens, edition_opens
 from worker.delivery.ledger.rows import waiting
 from worker.delivery.liveness import alive
 from worker.delivery.resolve import resolution_counts
-
 from worker.store.db import session_scope
 from worker.store.models import BounceEvent, BounceKind, Delivery, DeliveryState, Edition, EditionState, Subscriber
 
