@@ -278,7 +278,7 @@ def test_counts_show_in_stories_list_status_metrics_and_the_operator_page(sample
     assert sum(by_guid.values()) == 5
 
     status = run_cli("status", "weekly-2025-W05")
-    assert "story links opened 5 times (not counted: 1 fetches" in status.out
+    assert "story links opened 5 times (not counted: 1 fetch by" in status.out
     lines = status.out.splitlines()
     top = lines.index(next(line for line in lines if "most opened" in line))
     assert titles[second] in lines[top + 1] and "UA 3, RU 1" in lines[top + 1] and " 4 " in lines[top + 1]

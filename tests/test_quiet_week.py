@@ -152,3 +152,20 @@ def test_preview_and_dry_run_show_the_quiet_digest(sample_engine, wider, run_cli
     dry = run_cli("send", "--week", WEEK, "--dry-run", env=env)
     assert dry.code == 0, dry.err
     assert "skip 0 (no-stories)" in dry.out
+
+
+def test_the_archive_lists_no_quiet_copy_and_a_regions_feed_only_its_weeks_with_news(sample_engine, wider):
+    import feedparser
+
+    with session_scope(sample_engine) as session:
+        session.add_all(Subscriber(email=f"nz{n}@example.org", email_key=f"nz{n}@example.org", regions="NZ",
+                                   status="active") for n in range(6))
+    _send(sample_engine, wider)
+    client = create_app(wider, sample_engine).test_client()
+    listing = client.get("/archive").text
+    assert "/archive/weekly-2025-W05/RU" in listing and "/archive/weekly-2025-W05/NZ" not in listing
+    feed = feedparser.parse(client.get("/archive/NZ.atom").data)
+    assert not feed.bozo and feed.entries == []
+    assert len(feedparser.parse(client.get("/archive/RU.atom").data).entries) == 1
+    # Still its readers' "View online".
+    assert client.get("/archive/weekly-2025-W05/NZ").status_code == 200

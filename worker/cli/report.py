@@ -60,8 +60,9 @@ def opened_lines(data: EditionStatus) -> list[str]:
     opens = data.opens
     if not opens.clicks and not opens.discounted:
         return []
-    lines = [f"story links opened {opens.clicks} times (not counted: {opens.discounted} fetches by link "
-             "scanners and previews); most opened:"]
+    times = "1 time" if opens.clicks == 1 else f"{opens.clicks} times"
+    fetches = "1 fetch" if opens.discounted == 1 else f"{opens.discounted} fetches"
+    lines = [f"story links opened {times} (not counted: {fetches} by link scanners and previews); most opened:"]
     for n, story in enumerate(opens.stories, 1):
         regions = ", ".join(f"{code} {count}" for code, count in sorted(story.regions.items(), key=lambda kv: -kv[1]))
         title = story.title if story.title is not None else f"story {story.story_id} (deleted since)"

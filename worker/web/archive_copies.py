@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import Engine, and_, exists, func, literal, select
 
 from worker.digest import RegionSet
-from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Variant
+from worker.store.models import Delivery, DeliveryState, Edition, EditionState, Story, StoryRegion, Variant
 
 E, V, D = Edition.__table__, Variant.__table__, Delivery.__table__
 
@@ -136,12 +136,27 @@ def _copies(conn, editions: list[ArchivedEdition], listed: dict[int, dict[str, i
     rows = conn.execute(select(V.c.id, V.c.edition_id, V.c.regions, V.c.created_at)
                         .where(V.c.edition_id.in_(ids), _STORED, single | V.c.regions.in_(several))
                         .order_by(V.c.edition_id.desc(), V.c.regions))
+    told = _regions_with_news(conn, editions)
     copies = []
     for variant_id, edition_id, regions, created_at in rows:
         readers = listed.get(edition_id, {}).get(regions, 0)
+        # A quiet week's copy (NEWSLETTER_QUIET_WEEK=wider) carried none of its regions' news,
+        # and a region's feed has only the weeks with news of it.
+        if not told[edition_id].intersection([region] if region else regions.split()):
+            continue
         if " " not in regions or readers:
             copies.append(Copy(variant_id, edition_id, RegionSet.stored(regions).codes, created_at, readers))
     return copies
+
+
+def _regions_with_news(conn, editions: list[ArchivedEdition]) -> dict[int, set[str]]:
+    """edition id -> the regions that had a story in its window."""
+    found = {}
+    for edition in editions:
+        found[edition.id] = set(conn.scalars(
+            select(StoryRegion.region).distinct().join(Story, Story.id == StoryRegion.story_id)
+            .where(Story.published_at >= edition.window_start, Story.published_at < edition.window_end)))
+    return found
 
 
 def archive_page(engine: Engine, counts: ReceivedCounts, *, page: int, per_page: int
