@@ -139,7 +139,7 @@ def test_stories_list_filters_by_week_and_region_and_its_json_imports_back(run_c
     assert all("2025-01-27" <= s["published_at"][:10] < "2025-02-03" for s in stories)
     assert [s["published_at"] for s in stories] == sorted((s["published_at"] for s in stories), reverse=True)
     assert set(stories[0]) == {"id", "url", "title", "summary", "regions", "published_at", "source", "image_url",
-                               "clicks"}
+                               "language", "clicks"}
     assert {story["clicks"] for story in stories} == {0}  # nobody opened anything yet
     back = tmp_path / "back.jsonl"
     back.write_text(result.out)

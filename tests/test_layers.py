@@ -19,12 +19,12 @@ PACKAGE = ROOT / "worker"
 # a module's name under worker/ says its place (worker.delivery.pipeline is `delivery`).
 LAYERS = [
     # Leaf utilities: settings and the small pure helpers every layer uses.
-    ("utility", {"errors", "text", "redact", "regions", "zones", "tokens", "clock", "settings", "origins"}),
+    ("utility", {"errors", "text", "redact", "regions", "zones", "tokens", "clock", "settings", "origins", "i18n"}),
     # Tables, sessions, migrations.
     ("store", {"store"}),
     # What the newsletter does, each package on its own data; they may use one another.
     ("domain", {"operators", "ingest", "readers", "digest", "render", "delivery", "bounces", "preview", "metrics", "health",
-                "readiness"}),
+                "readiness", "clicks"}),
     # The Celery app and the publisher (tasks by name): what the door hands editions out with.
     ("broker", {"celery_app"}),
     # The one door for the operator's actions on an edition, and the console's read models

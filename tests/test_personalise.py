@@ -100,9 +100,9 @@ def test_stored_variants_keep_their_markers_across_processes(sample_engine, sett
         stories = fetch_window_stories(session, window, ("RU",))
     variant = render_variant(selection=select_sections(stories, ("RU",), per_region=5), window=window,
                              edition_key="weekly-2025-W05", settings=settings)
-    assert store.claim(("RU",))
-    store.save(("RU",), variant)
-    stored = store.get(("RU",))
+    assert store.claim(("RU",), "en")
+    store.save(("RU",), "en", variant)
+    stored = store.get(("RU",), "en")
     assert stored == variant
     copy = compose(stored, READER, settings=settings, secret="s", now=NOW)
     assert "Hello Reader," in copy.digest.text and "%%NL" not in copy.digest.html
@@ -138,9 +138,9 @@ def test_a_claim_whose_reply_was_lost_is_known_as_ours_on_the_next_try(sample_en
     other = VariantStore(sample_engine, edition_id=planned.edition_id, edition_key="weekly-2025-W05")
     for _ in range(2):
         with pytest.raises(OperationalError):
-            ours.claim(("RU",))
-    assert not other.claim(("RU",))
-    assert ours.claim(("RU",))  # ...and a later try knows it
-    assert not other.claim(("RU",))
-    ours.save(("RU",), None)
-    assert not ours.claim(("RU",))  # saved: nothing left to claim, for anyone
+            ours.claim(("RU",), "en")
+    assert not other.claim(("RU",), "en")
+    assert ours.claim(("RU",), "en")  # ...and a later try knows it
+    assert not other.claim(("RU",), "en")
+    ours.save(("RU",), "en", None)
+    assert not ours.claim(("RU",), "en")  # saved: nothing left to claim, for anyone

@@ -153,7 +153,7 @@ def test_view_online_shows_what_was_sent_not_later_edits(sample_engine, settings
 
 def test_view_online_answers_404_for_what_was_never_sent(sample_engine, settings):
     planned = _send_week(sample_engine, settings)
-    VariantStore(sample_engine, edition_id=planned.edition_id, edition_key="weekly-2025-W05").claim(("IT",))
+    VariantStore(sample_engine, edition_id=planned.edition_id, edition_key="weekly-2025-W05").claim(("IT",), "en")
     client = _client(sample_engine, settings)
     for path in [
         "/archive/weekly-2025-W06/RU-UA",   # an edition that does not exist
@@ -166,6 +166,10 @@ def test_view_online_answers_404_for_what_was_never_sent(sample_engine, settings
         "/archive/weekly-2025-W05/RU--",    # RU was sent, but no email links to this spelling
         "/archive/weekly-2025-W05/ru-ua",
         "/archive/weekly-2025-W05/-",
+        "/archive/weekly-2025-W05/RU-UA/en",  # the list's own language has the short spelling only
+        "/archive/weekly-2025-W05/RU-UA/ru",  # nobody got it in Russian
+        "/archive/weekly-2025-W05/RU-UA/de",  # no such catalog
+        "/archive/weekly-2025-W05/RU-UA/../..",
     ]:
         page = client.get(path)
         assert page.status_code == 404, path
@@ -175,8 +179,8 @@ def test_view_online_answers_404_for_what_was_never_sent(sample_engine, settings
 def test_view_online_answers_404_for_a_variant_stored_empty(sample_engine, settings):
     planned = _send_week(sample_engine, settings)
     store = VariantStore(sample_engine, edition_id=planned.edition_id, edition_key="weekly-2025-W05")
-    assert store.claim(("IT",))
-    store.save(("IT",), None)
+    assert store.claim(("IT",), "en")
+    store.save(("IT",), "en", None)
     assert _client(sample_engine, settings).get("/archive/weekly-2025-W05/IT").status_code == 404
 
 

@@ -50,11 +50,15 @@ def resolve_week(week: str | None, settings: Settings, now: datetime | None = No
 
 def build_preview(
     engine: Engine, settings: Settings, *, window: Window, regions: tuple[str, ...] | None = None,
-    email: str | None = None,
+    email: str | None = None, language: str | None = None,
 ) -> Preview:
+    """The digest as `email` (in their language) or a sample reader of `regions` (in
+    `language`, else NEWSLETTER_LANGUAGE) would get it."""
     addressee = SAMPLE_READER
     if email is not None:
-        addressee, regions = _subscriber(engine, email)
+        addressee, regions, own = _subscriber(engine, email)
+        language = language or own
+    language = language or settings.language
     if not regions:
         raise UsageError("give --regions or --email")
     with session_scope(engine) as session:
@@ -72,13 +76,13 @@ def build_preview(
             f"no stories at all in {window.label}: nobody gets a digest"
         )
     variant = render_variant(selection=selection, window=window,
-                             edition_key=weekly_edition_key(window.label), settings=settings)
+                             edition_key=weekly_edition_key(window.label), settings=settings, language=language)
     secret = settings.optional_secret_key() or PREVIEW_SECRET
     composed = compose(variant, addressee, settings=settings, secret=secret)
     return Preview(window=window, selection=selection, variant=variant, composed=composed)
 
 
-def _subscriber(engine: Engine, email: str) -> tuple[Addressee, tuple[str, ...]]:
+def _subscriber(engine: Engine, email: str) -> tuple[Addressee, tuple[str, ...], str | None]:
 
     try:
         _, key = check_address(email)
@@ -88,7 +92,7 @@ def _subscriber(engine: Engine, email: str) -> tuple[Addressee, tuple[str, ...]]
         row = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
         if row is None:
             raise UsageError(f"--email: no subscriber {email.strip()!r}")
-        return Addressee(row.email, row.name, row.id, row.link_key), tuple(row.region_list)
+        return Addressee(row.email, row.name, row.id, row.link_key), tuple(row.region_list), row.language
 
 
 def write_preview(preview: Preview, out: Path) -> dict[str, Path]:

@@ -19,9 +19,11 @@ THREADS = 4
 @click.option("--email", help="Preview what this subscriber would get.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Folder (default var/preview).")
 @click.option("--open", "open_", is_flag=True, help="Open the HTML in a browser.")
+@click.option("--language", help="Our words in this language (en, ru, uk); default: the subscriber's, "
+              "else NEWSLETTER_LANGUAGE.")
 @pass_ctx
 def preview(ctx: Context, week: str | None, regions: str | None, email: str | None,
-            out: Path | None, open_: bool) -> None:
+            out: Path | None, open_: bool, language: str | None) -> None:
     """Write digest.html, digest.txt and digest.eml; send nothing."""
     from worker.preview import build_preview, resolve_week, size_line, write_preview
 
@@ -29,7 +31,14 @@ def preview(ctx: Context, week: str | None, regions: str | None, email: str | No
         raise UsageError("give --regions or --email, not both")
     codes = _regions(regions) if regions else None
     window = resolve_week(week, ctx.settings)
-    result = build_preview(ctx.engine, ctx.settings, window=window, regions=codes, email=email)
+    if language is not None:
+        from worker.i18n import LanguageError, language_of
+
+        try:
+            language = language_of(language)
+        except LanguageError as exc:
+            raise UsageError(f"--language: {exc}") from None
+    result = build_preview(ctx.engine, ctx.settings, window=window, regions=codes, email=email, language=language)
     paths = write_preview(result, out or ctx.settings.preview_dir)
     click.echo(f"{window.label}: {' '.join(result.selection.regions)}, "
                f"{result.selection.story_count} stories, subject: {result.variant.subject}")

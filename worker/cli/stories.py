@@ -87,7 +87,7 @@ def list_(ctx: Context, week: str | None, region: str | None, as_json: bool) -> 
 def _story_json(story: Story) -> dict:
     return {"id": story.guid, "url": story.url, "title": story.title, "summary": story.summary_html,
             "regions": story.region_codes, "published_at": story.published_at.isoformat().replace("+00:00", "Z"),
-            "source": story.source, "image_url": story.image_url}
+            "source": story.source, "image_url": story.image_url, "language": story.language}
 
 
 def _local(iso: str, tz) -> str:

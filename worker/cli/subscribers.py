@@ -28,7 +28,7 @@ def subscribers() -> None:
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @pass_ctx
 def import_(ctx: Context, file: Path) -> None:
-    """Import a CSV with header email,name,regions and optionally timezone."""
+    """Import a CSV with header email,name,regions and optionally timezone and language."""
     from worker.readers.subscribers import import_csv
 
     require_readable(file)
@@ -39,6 +39,8 @@ def import_(ctx: Context, file: Path) -> None:
     )
     for line, reason in report.rejected:
         click.echo(f"rejected: {file}: line {line}: {reason}", err=True)
+    for line, reason in report.warnings:
+        click.echo(f"warning: {file}: line {line}: {reason}", err=True)
     if report.rejected:
         raise click.exceptions.Exit(1)
 
@@ -50,14 +52,18 @@ def import_(ctx: Context, file: Path) -> None:
 @click.option("--resubscribe", is_flag=True, help="Reactivate an unsubscribed or bounced address.")
 @click.option("--timezone", help="IANA zone the weekly send time is read in, e.g. Europe/Berlin; "
               "'' for the first region's zone. Not given: unchanged.")
+@click.option("--language", help="The language of their mail (en, ru, uk; a tag such as ru-RU is read as ru); "
+              "'' for NEWSLETTER_LANGUAGE. Not given: unchanged.")
 @pass_ctx
-def add(ctx: Context, email: str, regions: str, name: str | None, resubscribe: bool, timezone: str | None) -> None:
+def add(ctx: Context, email: str, regions: str, name: str | None, resubscribe: bool, timezone: str | None,
+        language: str | None) -> None:
     """Add or update one subscriber."""
     from worker.readers.history import KEEP
     from worker.readers.subscribers import InvalidSubscriber, add_subscriber, make_input
 
     try:
-        item = make_input(email, name, regions, KEEP if timezone is None else timezone)
+        item = make_input(email, name, regions, KEEP if timezone is None else timezone,
+                          KEEP if language is None else language)
     except InvalidSubscriber as exc:
         raise UsageError(str(exc)) from None
     outcome = add_subscriber(ctx.engine, item, resubscribe=resubscribe)
@@ -168,6 +174,7 @@ def show(ctx: Context, email: str, as_json: bool, limit: int) -> None:
     click.echo(f"  zone:     {record['timezone'] or '-'}"
                + ("" if zone["from"] == "own" else f" (sent by {zone['zone']}, "
                   + ("the first region's zone)" if zone["from"] == "region" else "NEWSLETTER_TIMEZONE)")))
+    click.echo(f"  language: {record['language'] or '-'}")
     click.echo(f"  added:    {_short(record['created_at'])}")
     confirmation = record["confirmation"]
     if confirmation:

@@ -529,7 +529,7 @@ def _prepare(batch: _Batch, row: ledger.Leased) -> _Prepared:
     """Compose before claiming: the claim-to-record window holds only the SMTP transaction."""
     try:
         with metrics.stage_cpu("render"):
-            variant = batch.outlast(lambda: batch.renderer.variant(row.regions))
+            variant = batch.outlast(lambda: batch.renderer.variant(row.regions, row.language))
     except TooLargeToSend as exc:
         return _Prepared(row, None, None, blocked=f"{exc}; shorten NEWSLETTER_POSTAL_ADDRESS or the "
                                                    "templates, then `newsletter resume`")

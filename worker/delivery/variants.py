@@ -46,13 +46,14 @@ class VariantStore:
     def _connect(self):
         return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
-    def _row(self, regions: tuple[str, ...]):
-        return and_(V.c.edition_id == self.edition_id, V.c.regions == RegionSet(regions).text)
+    def _row(self, regions: tuple[str, ...], language: str):
+        return and_(V.c.edition_id == self.edition_id, V.c.regions == RegionSet(regions).text,
+                    V.c.language == language)
 
-    def get(self, regions: tuple[str, ...]) -> RenderedVariant | Stored:
+    def get(self, regions: tuple[str, ...], language: str) -> RenderedVariant | Stored:
         with self._connect() as conn:
             row = conn.execute(select(V.c.subject, V.c.html, V.c.text, V.c.story_count, V.c.marker,
-                                      V.c.online_html).where(self._row(regions))).first()
+                                      V.c.online_html).where(self._row(regions, language))).first()
         if row is None:
             return Stored.MISSING
         if row.html is None:
@@ -62,13 +63,13 @@ class VariantStore:
         return RenderedVariant(edition_key=self.edition_key, regions=regions, subject=row.subject,
                                html=row.html, text=row.text, story_count=row.story_count,
                                # NULL: stored by a version whose markers had no nonce.
-                               nonce=row.marker or "", online_html=row.online_html)
+                               nonce=row.marker or "", online_html=row.online_html, language=language)
 
-    def claim(self, regions: tuple[str, ...]) -> bool:
+    def claim(self, regions: tuple[str, ...], language: str) -> bool:
         """True if this process is now the one to render it: it wrote the claim now, or an
         earlier try of it did (its reply was lost) and nothing was saved since."""
         insert = _insert(self.engine)
-        tried = self._tried.setdefault(regions, [])
+        tried = self._tried.setdefault((regions, language), [])
         earlier = list(tried)
         at = utcnow()
         tried.append(at)
@@ -76,36 +77,36 @@ class VariantStore:
             # RETURNING, not rowcount: an ORM-level insert may report -1 for "unknown".
             won = conn.execute(
                 insert(V).values(edition_id=self.edition_id, regions=RegionSet(regions).text, story_count=0,
-                                 created_at=at)
-                .on_conflict_do_nothing(index_elements=["edition_id", "regions"])
+                                 created_at=at, language=language)
+                .on_conflict_do_nothing(index_elements=["edition_id", "regions", "language"])
                 .returning(V.c.id)
             ).first()
             if won is not None or not earlier:
                 return won is not None
-            return conn.execute(select(V.c.id).where(self._row(regions), V.c.created_at.in_(earlier),
+            return conn.execute(select(V.c.id).where(self._row(regions, language), V.c.created_at.in_(earlier),
                                                      V.c.html.is_(None))).first() is not None
 
-    def wait(self, regions: tuple[str, ...]) -> RenderedVariant | Stored:
+    def wait(self, regions: tuple[str, ...], language: str) -> RenderedVariant | Stored:
         """The stored variant, once its renderer has saved it; MISSING if nobody claimed it
         or the renderer did not save it in time (it died: render here without storing)."""
         deadline = time.monotonic() + self.wait_seconds
         while True:
-            found = self.get(regions)
+            found = self.get(regions, language)
             if found is not Stored.RENDERING:
                 return found
             if time.monotonic() > deadline:
                 return Stored.MISSING
             time.sleep(0.05)
 
-    def release(self, regions: tuple[str, ...]) -> None:
+    def release(self, regions: tuple[str, ...], language: str) -> None:
         """Give up a claim whose render failed: the next to ask claims it again."""
         with self._connect() as conn:
-            conn.execute(delete(V).where(self._row(regions), V.c.html.is_(None)))
+            conn.execute(delete(V).where(self._row(regions, language), V.c.html.is_(None)))
 
-    def save(self, regions: tuple[str, ...], variant: RenderedVariant | None) -> None:
+    def save(self, regions: tuple[str, ...], language: str, variant: RenderedVariant | None) -> None:
         with self._connect() as conn:
             conn.execute(
-                update(V).where(self._row(regions))
+                update(V).where(self._row(regions, language))
                 .values(subject=variant.subject if variant else "", html=variant.html if variant else "",
                         text=variant.text if variant else "", story_count=variant.story_count if variant else 0,
                         marker=variant.nonce if variant else "",

@@ -37,4 +37,5 @@ def _item(story: Story) -> StoryItem:
         source=story.source,
         image_url=story.image_url,
         regions=tuple(story.region_codes),
+        language=story.language,
     )

@@ -21,6 +21,8 @@ class StoryItem:
     source: str
     image_url: str | None
     regions: tuple[str, ...]
+    # The language its feed stated (a BCP 47 tag), or None.
+    language: str | None = None
 
 
 @dataclass(frozen=True)

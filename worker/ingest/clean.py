@@ -39,6 +39,21 @@ class CleanStory:
     source: str
     image_url: str | None
     regions: tuple[str, ...]
+    # A BCP 47 tag ('ru', 'en-GB') its feed stated, or None: the reader's page's `lang` then.
+    language: str | None = None
+
+
+# A language tag as BCP 47 spells one; anything else a feed says is dropped, not shown.
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8}){0,3}")
+
+
+def story_language(raw: str | None) -> str | None:
+    """The feed's language as a `lang` attribute value, or None when it is not a tag."""
+    text = (raw or "").strip().replace("_", "-")
+    if len(text) > 35 or not _LANGUAGE.fullmatch(text):
+        return None
+    first, *rest = text.split("-")
+    return "-".join([first.lower(), *(part.upper() if len(part) == 2 else part for part in rest)])
 
 
 class Rejected(Exception):
@@ -82,6 +97,7 @@ def clean_item(raw: RawItem, *, default_region: str | None = None) -> CleanStory
         source=source,
         image_url=image or None,
         regions=_regions(raw, default_region),
+        language=story_language(raw.language),
     )
 
 

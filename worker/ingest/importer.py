@@ -48,7 +48,7 @@ class ImportReport:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-_FIELDS = ("url", "title", "summary_html", "summary_text", "published_at", "source", "image_url")
+_FIELDS = ("url", "title", "summary_html", "summary_text", "published_at", "source", "image_url", "language")
 
 
 def import_sources(

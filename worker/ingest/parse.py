@@ -29,6 +29,8 @@ class RawItem:
     published_at: Any = None
     source: str | None = None
     image_url: str | None = None
+    # The language its feed states (RSS <language>, Atom xml:lang, JSON "language").
+    language: str | None = None
     extra_problems: list[str] = field(default_factory=list)
 
 
@@ -107,6 +109,7 @@ def _json_item(obj: Any, position: str) -> RawItem:
         published_at=obj.get("published_at"),
         source=text["source"],
         image_url=text["image_url"],
+        language=obj.get("language") if isinstance(obj.get("language"), str) else None,
         extra_problems=problems,
     )
 
@@ -154,10 +157,11 @@ def _feed(data: bytes) -> list[RawItem]:
     if not parsed.entries and parsed.version == "":
         raise SourceError("not an RSS or Atom feed")
     feed_title = parsed.feed.get("title") or None
-    return [_feed_item(entry, n, feed_title) for n, entry in enumerate(parsed.entries, 1)]
+    language = parsed.feed.get("language") or None
+    return [_feed_item(entry, n, feed_title, language) for n, entry in enumerate(parsed.entries, 1)]
 
 
-def _feed_item(entry: Any, n: int, feed_title: str | None) -> RawItem:
+def _feed_item(entry: Any, n: int, feed_title: str | None, feed_language: str | None = None) -> RawItem:
     summary = entry.get("summary")
     if entry.get("content"):
         summary = summary or entry["content"][0].get("value")
@@ -179,4 +183,6 @@ def _feed_item(entry: Any, n: int, feed_title: str | None) -> RawItem:
         categories=[t.get("term") for t in entry.get("tags", []) if t.get("term")],
         source=feed_title,
         image_url=image,
+        # feedparser gives each text its xml:lang, the feed's own when the entry has none.
+        language=title_detail.get("language") or feed_language,
     )

@@ -89,7 +89,7 @@ def change_status(db: Session | Connection, subscriber_ids: Iterable[int], statu
 
 def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datetime,
                  status: SubscriberStatus | None = None, regions: tuple[str, ...] | None = None,
-                 name: str | None = KEEP, timezone: str | None = KEEP,
+                 name: str | None = KEEP, timezone: str | None = KEEP, language: str | None = KEEP,
                  note: str | None = None) -> list[EventKind]:
     """Change what differs and record it: a status change as one event that also shows the
     new regions, else a regions change; then a name change (without the name) and a zone
@@ -109,6 +109,9 @@ def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datet
         row.timezone = timezone
         if was is not SubscriberStatus.PENDING:
             recorded.append(EventKind.ZONE_CHANGED)
+    language_changed = language is not KEEP and language != row.language
+    if language_changed:
+        row.language = language
     # Its UPDATE flushes the new regions first, so the status event shows them.
     if status is not None and change_status(session, [row.id], status, was=was, via=via, at=at, note=note):
         kinds = [status_event(was, status, via)]
@@ -118,6 +121,10 @@ def apply_change(session: Session, row: Subscriber, *, via: ChangeVia, at: datet
             recorded.insert(0, EventKind.REGIONS_CHANGED)
     for kind in recorded:
         record(session, row, kind, via, at=at, note=note)
+    if language_changed and was is not SubscriberStatus.PENDING:
+        # The note says which: a language is not personal, and the history shows what changed.
+        record(session, row, EventKind.LANGUAGE_CHANGED, via, at=at, note=language or "the list's own")
+        recorded.append(EventKind.LANGUAGE_CHANGED)
     return kinds + recorded
 
 
@@ -144,6 +151,8 @@ def subscriber_record(engine: Engine, email_key: str, *, deliveries: int | None 
         "status": row.status,
         "status_changed_at": _when(row.status_changed_at),
         "regions": row.region_list,
+        # None: NEWSLETTER_LANGUAGE.
+        "language": row.language,
         "created_at": _when(row.created_at),
         "updated_at": _when(row.updated_at),
         "confirmation": None if row.confirm_sent_at is None else {

@@ -48,6 +48,8 @@ class ConfirmationDue:
     # The address already gets the newsletter: confirming changes its regions.
     already_active: bool
     via: ChangeVia
+    # The mail's language: the sign-up's, else the reader's own; None: NEWSLETTER_LANGUAGE.
+    language: str | None = None
 
 
 def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVia,
@@ -57,7 +59,8 @@ def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVi
     regions = " ".join(item.regions)
     # The zone, like the name, waits for the confirmation: a form must not retime someone else's mail.
     ask = {"confirm_nonce": nonce, "confirm_sent_at": now, "confirm_regions": regions, "confirm_name": item.name,
-           "confirm_timezone": None if item.timezone is KEEP else item.timezone}
+           "confirm_timezone": None if item.timezone is KEEP else item.timezone,
+           "confirm_language": None if item.language is KEEP else item.language}
     note = f"asked for {regions}"
     try:
         with session_scope(engine) as session:
@@ -77,7 +80,7 @@ def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVi
                 # their regions until they confirm, and their name and zone for good: a form
                 # anyone can fill in must not rename or retime a reader (the manage page does).
                 pending = {"regions": regions} if row.status == SubscriberStatus.PENDING else {}
-                known = {} if pending else {"confirm_name": None, "confirm_timezone": None}
+                known = {} if pending else {"confirm_name": None, "confirm_timezone": None, "confirm_language": None}
                 mailed = session.execute(
                     update(Subscriber)
                     .where(Subscriber.id == row.id, or_(Subscriber.confirm_sent_at.is_(None),
@@ -89,8 +92,9 @@ def request_subscription(engine: Engine, item: SubscriberInput, *, via: ChangeVi
                     return None
                 row.regions = pending.get("regions", row.regions)
             record(session, row, EventKind.REQUESTED, via, at=now, note=note)
+            asked = None if item.language is KEEP else item.language
             return ConfirmationDue(row.id, row.email, item.regions, nonce, already_active=row.status == ACTIVE,
-                                   via=via)
+                                   via=via, language=asked or row.language)
     except IntegrityError:
         # A concurrent first request for the same address inserted it: that one mails.
         return None
@@ -177,9 +181,10 @@ def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now:
         new = row.status == SubscriberStatus.PENDING
         name = row.confirm_name if new and row.confirm_name is not None else KEEP
         zone = row.confirm_timezone if new and row.confirm_timezone is not None else KEEP
+        language = row.confirm_language if new and row.confirm_language is not None else KEEP
         clear_confirmation(row)
         apply_change(session, row, via=ChangeVia.CONFIRM_LINK, at=now, status=ACTIVE, regions=regions, name=name,
-                     timezone=zone)
+                     timezone=zone, language=language)
         return Confirmation(ConfirmOutcome.CONFIRMED, row.id, regions, link_key=row.link_key or "")
 
 

@@ -55,6 +55,8 @@ class SubscriberInput:
     regions: tuple[str, ...]
     # An IANA name, None for the region's zone, or KEEP: not given, the stored one stays.
     timezone: Any = KEEP
+    # A shipped language (worker/i18n.py), None for NEWSLETTER_LANGUAGE, or KEEP.
+    language: Any = KEEP
 
 
 @dataclass
@@ -65,6 +67,8 @@ class SubscriberReport:
     # Unsubscribed, bounced or complained addresses that an import must not revive.
     suppressed: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    # Rows kept with a value replaced (a language we have no catalog for): line, why.
+    warnings: list[tuple[int, str]] = field(default_factory=list)
 
 
 def check_address(raw: str) -> tuple[str, str]:
@@ -137,10 +141,24 @@ def check_timezone(raw: str | None) -> str | None:
         raise InvalidSubscriber(str(exc)) from None
 
 
-def make_input(email: str, name: str | None, regions: str | list[str], timezone: Any = KEEP) -> SubscriberInput:
+def make_input(email: str, name: str | None, regions: str | list[str], timezone: Any = KEEP,
+               language: Any = KEEP) -> SubscriberInput:
     address, key = check_address(email)
     zone = timezone if timezone is KEEP else check_timezone(timezone)
-    return SubscriberInput(address, key, check_name(name), check_regions(regions), zone)
+    spoken = language if language is KEEP else check_language(language)
+    return SubscriberInput(address, key, check_name(name), check_regions(regions), zone, spoken)
+
+
+def check_language(raw: str | None) -> str | None:
+    """A shipped language for a BCP 47 tag ('ru-RU' -> 'ru'); None for none given."""
+    from worker.i18n import LanguageError, language_of
+
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return language_of(raw)
+    except LanguageError as exc:
+        raise InvalidSubscriber(f"language: {exc}") from None
 
 
 def _set_zone(row: Subscriber, item: SubscriberInput) -> bool:
@@ -199,9 +217,16 @@ def _read_rows(text: str, where: str) -> tuple[dict[str, tuple[int, SubscriberIn
             else:
                 report.rejected.append((start, f"unknown status {(record.get('status') or '')[:40]!r}"))
             continue
+        language = record.get("language") or "" if "language" in header else KEEP
+        try:
+            check_language(language) if language is not KEEP else None
+        except InvalidSubscriber as exc:
+            # Kept, in the list's own language: the reader still gets the news.
+            report.warnings.append((start, f"{exc}; NEWSLETTER_LANGUAGE is used"))
+            language = None
         try:
             row = make_input(record.get("email") or "", record.get("name"), record.get("regions") or "",
-                             record.get("timezone") or "" if "timezone" in header else KEEP)
+                             record.get("timezone") or "" if "timezone" in header else KEEP, language)
         except InvalidSubscriber as exc:
             report.rejected.append((start, str(exc)))
             continue
@@ -252,7 +277,7 @@ def _upsert(engine: Engine, items: list[SubscriberInput], report: SubscriberRepo
                 report.suppressed += 1
             elif _respell(row, item) | bool(apply_change(
                     session, row, via=ChangeVia.IMPORT, at=now, regions=item.regions, name=item.name,
-                    timezone=item.timezone)):
+                    timezone=item.timezone, language=item.language)):
                 report.updated += 1
             else:
                 report.unchanged += 1
@@ -267,6 +292,7 @@ def _new(item: SubscriberInput) -> Subscriber:
     return Subscriber(
         email=item.email, email_key=item.email_key, name=item.name, regions=" ".join(item.regions),
         status=SubscriberStatus.ACTIVE.value, timezone=None if item.timezone is KEEP else item.timezone,
+        language=None if item.language is KEEP else item.language,
     )
 
 
@@ -287,6 +313,7 @@ def _respell(row: Subscriber, item: SubscriberInput) -> bool:
 
 def clear_confirmation(row: Subscriber) -> None:
     row.confirm_nonce = row.confirm_sent_at = row.confirm_regions = row.confirm_name = row.confirm_timezone = None
+    row.confirm_language = None
 
 
 def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool = False,
@@ -325,12 +352,13 @@ def add_subscriber(engine: Engine, item: SubscriberInput, *, resubscribe: bool =
                     f"{row.email} is {row.status}; pass --resubscribe if they asked to come back"
                 )
             apply_change(session, row, via=via, at=now, status=SubscriberStatus.ACTIVE,
-                         regions=item.regions, name=name, timezone=item.timezone, note=note)
+                         regions=item.regions, name=name, timezone=item.timezone, language=item.language, note=note)
             audit(session, "subscriber-resubscribed", row.email,
                   " ".join(item.regions) + (f": {note}" if note else ""))
             return "updated"
         changed = _respell(row, item) | bool(apply_change(
-            session, row, via=via, at=now, regions=item.regions, name=name, timezone=item.timezone))
+            session, row, via=via, at=now, regions=item.regions, name=name, timezone=item.timezone,
+            language=item.language))
         if changed:
             audit(session, "subscriber-changed", row.email, " ".join(item.regions))
         return "updated" if changed else "unchanged"

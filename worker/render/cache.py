@@ -45,13 +45,13 @@ class VariantRenderer:
         self._window = window
         self._edition_key = edition_key
         self._load = load_stories
-        self._variants: dict[tuple[str, ...], RenderedVariant | None] = {}
+        self._variants: dict[tuple[tuple[str, ...], str], RenderedVariant | None] = {}
         # Optional shared store (worker.delivery.variants.VariantStore): render once across processes.
         self._store = store
         self._clicks = clicks
         # NEWSLETTER_QUIET_WEEK=wider: a region set without stories gets this instead.
         self._wider = wider
-        self._locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._locks: dict[tuple[tuple[str, ...], str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # The edition's inlined sections: a region set's HTML is assembled from them.
         self._sections = SectionCache()
@@ -62,8 +62,9 @@ class VariantRenderer:
             return self._wider(tuple(regions))
         return chosen
 
-    def variant(self, regions: Sequence[str]) -> RenderedVariant | None:
-        key = tuple(regions)
+    def variant(self, regions: Sequence[str], language: str | None = None) -> RenderedVariant | None:
+        """The variant of `regions` in `language` (None: NEWSLETTER_LANGUAGE)."""
+        key = (tuple(regions), language or self._settings.language)
         if key in self._variants:
             return self._variants[key]
         # Delivery lanes (threads) of one process mostly need the same variant at the
@@ -75,28 +76,30 @@ class VariantRenderer:
                 self._variants[key] = self._shared(key) if self._store is not None else self._render(key)
         return self._variants[key]
 
-    def _render(self, key: tuple[str, ...]) -> RenderedVariant | None:
-        selection = self.selection(key)
+    def _render(self, key: tuple[tuple[str, ...], str]) -> RenderedVariant | None:
+        regions, language = key
+        selection = self.selection(regions)
         if selection.is_empty:
             return None
         return render_variant(selection=selection, window=self._window, edition_key=self._edition_key,
-                              settings=self._settings, sections=self._sections, clicks=self._clicks)
+                              settings=self._settings, sections=self._sections, clicks=self._clicks,
+                              language=language)
 
-    def _shared(self, key: tuple[str, ...]) -> RenderedVariant | None:
+    def _shared(self, key: tuple[tuple[str, ...], str]) -> RenderedVariant | None:
         store = self._store
-        if store.claim(key):
+        if store.claim(*key):
             started = time.perf_counter()
             try:
                 variant = self._render(key)
             except BaseException:
                 # Others would wait out their whole wait for a render that is not coming.
-                store.release(key)
+                store.release(*key)
                 raise
-            store.save(key, variant)
-            log.info("rendered variant %s of %s in %.0f ms", "-".join(key), self._edition_key,
+            store.save(*key, variant)
+            log.info("rendered variant %s (%s) of %s in %.0f ms", "-".join(key[0]), key[1], self._edition_key,
                      (time.perf_counter() - started) * 1000)
             return variant
-        found = store.wait(key)
+        found = store.wait(*key)
         if found is Stored.MISSING:  # whoever claimed it died before saving
             return self._render(key)
         return None if found is Stored.EMPTY else found

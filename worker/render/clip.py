@@ -63,13 +63,13 @@ def trims(most_stories: int) -> tuple[Trim, ...]:
 
 
 def sent_html_bytes(html: str, *, nonce: str, regions: tuple[str, ...], edition_key: str, variant_key: str,
-                    settings: Settings) -> int:
+                    settings: Settings, language: str = "en") -> int:
     """The size of the HTML part of the largest copy of this variant, as sent."""
     urls = links(settings, secret="measure", edition_key=edition_key, variant_key=variant_key,
-                 subscriber_id=_LARGEST_ID, link_key="w" * LINK_KEY_CHARS)
+                 subscriber_id=_LARGEST_ID, link_key="w" * LINK_KEY_CHARS, language=language)
     largest = Recipient(email=_WIDEST * _LONGEST_EMAIL, name=_WIDEST * _LONGEST_NAME,
                         unsubscribe_url=urls.unsubscribe, view_online_url=urls.view_online, manage_url=urls.manage,
-                        leave_urls=urls.leave(regions))
+                        leave_urls=urls.leave(regions), language=language)
     body = EncodedBody.build(html, tokens=tokens(nonce, regions), escape=True)
     return len(body.render(largest.values()))
 

@@ -72,12 +72,12 @@ def compose(
     """
     clock = metrics.stage_clock()
     urls = links(settings, secret=secret, edition_key=variant.edition_key, variant_key=variant.key,
-                 subscriber_id=addressee.subscriber_id, link_key=addressee.link_key)
+                 subscriber_id=addressee.subscriber_id, link_key=addressee.link_key, language=variant.language)
     unsubscribe_url = urls.unsubscribe
     # Names stored before they were cleaned at input: To and the greeting show what a person reads.
     name = visible_line(addressee.name or "") or None
     recipient = Recipient(addressee.email, name, unsubscribe_url, urls.view_online, urls.manage,
-                          urls.leave(variant.regions))
+                          urls.leave(variant.regions), variant.language)
     ident = addressee.subscriber_id if not test_send else f"test:{addressee.email}:{now}"
     mid = message_id(secret, edition_key=variant.edition_key, subscriber=ident, domain=settings.sender.domain)
     to = mailbox(addressee.email, name)

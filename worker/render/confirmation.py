@@ -20,9 +20,9 @@ from email.utils import format_datetime
 from functools import lru_cache
 from pathlib import Path
 
+from worker import i18n
 from worker.clock import utcnow
-from worker.regions import region_name
-from worker.render.digest import check_header_text, prose_list
+from worker.render.digest import check_header_text
 from worker.render.env import get_template
 from worker.render.headers import check_header_block, mailbox_header, unstructured
 from worker.render.inline import inline_css
@@ -54,12 +54,14 @@ class _Rendered:
 
 def build_confirmation(settings: Settings, *, email: str, regions: tuple[str, ...], confirm_url: str,
                        already_active: bool, message_id: str, now: datetime | None = None,
-                       return_path: str | None = None) -> ConfirmationMail:
+                       return_path: str | None = None, language: str | None = None) -> ConfirmationMail:
     """The whole message for one confirmation link, as bytes for the wire: DKIM-signed as a
-    digest is, and sent from `return_path` (the sign-up's VERP address) when given."""
+    digest is, and sent from `return_path` (the sign-up's VERP address) when given; in
+    `language` (the sign-up's), else NEWSLETTER_LANGUAGE."""
+    language = language or settings.language
     rendered = _render(settings.templates_dir, settings.css_inliner, _newsletter(settings),
-                       tuple(region_name(code, settings.region_names) for code in regions),
-                       already_active, settings.confirm_link_hours)
+                       tuple(i18n.region_name(code, language, settings.region_names) for code in regions),
+                       already_active, settings.confirm_link_hours, language)
     values = {"email": email, "confirm_url": confirm_url}
     check_header_text("Message-ID", message_id)
     to = mailbox(email, None)
@@ -91,19 +93,19 @@ def _newsletter(settings: Settings) -> tuple[tuple[str, str | None], ...]:
 
 @lru_cache(maxsize=64)
 def _render(templates_dir: Path, inliner: str, newsletter: tuple, names: tuple[str, ...], already_active: bool,
-            hours: int) -> _Rendered:
-    """Jinja2 and the inliner once per (settings, region names, kind): a sign-up is cheap."""
+            hours: int, language: str = i18n.DEFAULT) -> _Rendered:
+    """Jinja2 and the inliner once per (settings, region names, kind, language): a sign-up is cheap."""
     nonce = new_nonce()
     context = {
-        "lang": "en",
+        "lang": language,
         "newsletter": dict(newsletter),
-        "region_names": prose_list(list(names)),
+        "region_names": i18n.prose_list(list(names), language),
         "already_active": already_active,
         "hours": hours,
         **markers(nonce, _PERSONAL),
     }
-    subject = " ".join(get_template(templates_dir, f"{TEMPLATE}/subject.txt").render(context).split())
+    subject = " ".join(get_template(templates_dir, f"{TEMPLATE}/subject.txt", language).render(context).split())
     check_header_text("subject", subject)
-    html = inline_css(get_template(templates_dir, f"{TEMPLATE}/body.html").render(context), inliner=inliner)
-    text = get_template(templates_dir, f"{TEMPLATE}/body.txt").render(context).strip() + "\n"
+    html = inline_css(get_template(templates_dir, f"{TEMPLATE}/body.html", language).render(context), inliner=inliner)
+    text = get_template(templates_dir, f"{TEMPLATE}/body.txt", language).render(context).strip() + "\n"
     return _Rendered(subject=subject, html=html, text=text, nonce=nonce)

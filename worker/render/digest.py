@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date
 from zoneinfo import ZoneInfo
 
 from markupsafe import Markup, escape
 
+from worker import i18n
 from worker.digest import RegionSet, Selection, Window
 from worker.errors import HeaderInjectionError, NewsletterError
-from worker.regions import region_name
 from worker.render.clip import FULL, GMAIL_CLIP_BYTES, SEND_LIMIT_BYTES, Trim, fits, sent_html_bytes, trims
 from worker.render.env import get_template
 from worker.render.links import ClickLinks
@@ -48,6 +48,8 @@ class RenderedVariant:
     # When html was shortened: the whole edition, same markers, for the archive page the
     # "N more stories online" links lead to. None: html is the whole edition.
     online_html: str | None = field(default=None, compare=False)
+    # The language of our words in it (worker/i18n.py).
+    language: str = i18n.DEFAULT
 
     @property
     def whole_html(self) -> str:
@@ -78,17 +80,17 @@ class TooLargeToSend(NewsletterError):
 
 def render_variant(
     *, selection: Selection, window: Window, edition_key: str, settings: Settings,
-    sections: SectionCache | None = None, clicks: ClickLinks | None = None,
+    sections: SectionCache | None = None, clicks: ClickLinks | None = None, language: str = i18n.DEFAULT,
 ) -> RenderedVariant:
     """The variant as every copy of it is sent: whole when its largest copy's HTML part fits
     under Gmail's clip, else the least shortened form that fits (clip.py). With `sections`
     (the edition's), its HTML is assembled from sections inlined once per edition; with
-    `clicks`, story links go through the counting redirect."""
+    `clicks`, story links go through the counting redirect; our words are in `language`."""
     nonce = new_nonce()
 
     def render(trim: Trim) -> RenderedVariant:
         return _render(selection=selection, window=window, edition_key=edition_key, settings=settings,
-                       nonce=nonce, trim=trim, sections=sections, clicks=clicks)
+                       nonce=nonce, trim=trim, sections=sections, clicks=clicks, language=language)
 
     whole = render(FULL)
     if fits(whole.sent_bytes):
@@ -113,15 +115,17 @@ def render_variant(
 
 
 def _render(*, selection: Selection, window: Window, edition_key: str, settings: Settings, nonce: str,
-            trim: Trim, sections: SectionCache | None = None, clicks: ClickLinks | None = None) -> RenderedVariant:
+            trim: Trim, sections: SectionCache | None = None, clicks: ClickLinks | None = None,
+            language: str = i18n.DEFAULT) -> RenderedVariant:
     context = build_context(selection=selection, window=window, edition_key=edition_key, settings=settings,
-                            nonce=nonce, trim=trim, clicks=clicks)
+                            nonce=nonce, trim=trim, clicks=clicks, language=language)
     folder = settings.templates_dir
-    subject = check_header_text("subject", headline(get_template(folder, f"{TEMPLATE}/subject.txt").render(context)))
-    body = get_template(folder, f"{TEMPLATE}/body.html").render(context)
+    subject = check_header_text("subject", headline(
+        get_template(folder, f"{TEMPLATE}/subject.txt", language).render(context)))
+    body = get_template(folder, f"{TEMPLATE}/body.html", language).render(context)
     inline = sections.inline if sections is not None else inline_whole
     html = inline(body, nonce=nonce, inliner=settings.css_inliner)
-    text = get_template(folder, f"{TEMPLATE}/body.txt").render(context)
+    text = get_template(folder, f"{TEMPLATE}/body.txt", language).render(context)
     key = RegionSet(selection.regions).key
     return RenderedVariant(
         edition_key=edition_key,
@@ -132,15 +136,18 @@ def _render(*, selection: Selection, window: Window, edition_key: str, settings:
         story_count=selection.story_count,
         nonce=nonce,
         trim=trim,
+        language=language,
         sent_bytes=sent_html_bytes(html, nonce=nonce, regions=selection.regions, edition_key=edition_key,
-                                   variant_key=key, settings=settings),
+                                   variant_key=key, settings=settings, language=language),
     )
 
 
 def build_context(*, selection: Selection, window: Window, edition_key: str, settings: Settings,
-                  nonce: str, trim: Trim = FULL, clicks: ClickLinks | None = None) -> dict:
+                  nonce: str, trim: Trim = FULL, clicks: ClickLinks | None = None,
+                  language: str = i18n.DEFAULT) -> dict:
     tz = settings.tz
-    names = {code: region_name(code, settings.region_names) for code in selection.regions}
+    _ = i18n.gettext_for(language)
+    names = {code: i18n.region_name(code, language, settings.region_names) for code in selection.regions}
     personal = tokens(nonce, selection.regions)
     sections = []
     quiet = bool(selection.wider)
@@ -151,7 +158,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         sections.append({
             "region": section.region,
             "region_name": names[section.region] if section.region else (
-                "Most read this week" if selection.by_opens else "This week across the site"),
+                _("Most read this week") if selection.by_opens else _("This week across the site")),
             "more_url": more_url or None,
             # A shortened section's stories left out, and where they are: the region's page
             # on the site, else the edition online (a marker, as every copy's link differs).
@@ -159,14 +166,16 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
             "hidden_url": more_url or personal["view_online_url"],
             # A marker: this reader's "Stop <region> news" link (personalise.py).
             "leave_url": personal[leave_key(section.region)] if section.region else None,
-            "stories": [_story(story, tz, trim.summary, _link(story, section.region, clicks)) for story in shown],
+            "stories": [_story(story, tz, trim.summary, _link(story, section.region, clicks), language)
+                        for story in shown],
         })
     titles = [visible_line(story.title) for section in selection.shown for story in section.stories]
     # What this mail shows, once shortened under Gmail's clip (the rest is online).
     shown = [story["title"] for section in sections for story in section["stories"]]
-    region_names = prose_list([names[s["region"]] for s in sections if s["region"]] or list(names.values()))
+    region_names = i18n.prose_list([names[s["region"]] for s in sections if s["region"]] or list(names.values()),
+                                   language)
     return {
-        "lang": "en",
+        "lang": language,
         "newsletter": {
             "name": settings.newsletter_name,
             "brand_color": settings.brand_color,
@@ -177,7 +186,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         "edition": {
             "key": edition_key,
             "label": window.label,
-            "date_range": date_range(window.first_day, window.last_day),
+            "date_range": i18n.date_range(window.first_day, window.last_day, language),
         },
         "regions": [{"code": code, "name": names[code]} for code in selection.regions],
         "region_names": region_names,
@@ -189,7 +198,7 @@ def build_context(*, selection: Selection, window: Window, edition_key: str, set
         "quiet": {"by_opens": selection.by_opens,
                   "leave": [{"name": names[code], "url": personal[leave_key(code)]} for code in selection.regions]}
         if quiet else None,
-        "preheader": _preheader(shown, region_names, quiet=quiet),
+        "preheader": _preheader(shown, region_names, language, quiet=quiet),
         # The subject's: the first story of the reader's first region.
         "top_story": {"title": titles[0] if titles else ""},
         "personal": personal,
@@ -204,7 +213,7 @@ def _link(story, region: str, clicks: ClickLinks | None) -> str:
     return clicks.url(story.id, region) if clicks and region else story.url
 
 
-def _story(story, tz: ZoneInfo, summary_cut: int | None, url: str) -> dict:
+def _story(story, tz: ZoneInfo, summary_cut: int | None, url: str, language: str) -> dict:
     summary_html, summary_text = story.summary_html, story.summary_text
     if summary_cut is not None and len(" ".join(summary_text.split())) > summary_cut:
         # Cut as text at a word: a cut through sanitised markup could leave it unbalanced.
@@ -213,12 +222,14 @@ def _story(story, tz: ZoneInfo, summary_cut: int | None, url: str) -> dict:
     return {
         "title": visible_line(story.title),
         "url": url,
-        "date_label": _day(story.published_at, tz),
+        "date_label": i18n.day(story.published_at.astimezone(tz), language),
         "source": story.source,
         # Sanitised with nh3 at ingestion, or our own escaped cut: the only Markup in the context.
         "summary_html": Markup(_as_block(summary_html)),
         "summary_text": summary_text,
         "image_url": story.image_url,
+        # Its feed's language, when stated: a screen reader then reads it with that voice.
+        "lang": story.language,
     }
 
 
@@ -242,38 +253,29 @@ def _as_block(summary_html: str) -> str:
     return f"<p>{summary_html}</p>"
 
 
-def _day(moment: datetime, tz: ZoneInfo) -> str:
-    local = moment.astimezone(tz)
-    return f"{local.day} {local:%b %Y}"
+def date_range(first: date, last: date, language: str = i18n.DEFAULT) -> str:
+    """'27 Jan – 2 Feb 2025', '3 – 9 Feb 2025', '30 Dec 2024 – 5 Jan 2025' (worker/i18n.py)."""
+    return i18n.date_range(first, last, language)
 
 
-def date_range(first: date, last: date) -> str:
-    """'27 Jan – 2 Feb 2025', '3 – 9 Feb 2025', '30 Dec 2024 – 5 Jan 2025'."""
-    if first.year != last.year:
-        return f"{first.day} {first:%b %Y} – {last.day} {last:%b %Y}"
-    if first.month != last.month:
-        return f"{first.day} {first:%b} – {last.day} {last:%b %Y}"
-    if first == last:
-        return f"{first.day} {first:%b %Y}"
-    return f"{first.day} – {last.day} {last:%b %Y}"
+def prose_list(items: list[str], language: str = i18n.DEFAULT) -> str:
+    return i18n.prose_list(items, language)
 
 
-def prose_list(items: list[str]) -> str:
-    if len(items) <= 2:
-        return " and ".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _preheader(titles: list[str], region_names: str, *, quiet: bool = False) -> str:
+def _preheader(titles: list[str], region_names: str, language: str, *, quiet: bool = False) -> str:
     """What the inbox shows after the subject: the stories after the subject's own (the
     subject is the first title), else where this week's news is from; a quiet week says so."""
+    _, ngettext = i18n.gettext_for(language), i18n.ngettext_for(language)
     if quiet:
-        return f"Nothing new from {region_names} this week"
+        return _("Nothing new from %(regions)s this week") % {"regions": region_names}
     after = titles[1:]
     if not after:
-        return f"This week from {region_names}"
+        return _("This week from %(regions)s") % {"regions": region_names}
     rest = len(after) - 2
-    return " · ".join(after[:2]) + (f" and {rest} more" if rest > 0 else "")
+    if rest <= 0:
+        return " · ".join(after[:2])
+    return ngettext("%(titles)s and %(num)d more", "%(titles)s and %(num)d more", rest) % {
+        "titles": " · ".join(after[:2]), "num": rest}
 
 
 def check_header_text(what: str, value: str) -> str:

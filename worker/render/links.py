@@ -23,12 +23,14 @@ class Links:
 
 
 def links(settings: Settings, *, secret: str, edition_key: str, variant_key: str,
-          subscriber_id: int | None, link_key: str | None = None) -> Links:
-    """A copy's links. A test send's links unsubscribe and manage nobody (id 0, no key)."""
+          subscriber_id: int | None, link_key: str | None = None, language: str | None = None) -> Links:
+    """A copy's links. A test send's links unsubscribe and manage nobody (id 0, no key).
+    View online names the copy's language when it is not the list's own."""
     ident, key = (subscriber_id, link_key or "") if subscriber_id else (0, "")
+    spoken = f"/{language}" if language and language != settings.language else ""
     return Links(
         unsubscribe=f"{settings.public_url}/unsubscribe/{unsubscribe_token(secret, ident, key)}",
-        view_online=f"{settings.public_url}/archive/{edition_key}/{variant_key}",
+        view_online=f"{settings.public_url}/archive/{edition_key}/{variant_key}{spoken}",
         manage=f"{settings.public_url}/manage/{manage_token(secret, ident, key)}",
     )
 

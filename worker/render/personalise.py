@@ -56,10 +56,15 @@ class Recipient:
     manage_url: str
     # (region code, its leave link) for every region of the variant.
     leave_urls: tuple[tuple[str, str], ...] = ()
+    # The variant's language: the greeting's.
+    language: str = "en"
 
     @property
     def greeting(self) -> str:
-        return f"Hello {self.name}," if self.name else "Hello,"
+        from worker.i18n import gettext_for
+
+        _ = gettext_for(self.language)
+        return _("Hello %(name)s,") % {"name": self.name} if self.name else _("Hello,")
 
     def values(self) -> dict[str, str]:
         values = {

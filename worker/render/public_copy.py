@@ -16,6 +16,7 @@ import re
 import secrets
 from dataclasses import dataclass, replace
 
+from worker.i18n import gettext_for
 from worker.render.personalise import Recipient, personalise
 
 # The document's own head: the stored copy starts with it, before any story's text.
@@ -34,12 +35,14 @@ def public_copy(rendered, *, signup_url: str, newsletter_name: str, follow: Foll
     """The HTML of `rendered` (a stored variant) for anyone: no reader's links or address."""
     drop, footer = f"nl-public-{secrets.token_hex(8)}", f"nl-public-{secrets.token_hex(8)}"
     anonymous = Recipient(email=drop, name=None, unsubscribe_url=footer, view_online_url=footer, manage_url=footer,
-                          leave_urls=tuple((code, drop) for code in rendered.regions))
+                          leave_urls=tuple((code, drop) for code in rendered.regions), language=rendered.language)
     # The whole edition, also when the mailed copy was shortened under Gmail's clip.
     page = personalise(replace(rendered, html=rendered.whole_html), anonymous).html
-    links = [(signup_url, f"Sign up for {newsletter_name}")]
+    _ = gettext_for(rendered.language)
+    links = [(signup_url, _("Sign up for %(name)s") % {"name": newsletter_name})]
     if follow:
-        links += [(follow.archive_url, "Past digests"), *((url, f"Follow {name} (Atom)") for name, url in follow.feeds)]
+        links += [(follow.archive_url, _("Past digests")),
+                  *((url, _("Follow %(region)s (Atom)") % {"region": name}) for name, url in follow.feeds)]
         page = _HEAD.sub(lambda m: m[0] + _feed_links(follow, newsletter_name), page, count=1)
     line = " · ".join(f'<a href="{html.escape(url)}">{html.escape(text)}</a>' for url, text in links)
     page = _paragraphs(footer).sub(lambda m: f"{m['open']}{line}</p>", page, count=1)

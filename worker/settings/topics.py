@@ -38,6 +38,11 @@ from worker.text import contains_control
 from worker.zones import ZoneError, normalise_zone
 
 
+def _name_key(key: str) -> str:
+    language, _, code = key.rpartition(":")
+    return f"{language.strip().lower()}:{code.strip().upper()}" if language else code.strip().upper()
+
+
 class Kind(StrEnum):
     OPERATOR = "operator"
     FEATURE = "feature"
@@ -136,6 +141,9 @@ class Newsletter(Topic):
     public_url: str = decided("http://127.0.0.1:8000")
     # Signs unsubscribe links and Message-IDs.
     secret_key: SecretStr | None = decided(None)
+    # The language of a reader who gave none (a sign-up's browser says first): one of the
+    # catalogs shipped (worker/i18n.py).
+    language: str = decided("en")
 
     # The news site itself: the masthead links there (no link when unset).
     site_url: str = feature("")
@@ -208,6 +216,16 @@ class Newsletter(Topic):
         return value
 
 
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        from worker.i18n import LanguageError, language_of
+
+        try:
+            return language_of(value)
+        except LanguageError as exc:
+            raise ValueError(str(exc)) from None
+
 class Regions(Topic):
     title = "Regions and stories"
 
@@ -254,7 +272,8 @@ class Regions(Topic):
             except json.JSONDecodeError:
                 raise ValueError('must be a JSON object such as {"RU": "Russia"}') from None
         if isinstance(value, dict):
-            value = {str(k).upper(): v for k, v in value.items()}
+            # "RU" names a region for every reader of English; "ru:RU" for readers of Russian.
+            value = {_name_key(str(k)): v for k, v in value.items()}
         return value
 
     @field_validator("region_timezones", mode="before")

@@ -92,6 +92,8 @@ class Story(Base):
     published_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     source: Mapped[str] = mapped_column(String(200), default="")
     image_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    # The BCP 47 tag its feed stated (worker/ingest/clean.py), the story's `lang` in a digest.
+    language: Mapped[str | None] = mapped_column(String(35), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -161,6 +163,10 @@ class Subscriber(Base):
     timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The zone a sign-up asked for, applied with its confirmation; NULL: it asked for none.
     confirm_timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The language of our words in their mail and pages (worker/i18n.py: one of the catalogs
+    # shipped); NULL: NEWSLETTER_LANGUAGE. confirm_language: what a sign-up asked for.
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    confirm_language: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # Temporary delivery failures reported in a row across editions (worker/bounces).
     transient_bounces: Mapped[int] = mapped_column(default=0, server_default="0")
     # Signed into every link of theirs (worker/tokens.py) besides the id: a link opens only
@@ -196,6 +202,7 @@ class EventKind(StrEnum):
     REGIONS_CHANGED = "regions-changed"
     NAME_CHANGED = "name-changed"        # the name itself is on the row, not in the history
     ZONE_CHANGED = "zone-changed"        # the time zone the mail is timed by; the zone is on the row
+    LANGUAGE_CHANGED = "language-changed"  # the language of their mail; the note says which
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
@@ -418,8 +425,12 @@ class Variant(Base):
     # under Gmail's clip (worker/render/clip.py); NULL: html is the whole edition.
     online_html: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The language of our words in it (worker/i18n.py): a region set has a variant per language.
+    language: Mapped[str] = mapped_column(String(16), default="en", server_default="en")
 
-    __table_args__ = (UniqueConstraint("edition_id", "regions", name="uq_variants_edition_regions"),)
+    __table_args__ = (
+        UniqueConstraint("edition_id", "regions", "language", name="uq_variants_edition_regions_language"),
+    )
 
 
 class Source(Base):

@@ -20,10 +20,12 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Response, abort, current_app, request, url_for
 
+from worker import i18n
 from worker.delivery.plan import find_edition
 from worker.delivery.variants import VariantStore
 from worker.digest import RegionSet, Window
-from worker.regions import RegionError, normalise_region, region_name
+from worker.i18n import LANGUAGES
+from worker.regions import RegionError, normalise_region
 from worker.render.cache import Stored
 from worker.render.contents import section_titles
 from worker.render.digest import date_range
@@ -55,7 +57,8 @@ def index():
     # Checked as text first: int() of a 5,000-digit string raises, and a 500 is not an answer.
     if not (_PAGE.fullmatch(number) and int(number) <= MAX_PAGE):
         abort(404)
-    editions, more = archive_page(web().engine, _counts(), page=int(number), per_page=PER_PAGE)
+    editions, more = archive_page(web().engine, _counts(), page=int(number), per_page=PER_PAGE,
+                                  language=web().settings.language)
     if not editions and number != "1":
         abort(404)
     # Each edition's single regions first, then its sets, each by name.
@@ -76,7 +79,7 @@ def feed(region: str):
     settings = web().settings
     base = settings.public_url
     name = _name(code)
-    shown = region_copies(web().engine, _counts(), code, limit=FEED_ENTRIES)
+    shown = region_copies(web().engine, _counts(), code, limit=FEED_ENTRIES, language=web().settings.language)
     entries = [Entry(id=f"{base}/archive/{edition.key}/{code}",  # the same whichever copy it links
                      title=f"{name} · {_heading(edition)}", link=f"{base}/archive/{edition.key}/{copy.key}",
                      updated=copy.created_at) for edition, copy in shown]
@@ -100,24 +103,29 @@ def feed(region: str):
 
 
 @bp.get("/archive/<edition>/<variant>")
+@bp.get("/archive/<edition>/<variant>/<language>")
 @public
-def copy(edition: str, variant: str):
+def copy(edition: str, variant: str, language: str | None = None):
     # Only what was sent, as it was sent: rendering here would let anyone make the
     # server render any week and region set, and later story edits would show.
     codes = variant_codes(variant)
     engine = web().engine
     row = find_edition(engine, edition)
-    # Only the spelling the emails carry ('RU-UA'): one URL per page, for caches too.
-    if row is None or variant != RegionSet(codes).key:
+    # Only the spellings the emails carry ('RU-UA', 'RU-UA/ru' for a copy not in the list's
+    # own language): one URL per page, for caches too.
+    own = web().settings.language
+    if row is None or variant != RegionSet(codes).key or language == own or (
+            language is not None and language not in LANGUAGES):
         abort(404)
-    stored = VariantStore(engine, edition_id=row.id, edition_key=row.key).get(codes)
+    stored = VariantStore(engine, edition_id=row.id, edition_key=row.key).get(codes, language or own)
     if isinstance(stored, Stored):  # missing, still rendering, or rendered empty
         abort(404)
     # No personal data and no reader's links: a sign-up link for these regions instead.
     settings = web().settings
     base = settings.public_url
     follow = Follow(archive_url=f"{base}/archive",
-                    feeds=tuple((_name(code), f"{base}/archive/{code}.atom") for code in stored.regions))
+                    feeds=tuple((_name(code, stored.language), f"{base}/archive/{code}.atom")
+                                for code in stored.regions))
     body = public_copy(stored, signup_url=f"{base}/subscribe?regions={','.join(stored.regions)}",
                        newsletter_name=settings.newsletter_name, follow=follow)
     return Response(body, mimetype="text/html",
@@ -139,8 +147,10 @@ def _region(text: str) -> str:
     return code
 
 
-def _name(code: str) -> str:
-    return region_name(code, web().settings.region_names)
+def _name(code: str, language: str | None = None) -> str:
+    """A region's name in `language`, by default the list's own (the archive's pages are in it)."""
+    settings = web().settings
+    return i18n.region_name(code, language or settings.language, settings.region_names)
 
 
 def _names(codes: tuple[str, ...]) -> str:

@@ -127,14 +127,15 @@ def _editions(conn, query) -> list[ArchivedEdition]:
 
 
 def _copies(conn, editions: list[ArchivedEdition], listed: dict[int, dict[str, int]], *,
-            region: str | None = None) -> list[Copy]:
-    """The listed stored copies of `editions` (those carrying `region` when given)."""
+            language: str, region: str | None = None) -> list[Copy]:
+    """The listed stored copies of `editions` in `language` (those carrying `region` when given)."""
     ids = [e.id for e in editions]
     several = sorted({text for sets in listed.values() for text in sets
                       if region is None or region in text.split()})
     single = V.c.regions == region if region else ~V.c.regions.contains(" ")
     rows = conn.execute(select(V.c.id, V.c.edition_id, V.c.regions, V.c.created_at)
-                        .where(V.c.edition_id.in_(ids), _STORED, single | V.c.regions.in_(several))
+                        .where(V.c.edition_id.in_(ids), _STORED, V.c.language == language,
+                               single | V.c.regions.in_(several))
                         .order_by(V.c.edition_id.desc(), V.c.regions))
     told = _regions_with_news(conn, editions)
     copies = []
@@ -159,7 +160,7 @@ def _regions_with_news(conn, editions: list[ArchivedEdition]) -> dict[int, set[s
     return found
 
 
-def archive_page(engine: Engine, counts: ReceivedCounts, *, page: int, per_page: int
+def archive_page(engine: Engine, counts: ReceivedCounts, *, page: int, per_page: int, language: str
                  ) -> tuple[list[tuple[ArchivedEdition, list[Copy]]], bool]:
     """One page of sent editions, newest first, each with its listed copies; and whether an
     older page follows. An edition none of whose copies may be listed is left out."""
@@ -172,14 +173,14 @@ def archive_page(engine: Engine, counts: ReceivedCounts, *, page: int, per_page:
         return [], more
     listed = counts.of(engine, editions)
     with engine.connect() as conn:
-        copies = _copies(conn, editions, listed)
+        copies = _copies(conn, editions, listed, language=language)
     by_edition = {e.id: [] for e in editions}
     for copy in copies:
         by_edition[copy.edition_id].append(copy)
     return [(e, by_edition[e.id]) for e in editions if by_edition[e.id]], more
 
 
-def region_copies(engine: Engine, counts: ReceivedCounts, region: str, *, limit: int
+def region_copies(engine: Engine, counts: ReceivedCounts, region: str, *, limit: int, language: str
                   ) -> list[tuple[ArchivedEdition, Copy]]:
     """The latest `limit` sent editions that carried `region`, newest first, each with the
     copy to show for it: the region's own, else the listed copy with it that most readers
@@ -194,7 +195,7 @@ def region_copies(engine: Engine, counts: ReceivedCounts, region: str, *, limit:
         return []
     listed = counts.of(engine, editions)
     with engine.connect() as conn:
-        copies = _copies(conn, editions, listed, region=region)
+        copies = _copies(conn, editions, listed, language=language, region=region)
     by_edition: dict[int, list[Copy]] = {}
     for copy in copies:
         by_edition.setdefault(copy.edition_id, []).append(copy)

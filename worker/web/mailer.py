@@ -45,7 +45,7 @@ def send_confirmation(engine: Engine, settings: Settings, due: ConfirmationDue, 
         secret = settings.require_secret_key()
         mail = build_confirmation(
             settings, email=due.email, regions=due.regions, confirm_url=confirm_url(settings, secret, due),
-            already_active=due.already_active, now=now,
+            already_active=due.already_active, now=now, language=due.language,
             message_id=message_id(secret, edition_key="confirm", subscriber=f"{due.subscriber_id}:{due.nonce}",
                                   domain=settings.sender.domain),
             # Its bounce comes back to a tag naming this sign-up's link, and ends it (worker/bounces).

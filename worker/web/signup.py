@@ -11,6 +11,7 @@ from functools import lru_cache
 from flask import Blueprint, Response, jsonify, request
 
 from worker.clock import utcnow
+from worker.i18n import from_accept_language
 from worker.origins import origin_of
 from worker.readers.history import KEEP
 from worker.readers.signup import (
@@ -25,6 +26,7 @@ from worker.readers.subscribers import (
     InvalidSubscriber,
     SubscriberInput,
     check_address,
+    check_language,
     check_name,
     check_regions,
     check_timezone,
@@ -54,8 +56,9 @@ def subscribe():
     if request.method == "GET":
         wanted = [code for code in _codes_or_none(request.args.get("regions", "")) or ()
                   if code in web().offered()]
-        return page("subscribe.html", form={"email": "", "name": "", "timezone": ""}, wanted=names(wanted),
-                    choices=choices(), zones=zone_choices(), errors={})
+        return page("subscribe.html", form={"email": "", "name": "", "timezone": "", "language": _language()},
+                    wanted=names(wanted), choices=choices(), zones=zone_choices(), languages=LANGUAGE_CHOICES,
+                    errors={})
     context = web()
     as_json = request.is_json
     if origin_refused(request, context.settings.reader_origins):
@@ -80,13 +83,14 @@ def subscribe():
         if as_json:
             return _cors(jsonify(error="; ".join(errors.values()), errors=errors), 400)
         form = {"email": str(fields.get("email") or "")[:400], "name": str(fields.get("name") or "")[:400],
-                "timezone": str(fields.get("timezone_text") or "")[:MAX_ZONE * 2]}
+                "timezone": str(fields.get("timezone_text") or "")[:MAX_ZONE * 2],
+                "language": fields.get("language") or _language()}
         return page("subscribe.html", 400, form=form, wanted=names(fields.get("regions") or ()),
-                    choices=choices(), zones=zone_choices(), errors=errors)
+                    choices=choices(), zones=zone_choices(), languages=LANGUAGE_CHOICES, errors=errors)
     now = utcnow()
     _housekeeping(now)
     item = SubscriberInput(fields["email"], fields["key"], fields["name"], fields["regions"],
-                           fields["timezone"] or KEEP)
+                           fields["timezone"] or KEEP, fields["language"] or KEEP)
     due = request_subscription(context.engine, item, via=ChangeVia.FORM, now=now)
     if due is not None:
         _mail_within_limits(due, item.email_key, now)
@@ -141,6 +145,15 @@ def _mail_within_limits(due, email_key: str, now: datetime) -> None:
                              "is spent", now=now)
 
 
+# Each language named in itself: a reader finds theirs whatever the page's.
+LANGUAGE_CHOICES = (("en", "English"), ("ru", "Русский"), ("uk", "Українська"))
+
+
+def _language() -> str:
+    """The form's first choice: the browser's first language we speak, else the list's."""
+    return from_accept_language(request.headers.get("Accept-Language")) or web().settings.language
+
+
 def _signup_fields(as_json: bool) -> tuple[dict, dict[str, str]]:
     """The submitted fields, checked as imports check them; errors by field."""
     if as_json:
@@ -148,10 +161,11 @@ def _signup_fields(as_json: bool) -> tuple[dict, dict[str, str]]:
         if not isinstance(data, dict):
             return {}, {"body": "the body must be a JSON object with email, name and regions"}
         raw = {"email": data.get("email"), "name": data.get("name"), "regions": data.get("regions"),
-               "timezone": data.get("timezone")}
+               "timezone": data.get("timezone"), "language": data.get("language")}
     else:
         raw = {"email": request.form.get("email"), "name": request.form.get("name"),
-               "regions": ",".join(request.form.getlist("regions")), "timezone": request.form.get("timezone")}
+               "regions": ",".join(request.form.getlist("regions")), "timezone": request.form.get("timezone"),
+               "language": request.form.get("language")}
     fields: dict = {}
     errors: dict[str, str] = {}
     email, name, regions = raw["email"], raw["name"], raw["regions"]
@@ -193,6 +207,14 @@ def _signup_fields(as_json: bool) -> tuple[dict, dict[str, str]]:
         fields["timezone"] = check_timezone(zone)
     except InvalidSubscriber as exc:
         errors["timezone"] = sentence(str(exc))
+    language = raw["language"]
+    try:
+        if language is not None and not isinstance(language, str):
+            raise InvalidSubscriber("the language must be text such as en, ru or uk")
+        # Not given: the browser's first language we speak, else the list's (stored as none).
+        fields["language"] = check_language(language) or from_accept_language(request.headers.get("Accept-Language"))
+    except InvalidSubscriber as exc:
+        errors["language"] = sentence(str(exc))
     return fields, errors
 
 

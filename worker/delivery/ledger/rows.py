@@ -51,6 +51,8 @@ class Leased:
     email: str
     name: str | None
     link_key: str | None
+    # The reader's language as it is when the row is sent; None: NEWSLETTER_LANGUAGE.
+    language: str | None = None
 
 
 def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: str, now: datetime,
@@ -83,13 +85,14 @@ def lease_batch(engine: Engine, *, edition_id: int, ids: Sequence[int], worker: 
         if not won:
             return []
         rows = session.execute(
-            select(D.c.id, D.c.subscriber_id, D.c.regions, Subscriber.email, Subscriber.name, Subscriber.link_key)
+            select(D.c.id, D.c.subscriber_id, D.c.regions, Subscriber.email, Subscriber.name, Subscriber.link_key,
+                   Subscriber.language)
             .join(Subscriber, Subscriber.id == D.c.subscriber_id)
             .where(D.c.id.in_(won))
             .order_by(D.c.id)
         ).all()
-    return [Leased(r.id, r.subscriber_id, RegionSet.stored(r.regions).codes, r.email, r.name, r.link_key)
-            for r in rows]
+    return [Leased(r.id, r.subscriber_id, RegionSet.stored(r.regions).codes, r.email, r.name, r.link_key,
+                   r.language) for r in rows]
 
 
 def claimed_before(engine: Engine, *, ids: Sequence[int], worker: str, lease_until: datetime) -> dict[int, int]:
