@@ -249,3 +249,62 @@ def test_a_storys_lang_comes_from_its_feed_and_anything_else_is_dropped(engine, 
     assert re.search(r'<div class="story"[^>]* lang="ru-RU"', html) and re.search(r'<div class="story"[^>]* lang="uk"',
                                                                                    html)
     assert "<script>" not in html and html.count('lang="') == 1 + 3  # the document's and three stories'
+
+
+def test_a_russian_sign_up_gets_russian_pages_and_a_russian_confirmation_mail(sample_engine, settings):
+    from tests.test_readers_signup import Readers, confirm, for_readers
+
+    readers = Readers(sample_engine, for_readers(settings))
+    russian = {"Accept-Language": "ru-RU,ru;q=0.9,en;q=0.5"}
+    form = readers.client.get("/subscribe", headers=russian)
+    assert '<html lang="ru"' in form.text and "Подписка на «Melange News Weekly»" in form.text
+    assert '<option value="ru" lang="ru" selected>Русский</option>' in form.text
+    # An English browser gets the English form; the operator's pages are English whatever it says.
+    assert "Get Melange News Weekly" in readers.client.get("/subscribe").text
+    sent = readers.client.post("/subscribe", data={"email": "ivan@example.org", "regions": "RU,UA",
+                                                   "language": "ru"}, headers=russian)
+    assert sent.status_code == 200 and '<html lang="ru"' in sent.text and "Проверьте почту" in sent.text
+    mail = readers.mails()[-1]
+    assert mail["Subject"] == "Подтвердите подписку на «Melange News Weekly»"
+    text = mail.get_body(("plain",)).get_content()
+    assert "Здравствуйте!" in text and "Россия и Украина" in text and "Ссылка действует 48 часов." in text
+    assert '<html lang="ru"' in mail.get_body(("html",)).get_content()
+    done = confirm(readers, mail)
+    assert done.status_code == 200 and "Вы подписаны" in done.text and '<html lang="ru"' in done.text
+    assert readers.row("ivan@example.org").language == "ru"
+    # A language we do not ship is a form error, in the page's words; nothing is stored.
+    refused = readers.client.post("/subscribe", data={"email": "x@example.org", "regions": "RU", "language": "de"})
+    assert refused.status_code == 400 and "no catalog for" in refused.text.lower()
+    assert readers.row("x@example.org") is None
+    # Accept-Language garbage and floods are ignored: the list's language.
+    flood = {"Accept-Language": ",".join(["xx;q=0.9"] * 5000)}
+    assert '<html lang="en"' in readers.client.get("/subscribe", headers=flood).text
+
+
+def test_a_readers_manage_page_is_in_their_language_and_changes_it(sample_engine, settings):
+    from tests.test_readers_signup import csrf_of, for_readers
+    from worker.tokens import manage_token
+
+    _ivan(sample_engine)
+    settings = for_readers(settings)
+    client = create_app(settings, sample_engine).test_client()
+    with session_scope(sample_engine) as session:
+        row = session.scalar(sa.select(Subscriber).where(Subscriber.email == "ivan@example.org"))
+        path = f"/manage/{manage_token('test-secret-key', row.id, row.link_key)}"
+    page = client.get(path, headers={"Accept-Language": "en"})
+    assert '<html lang="ru"' in page.text and "Ваша подписка" in page.text and "Россия" in page.text
+    assert '<option value="ru" lang="ru" selected>' in page.text
+    leave = client.get(path + "/leave/UA")
+    assert "Отписаться от новостей — Украина?" in leave.text
+    changed = client.post(path, data={"csrf": csrf_of(page.text), "order": ["RU", "UA"], "name": "Иван",
+                                      "timezone": "", "language": "uk", "action": "save"})
+    assert changed.status_code == 303
+    after = client.get(path)
+    assert '<html lang="uk"' in after.text and "Ваша підписка" in after.text
+    with session_scope(sample_engine) as session:
+        kinds = [(e.kind, e.via, e.note) for e in session.scalars(
+            sa.select(SubscriberEvent).where(SubscriberEvent.subscriber_id == row.id))]
+    assert ("language-changed", "manage-page", "uk") in kinds
+    # The operator's pages stay English, whatever the browser asks for.
+    assert '<html lang="en"' in client.get("/operator", headers={"Accept-Language": "ru"},
+                                           environ_base={"REMOTE_ADDR": "127.0.0.1"}).text

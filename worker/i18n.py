@@ -32,6 +32,8 @@ DOMAIN = "messages"
 # The catalogs we ship; English is the source language (its catalog maps each message to itself).
 LANGUAGES = ("en", "ru", "uk")
 DEFAULT = "en"
+# Each language named in itself, for the pages' choice: a reader finds theirs whatever the page's.
+NATIVE_NAMES = (("en", "English"), ("ru", "Русский"), ("uk", "Українська"))
 # CLDR's English is American (Jan 27 – Feb 2, 2025); ours has always been British dates.
 _DATE_LOCALES = {"en": "en_GB"}
 # An Accept-Language header is read this far and for this many entries, no further.

@@ -23,9 +23,9 @@ ACTIVE = SubscriberStatus.ACTIVE
 
 
 def change_subscription(engine: Engine, subscriber_id: int, *, regions: tuple[str, ...], name: str | None,
-                        via: ChangeVia, now: datetime, timezone: Any = KEEP) -> list[EventKind]:
-    """New regions (in the reader's order), name and zone (None: the region's) for an
-    active subscriber; what changed. No regions at all is leaving."""
+                        via: ChangeVia, now: datetime, timezone: Any = KEEP, language: Any = KEEP) -> list[EventKind]:
+    """New regions (in the reader's order), name, zone (None: the region's) and language
+    (None: the list's) for an active subscriber; what changed. No regions at all is leaving."""
     with session_scope(engine) as session:
         row = session.get(Subscriber, subscriber_id, with_for_update=True)
         if row is None or row.status != ACTIVE:
@@ -33,7 +33,8 @@ def change_subscription(engine: Engine, subscriber_id: int, *, regions: tuple[st
         if not regions:
             return apply_change(session, row, via=via, at=now, status=SubscriberStatus.UNSUBSCRIBED, name=name,
                                 timezone=timezone, note="removed every region")
-        return apply_change(session, row, via=via, at=now, regions=regions, name=name, timezone=timezone)
+        return apply_change(session, row, via=via, at=now, regions=regions, name=name, timezone=timezone,
+                            language=language)
 
 
 class LeaveOutcome(StrEnum):

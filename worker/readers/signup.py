@@ -152,6 +152,8 @@ class Confirmation:
     timezone: str | None = None
     # Signed into the manage link the confirmed page shows.
     link_key: str = ""
+    # The language the sign-up asked for, else the reader's: the pages' (None: the list's).
+    language: str | None = None
 
 
 def check_confirmation(engine: Engine, subscriber_id: int, nonce: str) -> Confirmation:
@@ -161,10 +163,10 @@ def check_confirmation(engine: Engine, subscriber_id: int, nonce: str) -> Confir
         if row is None:
             return Confirmation(ConfirmOutcome.GONE)
         if row.confirm_nonce is None or not hmac.compare_digest(row.confirm_nonce, nonce):
-            return Confirmation(ConfirmOutcome.USED, row.id)
+            return Confirmation(ConfirmOutcome.USED, row.id, language=row.language)
         return Confirmation(ConfirmOutcome.LIVE, row.id, tuple((row.confirm_regions or row.regions).split()),
                             already_active=row.status == ACTIVE, name=row.confirm_name,
-                            timezone=row.confirm_timezone)
+                            timezone=row.confirm_timezone, language=row.confirm_language or row.language)
 
 
 def confirm_subscription(engine: Engine, subscriber_id: int, nonce: str, *, now: datetime) -> Confirmation:

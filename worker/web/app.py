@@ -48,7 +48,7 @@ from worker.web.guard import deny_by_default, forget_actor
 from worker.web.mailer import ConfirmationMailer
 from worker.web.offered import offered_regions
 from worker.web.ratelimit import RefusedConfirmations, SubscribeLimiter
-from worker.web.shared import EXTENSION, Every, WebContext, page
+from worker.web.shared import EXTENSION, Every, WebContext, install_words, page
 
 # Readers post small forms: anything bigger is refused before it is read.
 MAX_BODY = 64 * 1024
@@ -69,6 +69,7 @@ def create_app(settings: Settings, engine: Engine, *, mailer: ConfirmationMailer
     app.extensions["newsletter_mailer"] = context.mailer
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    install_words(app)
     # Deny by default: a new route is the operator's until marked public.
     app.before_request(deny_by_default)
     app.teardown_request(forget_actor)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, redirect, request
 
 from worker.clock import utcnow
+from worker.i18n import NATIVE_NAMES
 from worker.readers.history import KEEP
 from worker.readers.manage import LeaveOutcome, change_subscription, leave
 from worker.readers.signup import request_subscription
@@ -14,6 +15,7 @@ from worker.readers.subscribers import (
     MAX_NAME,
     InvalidSubscriber,
     SubscriberInput,
+    check_language,
     check_name,
     check_regions,
     check_timezone,
@@ -24,7 +26,7 @@ from worker.store.db import session_scope
 from worker.store.models import ChangeVia, EventKind, Subscriber, SubscriberStatus
 from worker.tokens import form_token, link_opens, read_manage_token
 from worker.web.readers import check_form, choices, names, not_offered, sentence
-from worker.web.shared import page, problem, public, web
+from worker.web.shared import _, page, problem, public, speak, web
 from worker.zones import MAX_ZONE, zone_choices
 
 bp = Blueprint("manage", __name__)
@@ -63,17 +65,22 @@ def manage(token: str):
         leave(engine, row.id, None, via=ChangeVia.MANAGE_PAGE, now=now)
         return page("left.html", region=None, remaining=[], manage_url=f"/manage/{token}")
     regions, name, errors = _edited_regions(row)
-    zone = KEEP
+    zone = spoken = KEEP
     if "timezone" in request.form:  # a page from before the field keeps the zone
         try:
             zone = check_timezone(request.form["timezone"])
         except InvalidSubscriber as exc:
             errors["timezone"] = sentence(str(exc))
+    if "language" in request.form:
+        try:
+            spoken = check_language(request.form["language"])
+        except InvalidSubscriber as exc:
+            errors["language"] = sentence(str(exc))
     if errors:
         return _manage(token, row, status=400, errors=errors, name=request.form.get("name", "")[:MAX_NAME * 2],
                        timezone=request.form.get("timezone", "")[:MAX_ZONE * 2])
     changed = change_subscription(engine, row.id, regions=regions, name=name, via=ChangeVia.MANAGE_PAGE,
-                                  now=now, timezone=zone)
+                                  now=now, timezone=zone, language=spoken)
     if EventKind.UNSUBSCRIBED in changed:
         return page("left.html", region=None, remaining=[], manage_url=f"/manage/{token}")
     return redirect(f"/manage/{token}?saved=1", code=303)
@@ -120,7 +127,8 @@ def _manage(token: str, row: Subscriber, *, status: int = 200, errors: dict | No
                                       default=settings.timezone)[0],
                 choices=[r for r in choices() if r.code not in followed],
                 csrf=form_token(web().secret, subscriber_id=row.id, purpose="manage"), max_name=MAX_NAME,
-                active=row.status == SubscriberStatus.ACTIVE)
+                active=row.status == SubscriberStatus.ACTIVE, languages=NATIVE_NAMES,
+                reader_language=row.language or settings.language)
 
 
 def _edited_regions(row: Subscriber) -> tuple[tuple[str, ...], str | None, dict[str, str]]:
@@ -170,28 +178,31 @@ def _subscriber(token: str, code: str | None = None):
     secret = web().secret
     link = read_manage_token(secret, token) if secret else None
     if link is None:
-        return problem(400, "This link is not valid",
-                       "This link is not one of ours, or was cut short when it was copied. Open it "
-                       "straight from one of your newsletters.")
+        return problem(400, _("This link is not valid"),
+                       _("This link is not one of ours, or was cut short when it was copied. Open it "
+                         "straight from one of your newsletters."))
     region = None
     if code is not None:
         try:
-            region = names([normalise_region(code)])[0]
+            region = normalise_region(code)
         except RegionError:
-            return problem(404, "Nothing here", "That is not a region we send news about.")
-        if region.code != code:
-            return redirect(f"/manage/{token}/leave/{region.code}", code=308)
+            return problem(404, _("Nothing here"), _("That is not a region we send news about."))
+        if region != code:
+            return redirect(f"/manage/{token}/leave/{region}", code=308)
     if link.key is None:
         # Made before links carried the reader's key: it might name a row that took a
         # purged reader's id, so it opens nothing (the unsubscribe link still works).
-        return problem(410, "This link is from an older newsletter",
-                       "Please use the link in your latest newsletter. To stop the newsletter, use its "
-                       "Unsubscribe link.")
+        return problem(410, _("This link is from an older newsletter"),
+                       _("Please use the link in your latest newsletter. To stop the newsletter, use its "
+                         "Unsubscribe link."))
     with session_scope(web().engine) as session:
         row = session.get(Subscriber, link.subscriber_id)
+    if row is not None:
+        speak(row.language)
     if (row is None or row.status == SubscriberStatus.PENDING
             or not link_opens(link, key=row.link_key, legacy=False)):
         # Purged since, a row the link was not made for, or a sign-up nobody confirmed.
-        return problem(410, "This link is no longer valid",
-                       "We hold nothing for this link any more.", link=("/subscribe", "Sign up"))
-    return (row, region) if code is not None else row
+        return problem(410, _("This link is no longer valid"),
+                       _("We hold nothing for this link any more."), link=("/subscribe", _("Sign up")))
+    # Named in the reader's language, now that it is known.
+    return (row, names([region])[0]) if code is not None else row

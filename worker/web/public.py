@@ -17,7 +17,7 @@ from worker.store.db import session_scope
 from worker.store.models import ChangeVia, Subscriber, SubscriberStatus
 from worker.tokens import link_opens, read_unsubscribe_token
 from worker.web.crosssite import takes_other_sites
-from worker.web.shared import page, problem, public, web
+from worker.web.shared import _, page, problem, public, speak, web
 
 bp = Blueprint("public", __name__)
 
@@ -66,5 +66,6 @@ def _subscriber_for(token: str) -> Subscriber:
         subscriber = session.get(Subscriber, link.subscriber_id)
     # Purged since, or a row the link was not made for: nothing of theirs left to change.
     if subscriber is None or not link_opens(link, key=subscriber.link_key, legacy=subscriber.legacy_links):
-        abort(problem(410, "This link is no longer valid", "We hold nothing for this link any more."))
+        abort(problem(410, _("This link is no longer valid"), _("We hold nothing for this link any more.")))
+    speak(subscriber.language)
     return subscriber

@@ -25,11 +25,12 @@ from functools import lru_cache
 
 from flask import Response, request
 
-from worker.regions import region_name
+from worker import i18n
+from worker.i18n import DEFAULT
 from worker.settings import Settings
 from worker.tokens import check_form_token
 from worker.web.crosssite import origin_refused
-from worker.web.shared import problem, web
+from worker.web.shared import language, problem, web
 
 # A readers' form stays usable this long after the page was shown.
 FORM_MAX_AGE = 6 * 3600
@@ -41,19 +42,20 @@ class Region:
     name: str
 
 
-def region_choices(settings: Settings, codes: frozenset[str]) -> tuple[Region, ...]:
-    """The regions offered (worker/web/offered.py), by name, for the pages' region lists."""
-    return _sorted_regions(tuple(sorted(settings.region_names.items())), codes)
+def region_choices(settings: Settings, codes: frozenset[str], spoken: str = DEFAULT) -> tuple[Region, ...]:
+    """The regions offered (worker/web/offered.py), by name in `spoken`, for the pages' region lists."""
+    return _sorted_regions(tuple(sorted(settings.region_names.items())), codes, spoken)
 
 
 def choices() -> tuple[Region, ...]:
     """The regions this site offers now, by name."""
-    return region_choices(web().settings, web().offered())
+    return region_choices(web().settings, web().offered(), language())
 
 
 def names(codes: Iterable[str]) -> list[Region]:
-    overrides = web().settings.region_names
-    return [Region(code, region_name(code, overrides)) for code in codes]
+    """The regions by name in this request's language."""
+    overrides, spoken = web().settings.region_names, language()
+    return [Region(code, i18n.region_name(code, spoken, overrides)) for code in codes]
 
 
 def not_offered(codes: Iterable[str]) -> str | None:
@@ -86,7 +88,7 @@ def sentence(reason: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _sorted_regions(overrides: tuple[tuple[str, str], ...], codes: frozenset[str]) -> tuple[Region, ...]:
+def _sorted_regions(overrides: tuple[tuple[str, str], ...], codes: frozenset[str], spoken: str) -> tuple[Region, ...]:
     names = dict(overrides)
-    regions = [Region(code, region_name(code, names)) for code in codes]
+    regions = [Region(code, i18n.region_name(code, spoken, names)) for code in codes]
     return tuple(sorted(regions, key=lambda r: r.name.casefold()))

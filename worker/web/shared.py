@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Response, abort, current_app, render_template
+from flask import Response, abort, current_app, g, render_template, request
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from worker.bounces.providers import CertificateCache
 from worker.clicks import ClickCounter
 from worker.digest import RegionSet
+from worker.i18n import DEFAULT, LANGUAGES, from_accept_language, translations
 from worker.operators.accounts import Verifier
 from worker.settings import Settings
 from worker.web.mailer import ConfirmationMailer
@@ -83,14 +84,53 @@ def public(view):
     return view
 
 
+def speak(language: str | None) -> None:
+    """This request's pages in `language` (a reader's, a sign-up's); None: the browser's
+    first language we ship, else NEWSLETTER_LANGUAGE."""
+    g.language = language if language in LANGUAGES else None
+
+
+def language() -> str:
+    """This request's language: the operator's pages are written in English only."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    if request.endpoint and not getattr(view, "public", False):
+        return DEFAULT
+    chosen = g.get("language")
+    if chosen is None:
+        chosen = g.language = from_accept_language(request.headers.get("Accept-Language")) or web().settings.language
+    return chosen
+
+
+def _(message: str, **values) -> str:
+    """A readers' page's words in this request's language (`speak`)."""
+    said = translations(language()).gettext(message)
+    return said % values if values else said
+
+
+def ngettext(singular: str, plural: str, count: int, **values) -> str:
+    said = translations(language()).ngettext(singular, plural, count)
+    return said % {"num": count, **values}
+
+
+def install_words(app) -> None:
+    """Readers' templates say `_()` and `ngettext()` in this request's language (the
+    operator's pages are English and use neither)."""
+    app.jinja_env.add_extension("jinja2.ext.i18n")
+    app.jinja_env.install_gettext_callables(
+        gettext=lambda message: translations(language()).gettext(message),
+        ngettext=lambda singular, plural, n: translations(language()).ngettext(singular, plural, n),
+        newstyle=True)
+
+
 def page(template: str, status: int = 200, **context) -> tuple[str, int]:
-    return render_template(template, settings=web().settings, **context), status
+    return render_template(template, settings=web().settings, lang=language(), **context), status
 
 
 def problem(status: int, title: str, message: str, *, link: tuple[str, str] | None = None,
             headers: dict | None = None) -> Response:
     """A page saying what went wrong and, with `link`, where to go from here."""
-    body = render_template("problem.html", settings=web().settings, title=title, message=message, link=link)
+    body = render_template("problem.html", settings=web().settings, title=title, message=message, link=link,
+                           lang=language())
     return Response(body, status=status, mimetype="text/html", headers=headers or {})
 
 

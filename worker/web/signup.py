@@ -11,7 +11,7 @@ from functools import lru_cache
 from flask import Blueprint, Response, jsonify, request
 
 from worker.clock import utcnow
-from worker.i18n import from_accept_language
+from worker.i18n import NATIVE_NAMES, from_accept_language
 from worker.origins import origin_of
 from worker.readers.history import KEEP
 from worker.readers.signup import (
@@ -36,7 +36,7 @@ from worker.tokens import TokenProblem, form_token, manage_token, read_confirm_t
 from worker.web.crosssite import origin_refused, takes_other_sites
 from worker.web.ratelimit import PER_CLIENT, LimitsUnavailable, client_address
 from worker.web.readers import check_form, choices, names, not_offered, sentence
-from worker.web.shared import page, problem, public, web
+from worker.web.shared import _, ngettext, page, problem, public, speak, web
 from worker.zones import MAX_ZONE, zone_choices
 
 # Expired sign-ups are deleted by the sign-up endpoint, at most this often per process.
@@ -54,31 +54,35 @@ def subscribe():
     if request.method == "OPTIONS":
         return _preflight()
     if request.method == "GET":
+        speak(_language())
         wanted = [code for code in _codes_or_none(request.args.get("regions", "")) or ()
                   if code in web().offered()]
         return page("subscribe.html", form={"email": "", "name": "", "timezone": "", "language": _language()},
-                    wanted=names(wanted), choices=choices(), zones=zone_choices(), languages=LANGUAGE_CHOICES,
+                    wanted=names(wanted), choices=choices(), zones=zone_choices(), languages=NATIVE_NAMES,
                     errors={})
     context = web()
     as_json = request.is_json
     if origin_refused(request, context.settings.reader_origins):
-        return _refuse(as_json, 403, "Sign-ups are accepted only from our own pages and the news site.")
+        return _refuse(as_json, 403, _("Sign-ups are accepted only from our own pages and the news site."))
     try:
         verdict = context.limiter.hit(client_address(request, context.settings.trusted_proxies))
     except LimitsUnavailable:
-        return _refuse(as_json, 503, "Sign-up is unavailable for a moment: please try again in a few minutes.")
+        return _refuse(as_json, 503, _("Sign-up is unavailable for a moment: please try again in a few minutes."))
     if not verdict.allowed:
         minutes = -(-verdict.retry_after // 60)
         # Which budget, by its setting, for an operator trying the form by hand; never the
         # numbers. A client learns only what it could tell anyway: its own or everyone's.
         whose = "from your address" if verdict.setting == PER_CLIENT else "from everyone together"
-        return _refuse(as_json, 429, f"Too many sign-ups just now: please try again in {minutes} "
-                       f"minute{'s' if minutes != 1 else ''}. (If you run this site: the limit of sign-ups "
-                       f"{whose} was reached; {verdict.setting} sets it.)",
-                       {"Retry-After": str(verdict.retry_after)})
+        # The operator's hint stays in English: it names a setting.
+        return _refuse(as_json, 429, ngettext("Too many sign-ups just now: please try again in %(num)d minute.",
+                                              "Too many sign-ups just now: please try again in %(num)d minutes.",
+                                              minutes)
+                       + f" (If you run this site: the limit of sign-ups {whose} was reached; {verdict.setting} "
+                       "sets it.)", {"Retry-After": str(verdict.retry_after)})
     if not context.secret:
-        return _refuse(as_json, 503, "Sign-up is not available: the site is not fully set up yet.")
+        return _refuse(as_json, 503, _("Sign-up is not available: the site is not fully set up yet."))
     fields, errors = _signup_fields(as_json)
+    speak(fields.get("language") or _language())
     if errors:
         if as_json:
             return _cors(jsonify(error="; ".join(errors.values()), errors=errors), 400)
@@ -86,7 +90,7 @@ def subscribe():
                 "timezone": str(fields.get("timezone_text") or "")[:MAX_ZONE * 2],
                 "language": fields.get("language") or _language()}
         return page("subscribe.html", 400, form=form, wanted=names(fields.get("regions") or ()),
-                    choices=choices(), zones=zone_choices(), languages=LANGUAGE_CHOICES, errors=errors)
+                    choices=choices(), zones=zone_choices(), languages=NATIVE_NAMES, errors=errors)
     now = utcnow()
     _housekeeping(now)
     item = SubscriberInput(fields["email"], fields["key"], fields["name"], fields["regions"],
@@ -143,10 +147,6 @@ def _mail_within_limits(due, email_key: str, now: datetime) -> None:
     else:
         release_confirmation(context.engine, due, reason=f"not sent: the {refused} limit of confirmation mails "
                              "is spent", now=now)
-
-
-# Each language named in itself: a reader finds theirs whatever the page's.
-LANGUAGE_CHOICES = (("en", "English"), ("ru", "Русский"), ("uk", "Українська"))
 
 
 def _language() -> str:
@@ -256,8 +256,8 @@ def _refuse(as_json: bool, status: int, message: str, headers: dict | None = Non
         response = _cors(jsonify(error=message), status)
         response.headers.update(headers or {})
         return response
-    titles = {403: "Not from here", 429: "Please wait a moment", 503: "Not available right now"}
-    return problem(status, titles.get(status, "Not accepted"), message, headers=headers)
+    titles = {403: _("Not from here"), 429: _("Please wait a moment"), 503: _("Not available right now")}
+    return problem(status, titles.get(status, _("Not accepted")), message, headers=headers)
 
 
 def _back_link() -> tuple[str, str] | None:
@@ -266,8 +266,8 @@ def _back_link() -> tuple[str, str] | None:
     referrer = request.headers.get("Referer", "")
     came_from = origin_of(referrer) if referrer else None
     if came_from in context.settings.reader_origins and came_from != context.own_origin:
-        return referrer, "Back to the news"
-    return (context.settings.site_url, "Back to the news") if context.settings.site_url else None
+        return referrer, _("Back to the news")
+    return (context.settings.site_url, _("Back to the news")) if context.settings.site_url else None
 
 
 def _confirmation(token: str):
@@ -277,27 +277,29 @@ def _confirmation(token: str):
     read = read_confirm_token(context.secret, token, max_age=hours * 3600) if context.secret \
         else TokenProblem.INVALID
     if read is TokenProblem.EXPIRED:
-        return problem(410, "This link has expired",
-                       f"Confirmation links work for {hours} hours. Sign up again "
-                       "and we will send you a new one.", link=("/subscribe", "Sign up again"))
+        return problem(410, _("This link has expired"),
+                       ngettext("Confirmation links work for %(num)d hour. Sign up again and we will send you a "
+                                "new one.", "Confirmation links work for %(num)d hours. Sign up again and we will "
+                                "send you a new one.", hours), link=("/subscribe", _("Sign up again")))
     if isinstance(read, TokenProblem):
-        return problem(400, "This link is not valid",
-                       "This confirmation link is not one of ours, or was cut short when it was copied. "
-                       "Open it straight from the email, or sign up again.", link=("/subscribe", "Sign up"))
+        return problem(400, _("This link is not valid"),
+                       _("This confirmation link is not one of ours, or was cut short when it was copied. "
+                         "Open it straight from the email, or sign up again."), link=("/subscribe", _("Sign up")))
     state = check_confirmation(context.engine, read.subscriber_id, read.nonce)
+    speak(state.language)
     if state.outcome is ConfirmOutcome.GONE:
-        return problem(410, "This link is no longer valid",
-                       "The sign-up it confirms is no longer on record. Sign up again to get a new link.",
-                       link=("/subscribe", "Sign up again"))
+        return problem(410, _("This link is no longer valid"),
+                       _("The sign-up it confirms is no longer on record. Sign up again to get a new link."),
+                       link=("/subscribe", _("Sign up again")))
     if state.outcome is ConfirmOutcome.USED:
         return _used_link()
     return read.subscriber_id, read.nonce, state
 
 
 def _used_link() -> Response:
-    return problem(410, "This link was already used",
-                   "This confirmation link was used already, or a newer one was sent since: each link "
-                   "works once. If you are subscribed, every newsletter has a link to manage your regions.")
+    return problem(410, _("This link was already used"),
+                   _("This confirmation link was used already, or a newer one was sent since: each link "
+                     "works once. If you are subscribed, every newsletter has a link to manage your regions."))
 
 
 def _json_body() -> object:
