@@ -26,6 +26,7 @@ from worker.web import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 WEEK = "2025-W05"
+WEEK_LABEL = WEEK
 
 
 def _extracted() -> dict[str, tuple[str, ...]]:
@@ -308,3 +309,36 @@ def test_a_readers_manage_page_is_in_their_language_and_changes_it(sample_engine
     # The operator's pages stay English, whatever the browser asks for.
     assert '<html lang="en"' in client.get("/operator", headers={"Accept-Language": "ru"},
                                            environ_base={"REMOTE_ADDR": "127.0.0.1"}).text
+
+
+@pytest.mark.parametrize("inliner", ["premailer", "css-inline"])
+def test_each_region_set_and_language_pair_is_inlined_once_and_equals_the_whole_document(inliner, settings):
+    from itertools import permutations
+
+    from tests.test_render_sections import WEEK
+    from worker import metrics
+    from worker.render.cache import VariantRenderer
+    from worker.render.sections import inline_whole
+
+    settings = settings.model_copy(update={"css_inliner": inliner})
+    renderer = VariantRenderer(settings=settings, window=week_window(WEEK_LABEL, settings.tz),
+                               edition_key=f"weekly-{WEEK_LABEL}", load_stories=lambda regions: WEEK)
+    sets = [p for k in (1, 2) for p in permutations(("RU", "UA", "DE"), k)]
+    before = metrics.sample("newsletter_variants_inlined_total", inliner=inliner)
+    rendered = {(regions, language): renderer.variant(regions, language)
+                for language in i18n.LANGUAGES for regions in sets}
+    for (regions, language), variant in rendered.items():  # asked again, by other lanes: nothing new
+        assert renderer.variant(regions, language) is variant
+        assert variant.language == language and f'<html lang="{language}"' in variant.html
+    assert metrics.sample("newsletter_variants_inlined_total", inliner=inliner) - before == len(i18n.LANGUAGES) * len(sets)
+    assert not renderer._sections.fallbacks
+    # Assembled from sections cached across languages, each is the document inlined whole.
+    from worker.render.digest import build_context
+    from worker.render.env import get_template
+
+    for (regions, language), variant in list(rendered.items())[::5]:
+        context = build_context(selection=renderer.selection(regions), window=week_window(WEEK_LABEL, settings.tz),
+                                edition_key=f"weekly-{WEEK_LABEL}", settings=settings, nonce=variant.nonce,
+                                language=language)
+        body = get_template(settings.templates_dir, "weekly_digest/body.html", language).render(context)
+        assert variant.html == inline_whole(body, nonce=variant.nonce, inliner=inliner)
