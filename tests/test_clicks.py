@@ -3,20 +3,14 @@ section, counted per story, region and edition; machines counted apart; never a 
 
 import re
 from datetime import UTC, datetime
-from email import policy
-from email.parser import BytesParser
 
 import pytest
 import redis
 import sqlalchemy as sa
 
+from tests.support.data import outbox_message, send_week
 from worker import clicks
 from worker.clicks import COUNT_CAP
-from worker.delivery import pipeline
-from worker.delivery.pipeline import run_inline
-from worker.delivery.plan import plan_edition
-from worker.delivery.senders import make_sender
-from worker.digest import week_window
 from worker.store.db import session_scope
 from worker.store.models import Story, StoryClick
 from worker.tokens import ClickTarget, click_token
@@ -28,22 +22,6 @@ BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.
 @pytest.fixture
 def counting(settings, redis_url):
     return settings.model_copy(update={"count_clicks": True, "public_url": "https://news.example"})
-
-
-def _send(engine, settings, week="2025-W05"):
-    pipeline._RENDERERS.clear()
-    planned = plan_edition(engine, key=f"weekly-{week}", kind="weekly", window=week_window(week, settings.tz),
-                           now=datetime(2025, 2, 3, 7, 0, tzinfo=UTC))
-    run_inline(engine, settings, planned.edition_id, make_sender(settings))
-    return planned.edition_id
-
-
-def _mail(settings, email):
-    for path in settings.outbox_dir.glob("*.eml"):
-        message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
-        if message["To"].addresses[0].addr_spec == email:
-            return message
-    raise AssertionError(f"no message to {email}")
 
 
 def _links(message) -> tuple[list[str], list[str]]:
@@ -94,9 +72,9 @@ def _stories(engine, edition_id):
 
 
 def test_two_readers_of_a_section_hold_byte_identical_links(sample_engine, counting):
-    edition_id = _send(sample_engine, counting)
-    anna, oleksandr = _mail(counting, "anna.petrova@example.org"), _mail(counting, "oleksandr.koval@example.com")
-    li = _mail(counting, "li.wei@example.net")  # CN RU: another region set with an RU section
+    edition_id = send_week(sample_engine, counting)
+    anna, oleksandr = outbox_message(counting, "anna.petrova@example.org"), outbox_message(counting, "oleksandr.koval@example.com")
+    li = outbox_message(counting, "li.wei@example.net")  # CN RU: another region set with an RU section
     anna_html, anna_text = _links(anna)
     assert anna_html and anna_text
     # Anna (RU UA) and Oleksandr (UA RU): other orders, the same sections, the same links.
@@ -111,8 +89,8 @@ def test_two_readers_of_a_section_hold_byte_identical_links(sample_engine, count
 
 
 def test_one_open_counts_once_and_redirects_to_the_story(sample_engine, counting):
-    edition_id = _send(sample_engine, counting)
-    link = next(link for link in _links(_mail(counting, "anna.petrova@example.org"))[0] if ".RU." in link)
+    edition_id = send_week(sample_engine, counting)
+    link = next(link for link in _links(outbox_message(counting, "anna.petrova@example.org"))[0] if ".RU." in link)
     story_id = int(link.rsplit("/", 1)[1].split(".")[1])
     with session_scope(sample_engine) as session:
         url = session.get(Story, story_id).url
@@ -147,7 +125,7 @@ def test_one_open_counts_once_and_redirects_to_the_story(sample_engine, counting
     ("get", "   ", {}),
 ])
 def test_a_scanners_fetch_counts_zero(sample_engine, counting, method, agent, headers):
-    edition_id = _send(sample_engine, counting)
+    edition_id = send_week(sample_engine, counting)
     story_id = _stories(sample_engine, edition_id)[0].id
     client = _client(sample_engine, counting)
     answer = _get(client, f"/r/{_token(edition_id, story_id, 'RU')}", method=method, agent=agent, **headers)
@@ -157,7 +135,7 @@ def test_a_scanners_fetch_counts_zero(sample_engine, counting, method, agent, he
 
 
 def test_a_burst_from_one_client_is_a_scanner_and_its_opens_move_to_discounted(sample_engine, counting):
-    edition_id = _send(sample_engine, counting)
+    edition_id = send_week(sample_engine, counting)
     stories = [row.id for row in _stories(sample_engine, edition_id)][:7]
     client = _client(sample_engine, counting)
     # A reader elsewhere opens the first story: that one stays.
@@ -178,7 +156,7 @@ def test_a_burst_from_one_client_is_a_scanner_and_its_opens_move_to_discounted(s
 
 
 def test_forged_truncated_and_dead_links_are_404_and_count_nothing(sample_engine, counting):
-    edition_id = _send(sample_engine, counting)
+    edition_id = send_week(sample_engine, counting)
     story_id = _stories(sample_engine, edition_id)[0].id
     good = _token(edition_id, story_id, "RU")
     client = _client(sample_engine, counting)
@@ -203,7 +181,7 @@ def test_forged_truncated_and_dead_links_are_404_and_count_nothing(sample_engine
 
 
 def test_a_flood_from_one_client_is_refused_429_and_counts_stay_bounded(sample_engine, counting):
-    edition_id = _send(sample_engine, counting)
+    edition_id = send_week(sample_engine, counting)
     story_id = _stories(sample_engine, edition_id)[0].id
     client = _client(sample_engine, counting)
     path = f"/r/{_token(edition_id, story_id, 'RU')}"
@@ -215,7 +193,7 @@ def test_a_flood_from_one_client_is_refused_429_and_counts_stay_bounded(sample_e
 
 
 def test_counts_stop_at_their_cap_and_never_go_below_zero(sample_engine, counting):
-    edition_id = _send(sample_engine, counting)
+    edition_id = send_week(sample_engine, counting)
     story_id = _stories(sample_engine, edition_id)[0].id
     target = ClickTarget(edition_id, story_id, "RU")
     clicks.record(sample_engine, {target: [1, 0]})
@@ -237,8 +215,8 @@ def test_counts_stop_at_their_cap_and_never_go_below_zero(sample_engine, countin
 
 def test_off_by_default_links_go_straight_to_the_story_and_sent_links_keep_working(sample_engine, settings,
                                                                                    redis_url):
-    edition_id = _send(sample_engine, settings)
-    html = _mail(settings, "anna.petrova@example.org").get_body(("html",)).get_content()
+    edition_id = send_week(sample_engine, settings)
+    html = outbox_message(settings, "anna.petrova@example.org").get_body(("html",)).get_content()
     assert "/r/" not in html
     with session_scope(sample_engine) as session:
         story = session.scalars(sa.select(Story).order_by(Story.id)).first()
@@ -251,7 +229,7 @@ def test_off_by_default_links_go_straight_to_the_story_and_sent_links_keep_worki
 
 
 def test_without_redis_the_reader_still_gets_the_story_and_nothing_is_counted(sample_engine, counting):
-    edition_id = _send(sample_engine, counting)
+    edition_id = send_week(sample_engine, counting)
     story_id = _stories(sample_engine, edition_id)[0].id
     down = counting.model_copy(update={"ratelimit_url": "redis://127.0.0.1:1/0"})
     answer = _get(_client(sample_engine, down), f"/r/{_token(edition_id, story_id, 'RU')}")
@@ -263,9 +241,9 @@ def test_counts_show_in_stories_list_status_metrics_and_the_operator_page(sample
                                                                          monkeypatch):
     import json
 
-    edition_id = _send(sample_engine, counting)
+    edition_id = send_week(sample_engine, counting)
     mailed = list(dict.fromkeys(int(link.rsplit("/", 1)[1].split(".")[1])
-                                for link in _links(_mail(counting, "anna.petrova@example.org"))[0]))
+                                for link in _links(outbox_message(counting, "anna.petrova@example.org"))[0]))
     first, second = mailed[:2]
     client = _client(sample_engine, counting)
     for ip in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
@@ -318,7 +296,7 @@ def test_concurrent_flushes_move_each_count_once_and_an_abandoned_batch_is_taken
     import threading
     import time
 
-    edition_id = _send(sample_engine, counting)
+    edition_id = send_week(sample_engine, counting)
     story_id = _stories(sample_engine, edition_id)[0].id
     client = _client(sample_engine, counting)
     conn = redis.Redis.from_url(counting.ratelimit_storage_url)

@@ -2,9 +2,7 @@
 dates from CLDR, `lang` on the document, and a variant per (region set, language)."""
 
 import re
-from datetime import UTC, datetime
-from email import policy
-from email.parser import BytesParser
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -12,11 +10,8 @@ import sqlalchemy as sa
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
+from tests.support.data import outbox_message, send_week
 from worker import i18n
-from worker.delivery import pipeline
-from worker.delivery.pipeline import run_inline
-from worker.delivery.plan import plan_edition
-from worker.delivery.senders import make_sender
 from worker.digest import week_window
 from worker.preview import build_preview
 from worker.readers.subscribers import add_subscriber, import_text, make_input
@@ -165,26 +160,15 @@ def test_an_english_reader_keeps_english(sample_engine, settings):
     assert "Здравствуйте" not in shown.composed.digest.text
 
 
-def _mail(settings, email):
-    for path in settings.outbox_dir.glob("*.eml"):
-        message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
-        if message["To"].addresses[0].addr_spec == email:
-            return message
-    raise AssertionError(email)
-
-
 def test_one_edition_renders_a_region_set_once_per_language_and_each_reader_gets_theirs(sample_engine, settings):
     _ivan(sample_engine)
     add_subscriber(sample_engine, make_input("olena@example.org", None, "RU,UA", language="uk"))
-    pipeline._RENDERERS.clear()
-    planned = plan_edition(sample_engine, key=f"weekly-{WEEK}", kind="weekly", window=week_window(WEEK, settings.tz),
-                           now=datetime(2025, 2, 3, 7, tzinfo=UTC))
-    run_inline(sample_engine, settings, planned.edition_id, make_sender(settings))
+    send_week(sample_engine, settings)
     with session_scope(sample_engine) as session:
         stored = sorted(session.execute(sa.select(Variant.regions, Variant.language)
                                         .where(Variant.regions == "RU UA")).all())
     assert stored == [("RU UA", "en"), ("RU UA", "ru"), ("RU UA", "uk")]
-    ivan, olena, anna = (_mail(settings, e) for e in ("ivan@example.org", "olena@example.org",
+    ivan, olena, anna = (outbox_message(settings, e) for e in ("ivan@example.org", "olena@example.org",
                                                         "anna.petrova@example.org"))
     assert "Здравствуйте, Иван!" in ivan.get_body(("plain",)).get_content()
     assert "Вітаємо!" in olena.get_body(("plain",)).get_content()
@@ -252,7 +236,7 @@ def test_a_storys_lang_comes_from_its_feed_and_anything_else_is_dropped(engine, 
     assert "<script>" not in html and html.count('lang="') == 1 + 3  # the document's and three stories'
 
 
-def test_a_russian_sign_up_gets_russian_pages_and_a_russian_confirmation_mail(sample_engine, settings):
+def test_a_russian_sign_up_gets_russian_pages_and_a_russian_confirmationoutbox_message(sample_engine, settings):
     from tests.test_readers_signup import Readers, confirm, for_readers
 
     readers = Readers(sample_engine, for_readers(settings))

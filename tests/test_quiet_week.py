@@ -5,18 +5,14 @@ nothing was opened), rendered once per edition like any region set."""
 import json
 import re
 from datetime import UTC, datetime
-from email import policy
-from email.parser import BytesParser
 
 import pytest
 import sqlalchemy as sa
 
-from tests.support.data import ledger
+from tests.support.data import ledger, outbox_message, send_week
 from worker import clicks
 from worker.delivery import pipeline
-from worker.delivery.pipeline import run_inline
 from worker.delivery.plan import plan_edition
-from worker.delivery.senders import make_sender
 from worker.digest import week_window
 from worker.digest.queries import fetch_window_stories
 from worker.store.db import session_scope
@@ -34,20 +30,8 @@ def _quiet_readers(engine):
                         for email, regions in QUIET)
 
 
-def _send(engine, settings, key=f"weekly-{WEEK}", week=WEEK):
-    pipeline._RENDERERS.clear()
-    planned = plan_edition(engine, key=key, kind="weekly", window=week_window(week, settings.tz),
-                           now=datetime(2025, 2, 3, 7, 0, tzinfo=UTC), wider=settings.wider)
-    run_inline(engine, settings, planned.edition_id, make_sender(settings))
-    return planned.edition_id
-
-
 def _mail(settings, email):
-    for path in settings.outbox_dir.glob("*.eml"):
-        message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
-        if message["To"].addresses[0].addr_spec == email:
-            return message
-    return None
+    return outbox_message(settings, email, required=False)
 
 
 def _week(engine, settings):
@@ -62,7 +46,7 @@ def wider(settings):
 
 def test_by_default_a_quiet_reader_is_skipped(sample_engine, settings):
     _quiet_readers(sample_engine)
-    _send(sample_engine, settings)
+    send_week(sample_engine, settings)
     rows = ledger(sample_engine, f"weekly-{WEEK}")
     assert rows["nz.one@example.org"] == ("skipped", "no-stories")
     assert _mail(settings, "nz.one@example.org") is None
@@ -70,7 +54,7 @@ def test_by_default_a_quiet_reader_is_skipped(sample_engine, settings):
 
 def test_a_quiet_reader_gets_the_newest_stories_across_the_site_when_nothing_was_opened(sample_engine, wider):
     _quiet_readers(sample_engine)
-    _send(sample_engine, wider)
+    send_week(sample_engine, wider)
     rows = ledger(sample_engine, f"weekly-{WEEK}")
     assert {email: rows[email] for email, _ in QUIET} == {email: ("sent", None) for email, _ in QUIET}
     message = _mail(wider, "nz.one@example.org")
@@ -95,12 +79,12 @@ def test_a_quiet_digest_leads_with_the_weeks_most_opened_stories(sample_engine, 
     week = _week(sample_engine, wider)
     oldest, older = sorted(week, key=lambda s: (s.published_at, s.id))[:2]
     # Readers opened two of the week's oldest stories in an earlier edition (a manual one).
-    earlier = _send(sample_engine, wider.model_copy(update={"quiet_week": "skip"}), key="manual-earlier")
+    earlier = send_week(sample_engine, wider.model_copy(update={"quiet_week": "skip"}), key="manual-earlier")
     clicks.record(sample_engine, {ClickTarget(earlier, oldest.id, oldest.regions[0]): [3, 0],
                                   ClickTarget(earlier, older.id, older.regions[0]): [1, 5]})
     for path in wider.outbox_dir.glob("*.eml"):
         path.unlink()
-    _send(sample_engine, wider)
+    send_week(sample_engine, wider)
     html = _mail(wider, "nz.two@example.org").get_body(("html",)).get_content()
     shown = re.findall(r'<h3 class="story-title"[^>]*><a href="([^"]+)"', html)
     assert shown[:2] == [oldest.url, older.url] and len(shown) == 3
@@ -113,7 +97,7 @@ def test_a_quiet_digest_leads_with_the_weeks_most_opened_stories(sample_engine, 
 
 def test_a_quiet_region_set_is_rendered_once_and_served_online_without_the_reader(sample_engine, wider):
     _quiet_readers(sample_engine)
-    edition_id = _send(sample_engine, wider)
+    edition_id = send_week(sample_engine, wider)
     with session_scope(sample_engine) as session:
         quiet = session.scalars(sa.select(Variant).where(Variant.edition_id == edition_id,
                                                          Variant.regions.in_(["NZ", "JP KR"]))).all()
@@ -160,7 +144,7 @@ def test_the_archive_lists_no_quiet_copy_and_a_regions_feed_only_its_weeks_with_
     with session_scope(sample_engine) as session:
         session.add_all(Subscriber(email=f"nz{n}@example.org", email_key=f"nz{n}@example.org", regions="NZ",
                                    status="active") for n in range(6))
-    _send(sample_engine, wider)
+    send_week(sample_engine, wider)
     client = create_app(wider, sample_engine).test_client()
     listing = client.get("/archive").text
     assert "/archive/weekly-2025-W05/RU" in listing and "/archive/weekly-2025-W05/NZ" not in listing

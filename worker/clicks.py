@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from worker.store.db import upsert_insert
 from worker.store.models import Edition, Story, StoryClick
 from worker.tokens import ClickTarget, read_click_token
 
@@ -290,20 +291,12 @@ def _take(conn: redis.Redis, name, new: str) -> str | None:
     return new
 
 
-def _insert(engine: Engine):
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 def record(engine: Engine, deltas: dict[ClickTarget, list[int]]) -> None:
     """Add each target's (opens, discounted) deltas; a count never goes below zero nor
     past COUNT_CAP. An edition gone since is skipped (its rows went with it)."""
     if not deltas:
         return
-    insert = _insert(engine)
+    insert = upsert_insert(engine)
     with engine.begin() as conn:
         alive = set(conn.scalars(select(Edition.id).where(Edition.id.in_({t.edition_id for t in deltas}))))
         for target, (clicks, discounted) in sorted(deltas.items(), key=lambda kv: astuple(kv[0])):

@@ -1,8 +1,11 @@
-"""Test data helpers: stories for a week, subscribers in bulk."""
+"""Test data helpers: stories for a week, subscribers in bulk, a week sent and its mail read back."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -58,3 +61,31 @@ def delivery_rows(engine, key: str) -> dict[str, Delivery]:
             .join(Edition, Edition.id == Delivery.edition_id).where(Edition.key == key)
         ).all()
     return {email: d for email, d in rows}
+
+
+def send_week(engine, settings, key: str = "weekly-2025-W05", week: str = "2025-W05") -> int:
+    """A real sent edition: planned (a quiet week as the settings say) and delivered
+    in-process through the settings' backend; its id."""
+    from worker.delivery import pipeline
+    from worker.delivery.pipeline import run_inline
+    from worker.delivery.plan import plan_edition
+    from worker.delivery.senders import make_sender
+    from worker.digest import week_window
+
+    # Renderers are kept per process by edition id, and every test database starts at 1.
+    pipeline._RENDERERS.clear()
+    planned = plan_edition(engine, key=key, kind="weekly", window=week_window(week, settings.tz),
+                           now=datetime(2025, 2, 3, 7, 0, tzinfo=UTC), wider=settings.wider)
+    run_inline(engine, settings, planned.edition_id, make_sender(settings))
+    return planned.edition_id
+
+
+def outbox_message(settings, email: str, *, required: bool = True):
+    """The message the file backend wrote to `email`; None (or a failure, if required) when none."""
+    for path in Path(settings.outbox_dir).glob("*.eml"):
+        message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+        if message["To"].addresses[0].addr_spec == email:
+            return message
+    if required:
+        raise AssertionError(f"no message to {email}")
+    return None

@@ -16,17 +16,10 @@ from worker.clock import utcnow
 from worker.digest import RegionSet
 from worker.render.cache import Stored
 from worker.render.digest import RenderedVariant
+from worker.store.db import upsert_insert
 from worker.store.models import Variant
 
 V = Variant.__table__
-
-
-def _insert(engine: Engine):
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
 
 
 class VariantStore:
@@ -68,7 +61,7 @@ class VariantStore:
     def claim(self, regions: tuple[str, ...], language: str) -> bool:
         """True if this process is now the one to render it: it wrote the claim now, or an
         earlier try of it did (its reply was lost) and nothing was saved since."""
-        insert = _insert(self.engine)
+        insert = upsert_insert(self.engine)
         tried = self._tried.setdefault((regions, language), [])
         earlier = list(tried)
         at = utcnow()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from datetime import date
 from zoneinfo import ZoneInfo
 
 from markupsafe import Markup, escape
@@ -251,15 +250,6 @@ def _as_block(summary_html: str) -> str:
     if not summary_html or summary_html.startswith(("<p", "<ul", "<ol", "<blockquote")):
         return summary_html
     return f"<p>{summary_html}</p>"
-
-
-def date_range(first: date, last: date, language: str = i18n.DEFAULT) -> str:
-    """'27 Jan – 2 Feb 2025', '3 – 9 Feb 2025', '30 Dec 2024 – 5 Jan 2025' (worker/i18n.py)."""
-    return i18n.date_range(first, last, language)
-
-
-def prose_list(items: list[str], language: str = i18n.DEFAULT) -> str:
-    return i18n.prose_list(items, language)
 
 
 def _preheader(titles: list[str], region_names: str, language: str, *, quiet: bool = False) -> str:

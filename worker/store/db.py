@@ -215,3 +215,12 @@ def _alembic_head() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+
+
+def upsert_insert(engine: Engine):
+    """INSERT with ON CONFLICT for this engine's dialect (PostgreSQL's or SQLite's)."""
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert

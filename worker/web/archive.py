@@ -28,7 +28,6 @@ from worker.i18n import LANGUAGES
 from worker.regions import RegionError, normalise_region
 from worker.render.cache import Stored
 from worker.render.contents import section_titles
-from worker.render.digest import date_range
 from worker.render.public_copy import Follow, public_copy
 from worker.web.archive_copies import ArchivedEdition, Copy, ReceivedCounts, archive_page, copy_pages, region_copies
 from worker.web.atom import ATOM_TYPE, Entry, Feed, atom_xml
@@ -159,7 +158,7 @@ def _names(codes: tuple[str, ...]) -> str:
 
 def _heading(edition: ArchivedEdition) -> str:
     window = Window.of_edition(edition, web().settings.tz)
-    return f"{date_range(window.first_day, window.last_day)} ({edition.label})"
+    return f"{i18n.date_range(window.first_day, window.last_day, web().settings.language)} ({edition.label})"
 
 
 def _summary(html: str, code: str, copy: Copy) -> str | None:

@@ -36,7 +36,7 @@ from worker.tokens import TokenProblem, form_token, manage_token, read_confirm_t
 from worker.web.crosssite import origin_refused, takes_other_sites
 from worker.web.ratelimit import PER_CLIENT, LimitsUnavailable, client_address
 from worker.web.readers import check_form, choices, names, not_offered, sentence
-from worker.web.shared import _, ngettext, page, problem, public, speak, web
+from worker.web.shared import _, language, ngettext, page, problem, public, speak, web
 from worker.zones import MAX_ZONE, zone_choices
 
 # Expired sign-ups are deleted by the sign-up endpoint, at most this often per process.
@@ -54,10 +54,9 @@ def subscribe():
     if request.method == "OPTIONS":
         return _preflight()
     if request.method == "GET":
-        speak(_language())
         wanted = [code for code in _codes_or_none(request.args.get("regions", "")) or ()
                   if code in web().offered()]
-        return page("subscribe.html", form={"email": "", "name": "", "timezone": "", "language": _language()},
+        return page("subscribe.html", form={"email": "", "name": "", "timezone": "", "language": language()},
                     wanted=names(wanted), choices=choices(), zones=zone_choices(), languages=NATIVE_NAMES,
                     errors={})
     context = web()
@@ -82,13 +81,13 @@ def subscribe():
     if not context.secret:
         return _refuse(as_json, 503, _("Sign-up is not available: the site is not fully set up yet."))
     fields, errors = _signup_fields(as_json)
-    speak(fields.get("language") or _language())
+    speak(fields.get("language"))
     if errors:
         if as_json:
             return _cors(jsonify(error="; ".join(errors.values()), errors=errors), 400)
         form = {"email": str(fields.get("email") or "")[:400], "name": str(fields.get("name") or "")[:400],
                 "timezone": str(fields.get("timezone_text") or "")[:MAX_ZONE * 2],
-                "language": fields.get("language") or _language()}
+                "language": language()}
         return page("subscribe.html", 400, form=form, wanted=names(fields.get("regions") or ()),
                     choices=choices(), zones=zone_choices(), languages=NATIVE_NAMES, errors=errors)
     now = utcnow()
@@ -147,11 +146,6 @@ def _mail_within_limits(due, email_key: str, now: datetime) -> None:
     else:
         release_confirmation(context.engine, due, reason=f"not sent: the {refused} limit of confirmation mails "
                              "is spent", now=now)
-
-
-def _language() -> str:
-    """The form's first choice: the browser's first language we speak, else the list's."""
-    return from_accept_language(request.headers.get("Accept-Language")) or web().settings.language
 
 
 def _signup_fields(as_json: bool) -> tuple[dict, dict[str, str]]:
